@@ -1,0 +1,1 @@
+"""The licensing core: pure, event- and time-driven licence pools and policies."""

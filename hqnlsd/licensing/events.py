@@ -1,0 +1,377 @@
+"""Licensing events: the only way the engine's state changes.
+
+Every mutating engine call decides, then produces a list of these events and
+applies them (``Engine.apply``). A backup server replays the same events, the
+journal persists them, so each event carries every value the decision made
+(handles, indices, times): applying an event never consults a clock, a random
+source or a policy.
+
+Events are small frozen dataclasses; ``to_dict`` gives a JSON-safe dict with a
+``"type"`` key and ``event_from_dict`` turns it back into the same event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import ipaddress
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from hqnlsd.permits.model import HostId, ProductPermit
+
+#: JSON-safe value (what ``json.dumps`` accepts without help).
+JSON = Any
+
+
+class Reason(enum.StrEnum):
+    """Why a licence was taken from its holder (its handle becomes a tombstone)."""
+
+    CRASHOUT = "crashout"  # GRAB: not updated within the crashout time
+    TIMEOUT = "timeout"  # TIML / LKNL: held longer than the timeout, someone waiting
+    LOCKED_PRIORITY = "locked-priority"  # LKPR: a locked node needed it
+    NAMED_USER = "named-user"  # USRL: a named user needed it
+    KILLED = "killed"  # hqn_lsa kill
+    NODES_CHANGED = "nodes-changed"  # hqn_lsa rmnode
+    POOLS_CHANGED = "pools-changed"  # hqn_lsa ftol / ltof
+    PERMIT_CHANGED = "permit-changed"  # the permit now says something incompatible
+    PRODUCT_REMOVED = "product-removed"  # the permit is no longer served
+    REINIT = "reinit"  # hqn_lsa reinit
+
+
+class EventError(ValueError):
+    """An event cannot be decoded or does not fit the state it is applied to."""
+
+
+class Event:
+    """Base of all licensing events (see the module docstring)."""
+
+    __slots__ = ()
+    #: The ``"type"`` value of the dict form.
+    type_name: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, JSON]:
+        """The JSON-safe form: ``{"type": ..., field: value, ...}``."""
+        out: dict[str, JSON] = {"type": self.type_name}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[field.name] = _to_json(getattr(self, field.name))
+        return out
+
+    @classmethod
+    def _from_fields(cls, fields: Mapping[str, JSON]) -> Event:
+        """Build the event from the field values of its dict form."""
+        values = {name: _from_json(value) for name, value in fields.items()}
+        return cls(**values)
+
+
+_E = TypeVar("_E", bound=type[Event])
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+def _register(cls: _E) -> _E:
+    cls.type_name = cls.__name__
+    EVENT_TYPES[cls.__name__] = cls
+    return cls
+
+
+def _to_json(value: Any) -> JSON:
+    if isinstance(value, tuple):
+        return [_to_json(item) for item in value]
+    if isinstance(value, ProductPermit):
+        return product_to_dict(value)
+    return value
+
+
+def _from_json(value: JSON) -> Any:
+    if isinstance(value, list):
+        return tuple(_from_json(item) for item in value)
+    return value
+
+
+def event_from_dict(data: Mapping[str, JSON]) -> Event:
+    """The event whose ``to_dict()`` is ``data``; EventError if it is not one."""
+    fields = dict(data)
+    type_name = fields.pop("type", None)
+    cls = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise EventError(f"unknown event type {type_name!r}")
+    try:
+        return cls._from_fields(fields)
+    except (TypeError, ValueError, KeyError) as error:
+        raise EventError(f"bad {type_name} event {dict(data)!r}: {error}") from None
+
+
+# -- the product permit in JSON form -------------------------------------------------
+
+
+def product_to_dict(permit: ProductPermit) -> dict[str, JSON]:
+    """A JSON-safe dict of a product permit (dates ISO, locked nodes as pairs)."""
+    return {
+        "publisher": permit.publisher,
+        "product": permit.product,
+        "version": permit.version,
+        "policy": permit.policy,
+        "node_count": permit.node_count,
+        "floating_count": permit.floating_count,
+        "start": permit.start.isoformat(),
+        "expiry": permit.expiry.isoformat(),
+        "update_minutes": permit.update_minutes,
+        "data": list(permit.data),
+        "locked_nodes": [[str(node.address), node.unique_id] for node in permit.locked_nodes],
+    }
+
+
+def product_from_dict(data: Mapping[str, JSON]) -> ProductPermit:
+    """The product permit of ``product_to_dict``."""
+    return ProductPermit(
+        publisher=str(data["publisher"]),
+        product=str(data["product"]),
+        version=str(data["version"]),
+        policy=int(data["policy"]),
+        node_count=int(data["node_count"]),
+        floating_count=int(data["floating_count"]),
+        start=datetime.date.fromisoformat(data["start"]),
+        expiry=datetime.date.fromisoformat(data["expiry"]),
+        update_minutes=int(data["update_minutes"]),
+        data=tuple(int(value) for value in data["data"]),
+        locked_nodes=tuple(
+            HostId(ipaddress.IPv4Address(address), int(unique_id))
+            for address, unique_id in data["locked_nodes"]
+        ),
+    )
+
+
+# -- licence events ---------------------------------------------------------------------
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class Granted(Event):
+    """A licence (``indices``, all of one pool) was given to a process."""
+
+    publisher: str
+    product: str
+    handle: str
+    indices: tuple[int, ...]
+    locked: bool  # from the node-locked pool (else floating)
+    on_locked_node: bool  # the holder's host is one of the product's locked nodes
+    user: str
+    host: str
+    address: str
+    pid: int
+    uid: int | None
+    group: str | None
+    hostid: int | None
+    client: str | None
+    access: int
+    at: float
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class Updated(Event):
+    """The holder of ``handle`` confirmed it is alive (UPDATE, or a repeated REQUEST)."""
+
+    handle: str
+    at: float
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class Released(Event):
+    """The holder gave its licence back."""
+
+    handle: str
+    at: float
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class Revoked(Event):
+    """The licence was taken from its holder; the handle becomes a tombstone."""
+
+    handle: str
+    reason: str  # a Reason value
+    at: float
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class TombstonesPurged(Event):
+    """Tombstones made before ``before`` are forgotten (their handles become unknown)."""
+
+    before: float
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class HoldersRefreshed(Event):
+    """Every holder counts as updated at ``at`` (after a restart or a take-over).
+
+    Holders could not reach the server while it was down; without this they would
+    all be crashed out at the first request.
+    """
+
+    at: float
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProductsLoaded(Event):
+    """The served products are now exactly ``products`` (keyed by publisher, product).
+
+    The decision revokes, before this event, every licence that does not fit the
+    new permits; applying it keeps the holders of unchanged products.
+    """
+
+    products: tuple[ProductPermit, ...]
+
+    @classmethod
+    def _from_fields(cls, fields: Mapping[str, JSON]) -> Event:
+        return cls(products=tuple(product_from_dict(item) for item in fields["products"]))
+
+
+# -- administration events (hqn_lsa) -----------------------------------------------------
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyChanged(Event):
+    """The policy flags (low 16 bits) of a product are now ``flags``."""
+
+    publisher: str
+    product: str
+    flags: int
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class CrashoutChanged(Event):
+    """The product's crashout time, in seconds (None: the default, 3 update periods)."""
+
+    publisher: str
+    product: str
+    seconds: float | None
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimeoutChanged(Event):
+    """The product's TIML/LKNL timeout, in seconds (None: the default, 60 minutes)."""
+
+    publisher: str
+    product: str
+    seconds: float | None
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class LockedNodeAdded(Event):
+    """A host is listed once more among the product's locked nodes."""
+
+    publisher: str
+    product: str
+    address: str
+    unique_id: int
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class LockedNodeRemoved(Event):
+    """One listing of a host is removed from the product's locked nodes."""
+
+    publisher: str
+    product: str
+    address: str
+    unique_id: int
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolsResized(Event):
+    """The product's pools are now ``node_count`` locked + ``floating_count`` floating."""
+
+    publisher: str
+    product: str
+    node_count: int
+    floating_count: int
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostExcluded(Event):
+    """A host (name or address) may no longer take the product's licences."""
+
+    publisher: str
+    product: str
+    host: str
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostUnexcluded(Event):
+    """A host is no longer excluded from the product."""
+
+    publisher: str
+    product: str
+    host: str
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class NamedUserAdded(Event):
+    """A user is named for the product (USRL: guaranteed licences)."""
+
+    publisher: str
+    product: str
+    user: str
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class NamedUserRemoved(Event):
+    """A user is no longer named for the product."""
+
+    publisher: str
+    product: str
+    user: str
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserAccessSet(Event):
+    """A user's ACCL access level for the product (None: entry removed)."""
+
+    publisher: str
+    product: str
+    user: str
+    level: int | None
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupAccessSet(Event):
+    """A group's ACCL access level for the product (None: entry removed)."""
+
+    publisher: str
+    product: str
+    group: str
+    level: int | None
+
+
+#: Events that change a product's administrative settings, by type.
+ADMIN_EVENTS: tuple[type[Event], ...] = (
+    PolicyChanged,
+    CrashoutChanged,
+    TimeoutChanged,
+    LockedNodeAdded,
+    LockedNodeRemoved,
+    PoolsResized,
+    HostExcluded,
+    HostUnexcluded,
+    NamedUserAdded,
+    NamedUserRemoved,
+    UserAccessSet,
+    GroupAccessSet,
+)

@@ -1,0 +1,318 @@
+"""In-memory state of one served product: its pools, holders and counters.
+
+Nothing here decides anything: the engine decides and these structures record
+the result, each operation O(1) or O(log n) in the number of licences, so that a
+REQUEST/RELEASE costs the same with ten or ten thousand licences held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Iterable, Iterator
+
+from hqnlsd.licensing.events import EventError, Granted
+from hqnlsd.licensing.policy import flags_of, locks_of
+from hqnlsd.licensing.settings import (
+    DEFAULT_CRASHOUT_PERIODS,
+    DEFAULT_TIMEOUT_SECONDS,
+    NodeListing,
+    ProductSettings,
+)
+from hqnlsd.permits.model import ProductPermit
+
+ProductKey = tuple[str, str]
+
+
+class FreeList:
+    """The free licence indices of one pool; hands out the lowest first.
+
+    A set says what is free; a heap (with lazily dropped stale entries) finds the
+    lowest free indices in O(log n).
+    """
+
+    __slots__ = ("_free", "_heap", "size")
+
+    def __init__(self, indices: range) -> None:
+        self.size = len(indices)
+        self._free: set[int] = set(indices)
+        self._heap: list[int] = list(indices)  # a range is already a sorted heap
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self._free
+
+    def lowest(self, count: int) -> tuple[int, ...] | None:
+        """The ``count`` lowest free indices, or None if fewer are free (no change)."""
+        if count > len(self._free):
+            return None
+        heap = self._heap
+        free = self._free
+        while heap[0] not in free:  # stale: taken through apply() without a pop
+            heapq.heappop(heap)
+        if count == 1:
+            return (heap[0],)
+        found: list[int] = []
+        seen: set[int] = set()
+        while len(found) < count:
+            index = heapq.heappop(heap)
+            if index in free and index not in seen:
+                seen.add(index)
+                found.append(index)
+        for index in found:
+            heapq.heappush(heap, index)
+        return tuple(found)
+
+    def take(self, indices: Iterable[int]) -> None:
+        """Mark indices as used; EventError if one of them is not free."""
+        indices = tuple(indices)
+        missing = [index for index in indices if index not in self._free]
+        if missing or len(set(indices)) != len(indices):
+            raise EventError(f"licence indices {indices} are not all free")
+        self._free.difference_update(indices)
+
+    def give(self, indices: Iterable[int]) -> None:
+        """Mark indices as free again."""
+        for index in indices:
+            if index not in self._free:
+                self._free.add(index)
+                heapq.heappush(self._heap, index)
+        if len(self._heap) > 2 * self.size + 64:
+            self._heap = sorted(self._free)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Holder:
+    """A licence held by a process: who, where, since when, last seen when."""
+
+    handle: str
+    key: ProductKey
+    indices: tuple[int, ...]
+    locked: bool
+    on_locked_node: bool
+    user: str
+    host: str
+    address: str
+    pid: int
+    uid: int | None
+    group: str | None
+    hostid: int | None
+    client: str | None
+    access: int
+    granted_at: float
+    last_update: float
+
+    @classmethod
+    def from_event(cls, key: ProductKey, event: Granted) -> Holder:
+        """The holder a Granted event creates."""
+        return cls(
+            handle=event.handle,
+            key=key,
+            indices=tuple(event.indices),
+            locked=event.locked,
+            on_locked_node=event.on_locked_node,
+            user=event.user,
+            host=event.host,
+            address=event.address,
+            pid=event.pid,
+            uid=event.uid,
+            group=event.group,
+            hostid=event.hostid,
+            client=event.client,
+            access=event.access,
+            granted_at=event.at,
+            last_update=event.at,
+        )
+
+    @property
+    def units(self) -> int:
+        """How many licences this holder has."""
+        return len(self.indices)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A handle whose licence was taken away: its holder gets LOSTLICENCE."""
+
+    key: ProductKey
+    reason: str
+    at: float
+
+
+class ProductState:
+    """One served product: permit, settings, pools, holders and ONPN counters."""
+
+    __slots__ = (
+        "by_update",
+        "floating",
+        "floating_by_address",
+        "holders",
+        "key",
+        "listings",
+        "locked",
+        "locked_by_address",
+        "permit",
+        "settings",
+    )
+
+    def __init__(self, permit: ProductPermit, settings: ProductSettings) -> None:
+        self.key: ProductKey = permit.key
+        self.permit = permit
+        self.settings = settings
+        #: Holders by handle, in grant order (the oldest first).
+        self.holders: dict[str, Holder] = {}
+        #: Handles in update order (the least recently updated first), for GRAB.
+        self.by_update: dict[str, None] = {}
+        self.floating_by_address: dict[str, int] = {}
+        self.locked_by_address: dict[str, int] = {}
+        self.listings: dict[str, list[int]] = {}
+        self.locked = FreeList(range(1, 1))
+        self.floating = FreeList(range(1, 1))
+        self.rebuild_pools()
+        self.rebuild_listings()
+
+    # -- effective values (permit, overridden by the administrator) --------------
+
+    @property
+    def node_count(self) -> int:
+        """Node-locked licences now (permit, or after ftol / ltof)."""
+        counts = self.settings.counts
+        return self.permit.node_count if counts is None else counts[0]
+
+    @property
+    def floating_count(self) -> int:
+        """Floating licences now (permit, or after ftol / ltof)."""
+        counts = self.settings.counts
+        return self.permit.floating_count if counts is None else counts[1]
+
+    @property
+    def total(self) -> int:
+        """All licences of the product now."""
+        return self.node_count + self.floating_count
+
+    @property
+    def locks(self) -> int:
+        """Flags the publisher locked (from the permit)."""
+        return int(locks_of(self.permit.policy))
+
+    @property
+    def flags(self) -> int:
+        """Policy flags in force; locked flags always as the permit says."""
+        permit_flags = int(flags_of(self.permit.policy))
+        if self.settings.flags is None:
+            return permit_flags
+        locks = self.locks
+        return (self.settings.flags & ~locks) | (permit_flags & locks)
+
+    @property
+    def policy_word(self) -> int:
+        """The full policy word in force: flags, and the publisher's locks above them."""
+        return self.flags | (self.locks << 16)
+
+    @property
+    def period(self) -> int:
+        """Update period in seconds."""
+        return self.permit.update_minutes * 60
+
+    @property
+    def crashout(self) -> float:
+        """GRAB crashout in seconds."""
+        if self.settings.crashout is not None:
+            return self.settings.crashout
+        return float(DEFAULT_CRASHOUT_PERIODS * max(self.period, 60))
+
+    @property
+    def timeout(self) -> float:
+        """TIML / LKNL timeout in seconds."""
+        timeout = self.settings.timeout
+        return DEFAULT_TIMEOUT_SECONDS if timeout is None else timeout
+
+    @property
+    def locked_nodes(self) -> tuple[NodeListing, ...]:
+        """The locked-node listings now (permit, or after addnode / rmnode)."""
+        if self.settings.locked_nodes is not None:
+            return self.settings.locked_nodes
+        return tuple((str(node.address), node.unique_id) for node in self.permit.locked_nodes)
+
+    @property
+    def locked_used(self) -> int:
+        """Node-locked licences held."""
+        return self.locked.size - len(self.locked)
+
+    @property
+    def floating_used(self) -> int:
+        """Floating licences held."""
+        return self.floating.size - len(self.floating)
+
+    # -- derived structures ------------------------------------------------------
+
+    def rebuild_pools(self) -> None:
+        """Fresh free lists for the current counts, minus the holders' indices."""
+        nodes = self.node_count
+        self.locked = FreeList(range(1, nodes + 1))
+        self.floating = FreeList(range(nodes + 1, nodes + self.floating_count + 1))
+        for holder in self.holders.values():
+            (self.locked if holder.locked else self.floating).take(holder.indices)
+
+    def rebuild_listings(self) -> None:
+        """Index the locked-node listings by address, for O(1) matching."""
+        listings: dict[str, list[int]] = {}
+        for address, unique_id in self.locked_nodes:
+            listings.setdefault(address, []).append(unique_id)
+        self.listings = listings
+
+    def listings_for(self, address: str, hostid: int | None) -> int:
+        """How many times a host is listed as a locked node (0: not a locked node).
+
+        A listing matches on the address, and on the unique id too unless the
+        listed id is 0.
+        """
+        ids = self.listings.get(address)
+        if not ids:
+            return 0
+        return sum(1 for unique_id in ids if unique_id == 0 or unique_id == hostid)
+
+    # -- recording decisions ---------------------------------------------------------
+
+    def add(self, holder: Holder) -> None:
+        """Record a grant."""
+        if holder.handle in self.holders:
+            raise EventError(f"handle {holder.handle} is already held")
+        pool = self.locked if holder.locked else self.floating
+        pool.take(holder.indices)
+        self.holders[holder.handle] = holder
+        self.by_update[holder.handle] = None
+        counter = self.locked_by_address if holder.locked else self.floating_by_address
+        counter[holder.address] = counter.get(holder.address, 0) + holder.units
+
+    def remove(self, holder: Holder) -> None:
+        """Record that a holder no longer has its licence."""
+        del self.holders[holder.handle]
+        del self.by_update[holder.handle]
+        pool = self.locked if holder.locked else self.floating
+        pool.give(holder.indices)
+        counter = self.locked_by_address if holder.locked else self.floating_by_address
+        left = counter[holder.address] - holder.units
+        if left:
+            counter[holder.address] = left
+        else:
+            del counter[holder.address]
+
+    def touch(self, holder: Holder, at: float) -> None:
+        """Record an UPDATE: the holder moves to the end of the update order."""
+        holder.last_update = max(holder.last_update, at)
+        del self.by_update[holder.handle]
+        self.by_update[holder.handle] = None
+
+    def least_recently_updated(self) -> Iterator[Holder]:
+        """Holders from the least recently updated on (for GRAB)."""
+        holders = self.holders
+        for handle in self.by_update:
+            yield holders[handle]
+
+    def resort_updates(self) -> None:
+        """Rebuild the update order from the holders' last-update times (restore)."""
+        ordered = sorted(self.holders.values(), key=lambda holder: holder.last_update)
+        self.by_update = {holder.handle: None for holder in ordered}

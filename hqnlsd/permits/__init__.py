@@ -1,0 +1,1 @@
+"""Permit files: model, format, seals, reading and discovery."""

@@ -1,0 +1,1 @@
+"""Durable state in the --state-dir (SQLite)."""

@@ -1,0 +1,393 @@
+"""The durable journal of licensing events: SQLite in WAL mode, group commit.
+
+Shape: one snapshot of the engine's state plus the log of events applied since
+(both in one database file, ``hqnlsd.sqlite3`` in ``--state-dir``). Starting up
+= restore the snapshot, replay the log, then compact (write a fresh snapshot and
+empty the log, in one transaction).
+
+Serving: the caller applies events to the engine (the engine's commands do it)
+and, *in the same reactor turn*, hands them to ``Journal.submit``, which returns
+a Deferred. Every submission of a turn is written on the next turn
+(``clock.callLater(0, flush)``) in ONE transaction; the Deferreds fire after the
+COMMIT returns (errback on failure), and only then does the service answer the
+client. Durability therefore costs one fsync per reactor turn, not one per
+request.
+
+What is durable when:
+
+* A submission is durable when its Deferred fires with a result. With the
+  default ``synchronous="FULL"`` that survives ``kill -9`` and power loss (the
+  WAL is fsynced at each commit); with ``"NORMAL"`` it survives ``kill -9`` of
+  the daemon but not a crash of the operating system.
+* Events whose commit failed are NOT dropped: they stay queued ahead of newer
+  ones and are written, in order, by the next successful commit (retried with
+  backoff even if no new work comes). Their Deferreds errback (the client gets
+  INTERNAL) but the disk never skips an event that the memory applied, so the
+  log always replays to a prefix of the in-memory state.
+* The database is opened in exclusive locking mode: a second daemon pointed at
+  the same state directory fails at start-up instead of serving the same
+  licences twice.
+
+Compaction while serving writes ``engine.snapshot()`` and deletes the log in
+the commit transaction, only when the number of events the engine has applied
+equals the number the journal has been given (so the snapshot is exactly the
+log's state), and only after ``max(compact_after, 4 x holders)`` events so its
+cost per event stays constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from hqnlsd.licensing.events import JSON, Event, EventError, event_from_dict
+
+#: The database file inside the state directory.
+DATABASE_NAME = "hqnlsd.sqlite3"
+#: Version of the schema below.
+SCHEMA_VERSION = 1
+#: Compact the log after at least this many events (more with many holders).
+COMPACT_AFTER = 10_000
+#: Retry delays after a failed commit: first, growth factor, ceiling (seconds).
+RETRY_FIRST = 0.1
+RETRY_FACTOR = 2.0
+RETRY_MAX = 5.0
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS snapshot ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL, written REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL)",
+)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # Short busy timeout: the only contender for the lock is another daemon.
+    return sqlite3.connect(path, timeout=0.5)
+
+
+class JournalError(Exception):
+    """The journal could not read or write the durable state; the message says why."""
+
+
+class Scheduler(Protocol):
+    """What the journal needs of a reactor (``IReactorTime``; tests use ``task.Clock``)."""
+
+    def seconds(self) -> float:
+        """Now."""
+        ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any) -> Any:
+        """Call ``callable(*args)`` after ``delay`` seconds; returns an IDelayedCall."""
+        ...
+
+
+class Restorable(Protocol):
+    """The engine, as the journal sees it."""
+
+    applied: int
+
+    def restore(self, state: dict[str, JSON]) -> None:
+        """Replace the whole state with a snapshot."""
+        ...
+
+    def apply(self, event: Event) -> None:
+        """Apply one event."""
+        ...
+
+    def snapshot(self) -> dict[str, JSON]:
+        """The whole state, JSON-safe."""
+        ...
+
+    def held_count(self) -> int:
+        """Licences held (sizes the compaction interval)."""
+        ...
+
+
+@dataclasses.dataclass(slots=True)
+class JournalStats:
+    """Counters for logs, metrics and tests."""
+
+    commits: int = 0
+    events_written: int = 0
+    failures: int = 0
+    compactions: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RestoreReport:
+    """What ``Journal.restore`` found on disk."""
+
+    had_snapshot: bool
+    replayed: int
+
+
+def open_journal(
+    state_dir: Path,
+    clock: Scheduler,
+    *,
+    synchronous: str = "FULL",
+    compact_after: int = COMPACT_AFTER,
+    connect: Callable[[str], sqlite3.Connection] | None = None,
+) -> Journal:
+    """Open (creating if needed, mode 0700 / 0600) the journal in ``state_dir``."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = state_dir / DATABASE_NAME
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+    except OSError as error:
+        raise JournalError(f"cannot create the state database in {state_dir}: {error}") from None
+    return Journal(
+        path, clock, synchronous=synchronous, compact_after=compact_after, connect=connect
+    )
+
+
+class Journal:
+    """Group-committed event log with snapshot (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        path: Path,
+        clock: Scheduler,
+        *,
+        synchronous: str = "FULL",
+        compact_after: int = COMPACT_AFTER,
+        connect: Callable[[str], sqlite3.Connection] | None = None,
+    ) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
+        self.path = path
+        self._clock = clock
+        self.compact_after = compact_after
+        self.stats = JournalStats()
+        self._engine: Restorable | None = None
+        self._given = 0  # events the engine has applied that the journal knows of
+        self._since_compaction = 0
+        self._pending: list[Event] = []
+        self._waiters: list[Deferred[None]] = []
+        self._unwritten: list[Event] = []  # from failed commits, written first next time
+        self._flush_call: Any = None
+        self._retry_call: Any = None
+        self._retry_delay = RETRY_FIRST
+        self.last_error: BaseException | None = None
+        self._closed = False
+        try:
+            db = (connect or _connect)(str(path))
+            db.isolation_level = None  # we issue BEGIN / COMMIT ourselves
+            self._db = db
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(f"{path}: cannot use WAL mode (got {mode})")
+            db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif row[0] != str(SCHEMA_VERSION):
+                raise JournalError(f"{path}: schema version {row[0]} is not {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            message = str(error)
+            if "locked" in message:
+                message += " (is another hqnlsd using this state directory?)"
+            raise JournalError(f"cannot open the state database {path}: {message}") from None
+
+    # -- start-up -------------------------------------------------------------------
+
+    def load(self) -> tuple[dict[str, JSON] | None, list[Event]]:
+        """The stored snapshot (None if none yet) and the events logged after it."""
+        try:
+            row = self._db.execute("SELECT state FROM snapshot WHERE id = 1").fetchone()
+            rows = self._db.execute("SELECT seq, body FROM events ORDER BY seq").fetchall()
+        except sqlite3.Error as error:
+            raise JournalError(f"cannot read {self.path}: {error}") from None
+        snapshot = None
+        if row is not None:
+            try:
+                snapshot = json.loads(row[0])
+            except ValueError as error:
+                raise JournalError(f"{self.path}: the snapshot is damaged: {error}") from None
+        events = []
+        for seq, body in rows:
+            try:
+                events.append(event_from_dict(json.loads(body)))
+            except (ValueError, EventError) as error:
+                raise JournalError(f"{self.path}: event {seq} is damaged: {error}") from None
+        return snapshot, events
+
+    def restore(self, engine: Restorable) -> RestoreReport:
+        """Load the durable state into ``engine``, compact, and journal for it from now on.
+
+        A state that does not replay (a damaged file) raises JournalError: better
+        to refuse to start than to serve licences already granted.
+        """
+        snapshot, events = self.load()
+        try:
+            if snapshot is not None:
+                engine.restore(snapshot)
+            for event in events:
+                engine.apply(event)
+        except EventError as error:
+            raise JournalError(f"{self.path}: the stored state does not replay: {error}") from None
+        self._engine = engine
+        self._given = engine.applied
+        self._compact_now()
+        return RestoreReport(had_snapshot=snapshot is not None, replayed=len(events))
+
+    # -- serving --------------------------------------------------------------------
+
+    def submit(self, events: Sequence[Event]) -> Deferred[None]:
+        """Queue events for the next group commit; the Deferred fires once they are durable.
+
+        Call it in the same reactor turn as the engine command that produced the
+        events. With no events, the Deferred waits for the commit already queued
+        (if any), so an answer never overtakes the state it depends on.
+        """
+        if self._closed:
+            raise JournalError("the journal is closed")
+        if not events and not self._pending:
+            return succeed(None)
+        self._pending.extend(events)
+        self._given += len(events)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+        return waiter
+
+    def flush(self) -> None:
+        """Commit everything queued now, in one transaction, and fire the Deferreds."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        waiters, self._waiters = self._waiters, []
+        events = self._unwritten + self._pending
+        self._pending = []
+        if not events:
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        try:
+            self._write(events)
+        except sqlite3.Error as error:
+            self._unwritten = events
+            self.stats.failures += 1
+            self.last_error = error
+            self.log.error(
+                "journal commit of {count} events failed ({error}); will retry",
+                count=len(events),
+                error=str(error),
+            )
+            self._schedule_retry()
+            failure = JournalError(f"could not write the licence state: {error}")
+            for waiter in waiters:
+                waiter.errback(failure)
+            return
+        self._unwritten = []
+        self.last_error = None
+        self._retry_delay = RETRY_FIRST
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        for waiter in waiters:
+            waiter.callback(None)
+
+    @property
+    def healthy(self) -> bool:
+        """False while events from a failed commit are still waiting to be written."""
+        return not self._unwritten
+
+    def close(self) -> None:
+        """Write what is queued (best effort) and close the database."""
+        if self._closed:
+            return
+        if self._pending or self._unwritten or self._waiters:
+            self.flush()
+        for call in (self._flush_call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._closed = True
+        self._db.close()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _write(self, events: list[Event]) -> None:
+        rows = [(json.dumps(event.to_dict(), separators=(",", ":")),) for event in events]
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO events (body) VALUES (?)", rows)
+            self._since_compaction += len(events)
+            compacted = self._compact_if_due()
+            db.execute("COMMIT")
+        except BaseException:
+            self._since_compaction -= len(events)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.stats.commits += 1
+        self.stats.events_written += len(events)
+        if compacted:
+            self.stats.compactions += 1
+            self._since_compaction = 0
+
+    def _compact_if_due(self) -> bool:
+        engine = self._engine
+        if engine is None:
+            return False
+        due = max(self.compact_after, 4 * engine.held_count())
+        if self._since_compaction < due or engine.applied != self._given:
+            return False
+        self._store_snapshot(engine.snapshot())
+        return True
+
+    def _store_snapshot(self, state: dict[str, JSON]) -> None:
+        body = json.dumps(state, separators=(",", ":"))
+        self._db.execute(
+            "INSERT OR REPLACE INTO snapshot (id, state, written) VALUES (1, ?, ?)",
+            (body, self._clock.seconds()),
+        )
+        self._db.execute("DELETE FROM events")
+
+    def _compact_now(self) -> None:
+        engine = self._engine
+        assert engine is not None
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            self._store_snapshot(engine.snapshot())
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise JournalError(f"cannot write {self.path}: {error}") from None
+        self._since_compaction = 0
+        self.stats.compactions += 1
+
+    def _schedule_retry(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(self._retry_delay * RETRY_FACTOR, RETRY_MAX)
+        self._retry_call = self._clock.callLater(delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        if self._unwritten and self._flush_call is None and not self._closed:
+            self.flush()

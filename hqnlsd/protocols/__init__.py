@@ -1,0 +1,1 @@
+"""Wire protocols: thin adapters between sockets and the core."""

@@ -1,0 +1,430 @@
+"""The client listener: the text protocol of SPEC 5 as a Twisted protocol.
+
+One `ClientProtocol` per connection. It frames lines, parses them with
+`hqnlsd.protocols.wire`, answers PING, HELP and QUIT itself, hands every other
+command to the `Dispatcher` and writes the replies back **in request order**,
+whatever order the dispatcher's Deferreds fire in (clients may pipeline).
+
+Robustness rules, all per connection, so one client never disturbs another:
+
+- a line longer than `wire.MAX_LINE_BYTES` earns ``ERR LINE_TOO_LONG`` and the
+  connection is closed (the rest of its input is ignored);
+- bad UTF-8, bad syntax, unknown verbs earn an ``ERR`` line, nothing more;
+- a dispatcher that raises, fails its Deferred or answers something that is not
+  a reply earns ``ERR INTERNAL``, and the failure is logged;
+- a lost connection drops the replies still pending; their Deferreds are left
+  to finish (not cancelled: a grant being replicated must not be torn in half)
+  and their results are discarded;
+- at most ``max_pipeline`` replies of one connection wait to be written (for the
+  dispatcher, or behind a reply that waits for it); beyond that, and while the
+  client does not read its replies (the protocol is a streaming producer for
+  its transport), reading pauses, so memory per connection is bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable
+from typing import Protocol as TypingProtocol
+from typing import cast
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from hqnlsd.protocols import wire
+from hqnlsd.status import Status
+
+#: Requests of one connection that may wait for the dispatcher at the same time.
+DEFAULT_MAX_PIPELINE = 64
+
+
+class Dispatcher(TypingProtocol):
+    """What the client protocol needs from the core: one answer per command."""
+
+    def dispatch(
+        self, command: wire.DispatchedCommand, peer: IPv4Address
+    ) -> wire.Reply | Deferred[wire.Reply]:
+        """Answer `command` from the client at `peer`, now or later.
+
+        Replies are written in request order, so a slow answer delays the ones
+        after it on the same connection (never on other connections). Raising,
+        or failing the Deferred, gives the client ``ERR INTERNAL``.
+        """
+        ...
+
+
+_INTERNAL = wire.format_reply(
+    wire.Err(Status.INTERNAL, "internal error; the server logged the details")
+)
+_PONG = wire.format_reply(wire.Ok.of("pong"))
+_BYE = wire.format_reply(wire.Ok.of("bye"))
+_TOO_LONG = wire.format_reply(
+    wire.Err(
+        Status.LINE_TOO_LONG,
+        f"a line may hold at most {wire.MAX_LINE_BYTES} bytes; closing the connection",
+    )
+)
+_IPV4_ONLY = wire.format_reply(
+    wire.Err(Status.ILLEGAL, "this server takes clients over IPv4 only")
+)
+
+
+class _Transport(TypingProtocol):
+    """The transport methods used here (zope interfaces are opaque to mypy)."""
+
+    def getPeer(self) -> IAddress: ...
+    def write(self, data: bytes) -> None: ...
+    def writeSequence(self, data: Iterable[bytes]) -> None: ...
+    def loseConnection(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+
+
+class Scheduler(TypingProtocol):
+    """The part of IReactorTime the protocol uses (the reactor and task.Clock fit)."""
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> IDelayedCall:
+        """Call ``callable(*args, **kw)`` in `delay` seconds."""
+        ...
+
+
+class _Pending:
+    """The place of one reply in the connection's output order."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | None = None) -> None:
+        self.data = data
+
+
+@implementer(IPushProducer)
+class ClientProtocol(Protocol, TimeoutMixin):
+    """One client connection speaking the hqnlsd text protocol."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        clock: Scheduler,
+        *,
+        idle_timeout: float | None = None,
+        max_pipeline: int = DEFAULT_MAX_PIPELINE,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._transport = cast(_Transport, None)
+        self._idle_timeout = idle_timeout
+        self._max_pipeline = max_pipeline
+        self._buffer = b""
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._unresolved = 0
+        self._pauses: set[str] = set()
+        self._processing = False
+        self._closing = False
+        self._lost = False
+        self._producer_registered = False
+        self._peer = IPv4Address("TCP", "0.0.0.0", 0)
+
+    # -- Twisted hooks ----------------------------------------------------
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """TimeoutMixin's timer, on the injected clock instead of the global reactor."""
+        return self._clock.callLater(period, func)
+
+    def connectionMade(self) -> None:
+        """Check the peer is IPv4, start the idle timer, watch our write buffer."""
+        self._transport = cast(_Transport, self.transport)
+        peer = self._transport.getPeer()
+        if not isinstance(peer, IPv4Address):
+            self.log.warn("refusing non-IPv4 client {peer}", peer=str(peer))
+            self._closing = True
+            self._transport.write(_IPV4_ONLY)
+            self._transport.loseConnection()
+            return
+        self._peer = peer
+        self._transport.registerProducer(self, True)
+        self._producer_registered = True
+        if self._idle_timeout is not None:
+            self._set_idle_timer(self._idle_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Buffer `data` and answer every complete line in it."""
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process_buffer()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Forget the pending replies; their Deferreds finish into the void."""
+        self._lost = True
+        self._closing = True
+        self._buffer = b""
+        self._queue.clear()
+        self._producer_registered = False
+        self._set_idle_timer(None)
+
+    def timeoutConnection(self) -> None:
+        """Idle too long: close, unless the dispatcher still owes us a reply."""
+        if self._unresolved:
+            self._set_idle_timer(self._idle_timeout)
+            return
+        self.log.info(
+            "closing idle client connection {peer}", peer=self._peer_text()
+        )
+        self._close_after_flush()
+
+    # -- IPushProducer: the transport tells us when its write buffer is full
+
+    def pauseProducing(self) -> None:
+        """The client is not reading our replies: stop reading its requests."""
+        self._pause("writes")
+
+    def resumeProducing(self) -> None:
+        """The client caught up: read and answer again."""
+        self._resume("writes")
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost does the cleaning."""
+        self._closing = True
+
+    # -- input ------------------------------------------------------------
+
+    def _process_buffer(self) -> None:
+        if self._processing:
+            return  # re-entered from a reply that fired synchronously
+        self._processing = True
+        try:
+            buffer = self._buffer
+            start = 0
+            drained = True
+            while not self._closing:
+                if self._pauses:
+                    drained = False
+                    break
+                end = buffer.find(b"\n", start)
+                if end < 0:
+                    break
+                line = buffer[start:end]
+                start = end + 1
+                self._line_received(line)
+            self._buffer = b"" if self._closing else buffer[start:]
+            if drained and not self._closing and _too_long(self._buffer):
+                self._line_too_long()
+        finally:
+            self._processing = False
+
+    def _line_received(self, line: bytes) -> None:
+        if _too_long(line):
+            self._line_too_long()
+            return
+        try:
+            command = wire.parse_line(line)
+        except wire.WireError as e:
+            self.log.debug(
+                "client {peer} sent a bad line: {status} {message}",
+                peer=self._peer_text(), status=e.status.name, message=e.message,
+            )
+            self._answer(wire.format_reply(e.reply()))
+            return
+        if command is None:
+            return
+        if isinstance(command, wire.Ping):
+            self._answer(_PONG)
+        elif isinstance(command, wire.Help):
+            self._answer(wire.format_reply(wire.help_listing(command.topic)))
+        elif isinstance(command, wire.Quit):
+            self._answer(_BYE)
+            self._close_after_flush()
+        else:
+            self._dispatch(command)
+
+    def _line_too_long(self) -> None:
+        self.log.warn(
+            "client {peer} sent a line over {limit} bytes; closing its connection",
+            peer=self._peer_text(), limit=wire.MAX_LINE_BYTES,
+        )
+        self._answer(_TOO_LONG)
+        self._close_after_flush()
+
+    # -- dispatching ------------------------------------------------------
+
+    def _dispatch(self, command: wire.DispatchedCommand) -> None:
+        try:
+            result = self._dispatcher.dispatch(command, self._peer)
+        except Exception:
+            self.log.failure(
+                "dispatcher raised on {verb} from {peer}",
+                verb=command.verb, peer=self._peer_text(),
+            )
+            self._answer(_INTERNAL)
+            return
+        if not isinstance(result, Deferred):
+            self._answer(self._render(result, command))
+            return
+        pending = _Pending()
+        self._queue.append(pending)
+        self._unresolved += 1
+        self._check_pipeline()
+
+        def settle(outcome: object) -> None:
+            if isinstance(outcome, Failure):
+                self.log.failure(
+                    "dispatcher failed on {verb} from {peer}",
+                    outcome, verb=command.verb, peer=self._peer_text(),
+                )
+                pending.data = _INTERNAL
+            else:
+                pending.data = self._render(outcome, command)
+            self._unresolved -= 1
+            self._flush()
+
+        result.addBoth(settle)
+
+    def _render(self, reply: object, command: wire.DispatchedCommand) -> bytes:
+        if isinstance(reply, wire.Ok | wire.Err | wire.Listing):
+            try:
+                return wire.format_reply(reply)
+            except Exception:
+                self.log.failure("could not format the reply to {verb}", verb=command.verb)
+                return _INTERNAL
+        self.log.error(
+            "dispatcher answered {verb} with {reply!r}, which is not a reply",
+            verb=command.verb, reply=reply,
+        )
+        return _INTERNAL
+
+    # -- output -----------------------------------------------------------
+
+    def _answer(self, data: bytes) -> None:
+        """Send a reply that is ready now, after those still pending."""
+        if self._lost:
+            return
+        if self._queue:
+            self._queue.append(_Pending(data))
+            self._check_pipeline()
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        if self._lost:
+            return
+        ready: list[bytes] = []
+        while self._queue and self._queue[0].data is not None:
+            ready.append(self._queue.popleft().data)  # type: ignore[arg-type]
+        if ready:
+            self._transport.writeSequence(ready)
+        if self._closing and not self._queue:
+            self._close_now()
+        else:
+            self._check_pipeline()
+
+    def _close_after_flush(self) -> None:
+        """Read nothing more; close once every pending reply is written."""
+        self._closing = True
+        self._buffer = b""
+        if not self._queue:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._lost:
+            return
+        if self._producer_registered:
+            # A registered streaming producer would keep the connection open.
+            self._producer_registered = False
+            self._transport.unregisterProducer()
+        self._set_idle_timer(None)
+        self._transport.loseConnection()
+
+    # -- flow control -----------------------------------------------------
+
+    def _check_pipeline(self) -> None:
+        if len(self._queue) >= self._max_pipeline:
+            self._pause("pipeline")
+        else:
+            self._resume("pipeline")
+
+    def _pause(self, reason: str) -> None:
+        if reason in self._pauses:
+            return
+        self._pauses.add(reason)
+        if len(self._pauses) == 1 and not self._closing:
+            self._transport.pauseProducing()
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if self._pauses or self._closing:
+            return
+        self._transport.resumeProducing()
+        self._process_buffer()
+
+    def _set_idle_timer(self, seconds: float | None) -> None:
+        self.setTimeout(seconds)
+
+    def _peer_text(self) -> str:
+        return f"{self._peer.host}:{self._peer.port}"
+
+
+def _too_long(line: bytes) -> bool:
+    """Is `line` (a complete line without LF, or the unfinished tail of the
+    input) over the limit? The CR of a CR LF does not count."""
+    excess = len(line) - wire.MAX_LINE_BYTES
+    return excess > 1 or (excess == 1 and not line.endswith(b"\r"))
+
+
+class ClientProtocolFactory(ServerFactory[ClientProtocol]):
+    """Builds a `ClientProtocol` for each client connection.
+
+    :param dispatcher: answers the commands (REQUEST, UPDATE, ...).
+    :param clock: the reactor's time, for the idle timeout.
+    :param idle_timeout: close a connection silent for this many seconds
+        (default: never). Keep it well above the longest update period if
+        clients hold their connection open between UPDATEs.
+    :param max_pipeline: replies of one connection that may wait to be written
+        (pending in the dispatcher or queued behind one that is); reading
+        pauses at that many.
+    """
+
+    protocol = ClientProtocol
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        clock: Scheduler,
+        *,
+        idle_timeout: float | None = None,
+        max_pipeline: int = DEFAULT_MAX_PIPELINE,
+    ) -> None:
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive (or None for no timeout)")
+        if max_pipeline < 1:
+            raise ValueError("max_pipeline must be at least 1")
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_pipeline = max_pipeline
+
+    def buildProtocol(self, addr: object) -> ClientProtocol:
+        """A protocol for the connection from `addr`."""
+        protocol = ClientProtocol(
+            self.dispatcher,
+            self.clock,
+            idle_timeout=self.idle_timeout,
+            max_pipeline=self.max_pipeline,
+        )
+        protocol.factory = self
+        return protocol
+

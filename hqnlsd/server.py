@@ -1,0 +1,326 @@
+"""`LicenceServer`: the dispatcher between the client protocol and the core.
+
+It owns the permit catalogue, the licensing engine and the journal of one daemon,
+maps each typed protocol command onto the engine, and answers only once the
+events the command caused are durable. It knows nothing of sockets: the protocol
+calls `dispatch`, tests call it directly with a `task.Clock`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hqnlsd.identity import HostsTable
+from hqnlsd.licensing.engine import Engine
+from hqnlsd.licensing.events import Event
+from hqnlsd.licensing.results import Denied, Grant, HolderInfo, LicenceRequest
+from hqnlsd.permits.discovery import Discovery, discover
+from hqnlsd.permits.model import HostId
+from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
+from hqnlsd.permits.seal import TrustedKeys
+from hqnlsd.persistence.store import Journal
+from hqnlsd.protocols import wire
+from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
+from hqnlsd.status import Status
+
+#: Dates on the wire, as in permit files.
+DATE_FORMAT = "%d/%m/%Y"
+
+
+def _date(day: datetime.date) -> str:
+    return day.strftime(DATE_FORMAT)
+
+
+def _denied(denied: Denied, **fields: Any) -> Err:
+    return Err.of(denied.status, denied.message, **fields)
+
+
+def _domain_words(offer: Offer) -> str:
+    return " ".join(str(server.address) for server in offer.domain)
+
+
+class PermitSource:
+    """Where permits come from: the search path, trusted keys, hosts file, this host."""
+
+    def __init__(
+        self,
+        *,
+        permit_dirs: Sequence[Path] | None,
+        environ: dict[str, str],
+        publisher_keys: Path,
+        hosts_file: Path,
+        me: HostId,
+        cwd: Callable[[], Path] = lambda: Path(os.getcwd()),
+    ) -> None:
+        self.permit_dirs = permit_dirs
+        self.environ = environ
+        self.publisher_keys = publisher_keys
+        self.hosts_file = hosts_file
+        self.me = me
+        self._cwd = cwd
+
+    def read(self) -> tuple[Discovery, TrustedKeys, Catalogue]:
+        """Search for permits and read them against the trusted keys (blocking I/O)."""
+        found = discover(self.permit_dirs, environ=self.environ, cwd=self._cwd())
+        trusted = TrustedKeys.load(self.publisher_keys)
+        hosts = HostsTable.load(self.hosts_file)
+        return found, trusted, read_catalogue(found.files, trusted, self.me, hosts)
+
+
+class LicenceServer:
+    """Answers client commands from the catalogue, the engine and the journal."""
+
+    log = Logger()
+
+    def __init__(self, engine: Engine, journal: Journal, source: PermitSource) -> None:
+        self.engine = engine
+        self.journal = journal
+        self.source = source
+        self.catalogue = Catalogue((), {}, {}, ())
+        self.discovery: Discovery | None = None
+        self.trusted: TrustedKeys | None = None
+
+    # -- permits ----------------------------------------------------------------------
+
+    def load_permits(self) -> Deferred[None]:
+        """(Re)read the permits and serve their products; licences of unchanged ones stay.
+
+        Products of a multi-host domain are read (sinfo shows them) but not handed
+        to the engine: until this daemon runs the domain protocol it must not grant
+        them, so requests for them are answered NOTVERIFIED.
+        """
+        found, trusted, catalogue = self.source.read()
+        self.discovery, self.trusted, self.catalogue = found, trusted, catalogue
+        for problem in found.problems:
+            self.log.warn("permit search: {problem}", problem=problem)
+        for key_problem in trusted.problems:
+            self.log.warn("publisher keys: {problem}", problem=key_problem)
+        if not found.files:
+            self.log.warn(
+                "no permit files found (searched {dirs}); idle until reinit",
+                dirs=", ".join(str(d) for d in found.searched),
+            )
+        for error in catalogue.errors:
+            self.log.error(
+                "permit error: {error}", error=str(error), condition=int(error.condition)
+            )
+        single = [offer.product for offer in catalogue.served.values() if len(offer.domain) == 1]
+        for offer in catalogue.served.values():
+            self.log.info(
+                "serving {publisher} {product} {version} from {path}",
+                publisher=offer.product.publisher,
+                product=offer.product.product,
+                version=offer.product.version,
+                path=offer.path,
+            )
+        outcome = self.engine.load_products(single)
+        return self.journal.submit(outcome.events)
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def dispatch(self, command: wire.DispatchedCommand, peer: Any) -> Reply | Deferred[Reply]:
+        """Answer one client command (the protocol's `Dispatcher` interface)."""
+        if isinstance(command, wire.Request):
+            return self._request(command, peer)
+        if isinstance(command, wire.Update):
+            return self._update(command)
+        if isinstance(command, wire.Release):
+            return self._release(command)
+        if isinstance(command, wire.Query):
+            return self._query(command)
+        if isinstance(command, wire.Users):
+            return self._users(command)
+        if isinstance(command, wire.Message):
+            self.log.info(
+                "client message from {peer}: {text}",
+                peer=getattr(peer, "host", str(peer)),
+                text=command.text,
+            )
+            return Ok.of()
+        return Err.of(Status.UNKNOWN_COMMAND, f"{type(command).__name__} is not served here")
+
+    def _product_offer(self, publisher: str, product: str) -> Offer | Err:
+        offer = self.catalogue.find(publisher, product)
+        if offer is None:
+            return Err.of(
+                Status.BADPRODUCT,
+                f"no permit for {publisher} {product} has been read by this server",
+            )
+        if not offer.here:
+            domain = _domain_words(offer)
+            return Err.of(
+                Status.TRY_DOMAIN,
+                f"{publisher} {product} is served by another server domain: ask {domain}",
+                domain=domain,
+            )
+        if len(offer.domain) > 1:
+            return Err.of(
+                Status.NOTVERIFIED,
+                f"{publisher} {product} belongs to the multi-host domain "
+                f"{_domain_words(offer)}; this server has not been verified by that domain",
+                domain=_domain_words(offer),
+            )
+        return offer
+
+    def _request(self, command: wire.Request, peer: Any) -> Reply | Deferred[Reply]:
+        offer = self._product_offer(command.publisher, command.product)
+        if isinstance(offer, Err):
+            self.log.info(
+                "denied {publisher} {product} to {user}@{host}: {status}",
+                publisher=command.publisher,
+                product=command.product,
+                user=command.user,
+                host=command.host,
+                status=offer.status.name,
+            )
+            return offer
+        if command.challenge is not None:
+            return Err.of(
+                Status.ILLEGAL,
+                "challenge/response is not available in this server version; "
+                "send the REQUEST without challenge=",
+            )
+        outcome = self.engine.request(
+            LicenceRequest(
+                publisher=command.publisher,
+                product=command.product,
+                version=command.version,
+                user=command.user,
+                host=command.host,
+                pid=command.pid,
+                address=ipaddress.IPv4Address(peer.host),
+                uid=command.uid,
+                group=command.group,
+                units=command.units,
+                client=command.client,
+                hostid=command.hostid,
+            )
+        )
+        result = outcome.result
+        if isinstance(result, Denied):
+            self.log.info(
+                "denied {publisher} {product} to {user}@{host}: {status} {reason}",
+                publisher=command.publisher,
+                product=command.product,
+                user=command.user,
+                host=command.host,
+                status=result.status.name,
+                reason=result.message,
+            )
+            return self._after(outcome.events, _denied(result))
+        self.log.info(
+            "granted {publisher} {product} licence {indices} to {user}@{host} pid {pid}: "
+            "handle {handle}",
+            publisher=result.publisher,
+            product=result.product,
+            indices=",".join(map(str, result.indices)),
+            user=command.user,
+            host=command.host,
+            pid=command.pid,
+            handle=result.handle,
+        )
+        return self._after(outcome.events, self._granted(result))
+
+    @staticmethod
+    def _granted(grant: Grant) -> Ok:
+        fields: dict[str, Any] = {
+            "handle": grant.handle,
+            "period": grant.period,
+            "type": grant.type,
+            "access": grant.access,
+            "data": " ".join(map(str, grant.data)),
+            "start": _date(grant.start),
+            "expiry": _date(grant.expiry),
+            "index": ",".join(map(str, grant.indices)),
+        }
+        if grant.duplicate:
+            fields["duplicate"] = 1
+        return Ok.of(**fields)
+
+    def _update(self, command: wire.Update) -> Reply | Deferred[Reply]:
+        if command.challenge is not None:
+            return Err.of(
+                Status.ILLEGAL,
+                "challenge/response is not available in this server version; "
+                "send the UPDATE without challenge=",
+            )
+        outcome = self.engine.update(command.handle)
+        result = outcome.result
+        if isinstance(result, Denied):
+            return self._after(outcome.events, _denied(result, handle=command.handle))
+        return self._after(outcome.events, Ok.of(handle=result.handle, period=result.period))
+
+    def _release(self, command: wire.Release) -> Reply | Deferred[Reply]:
+        outcome = self.engine.release(command.handle)
+        result = outcome.result
+        if isinstance(result, Denied):
+            return self._after(outcome.events, _denied(result, handle=command.handle))
+        self.log.info("released handle {handle}", handle=result.handle)
+        return self._after(outcome.events, Ok.of(handle=result.handle))
+
+    def _query(self, command: wire.Query) -> Reply:
+        answer = self.engine.query(command.handle, command.what.value)
+        if isinstance(answer, Denied):
+            return _denied(answer, handle=command.handle)
+        fields: dict[str, Any] = {"handle": command.handle, "what": answer.what}
+        for key, value in answer.values.items():
+            fields[key] = _field_value(value)
+        return Ok.of(**fields)
+
+    def _users(self, command: wire.Users) -> Reply:
+        offer = self._product_offer(command.publisher, command.product)
+        if isinstance(offer, Err):
+            return offer
+        holders = self.engine.users(command.publisher, command.product, command.version)
+        if isinstance(holders, Denied):
+            return _denied(holders)
+        return Listing.of_records([_user_record(holder) for holder in holders])
+
+    # -- durability -------------------------------------------------------------------
+
+    def _after(self, events: Sequence[Event], reply: Reply) -> Reply | Deferred[Reply]:
+        """Answer once ``events`` (and everything before them) are durable."""
+        if not events:
+            return reply
+        done: Deferred[Any] = self.journal.submit(events)
+
+        def failed(failure: Failure) -> Reply:
+            self.log.failure("journal commit failed; answering INTERNAL", failure)
+            return Err.of(
+                Status.INTERNAL,
+                "the server could not record the licence state durably; try again",
+            )
+
+        done.addCallbacks(lambda _: reply, failed)
+        return done
+
+
+def _field_value(value: object) -> Any:
+    if isinstance(value, datetime.date):
+        return _date(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, tuple | list):
+        return " ".join(map(str, value))
+    return value
+
+
+def _user_record(holder: HolderInfo) -> dict[str, Any]:
+    return {
+        "index": ",".join(map(str, holder.indices)),
+        "type": holder.type,
+        "user": holder.user,
+        "host": holder.host,
+        "address": holder.address,
+        "pid": holder.pid,
+        "since": datetime.datetime.fromtimestamp(holder.granted).strftime("%d/%m/%Y %H:%M:%S"),
+    }

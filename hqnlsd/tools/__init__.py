@@ -1,0 +1,1 @@
+"""Command-line tools: hqn_mp (publisher), later hqn_lsa and hqnls."""
