@@ -358,5 +358,6 @@ def test_reload_keeps_holders_only_if_pools_fit(field: str) -> None:
     base = make_permit(node_count=1, floating_count=1)
     engine, _ = make_engine(base)
     held = grant(engine)
-    engine.load_products([dataclasses.replace(base, **{field: 2})])
+    changes: dict[str, Any] = {field: 2}
+    engine.load_products([dataclasses.replace(base, **changes)])
     assert is_lost(engine, held.handle, "permit-changed")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from hqnlsd.licensing.engine import Engine
-from hqnlsd.licensing.events import Event, event_from_dict
+from hqnlsd.licensing.events import Event, EventError, Granted, Released, event_from_dict
 from hqnlsd.licensing.policy import KNOWN_FLAGS, Policy
 from hqnlsd.licensing.results import Denied, LicenceRequest
 from hqnlsd.permits.model import HostId, ProductPermit
@@ -230,7 +230,7 @@ POLICIES = st.integers(min_value=0, max_value=KNOWN_FLAGS).map(
     lambda flags: flags | ((flags & int(Policy.ONPN | Policy.UVIS)) << 16)
 )
 SETTINGS = settings(
-    max_examples=3000,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -291,8 +291,6 @@ def test_restored_engine_decides_like_the_original(
 
 def test_restore_rejects_what_is_not_a_snapshot() -> None:
     """A wrong format or a damaged snapshot raises EventError and keeps the old state."""
-    from hqnlsd.licensing.events import EventError
-
     runner, _ = start(int(Policy.GRAB))
     before = runner.engine.snapshot()
     for bad in ({"format": 99}, {"format": 1}, {"format": 1, "products": [{}], "tombstones": []}):
@@ -307,8 +305,6 @@ def test_restore_rejects_what_is_not_a_snapshot() -> None:
 
 def test_apply_refuses_events_that_do_not_fit() -> None:
     """A grant of indices already held, or for a product not served, raises EventError."""
-    from hqnlsd.licensing.events import EventError, Granted
-
     runner, _ = start(0)
     result = runner.run(("request", 1, 0, 0, 0, 1, None, None))
     event = runner.events[-1]
@@ -324,3 +320,23 @@ def test_apply_refuses_events_that_do_not_fit() -> None:
         else:
             raise AssertionError(f"apply({bad}) was accepted")
     check_invariants(runner.engine)
+
+
+def test_event_dict_form_is_checked() -> None:
+    """from_dict rejects unknown types, wrong classes and missing or extra fields."""
+    event = Released("h1", 5.0)
+    assert Event.from_dict(event.to_dict()) == event
+    assert Released.from_dict(event.to_dict()) == event
+    for bad, cls in (
+        ({"type": "Bogus"}, Event),
+        ({"handle": "h1", "at": 5.0}, Event),
+        ({"type": "Released", "handle": "h1"}, Event),
+        ({"type": "Released", "handle": "h1", "at": 5.0, "extra": 1}, Event),
+        (event.to_dict(), Granted),
+    ):
+        try:
+            cls.from_dict(bad)
+        except EventError:
+            pass
+        else:
+            raise AssertionError(f"{cls.__name__}.from_dict({bad}) was accepted")

@@ -466,3 +466,35 @@ def test_handle_generator_stuck_is_internal() -> None:
     assert isinstance(outcome.result, Denied)
     assert outcome.result.status is Status.INTERNAL
     assert outcome.events == ()
+
+
+class SteppedClock:
+    """A wall clock an administrator can step back."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def seconds(self) -> float:
+        """The current (settable) time."""
+        return self.now
+
+
+def test_engine_time_never_runs_backwards() -> None:
+    """A wall clock stepped back is treated as no time passing: events keep their order."""
+    clock = SteppedClock(NOW)
+    engine = Engine(clock, today=utc_day)
+    engine.load_products([make_permit()])
+    first = engine.request(make_request()).result
+    assert isinstance(first, Grant)
+    clock.now = NOW - 3600
+    outcome = engine.update(first.handle)
+    assert outcome.events == (Updated(first.handle, NOW),)
+    second = engine.request(make_request(pid=2))
+    event = second.events[0]
+    assert isinstance(event, Granted)
+    assert event.at == NOW
+    clock.now = NOW + 5
+    assert engine.update(first.handle).events == (Updated(first.handle, NOW + 5),)
+    restored = Engine(SteppedClock(NOW - 7200), today=utc_day)
+    restored.restore(engine.snapshot())
+    assert restored.release(first.handle).events == (Released(first.handle, NOW + 5),)

@@ -13,7 +13,34 @@ date for start / expiry checks is the local date of that time, or whatever the
 injected ``today`` says), handles come from an injected ``new_handle``.
 
 Policies follow the original hqn_lsd (LispWorks Guide to the License Server,
-section 2.6); see ``docs`` in the report for the exact rules and their order.
+section 2.6). A REQUEST is decided in this order:
+
+1. ILLEGAL for malformed values; BADPRODUCT for a product not served or another
+   version than the one served (the message names the served version).
+2. A client token that already holds a live licence: the same handle again
+   (``Grant.duplicate``), counted as an UPDATE.
+3. PERMITOUTOFDATE before the start date, PERMITEXPIRED after the expiry date
+   (both days included); EXCLUDED for an excluded host (name or address);
+   ACCL: the user's level, else the group's, else 8; 0 is NOACCESS.
+4. GRAB: every licence of the product not updated within the crashout time
+   is revoked (its holder gets LOSTLICENCE at its next UPDATE).
+5. Pools: a locked node (the peer address listed in LOCKED-NODES, and the
+   client's unique id too if the listing's id is non-zero) tries the locked pool,
+   then the floating one unless LKNF; other hosts only the floating pool. One
+   request takes all its ``units`` from one pool, lowest indices first.
+   Units no usable pool can ever give: TOOMANYLICENCES (or NOLICENCES /
+   LOCKSNOFLOAT when no pool is usable at all). ONPN: at most one floating
+   licence per address, and on a locked node at most one locked licence per
+   listing; beyond that TOOMANYLICENCES.
+6. Nothing free: TIML / LKNL reclaim the oldest licences held longer than the
+   timeout (LKNL: not those held on locked nodes); then LKPR lets a locked node
+   reclaim the oldest floating licences held off the locked nodes; then USRL
+   lets a named user reclaim the oldest licences of users who are not named.
+   Otherwise LOCKSNOFLOAT (a locked node kept off free floating licences by
+   LKNF) or NOLICENCES.
+
+Engine time is ``max(clock, latest event time)``: a wall clock stepped back
+cannot reorder events.
 """
 
 from __future__ import annotations

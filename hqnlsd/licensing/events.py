@@ -59,6 +59,14 @@ class Event:
         return out
 
     @classmethod
+    def from_dict(cls, data: Mapping[str, JSON]) -> Event:
+        """The event whose ``to_dict()`` is ``data`` (of this class, if called on one)."""
+        event = event_from_dict(data)
+        if not isinstance(event, cls):
+            raise EventError(f"{data.get('type')!r} is not a {cls.__name__} event")
+        return event
+
+    @classmethod
     def _from_fields(cls, fields: Mapping[str, JSON]) -> Event:
         """Build the event from the field values of its dict form."""
         values = {name: _from_json(value) for name, value in fields.items()}

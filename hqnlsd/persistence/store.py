@@ -285,7 +285,7 @@ class Journal:
             return
         try:
             self._write(events)
-        except sqlite3.Error as error:
+        except Exception as error:  # sqlite3.Error, or an event that will not encode
             self._unwritten = events
             self.stats.failures += 1
             self.last_error = error
