@@ -34,6 +34,10 @@ class DaemonConfig:
     publisher_keys: Path
     domain_logging: bool = False
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    manhole_listen: str | None = None
+    manhole_keys: Path | None = None
+    #: Install a SIGHUP handler that re-reads permits (the daemon: yes; tests: no).
+    handle_sighup: bool = True
 
     @classmethod
     def build(
@@ -47,6 +51,8 @@ class DaemonConfig:
         publisher_keys: str,
         domain_logging: bool = False,
         environ: Mapping[str, str] | None = None,
+        manhole: str | None = None,
+        manhole_keys: str | None = None,
     ) -> DaemonConfig:
         """Validate raw option values and build the config, or raise ConfigError."""
         try:
@@ -76,6 +82,18 @@ class DaemonConfig:
                 f"--publisher-keys {keys}: no such directory (it holds the publishers' "
                 "*.pub keys that permits must be sealed with)"
             )
+        manhole_key_file = None
+        if manhole:
+            if not manhole_keys:
+                raise ConfigError(
+                    "--manhole needs --manhole-keys FILE (an OpenSSH authorized_keys file): "
+                    "the manhole only accepts public-key logins"
+                )
+            manhole_key_file = Path(manhole_keys)
+            if not manhole_key_file.is_file():
+                raise ConfigError(f"--manhole-keys {manhole_key_file}: no such file")
+        elif manhole_keys:
+            raise ConfigError("--manhole-keys is only used with --manhole LISTEN")
         return cls(
             address=addr,
             client_listen=listen,
@@ -85,6 +103,8 @@ class DaemonConfig:
             publisher_keys=keys,
             domain_logging=domain_logging,
             environ=dict(os.environ if environ is None else environ),
+            manhole_listen=manhole or None,
+            manhole_keys=manhole_key_file,
         )
 
 

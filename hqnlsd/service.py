@@ -85,7 +85,47 @@ class HqnlsdService(MultiService):
         self._housekeeping = LoopingCall(self._housekeep)
         self._housekeeping.clock = self.reactor
         self._housekeeping.start(HOUSEKEEPING_SECONDS, now=False)
+        if self.config.handle_sighup:
+            self._install_sighup()
         super().startService()
+
+    def manhole_namespace(self) -> dict[str, object]:
+        """The live objects a manhole session sees (built afresh for each session)."""
+        server = self.server
+        return {
+            "service": self,
+            "config": self.config,
+            "engine": self.engine,
+            "journal": self.journal,
+            "server": server,
+            "permits": server.catalogue if server is not None else None,
+            "licences": {
+                f"{status.publisher} {status.product}": self.engine.holders(
+                    status.publisher, status.product
+                )
+                for status in self.engine.status()
+            },
+            "domains": None,  # multi-host domains: issue 4
+            "peers": None,
+        }
+
+    def reload_permits(self) -> None:
+        """SIGHUP: re-read the permits; licences of unchanged products are kept."""
+        if self.server is None:
+            return
+        self.log.info("re-reading permits (SIGHUP)")
+        try:
+            self.server.load_permits()
+        except Exception:
+            self.log.failure("re-reading permits failed; still serving the previous set")
+
+    def _install_sighup(self) -> None:
+        import signal
+
+        def on_hup(signum: int, frame: object) -> None:
+            self.reactor.callFromThread(self.reload_permits)
+
+        signal.signal(signal.SIGHUP, on_hup)
 
     def _housekeep(self) -> None:
         """Periodic work; logs its own errors so one failure never stops the timer."""
@@ -127,9 +167,22 @@ class _LateDispatcher:
 
 
 def build_service(config: DaemonConfig, reactor: Any) -> IService:
-    """The whole daemon: root service with the client listener as its child."""
+    """The whole daemon: root service with the client listener (and manhole) as children."""
     root = HqnlsdService(config, reactor)
     listener = strports.service(config.client_listen, root.factory, reactor=reactor)
     listener.setName("client-listener")
     listener.setServiceParent(root)
+    if config.manhole_listen is not None:
+        from hqnlsd.manhole import make_manhole_service
+
+        assert config.manhole_keys is not None  # DaemonConfig.build insists
+        manhole = make_manhole_service(
+            config.manhole_listen,
+            authorized_keys=config.manhole_keys,
+            state_dir=config.state_dir,
+            namespace=root.manhole_namespace,
+            reactor=reactor,
+        )
+        manhole.setName("manhole")
+        manhole.setServiceParent(root)
     return root

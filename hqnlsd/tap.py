@@ -45,6 +45,14 @@ class Options(usage.Options):
             str(DEFAULT_PUBLISHER_KEYS),
             "Directory of trusted publisher public keys (*.pub).",
         ],
+        [
+            "manhole",
+            None,
+            None,
+            "SSH manhole listener (strports, e.g. tcp:2222; loopback unless "
+            "interface= is given). Off by default.",
+        ],
+        ["manhole-keys", None, None, "OpenSSH authorized_keys file for the manhole."],
     ]
 
     config: DaemonConfig
@@ -60,6 +68,8 @@ class Options(usage.Options):
                 state_dir=self["state-dir"],
                 publisher_keys=self["publisher-keys"],
                 domain_logging=bool(self["domain-log"]),
+                manhole=self["manhole"],
+                manhole_keys=self["manhole-keys"],
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
