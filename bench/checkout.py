@@ -156,8 +156,20 @@ async def churn_one(
     loop = asyncio.get_running_loop()
     fields = product_fields(args)
     pid = CHURN_PID_BASE + conn.index
+    # Open loop (--rate): pairs start on a fixed schedule, spread over the
+    # connections, and latency counts from the *scheduled* start, so a server
+    # that falls behind shows it as latency (no coordinated omission).
+    interval = args.connections / args.rate if args.rate else 0.0
+    scheduled = loop.time() + interval * conn.index / args.connections
     while loop.time() < deadline:
-        start = time.perf_counter()
+        if interval:
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            start = time.perf_counter() - max(0.0, loop.time() - scheduled)
+            scheduled += interval
+        else:
+            start = time.perf_counter()
         granted = await conn.call("REQUEST", **fields, pid=pid)
         stats.requests += 1
         if isinstance(granted, wire.Err):
@@ -265,7 +277,8 @@ def report_churn(stats: ChurnStats, args: argparse.Namespace) -> dict[str, objec
     elapsed = stats.elapsed or 1e-9
     p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
     print(
-        f"churn: {args.connections} connections, {stats.elapsed:.1f} s: {pairs} "
+        f"churn ({f'open loop at {args.rate:g} pairs/s' if args.rate else 'closed loop'}): "
+        f"{args.connections} connections, {stats.elapsed:.1f} s: {pairs} "
         f"REQUEST+RELEASE pairs ({pairs / elapsed:.1f} pairs/s; "
         f"{(stats.requests + stats.releases) / elapsed:.1f} requests/s, "
         "REQUEST and RELEASE, denials included)"
@@ -278,6 +291,7 @@ def report_churn(stats: ChurnStats, args: argparse.Namespace) -> dict[str, objec
             f"{k} {v}" for k, v in stats.release_errors.items()))
     return {
         "connections": args.connections,
+        "offered_rate": args.rate or None,
         "seconds": round(stats.elapsed, 3),
         "pairs": pairs,
         "pairs_per_second": round(pairs / elapsed, 1),
@@ -352,6 +366,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=200, help="concurrent connections")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="length of the churn phase (0 skips it)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="open loop: REQUEST+RELEASE pairs per second in total, on a "
+                             "fixed schedule (0: closed loop, each connection as fast as it can)")
     parser.add_argument("--publisher", default="Harlequin")
     parser.add_argument("--product", default="LispWorks")
     parser.add_argument("--version", default="8.0")
@@ -371,6 +388,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.connections < 1:
         parser.error("--connections must be at least 1")
+    if args.rate < 0:
+        parser.error("--rate can't be negative")
     if args.seconds < 0 or args.hold < 0:
         parser.error("--seconds and --hold can't be negative")
     if args.reply_timeout <= 0 or args.hold_timeout <= 0:

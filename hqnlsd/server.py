@@ -257,7 +257,9 @@ class LicenceServer:
         result = outcome.result
         if isinstance(result, Denied):
             return self._after(outcome.events, _denied(result, handle=command.handle))
-        return self._after(outcome.events, Ok.of(handle=result.handle, period=result.period))
+        return self._after(
+            outcome.events, Ok.of(handle=result.handle, period=result.period), wait=False
+        )
 
     def _release(self, command: wire.Release) -> Reply | Deferred[Reply]:
         outcome = self.engine.release(command.handle)
@@ -265,7 +267,7 @@ class LicenceServer:
         if isinstance(result, Denied):
             return self._after(outcome.events, _denied(result, handle=command.handle))
         self.log.info("released handle {handle}", handle=result.handle)
-        return self._after(outcome.events, Ok.of(handle=result.handle))
+        return self._after(outcome.events, Ok.of(handle=result.handle), wait=False)
 
     def _query(self, command: wire.Query) -> Reply:
         answer = self.engine.query(command.handle, command.what.value)
@@ -287,11 +289,31 @@ class LicenceServer:
 
     # -- durability -------------------------------------------------------------------
 
-    def _after(self, events: Sequence[Event], reply: Reply) -> Reply | Deferred[Reply]:
-        """Answer once ``events`` (and everything before them) are durable."""
+    def _after(
+        self, events: Sequence[Event], reply: Reply, *, wait: bool = True
+    ) -> Reply | Deferred[Reply]:
+        """Answer once ``events`` (and everything before them) are durable.
+
+        With ``wait=False`` the events are committed in the same group commit but
+        the answer does not wait for it. Only for changes whose loss in a crash can
+        never over-serve: a RELEASE lost in a crash leaves the licence held until
+        it crashes out (the journal is a prefix log, so no later grant of that
+        licence can be durable without the release before it), and an UPDATE's
+        time is refreshed for every holder at restart anyway (`Engine.resume`).
+        A grant always waits: answering a grant that a crash could forget is how a
+        permit gets served twice.
+        """
         if not events:
             return reply
         done: Deferred[Any] = self.journal.submit(events)
+        if not wait:
+            done.addErrback(
+                lambda failure: self.log.failure(
+                    "journal commit failed (already answered; the events stay queued)",
+                    failure,
+                )
+            )
+            return reply
 
         def failed(failure: Failure) -> Reply:
             self.log.failure("journal commit failed; answering INTERNAL", failure)
