@@ -8,3 +8,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+# `--seeds N` / `--seed-start S` for the domain simulation (tests/test_domain_sim.py).
+pytest_plugins = ["tests.conftest_domain"]

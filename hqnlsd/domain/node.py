@@ -1,0 +1,847 @@
+"""One member of a server domain: the pure state machine behind its role.
+
+`DomainNode` decides who may grant licences for the domain and replicates every
+state change to a quorum before it is confirmed. It does no I/O of its own: it
+takes a clock (monotonic in production), a ``send(to_rank, message)`` callable,
+a `DomainStorage` and the application `StateMachine` (the licence engine), and
+is driven by `receive`, `connected`/`disconnected`, its own timer and `submit`.
+The design and the reasons it is safe are in ``docs/domains.md``; the comments
+here point at the invariant each rule keeps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+
+from hqnlsd.domain.membership import best_quorum_value, is_quorum, validate_ranks
+from hqnlsd.domain.messages import (
+    Accept,
+    Accepted,
+    Ack,
+    Append,
+    Decided,
+    Message,
+    Prepare,
+    Promise,
+    Refuse,
+    RefuseReason,
+)
+from hqnlsd.domain.role import Role, RoleInfo
+from hqnlsd.domain.storage import DomainStorage
+from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.domain.view import Ballot, Batch, Value, View, initial_view
+
+#: Most batches sent to one member in one `Append`.
+_MAX_BATCHES_PER_APPEND = 256
+
+
+class Timer(Protocol):
+    """A scheduled call (`twisted.internet.interfaces.IDelayedCall`)."""
+
+    def active(self) -> bool:
+        """True until the call has run or been cancelled."""
+
+    def cancel(self) -> None:
+        """Do not run the call."""
+
+
+class MonotonicClock(Protocol):
+    """The part of `twisted.internet.interfaces.IReactorTime` a node uses.
+
+    In production `hqnlsd.domain.clock.ReactorMonotonicClock` (the reactor's own
+    ``seconds`` is wall-clock time, which can be stepped); in tests,
+    `twisted.internet.task.Clock`.
+    """
+
+    def seconds(self) -> float:
+        """Now, in seconds."""
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> Any:
+        """Call ``callable`` after ``delay`` seconds; returns a `Timer`."""
+
+
+class StateMachine(Protocol):
+    """The replicated application: the licence engine, seen from the domain.
+
+    Entries are JSON-safe; after a trip through storage or the network a tuple
+    arrives as a list, so ``apply`` must accept the JSON form.
+    """
+
+    def apply(self, entries: Sequence[object]) -> None:
+        """Apply one batch of entries (events) to the state."""
+
+    def snapshot(self) -> object:
+        """The whole state, JSON-safe."""
+
+    def restore(self, snapshot: object) -> None:
+        """Replace the whole state with ``snapshot`` (from `snapshot`)."""
+
+
+class NotServing(Exception):
+    """A submission refused because this member may not grant now: nothing happened."""
+
+    def __init__(self, info: RoleInfo) -> None:
+        """Keep the role, so the caller can redirect the client."""
+        super().__init__(f"member {info.rank} is {info.role.value}, not serving")
+        self.info = info
+
+
+class OutcomeUnknown(Exception):
+    """A submission whose entries may or may not survive: the client must retry.
+
+    Retrying with the same client token is safe: the engine answers a repeated
+    request with the licence it already granted.
+    """
+
+
+class AuthorityLost(OutcomeUnknown):
+    """This member stopped being the primary before the entries reached a quorum."""
+
+
+class SubmitTimeout(OutcomeUnknown):
+    """The entries did not reach a quorum within the submit timeout."""
+
+
+@dataclass
+class _Pending:
+    """A submission waiting for its quorum."""
+
+    index: int
+    deferred: Deferred[None]
+    deadline: float
+
+
+@dataclass
+class _Candidacy:
+    """This member's attempt to decide the next view (one ballot)."""
+
+    epoch: int
+    ballot: Ballot
+    started: float
+    handover: bool
+    admit: frozenset[int]
+    promises: dict[int, Promise] = field(default_factory=dict)
+    value: Value | None = None
+    own_value: bool = False
+    accepted_by: set[int] = field(default_factory=set)
+    retries: dict[int, Timer] = field(default_factory=dict)
+
+
+class DomainNode:
+    """The domain logic of one member (see the module docstring).
+
+    Lifecycle: `start` (loads storage, starts the timer), then events, then
+    `stop` (a crash, as far as the node knows: nothing is persisted by stopping).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        rank: int,
+        domain: frozenset[int],
+        clock: MonotonicClock,
+        send: Callable[[int, Message], None],
+        storage: DomainStorage,
+        app: StateMachine,
+        timers: DomainTimers | None = None,
+    ) -> None:
+        """Build a stopped member ``rank`` of ``domain``; call `start` next."""
+        self.rank = rank
+        self.domain = validate_ranks(domain)
+        if rank not in self.domain:
+            raise ValueError(f"rank {rank} is not a member of {sorted(self.domain)}")
+        self.timers = timers if timers is not None else DomainTimers()
+        self._clock = clock
+        self._send = send
+        self._storage = storage
+        self._app = app
+        self._running = False
+        self._tick_call: Timer | None = None
+        # durable state, mirrored
+        self._view = initial_view(self.domain)
+        self._base: object = None
+        self._entries: list[Batch] = []
+        self._promised: Ballot | None = None
+        self._accepted: tuple[Ballot, Value] | None = None
+        # volatile state
+        self._max_round = 0
+        self._quarantine_until = -math.inf
+        self._grant_to: int | None = None
+        self._grant_until = -math.inf
+        self._last_heard: dict[int, float] = {}
+        self._since: dict[int, float] = {}
+        self._peer_epoch: dict[int, int] = {}
+        self._connected: set[int] = set()
+        self._primary_heard = 0.0
+        self._installed_at = 0.0
+        self._backoff_until = -math.inf
+        self._candidacy: _Candidacy | None = None
+        # primary state
+        self._match: dict[int, int] = {}
+        self._granted_at: dict[int, float] = {}
+        self._stale: set[int] = set()
+        self._lease_until: float | None = None
+        self._had_lease = False
+        self._commit = 0
+        self._pending: list[_Pending] = []
+        self._drain: tuple[float, frozenset[int]] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what was persisted, restore the application, start the timer.
+
+        A member that restarts in a view whose primary is someone else may have
+        granted that primary a lease it no longer remembers: it promises nothing
+        to a candidate for one lease period (the quarantine).
+        """
+        now = self._now()
+        durable = self._storage.load()
+        if durable is None:
+            self._view = initial_view(self.domain)
+            self._base = self._app.snapshot()
+            self._storage.save_view(self._view, self._base)
+        else:
+            self._view = durable.view
+            self._base = durable.base
+            self._entries = list(durable.entries)
+            self._promised = durable.promised
+            self._accepted = durable.accepted
+            self._app.restore(self._base)
+            for batch in self._entries:
+                self._app.apply(batch)
+            if self._view.epoch > 0 and self._view.primary != self.rank:
+                self._quarantine_until = now + self.timers.lease
+        self._max_round = max(
+            [0]
+            + [b.round for b in (self._promised, self._view.origin) if b is not None]
+            + ([self._accepted[0].round] if self._accepted is not None else [])
+        )
+        self._primary_heard = now
+        self._installed_at = now
+        self._running = True
+        self._tick_call = self._clock.callLater(0, self._tick)
+
+    def stop(self) -> None:
+        """Stop the timer and fail every waiting submission (the process ends)."""
+        self._running = False
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
+        self._candidacy = None
+        self._fail_pending(AuthorityLost(f"member {self.rank} stopped"))
+
+    # -- queries -----------------------------------------------------------
+
+    @property
+    def view(self) -> View:
+        """The latest view this member installed."""
+        return self._view
+
+    @property
+    def log_length(self) -> int:
+        """How many batches this member holds in its current view's log."""
+        return len(self._entries)
+
+    @property
+    def can_serve(self) -> bool:
+        """True if this member may grant licences for the domain right now."""
+        return self._serving(self._now())
+
+    @property
+    def primary_rank(self) -> int | None:
+        """The rank clients should be sent to, if this member knows one."""
+        return self.role().primary
+
+    def role(self) -> RoleInfo:
+        """This member's role now (see `Role`)."""
+        now = self._now()
+        view = self._view
+        known = view.primary if view.epoch > 0 else None
+        if view.epoch == 0 or self.rank not in view.members:
+            role = Role.NOTVERIFIED
+        elif self._candidacy is not None or self._promised is not None:
+            role, known = Role.TAKEOVER, None
+        elif view.primary == self.rank:
+            if self._serving(now):
+                role = Role.PRIMARY
+            elif self._drain is not None or not self._had_lease:
+                role = Role.TAKEOVER
+            else:
+                role = Role.NOTVERIFIED
+        elif now - self._primary_heard < self.timers.election_timeout:
+            role = Role.BACKUP
+        else:
+            role = Role.LOSTMASTER
+        return RoleInfo(self.rank, role, known, view.epoch, view.members)
+
+    # -- inputs ------------------------------------------------------------
+
+    def connected(self, rank: int) -> None:
+        """The transport reached member ``rank`` (a hint; messages are the truth)."""
+        self._connected.add(rank)
+
+    def disconnected(self, rank: int) -> None:
+        """The transport lost member ``rank``.
+
+        Losing the primary lets a backup stand as soon as the lease it granted
+        runs out, instead of waiting for the election timeout as well.
+        """
+        self._connected.discard(rank)
+        if rank == self._view.primary and rank != self.rank:
+            self._primary_heard = min(
+                self._primary_heard, self._now() - self.timers.election_timeout
+            )
+
+    def receive(self, sender: int, message: Message) -> None:
+        """Handle ``message`` from member ``sender``."""
+        if not self._running or sender not in self.domain or sender == self.rank:
+            return
+        now = self._now()
+        if now - self._last_heard.get(sender, -math.inf) > self.timers.peer_timeout:
+            self._since[sender] = now
+        self._last_heard[sender] = now
+        if isinstance(message, Append):
+            self._on_append(sender, message, now)
+        elif isinstance(message, Ack):
+            self._on_ack(sender, message, now)
+        elif isinstance(message, Prepare):
+            self._on_prepare(sender, message, now)
+        elif isinstance(message, Promise):
+            self._on_promise(sender, message, now)
+        elif isinstance(message, Accept):
+            self._on_accept(sender, message, now)
+        elif isinstance(message, Accepted):
+            self._on_accepted(sender, message, now)
+        elif isinstance(message, Refuse):
+            self._on_refuse(sender, message, now)
+        else:
+            self._install(message.value, now)
+
+    def submit(self, entries: Sequence[object]) -> Deferred[None]:
+        """Apply ``entries`` here and replicate them; fire once a quorum holds them.
+
+        Only the serving primary accepts: elsewhere the Deferred fails at once
+        with `NotServing` (nothing happened). The entries are applied to the
+        local state machine before this returns, so the next decision sees them.
+        The Deferred fires with None once a quorum of the view holds them
+        durably (they then survive any failover), or fails with an
+        `OutcomeUnknown` if authority is lost or the submit timeout passes.
+        """
+        now = self._now()
+        if not self._serving(now):
+            return fail(NotServing(self.role()))
+        batch: Batch = tuple(entries)
+        self._storage.append(len(self._entries), [batch])
+        self._entries.append(batch)
+        self._app.apply(batch)
+        deferred: Deferred[None] = Deferred()
+        self._pending.append(
+            _Pending(len(self._entries), deferred, now + self.timers.submit_timeout)
+        )
+        self._advance_commit()
+        if self._pending:
+            self._send_appends(now)
+        return deferred
+
+    # -- time --------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def _tick(self) -> None:
+        self._tick_call = None
+        if not self._running:
+            return
+        now = self._now()
+        self._expire_pending(now)
+        candidacy = self._candidacy
+        if candidacy is not None:
+            if now - candidacy.started > self.timers.candidacy_timeout:
+                self._abandon(now, self.timers.stagger * (1 + self._position()))
+            else:
+                self._resend_candidacy(candidacy)
+                self._check_promises(candidacy, now)
+        elif self._is_primary():
+            self._primary_tick(now)
+        elif self._may_stand(now):
+            self._stand(now, handover=False, admit=frozenset())
+        if self._running and self._tick_call is None:
+            delay = self.timers.tick
+            if self._candidacy is None and not self._is_primary():
+                # Wake exactly when standing becomes allowed: a take-over
+                # starts the moment the last lease granted here runs out.
+                delay = min(delay, max(0.001, self._stand_time() - now))
+            self._tick_call = self._clock.callLater(delay, self._tick)
+
+    def _expire_pending(self, now: float) -> None:
+        expired = [p for p in self._pending if p.deadline <= now]
+        if expired:
+            self._pending = [p for p in self._pending if p.deadline > now]
+            for pending in expired:
+                pending.deferred.errback(SubmitTimeout("no quorum within the submit timeout"))
+
+    # -- primary -----------------------------------------------------------
+
+    def _is_primary(self) -> bool:
+        """Primary of the installed view, and promised nothing to anyone since."""
+        return (
+            self._view.epoch > 0
+            and self._view.primary == self.rank
+            and self._promised is None
+            and self._candidacy is None
+        )
+
+    def _serving(self, now: float) -> bool:
+        return (
+            self._running
+            and self._is_primary()
+            and self._drain is None
+            and self._lease_until is not None
+            and now < self._lease_until
+        )
+
+    def _primary_tick(self, now: float) -> None:
+        self._update_lease()
+        self._send_appends(now)
+        if self._drain is not None:
+            started, desired = self._drain
+            if not self._pending or now - started >= self.timers.drain_timeout:
+                self._drain = None
+                self._stand(now, handover=True, admit=desired)
+            return
+        if now - self._installed_at < self.timers.settle:
+            return
+        desired = self._desired_members(now)
+        if (
+            desired != self._view.members
+            or self._stale
+            or len(self._entries) >= self.timers.max_entries
+        ):
+            # A new view: admit members that answer (a lower rank takes over:
+            # failback), drop the silent, heal members stuck on a dead ballot,
+            # or compact the log. In-flight entries finish first (clean hand-over).
+            self.log.info(
+                "domain {rank}: changing view {members} -> {desired}",
+                rank=self.rank,
+                members=sorted(self._view.members),
+                desired=sorted(desired),
+            )
+            self._drain = (now, desired)
+
+    def _desired_members(self, now: float) -> frozenset[int]:
+        alive = {
+            r
+            for r in self.domain
+            if r != self.rank
+            and now - self._last_heard.get(r, -math.inf) <= self.timers.peer_timeout
+        }
+        keep = alive & self._view.members
+        join = {
+            r
+            for r in alive - self._view.members
+            if now - self._since.get(r, now) >= self.timers.settle
+            and self._peer_epoch.get(r) == self._view.epoch
+        }
+        return frozenset({self.rank} | keep | join)
+
+    def _send_appends(self, now: float) -> None:
+        view = self._view
+        for rank in sorted(self.domain - {self.rank}):
+            if rank in view.members:
+                start = self._match.get(rank, 0)
+                batches = tuple(self._entries[start : start + _MAX_BATCHES_PER_APPEND])
+            else:
+                start, batches = len(self._entries), ()
+            self._send(rank, Append(view.epoch, now, start, batches, self._commit))
+
+    def _on_ack(self, sender: int, ack: Ack, now: float) -> None:
+        self._peer_epoch[sender] = ack.epoch
+        if ack.epoch < self._view.epoch and self._view.epoch > 0:
+            self._send(sender, Decided(self._current_value()))
+            return
+        if not self._is_primary() or ack.epoch != self._view.epoch:
+            return
+        if sender not in self._view.members:
+            return
+        if not ack.granted:
+            self._stale.add(sender)
+            return
+        if ack.sent_at > now:
+            return  # not from this boot of our clock: worthless as a lease grant
+        self._stale.discard(sender)
+        self._granted_at[sender] = max(self._granted_at.get(sender, -math.inf), ack.sent_at)
+        self._match[sender] = max(self._match.get(sender, 0), ack.match)
+        self._update_lease()
+        self._advance_commit()
+
+    def _update_lease(self) -> None:
+        """Hold the lease while a quorum's grants are fresh (see timing.py)."""
+        values: dict[int, float] = {
+            r: t for r, t in self._granted_at.items() if r in self._view.members
+        }
+        values[self.rank] = math.inf
+        best = best_quorum_value(self._view.members, values)
+        if best is None:
+            return
+        until = math.inf if best == math.inf else best + self.timers.safe_lease
+        if self._lease_until is None or until > self._lease_until:
+            self._lease_until = until
+            self._had_lease = True
+
+    def _advance_commit(self) -> None:
+        """Confirm every entry a quorum of the view holds durably."""
+        if not self._is_primary():
+            return
+        values: dict[int, float] = {
+            r: float(m) for r, m in self._match.items() if r in self._view.members
+        }
+        values[self.rank] = float(len(self._entries))
+        best = best_quorum_value(self._view.members, values)
+        if best is None or best <= self._commit:
+            return
+        self._commit = int(best)
+        done = [p for p in self._pending if p.index <= self._commit]
+        self._pending = [p for p in self._pending if p.index > self._commit]
+        for pending in done:
+            pending.deferred.callback(None)
+
+    def _fail_pending(self, error: Exception) -> None:
+        pending, self._pending = self._pending, []
+        for item in pending:
+            item.deferred.errback(error)
+
+    def _current_value(self) -> Value:
+        return Value(self._view, self._base)
+
+    # -- backup ------------------------------------------------------------
+
+    def _on_append(self, sender: int, append: Append, now: float) -> None:
+        view = self._view
+        if append.epoch < view.epoch:
+            # A deposed primary: tell it what happened.
+            self._send(sender, Decided(self._current_value()))
+            return
+        if append.epoch > view.epoch:
+            self._send(sender, Ack(view.epoch, append.sent_at, len(self._entries), False))
+            return
+        if sender != view.primary:
+            return
+        if (
+            self.rank not in view.members
+            or self._promised is not None
+            or self._candidacy is not None
+        ):
+            # Having promised a candidate, a member never again helps the old
+            # view commit: that is what lets the candidate see every commit.
+            self._send(sender, Ack(view.epoch, append.sent_at, len(self._entries), False))
+            return
+        have = len(self._entries)
+        if append.start <= have:
+            fresh = list(append.batches[have - append.start :])
+            if fresh:
+                self._storage.append(have, fresh)
+                self._entries.extend(fresh)
+                for batch in fresh:
+                    self._app.apply(batch)
+        self._grant_to = sender
+        self._grant_until = now + self.timers.lease
+        self._primary_heard = now
+        self._send(sender, Ack(view.epoch, append.sent_at, len(self._entries), True))
+
+    def _position(self) -> int:
+        """Live members of the view ranked below this one (not the primary)."""
+        view = self._view
+        return sum(
+            1
+            for r in view.members
+            if r < self.rank and r in self._connected and (view.epoch == 0 or r != view.primary)
+        )
+
+    def _stand_time(self) -> float:
+        """The earliest time this member may stand for the next view."""
+        if self.rank not in self._view.members:
+            return math.inf  # not verified: only the primary can admit it
+        silent_enough = (
+            self._primary_heard
+            + self.timers.election_timeout
+            + self.timers.stagger * self._position()
+        )
+        grant = self._grant_until if self._grant_to is not None else -math.inf
+        return max(self._backoff_until, self._quarantine_until, grant, silent_enough)
+
+    def _may_stand(self, now: float) -> bool:
+        return now >= self._stand_time()
+
+    # -- candidate ---------------------------------------------------------
+
+    def _stand(self, now: float, handover: bool, admit: frozenset[int]) -> None:
+        """Try to decide the next view with a fresh ballot."""
+        epoch = self._view.epoch + 1
+        ballot = Ballot(self._max_round + 1, self.rank)
+        self._max_round = ballot.round
+        self._promised = ballot
+        self._storage.save_promise(ballot)
+        if not handover:
+            self._fail_pending(AuthorityLost("a take-over started"))
+        self._lease_until = None
+        self.log.info(
+            "domain {rank}: standing for epoch {epoch} with ballot {ballot}",
+            rank=self.rank,
+            epoch=epoch,
+            ballot=tuple(ballot),
+        )
+        candidacy = _Candidacy(epoch, ballot, now, handover, admit)
+        candidacy.promises[self.rank] = self._promise(epoch, ballot)
+        self._candidacy = candidacy
+        self._resend_candidacy(candidacy)
+        self._check_promises(candidacy, now)
+
+    def _promise(self, epoch: int, ballot: Ballot) -> Promise:
+        accepted_ballot, accepted_value = self._accepted if self._accepted else (None, None)
+        return Promise(epoch, ballot, accepted_ballot, accepted_value, tuple(self._entries))
+
+    def _resend_candidacy(self, candidacy: _Candidacy) -> None:
+        if candidacy.value is None:
+            for rank in sorted(self.domain - set(candidacy.promises)):
+                self._send(rank, Prepare(candidacy.epoch, candidacy.ballot))
+        else:
+            for rank in sorted(self._view.members - candidacy.accepted_by):
+                self._send(rank, Accept(candidacy.epoch, candidacy.ballot, candidacy.value))
+
+    def _on_promise(self, sender: int, promise: Promise, now: float) -> None:
+        candidacy = self._candidacy
+        if (
+            candidacy is None
+            or candidacy.value is not None
+            or promise.epoch != candidacy.epoch
+            or promise.ballot != candidacy.ballot
+        ):
+            return
+        candidacy.promises[sender] = promise
+        self._check_promises(candidacy, now)
+
+    def _check_promises(self, candidacy: _Candidacy, now: float) -> None:
+        if candidacy.value is not None or not is_quorum(self._view.members, candidacy.promises):
+            return
+        # A bare quorum is enough to be safe, but waiting briefly for everyone
+        # expected (the members to admit, or the reachable members of the view)
+        # saves another view change to add them afterwards.
+        wanted = candidacy.admit if candidacy.handover else self._view.members & self._connected
+        missing = wanted - set(candidacy.promises) - {self.rank}
+        if missing and now - candidacy.started < self.timers.candidacy_timeout / 2:
+            return
+        # Paxos: re-propose the value accepted at the highest ballot, if any.
+        accepted = [
+            (p.accepted_ballot, p.accepted_value)
+            for p in candidacy.promises.values()
+            if p.accepted_ballot is not None and p.accepted_value is not None
+        ]
+        if accepted:
+            value = max(accepted, key=lambda pair: pair[0])[1]
+        else:
+            # Every log of a view is a prefix of its primary's log, and every
+            # committed entry is in some promiser's log: the longest has them all.
+            longest = max(candidacy.promises.values(), key=lambda p: len(p.entries)).entries
+            self._app.restore(self._base)
+            for batch in longest:
+                self._app.apply(batch)
+            members = frozenset(
+                r
+                for r in candidacy.promises
+                if r in self._view.members or (candidacy.handover and r in candidacy.admit)
+            )
+            value = Value(View(candidacy.epoch, members, candidacy.ballot), self._app.snapshot())
+            candidacy.own_value = True
+        candidacy.value = value
+        self._accepted = (candidacy.ballot, value)
+        self._storage.save_accepted(candidacy.ballot, value)
+        candidacy.accepted_by.add(self.rank)
+        self._resend_candidacy(candidacy)
+        self._check_accepted(candidacy, now)
+
+    def _on_accepted(self, sender: int, accepted: Accepted, now: float) -> None:
+        candidacy = self._candidacy
+        if (
+            candidacy is None
+            or candidacy.value is None
+            or accepted.epoch != candidacy.epoch
+            or accepted.ballot != candidacy.ballot
+        ):
+            return
+        candidacy.accepted_by.add(sender)
+        self._check_accepted(candidacy, now)
+
+    def _check_accepted(self, candidacy: _Candidacy, now: float) -> None:
+        value = candidacy.value
+        if value is None or not is_quorum(self._view.members, candidacy.accepted_by):
+            return
+        # Our own value holds our whole log, so a hand-over loses no submission.
+        keep = candidacy.handover and candidacy.own_value
+        self._install(value, now, keep_pending=keep)
+        for rank in sorted(self.domain - {self.rank}):
+            self._send(rank, Decided(value))
+
+    def _on_refuse(self, sender: int, refuse: Refuse, now: float) -> None:
+        if refuse.promised is not None:
+            self._max_round = max(self._max_round, refuse.promised.round)
+        if refuse.reason is RefuseReason.BEHIND:
+            if refuse.known_epoch < self._view.epoch and self._view.epoch > 0:
+                self._send(sender, Decided(self._current_value()))
+            return
+        candidacy = self._candidacy
+        if (
+            candidacy is None
+            or refuse.epoch != candidacy.epoch
+            or refuse.ballot != candidacy.ballot
+        ):
+            return
+        if refuse.reason is RefuseReason.BALLOT:
+            # Someone promised a higher ballot: let that candidate finish.
+            self._abandon(now, self.timers.candidacy_timeout)
+        elif sender not in candidacy.retries:
+            # Ask again the moment the member's lease or quarantine ends: that
+            # is what makes a take-over fast (and tests the lease bound hard).
+            candidacy.retries[sender] = self._clock.callLater(
+                refuse.wait + 0.001, self._retry, sender, candidacy.ballot
+            )
+
+    def _retry(self, rank: int, ballot: Ballot) -> None:
+        candidacy = self._candidacy
+        if not self._running or candidacy is None or candidacy.ballot != ballot:
+            return
+        del candidacy.retries[rank]
+        if candidacy.value is None and rank not in candidacy.promises:
+            self._send(rank, Prepare(candidacy.epoch, candidacy.ballot))
+
+    def _abandon(self, now: float, backoff: float) -> None:
+        self._candidacy = None
+        self._fail_pending(AuthorityLost("the hand-over did not complete"))
+        self._backoff_until = now + backoff
+
+    # -- acceptor ----------------------------------------------------------
+
+    def _refusal(self, sender: int, epoch: int, ballot: Ballot, now: float) -> Refuse | None:
+        if self._promised is not None and ballot < self._promised:
+            return Refuse(epoch, ballot, RefuseReason.BALLOT, promised=self._promised)
+        if now < self._quarantine_until:
+            return Refuse(epoch, ballot, RefuseReason.QUARANTINE, wait=self._quarantine_until - now)
+        if self._grant_to is not None and self._grant_to != sender and now < self._grant_until:
+            # The lease this member granted binds it: no successor yet.
+            return Refuse(epoch, ballot, RefuseReason.LEASE, wait=self._grant_until - now)
+        if self._serving(now) and self._lease_until is not None:
+            return Refuse(epoch, ballot, RefuseReason.LEASE, wait=self._lease_until - now)
+        return None
+
+    def _stale_or_ahead(self, sender: int, epoch: int, ballot: Ballot) -> bool:
+        """Answer a Paxos message for an epoch other than ours; True if done."""
+        if epoch <= self._view.epoch:
+            if self._view.epoch > 0:
+                self._send(sender, Decided(self._current_value()))
+            return True
+        if epoch > self._view.epoch + 1:
+            self._send(
+                sender,
+                Refuse(epoch, ballot, RefuseReason.BEHIND, known_epoch=self._view.epoch),
+            )
+            return True
+        return False
+
+    def _on_prepare(self, sender: int, prepare: Prepare, now: float) -> None:
+        if self._stale_or_ahead(sender, prepare.epoch, prepare.ballot):
+            return
+        refusal = self._refusal(sender, prepare.epoch, prepare.ballot, now)
+        if refusal is not None:
+            self._send(sender, refusal)
+            return
+        self._promise_to(prepare.ballot, now)
+        self._send(sender, self._promise(prepare.epoch, prepare.ballot))
+
+    def _on_accept(self, sender: int, accept: Accept, now: float) -> None:
+        if self._stale_or_ahead(sender, accept.epoch, accept.ballot):
+            return
+        if self._promised is not None and accept.ballot < self._promised:
+            self._send(
+                sender,
+                Refuse(accept.epoch, accept.ballot, RefuseReason.BALLOT, promised=self._promised),
+            )
+            return
+        if self._serving(now):
+            self._send(sender, Refuse(accept.epoch, accept.ballot, RefuseReason.LEASE))
+            return
+        self._promise_to(accept.ballot, now, persist=False)
+        self._accepted = (accept.ballot, accept.value)
+        self._storage.save_accepted(accept.ballot, accept.value)
+        self._send(sender, Accepted(accept.epoch, accept.ballot))
+
+    def _promise_to(self, ballot: Ballot, now: float, persist: bool = True) -> None:
+        """Promise ``ballot``: from now on, never help the current view commit."""
+        self._max_round = max(self._max_round, ballot.round)
+        if self._promised != ballot:
+            self._promised = ballot
+            if persist:
+                self._storage.save_promise(ballot)
+        candidacy = self._candidacy
+        if candidacy is not None and candidacy.ballot != ballot:
+            self._abandon(now, self.timers.candidacy_timeout)
+        if self._pending:
+            self._fail_pending(AuthorityLost("another member is taking over"))
+        self._lease_until = None
+        self._drain = None
+        self._primary_heard = now
+
+    # -- views -------------------------------------------------------------
+
+    def _install(self, value: Value, now: float, keep_pending: bool = False) -> None:
+        """Install a decided view and the state it starts from."""
+        view = value.view
+        if view.epoch <= self._view.epoch:
+            return
+        self._storage.save_view(view, value.state)
+        self._view = view
+        self._base = value.state
+        self._entries = []
+        self._promised = None
+        self._accepted = None
+        self._app.restore(value.state)
+        if view.origin is not None:
+            self._max_round = max(self._max_round, view.origin.round)
+        self._candidacy = None
+        self._drain = None
+        # Grants to an older view's primary are void: that view's successor was
+        # decided, which needed a quorum whose grants had all run out.
+        self._grant_to = None
+        self._grant_until = -math.inf
+        self._primary_heard = now
+        self._installed_at = now
+        self._match = {}
+        self._granted_at = {}
+        self._stale = set()
+        self._lease_until = None
+        self._had_lease = False
+        self._commit = 0
+        self.log.info(
+            "domain {rank}: installed epoch {epoch} members {members} primary {primary}",
+            rank=self.rank,
+            epoch=view.epoch,
+            members=sorted(view.members),
+            primary=view.primary,
+        )
+        pending, self._pending = self._pending, []
+        for item in pending:
+            if keep_pending:
+                item.deferred.callback(None)
+            else:
+                item.deferred.errback(AuthorityLost(f"epoch {view.epoch} was installed"))
+        if self._is_primary():
+            self._update_lease()
+            self._send_appends(now)

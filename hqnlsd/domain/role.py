@@ -1,0 +1,57 @@
+"""What a domain member is doing, and what it tells a client that asks it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from hqnlsd.status import Status
+
+
+class Role(enum.Enum):
+    """A member's role in its domain at one instant."""
+
+    #: the acting primary, holding a lease from a quorum: it may grant
+    PRIMARY = "primary"
+    #: a verified backup whose primary is alive: redirect clients to it
+    BACKUP = "backup"
+    #: a take-over (or hand-over) is in progress, here or at a candidate
+    TAKEOVER = "takeover"
+    #: a backup whose primary went silent, no take-over yet
+    LOSTMASTER = "lostmaster"
+    #: not (or no longer) verified: not in a view, or a primary without a quorum
+    NOTVERIFIED = "notverified"
+
+
+#: The client-protocol status for each role that may not serve.
+_STATUS = {
+    Role.BACKUP: Status.TRY_SERVER,
+    Role.TAKEOVER: Status.NEW_MASTER,
+    Role.LOSTMASTER: Status.LOSTMASTER,
+    Role.NOTVERIFIED: Status.NOTVERIFIED,
+}
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    """A member's role with what admin tools and the client protocol need.
+
+    ``primary``: the rank clients should try (``TRY_SERVER n=primary``), if
+    known. ``epoch``/``members``: the view this member installed.
+    """
+
+    rank: int
+    role: Role
+    primary: int | None
+    epoch: int
+    members: frozenset[int]
+
+    @property
+    def can_serve(self) -> bool:
+        """True if this member may grant licences right now."""
+        return self.role is Role.PRIMARY
+
+    @property
+    def status(self) -> Status | None:
+        """The status to answer a client with, or None if this member serves."""
+        return _STATUS.get(self.role)

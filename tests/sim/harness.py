@@ -1,0 +1,452 @@
+"""Seeded random fault schedules for a simulated server domain, with invariant checks.
+
+A `Simulation` wires ``size`` `DomainNode` members through a `SimNetwork` on one
+shared `task.Clock` (each member's clock drifts within the documented bound),
+then plays a schedule drawn from ``random.Random(seed)``: crashes (only the
+`MemoryStorage` survives), restarts, partitions, single cut links, heals,
+changes of delay and loss, and client grants and releases of a product with
+``count`` licences. After every single event (message delivery or timer) it
+checks the safety invariants; at intervals it heals everything and checks
+liveness (a primary serves within the bound), then kills the primary and checks
+a backup serves within the fail-over bound.
+
+The run is a pure function of (size, seed, settings): replay a failure with
+``python -m tests.sim.harness --size N --seed S``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from hqnlsd.domain.membership import is_quorum
+from hqnlsd.domain.node import DomainNode
+from hqnlsd.domain.storage import MemoryStorage
+from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.domain.view import Ballot
+from tests.sim.app import LicencePool
+from tests.sim.network import SimNetwork, SkewedClock
+
+
+class InvariantViolation(AssertionError):
+    """A safety or liveness property failed; the message holds the replay trace."""
+
+
+@dataclass
+class SimSettings:
+    """Everything that shapes a run besides the seed."""
+
+    size: int
+    count: int = 3
+    #: simulated seconds of faults (liveness phases come on top)
+    duration: float = 60.0
+    #: simulated seconds of faults between two liveness phases
+    liveness_every: float = 20.0
+    #: a primary must serve this long after everything is healed and restarted
+    liveness_bound: float = 12.0
+    #: a backup must serve this long after the primary of a full view dies
+    failover_bound: float = 5.0
+    timers: DomainTimers = field(default_factory=DomainTimers)
+    #: the real rate error of the simulated clocks (by default the timers' bound)
+    clock_drift: float | None = None
+
+    @property
+    def drift(self) -> float:
+        """How far from 1 the simulated clock rates may be."""
+        return self.timers.drift if self.clock_drift is None else self.clock_drift
+
+
+@dataclass
+class Stats:
+    """What a run observed, for reports."""
+
+    events: int = 0
+    grants: int = 0
+    releases: int = 0
+    unknown: int = 0
+    views: int = 0
+    failovers: list[float] = field(default_factory=list)
+    recoveries: list[float] = field(default_factory=list)
+
+
+class Simulation:
+    """One seeded run (see the module docstring)."""
+
+    def __init__(self, settings: SimSettings, seed: int, verbose: bool = False) -> None:
+        """Build the domain; nothing runs until `run`."""
+        self.settings = settings
+        self.seed = seed
+        self.verbose = verbose
+        self.rng = random.Random(seed)
+        self.net_rng = random.Random(seed * 7919 + settings.size)
+        self.clock = Clock()
+        self.ranks = frozenset(range(1, settings.size + 1))
+        self.network = SimNetwork(self.clock, self.ranks, self.net_rng, self.check)
+        self.storage = {rank: MemoryStorage() for rank in self.ranks}
+        self.nodes: dict[int, DomainNode] = {}
+        self.apps: dict[int, LicencePool] = {}
+        self.trace: list[str] = []
+        self.stats = Stats()
+        self.confirmed: set[str] = set()
+        self.released: set[str] = set()
+        self.limbo: set[str] = set()
+        self.decided: dict[int, tuple[frozenset[int], Ballot | None]] = {}
+        self._handles = 0
+        self._ops = 0
+        self._latest: dict[str, int] = {}
+        self._serving: int | None = None
+
+    # -- the run -----------------------------------------------------------
+
+    def run(self) -> Stats:
+        """Play the whole schedule; raise `InvariantViolation` on any failure."""
+        self.note(f"start size={self.settings.size} seed={self.seed}")
+        for rank in sorted(self.ranks):
+            self.restart(rank)
+        next_liveness = self.settings.liveness_every
+        while self.clock.seconds() < self.settings.duration:
+            self.random_step()
+            if self.clock.seconds() >= next_liveness:
+                self.liveness_phase()
+                next_liveness = self.clock.seconds() + self.settings.liveness_every
+        self.liveness_phase()
+        for rank in sorted(self.nodes):
+            self.nodes[rank].stop()
+        return self.stats
+
+    def random_step(self) -> None:
+        """One random action of the schedule, then some simulated time."""
+        rng = self.rng
+        action = rng.choices(
+            [
+                "run",
+                "crash",
+                "restart",
+                "bounce",
+                "partition",
+                "cut",
+                "heal",
+                "net",
+                "grant",
+                "release",
+            ],
+            weights=[8, 2, 2, 1, 2, 2, 1, 1, 6, 4],
+        )[0]
+        alive = sorted(self.nodes)
+        dead = sorted(self.ranks - set(self.nodes))
+        if action == "crash" and alive:
+            self.crash(rng.choice(alive))
+        elif action == "restart" and dead:
+            self.restart(rng.choice(dead))
+        elif action == "bounce" and alive:
+            # A process restarted by its supervisor: back before anyone notices.
+            rank = rng.choice(alive)
+            self.crash(rank)
+            self.advance(rng.uniform(0.0, 0.5))
+            self.restart(rank)
+        elif action == "partition" and self.settings.size > 1:
+            groups: list[set[int]] = [set() for _ in range(rng.randint(2, 3))]
+            for rank in sorted(self.ranks):
+                rng.choice(groups).add(rank)
+            self.note(f"partition {[sorted(g) for g in groups if g]}")
+            self.network.partition(groups)
+        elif action == "cut" and self.settings.size > 1:
+            a, b = rng.sample(sorted(self.ranks), 2)
+            self.note(f"cut {a}-{b}")
+            self.network.cut.add(frozenset((a, b)))
+            self.network.update_links()
+        elif action == "heal":
+            self.note("heal")
+            self.network.heal()
+        elif action == "net":
+            self.network.loss = rng.choice([0.0, 0.0, 0.05, 0.3])
+            self.network.max_delay = rng.choice([0.0002, 0.005, 0.02, 0.2, 1.5])
+            self.network.min_delay = min(0.0001, self.network.max_delay)
+            self.note(f"net loss={self.network.loss} delay<={self.network.max_delay}")
+        elif action == "grant":
+            for _ in range(rng.randint(1, 3)):
+                self.grant(self.redirected(rng.choice(sorted(self.ranks))))
+        elif action == "release":
+            handles = sorted(self.confirmed | self.limbo)
+            if handles:
+                self.release(self.redirected(rng.choice(sorted(self.ranks))), rng.choice(handles))
+        self.advance(rng.uniform(0.0, 1.5) if action == "run" else rng.uniform(0.0, 0.3))
+
+    def liveness_phase(self) -> None:
+        """Heal, restart everyone: a primary must serve within the bound and
+        confirm an operation; then, once the view holds every member, kill the
+        primary: a backup must serve within the fail-over bound."""
+        self.note("liveness: heal, restart all, clean network")
+        self.network.heal()
+        self.network.loss = 0.0
+        self.network.min_delay, self.network.max_delay = 0.001, 0.02
+        for rank in sorted(self.ranks - set(self.nodes)):
+            self.restart(rank)
+        start = self.clock.seconds()
+        primary = self.wait_for_primary(self.settings.liveness_bound)
+        if primary is None:
+            self.fail(f"no primary within {self.settings.liveness_bound}s of a full heal")
+        self.stats.recoveries.append(self.clock.seconds() - start)
+        assert primary is not None
+        self.confirm_operation(primary)
+        # Wait for the primary to admit everyone (failback included).
+        deadline = self.clock.seconds() + 6 * self.settings.timers.settle + 6.0
+        while self.clock.seconds() < deadline:
+            primary = self.serving_member()
+            if primary is not None and self.nodes[primary].view.members == self.ranks:
+                break
+            self.advance(0.1)
+        else:
+            self.fail("the primary did not admit every member of a healthy domain")
+        assert primary is not None
+        if primary != min(self.ranks):
+            self.fail(f"member {primary} serves while lower-ranked members are healthy")
+        view = self.nodes[primary].view
+        survivors = view.members - {primary}
+        self.crash(primary)
+        if not is_quorum(view.members, survivors):
+            self.advance(self.settings.failover_bound)
+            return
+        start = self.clock.seconds()
+        successor = self.wait_for_primary(self.settings.failover_bound)
+        if successor is None:
+            self.fail(
+                f"no backup served within {self.settings.failover_bound}s of the primary's death"
+            )
+        self.stats.failovers.append(self.clock.seconds() - start)
+        assert successor is not None
+        self.confirm_operation(successor)
+
+    def wait_for_primary(self, bound: float) -> int | None:
+        """Run until some member serves (its rank) or ``bound`` passes (None)."""
+        deadline = self.clock.seconds() + bound
+        while True:
+            serving = self.serving_member()
+            if serving is not None:
+                return serving
+            if self.clock.seconds() >= deadline:
+                return None
+            self.advance(min(0.02, deadline - self.clock.seconds()))
+
+    def confirm_operation(self, rank: int) -> None:
+        """A client operation on the serving member must be confirmed promptly."""
+        app = self.apps[rank]
+        outcome: list[str] = []
+        if len(app.held) < app.count:
+            handle = self.grant(rank, outcome)
+        else:
+            handle = sorted(app.held)[0]
+            self.release(rank, handle, outcome)
+        self.advance(1.0)
+        if outcome != ["ok"]:
+            self.fail(f"operation on {handle} at serving member {rank} not confirmed: {outcome}")
+
+    # -- faults ------------------------------------------------------------
+
+    def crash(self, rank: int) -> None:
+        """Kill member ``rank``: only its storage survives."""
+        node = self.nodes.pop(rank, None)
+        if node is None:
+            return
+        self.note(f"crash {rank}")
+        self.network.detach(rank)
+        node.stop()
+        del self.apps[rank]
+
+    def restart(self, rank: int, rate: float | None = None) -> None:
+        """Start member ``rank`` from its storage, with a fresh drifting clock.
+
+        ``rate`` is the clock's rate; by default a random one within the drift
+        bound (its extremes two times out of three).
+        """
+        if rank in self.nodes:
+            return
+        if rate is None:
+            drift = self.settings.drift
+            rate = self.rng.choice([1 - drift, 1 + drift, self.rng.uniform(1 - drift, 1 + drift)])
+        offset = self.rng.uniform(0, 10_000)
+        self.note(f"start {rank} rate={rate:.4f}")
+        clock = SkewedClock(self.clock, rate, offset, self.check)
+        app = LicencePool(self.settings.count)
+        network = self.network
+
+        def send(to: int, message: object, rank: int = rank) -> None:
+            network.send(rank, to, message)  # type: ignore[arg-type]
+
+        node = DomainNode(
+            rank, self.ranks, clock, send, self.storage[rank], app, self.settings.timers
+        )
+        self.nodes[rank] = node
+        self.apps[rank] = app
+        node.start()
+        self.network.attach(rank, node)
+
+    # -- clients -----------------------------------------------------------
+
+    def redirected(self, rank: int) -> int:
+        """Where a client that first asks ``rank`` ends up: it follows one
+        ``TRY_SERVER`` redirect, as the client library does."""
+        node = self.nodes.get(rank)
+        if node is None:
+            return rank
+        primary = node.role().primary
+        return primary if primary is not None and not node.can_serve else rank
+
+    def grant(self, rank: int, outcome: list[str] | None = None) -> str:
+        """A client asks member ``rank`` for a licence (a new handle)."""
+        self._handles += 1
+        handle = f"h{self._handles}"
+        node = self.nodes.get(rank)
+        if node is None or not node.can_serve:
+            self.note(f"grant {handle} at {rank}: not serving")
+            if outcome is not None:
+                outcome.append("not serving")
+            return handle
+        entries = self.apps[rank].decide_grant(handle)
+        if entries is None:
+            self.note(f"grant {handle} at {rank}: no licence free")
+            if outcome is not None:
+                outcome.append("denied")
+            return handle
+        self.note(f"grant {handle} at {rank}")
+        self.follow(node.submit(entries), handle, granted=True, outcome=outcome)
+        return handle
+
+    def release(self, rank: int, handle: str, outcome: list[str] | None = None) -> None:
+        """A client releases ``handle`` at member ``rank``."""
+        node = self.nodes.get(rank)
+        if node is None or not node.can_serve:
+            if outcome is not None:
+                outcome.append("not serving")
+            return
+        self.note(f"release {handle} at {rank}")
+        self.confirmed.discard(handle)
+        self.limbo.add(handle)
+        entries = self.apps[rank].decide_release(handle)
+        self.follow(node.submit(entries), handle, granted=False, outcome=outcome)
+
+    def follow(
+        self, deferred: Deferred[None], handle: str, granted: bool, outcome: list[str] | None
+    ) -> None:
+        """Record what the client learns from ``deferred``."""
+
+        self._ops += 1
+        op = self._latest[handle] = self._ops
+
+        def ok(_: None) -> None:
+            if self._latest[handle] != op:
+                return  # a later operation on this handle decides what the client knows
+            self.limbo.discard(handle)
+            if granted:
+                self.stats.grants += 1
+                self.confirmed.add(handle)
+            else:
+                self.stats.releases += 1
+                self.released.add(handle)
+            self.note(f"confirmed {'grant' if granted else 'release'} {handle}")
+            if outcome is not None:
+                outcome.append("ok")
+
+        def failed(reason: Failure) -> None:
+            self.stats.unknown += 1
+            self.limbo.add(handle)
+            self.note(f"unknown {handle}: {reason.type.__name__ if reason.type else reason}")
+            if outcome is not None:
+                outcome.append("unknown")
+
+        deferred.addCallbacks(ok, failed)
+
+    # -- time and checks ---------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Run the shared clock ``seconds`` forward, one event time at a time."""
+        end = self.clock.seconds() + seconds
+        while True:
+            calls = self.clock.getDelayedCalls()
+            due = min((c.getTime() for c in calls), default=None)
+            if due is None or due > end:
+                break
+            self.clock.rightNow = max(self.clock.rightNow, due)
+            self.clock.advance(0)
+            self.stats.events += 1
+        self.clock.rightNow = max(self.clock.rightNow, end)
+
+    def serving_member(self) -> int | None:
+        """The member that serves now, if any."""
+        serving = [rank for rank in sorted(self.nodes) if self.nodes[rank].can_serve]
+        return serving[0] if serving else None
+
+    def check(self) -> None:
+        """The safety invariants, after every event."""
+        serving = [rank for rank in sorted(self.nodes) if self.nodes[rank].can_serve]
+        if len(serving) > 1:
+            self.fail(f"members {serving} serve at the same instant")
+        for rank in serving:
+            held = self.apps[rank].held
+            if len(held) > self.settings.count:
+                self.fail(f"member {rank} holds {len(held)} > {self.settings.count} licences")
+            lost = self.confirmed - held
+            if lost:
+                self.fail(f"member {rank} serves without confirmed grants {sorted(lost)}")
+            back = self.released & held
+            if back:
+                self.fail(f"member {rank} holds released licences {sorted(back)}")
+        if serving and serving[0] != self._serving:
+            self.note(f"member {serving[0]} serves, epoch {self.nodes[serving[0]].view.epoch}")
+        self._serving = serving[0] if serving else None
+        for rank, node in self.nodes.items():
+            view = node.view
+            if view.epoch == 0:
+                continue
+            known = self.decided.setdefault(view.epoch, (view.members, view.origin))
+            if known == (view.members, view.origin):
+                continue
+            self.fail(
+                f"member {rank} installed epoch {view.epoch} as {sorted(view.members)}, "
+                f"another as {sorted(known[0])}"
+            )
+        self.stats.views = len(self.decided)
+
+    def note(self, text: str) -> None:
+        """Add a line to the trace."""
+        line = f"{self.clock.seconds():9.3f} {text}"
+        self.trace.append(line)
+        if self.verbose:
+            print(line)
+
+    def fail(self, text: str) -> None:
+        """Raise `InvariantViolation` with the replayable trace."""
+        self.note(f"VIOLATION: {text}")
+        raise InvariantViolation(
+            f"{text}\nreplay: python -m tests.sim.harness --size {self.settings.size} "
+            f"--seed {self.seed}\n--- trace (seed {self.seed}) ---\n" + "\n".join(self.trace)
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Replay one seed with its trace printed as it runs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--duration", type=float, default=SimSettings.duration)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    simulation = Simulation(
+        SimSettings(size=args.size, duration=args.duration), args.seed, verbose=not args.quiet
+    )
+    try:
+        stats = simulation.run()
+    except InvariantViolation as error:
+        print(str(error).split("\n--- trace")[0])
+        return 1
+    print(stats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
