@@ -38,6 +38,8 @@ class DaemonConfig:
     manhole_keys: Path | None = None
     #: Install a SIGHUP handler that re-reads permits (the daemon: yes; tests: no).
     handle_sighup: bool = True
+    #: Put twistd's log observers behind the log-switch filter (tests: no).
+    install_log_filter: bool = True
 
     @classmethod
     def build(

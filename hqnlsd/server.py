@@ -23,6 +23,7 @@ from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.results import Denied, Grant, HolderInfo, LicenceRequest
+from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.permits.discovery import Discovery, discover
 from hqnlsd.permits.model import HostId
 from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
@@ -81,10 +82,18 @@ class LicenceServer:
 
     log = Logger()
 
-    def __init__(self, engine: Engine, journal: Journal, source: PermitSource) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        journal: Journal,
+        source: PermitSource,
+        feed: LicenceFeed | None = None,
+    ) -> None:
         self.engine = engine
         self.journal = journal
         self.source = source
+        #: Licence lines (switch-tagged) and usage records for every transaction.
+        self.feed = feed if feed is not None else LicenceFeed(usage=None)
         self.catalogue = Catalogue((), {}, {}, ())
         self.discovery: Discovery | None = None
         self.trusted: TrustedKeys | None = None
@@ -174,21 +183,16 @@ class LicenceServer:
     def _request(self, command: wire.Request, peer: Any) -> Reply | Deferred[Reply]:
         offer = self._product_offer(command.publisher, command.product)
         if isinstance(offer, Err):
-            self.log.info(
-                "denied {publisher} {product} to {user}@{host}: {status}",
-                publisher=command.publisher,
-                product=command.product,
-                user=command.user,
-                host=command.host,
-                status=offer.status.name,
-            )
+            self._log_denial(command, peer, offer.status, offer.msg)
             return offer
         if command.challenge is not None:
-            return Err.of(
+            refused = Err.of(
                 Status.ILLEGAL,
                 "challenge/response is not available in this server version; "
                 "send the REQUEST without challenge=",
             )
+            self._log_denial(command, peer, refused.status, refused.msg)
+            return refused
         outcome = self.engine.request(
             LicenceRequest(
                 publisher=command.publisher,
@@ -207,28 +211,26 @@ class LicenceServer:
         )
         result = outcome.result
         if isinstance(result, Denied):
-            self.log.info(
-                "denied {publisher} {product} to {user}@{host}: {status} {reason}",
-                publisher=command.publisher,
-                product=command.product,
-                user=command.user,
-                host=command.host,
-                status=result.status.name,
-                reason=result.message,
-            )
+            self._log_denial(command, peer, result.status, result.message)
             return self._after(outcome.events, _denied(result))
-        self.log.info(
-            "granted {publisher} {product} licence {indices} to {user}@{host} pid {pid}: "
-            "handle {handle}",
-            publisher=result.publisher,
-            product=result.product,
-            indices=",".join(map(str, result.indices)),
-            user=command.user,
-            host=command.host,
-            pid=command.pid,
-            handle=result.handle,
-        )
+        # The grant's log line and usage record come from its Granted event, which
+        # the feed sees as the journal takes it (Journal.listeners).
         return self._after(outcome.events, self._granted(result))
+
+    def _log_denial(self, command: wire.Request, peer: Any, status: Status, reason: str) -> None:
+        self.feed.denied(
+            publisher=command.publisher,
+            product=command.product,
+            version=command.version,
+            status=status.name,
+            code=status.code,
+            reason=reason,
+            user=command.user,
+            uid=command.uid,
+            host=command.host,
+            address=str(getattr(peer, "host", peer)),
+            pid=command.pid,
+        )
 
     @staticmethod
     def _granted(grant: Grant) -> Ok:
@@ -266,7 +268,6 @@ class LicenceServer:
         result = outcome.result
         if isinstance(result, Denied):
             return self._after(outcome.events, _denied(result, handle=command.handle))
-        self.log.info("released handle {handle}", handle=result.handle)
         return self._after(outcome.events, Ok.of(handle=result.handle), wait=False)
 
     def _query(self, command: wire.Query) -> Reply:

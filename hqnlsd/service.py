@@ -13,12 +13,17 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from hqnlsd.config import DaemonConfig
 from hqnlsd.identity import local_unique_id
 from hqnlsd.licensing.engine import Engine
+from hqnlsd.logging.feed import LicenceFeed
+from hqnlsd.logging.observer import FilterInstallation, install_switch_filter
+from hqnlsd.logging.switches import LogSwitches
+from hqnlsd.logging.usage import UsageReport
 from hqnlsd.permits.model import HostId
 from hqnlsd.persistence.store import Journal, JournalError, open_journal
 from hqnlsd.protocols.client import ClientProtocolFactory
@@ -54,11 +59,30 @@ class HqnlsdService(MultiService):
         )
         self.server: LicenceServer | None = None
         self.journal: Journal | None = None
+        #: hqn_lsa loglevel: apply(text); reset() on reinit.
+        self.switches = LogSwitches.load(config.state_dir, domain_logging=config.domain_logging)
+        self.usage = UsageReport(config.state_dir, reactor)
+        self.feed = LicenceFeed(usage=self.usage, switches=self.switches)
+        self._log_filter: FilterInstallation | None = None
         self._housekeeping: LoopingCall | None = None
         self.factory = ClientProtocolFactory(_LateDispatcher(self), reactor)
 
+    def privilegedStartService(self) -> None:
+        """Bind the listeners; a failed bind stops start-up with a message that says why."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            where = f"{error.interface or '0.0.0.0'}:{error.port}"
+            raise StartupError(
+                f"cannot listen on {where}: {error.socketError}; another program (another "
+                "hqnlsd?) holds that address: stop it, or give this daemon another --port"
+            ) from None
+
     def startService(self) -> None:
         """Restore state, read permits, then start the listeners (in that order)."""
+        if self.config.install_log_filter:
+            # Before anything else logs; twistd has registered its observer by now.
+            self._log_filter = install_switch_filter(self.switches)
         try:
             self.journal = open_journal(self.config.state_dir, self.reactor)
             report = self.journal.restore(self.engine)
@@ -72,7 +96,9 @@ class HqnlsdService(MultiService):
             snapshot=report.had_snapshot,
             replayed=report.replayed,
         )
-        self.server = LicenceServer(self.engine, self.journal, self.source)
+        self.feed.seed(self.engine)
+        self.journal.listeners.append(self.feed.observe)
+        self.server = LicenceServer(self.engine, self.journal, self.source, self.feed)
         # Holders could not UPDATE while we were down: count them as updated now.
         self.journal.submit(self.engine.resume().events)
         self.server.load_permits()
@@ -144,6 +170,10 @@ class HqnlsdService(MultiService):
         def close(result: object) -> object:
             if self.journal is not None:
                 self.journal.close()
+            self.usage.close()
+            if self._log_filter is not None:
+                self._log_filter.uninstall()
+                self._log_filter = None
             return result
 
         if stopped is None:

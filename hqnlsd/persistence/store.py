@@ -181,6 +181,9 @@ class Journal:
         self._retry_call: Any = None
         self._retry_delay = RETRY_FIRST
         self.last_error: BaseException | None = None
+        #: Called with every submitted batch of events, before it is queued: the
+        #: licence log and usage report see every change, whatever made it.
+        self.listeners: list[Callable[[Sequence[Event]], None]] = []
         self._closed = False
         try:
             db = (connect or _connect)(str(path))
@@ -263,6 +266,13 @@ class Journal:
             raise JournalError("the journal is closed")
         if not events and not self._pending:
             return succeed(None)
+        if events:
+            for listener in self.listeners:
+                try:
+                    listener(events)
+                except Exception:
+                    # Observers must never cost a licence its durability.
+                    self.log.failure("journal listener {listener!r} failed", listener=listener)
         self._pending.extend(events)
         self._given += len(events)
         waiter: Deferred[None] = Deferred()

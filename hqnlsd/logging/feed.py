@@ -1,0 +1,320 @@
+"""From licensing events to licence log lines and usage records.
+
+Grants, releases and revocations are all licensing events (`Granted`,
+`Released`, `Revoked`) whatever caused them: a REQUEST, a RELEASE, a reclaim
+inside a request, a crash-out found by housekeeping, ``hqn_lsa kill``, a
+``reinit``. `LicenceFeed.observe` is given every batch of events the daemon
+applies (where it hands them to the journal) and turns each into one licence
+line (tagged LICENSE, for the log filter) and one usage record. A `Released`
+or `Revoked` event carries only the handle, so the feed keeps a small mirror
+of the holders (handle -> who, what), filled by `Granted` events and, at start
+up, by `seed` from the restored engine.
+
+Denials change no state and produce no event: the server calls `denied`.
+Role changes come from the domain layer: it calls `role`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from twisted.logger import Logger
+
+from hqnlsd.licensing.events import Event, Granted, ProductsLoaded, Released, Revoked
+from hqnlsd.licensing.results import Denied, HolderInfo
+from hqnlsd.logging.observer import denial_switch, log_licence
+from hqnlsd.logging.switches import LogSwitches
+from hqnlsd.logging.usage import UsageReport
+from hqnlsd.permits.model import ProductPermit
+
+
+class EngineView(Protocol):
+    """The read-only engine calls `LicenceFeed.seed` uses."""
+
+    def served(self) -> tuple[ProductPermit, ...]:
+        """The products served."""
+        ...
+
+    def holders(self, publisher: str, product: str) -> list[HolderInfo] | Denied:
+        """Every holder of a product, with handles."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Held:
+    """What the feed remembers of a held licence."""
+
+    publisher: str
+    product: str
+    indices: tuple[int, ...]
+    licence_type: str | None
+    user: str | None
+    host: str | None
+    address: str | None
+    pid: int | None
+    uid: int | None
+    granted_at: float
+
+
+#: Stands for a handle the feed never saw granted (logged and reported with nulls).
+_UNKNOWN = _Held("", "", (), None, None, None, None, None, None, 0.0)
+
+
+class LicenceFeed:
+    """Logs and reports every licence transaction (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        usage: UsageReport | None,
+        switches: LogSwitches | None = None,
+        log: Logger | None = None,
+    ) -> None:
+        self.usage = usage
+        self.switches = switches
+        self.log = log if log is not None else Logger(namespace="hqnlsd.licence")
+        self._held: dict[str, _Held] = {}
+        self._versions: dict[tuple[str, str], str] = {}
+
+    # -- state mirror -----------------------------------------------------------------
+
+    def seed(self, engine: EngineView) -> None:
+        """Learn the products and holders a restored engine already has."""
+        for permit in engine.served():
+            self._versions[(permit.publisher, permit.product)] = permit.version
+            holders = engine.holders(permit.publisher, permit.product)
+            if isinstance(holders, Denied):
+                continue
+            for holder in holders:
+                if holder.handle is None:
+                    continue
+                self._held[holder.handle] = _Held(
+                    publisher=permit.publisher,
+                    product=permit.product,
+                    indices=holder.indices,
+                    licence_type=holder.type,
+                    user=holder.user,
+                    host=holder.host,
+                    address=holder.address,
+                    pid=holder.pid,
+                    uid=holder.uid,
+                    granted_at=holder.granted,
+                )
+
+    @property
+    def held(self) -> int:
+        """Licences the mirror knows to be held."""
+        return len(self._held)
+
+    # -- events -------------------------------------------------------------------------
+
+    def observe(self, events: Iterable[Event]) -> None:
+        """Log and report the transactions among ``events`` (in order)."""
+        for event in events:
+            if isinstance(event, Granted):
+                self._granted(event)
+            elif isinstance(event, Released):
+                self._ended("released", event.handle, event.at, None)
+            elif isinstance(event, Revoked):
+                self._ended("revoked", event.handle, event.at, event.reason)
+            elif isinstance(event, ProductsLoaded):
+                self._versions = {
+                    (permit.publisher, permit.product): permit.version for permit in event.products
+                }
+
+    def _granted(self, event: Granted) -> None:
+        held = _Held(
+            publisher=event.publisher,
+            product=event.product,
+            indices=tuple(event.indices),
+            licence_type="locked" if event.locked else "floating",
+            user=event.user,
+            host=event.host,
+            address=event.address,
+            pid=event.pid,
+            uid=event.uid,
+            granted_at=event.at,
+        )
+        self._held[event.handle] = held
+        version = self._versions.get((event.publisher, event.product))
+        log_licence(
+            self.log,
+            "granted",
+            switches=self.switches,
+            publisher=event.publisher,
+            product=event.product,
+            version=version,
+            indices=_indices(held.indices),
+            licence_type=held.licence_type,
+            user=event.user,
+            uid=event.uid,
+            host=event.host,
+            address=event.address,
+            pid=event.pid,
+            handle=event.handle,
+        )
+        if self.usage is not None:
+            self.usage.grant(
+                publisher=event.publisher,
+                product=event.product,
+                version=version,
+                handle=event.handle,
+                indices=held.indices,
+                licence_type=held.licence_type,
+                user=event.user,
+                uid=event.uid,
+                group=event.group,
+                host=event.host,
+                address=event.address,
+                pid=event.pid,
+                at=event.at,
+            )
+
+    def _ended(self, action: str, handle: str, at: float, reason: str | None) -> None:
+        held = self._held.pop(handle, None) or _UNKNOWN
+        known = held is not _UNKNOWN
+        version = self._versions.get((held.publisher, held.product)) if known else None
+        publisher = held.publisher if known else None
+        product = held.product if known else None
+        indices = held.indices if known else None
+        held_seconds = round(at - held.granted_at, 3) if known else None
+        log_licence(
+            self.log,
+            action,
+            switches=self.switches,
+            publisher=publisher,
+            product=product,
+            version=version,
+            indices=_indices(indices) if indices else None,
+            licence_type=held.licence_type,
+            user=held.user,
+            uid=held.uid,
+            host=held.host,
+            address=held.address,
+            pid=held.pid,
+            handle=handle,
+            reason=reason,
+        )
+        if self.usage is None:
+            return
+        if reason is None:
+            self.usage.release(
+                publisher=publisher,
+                product=product,
+                version=version,
+                handle=handle,
+                indices=indices,
+                user=held.user,
+                uid=held.uid,
+                host=held.host,
+                address=held.address,
+                pid=held.pid,
+                held_seconds=held_seconds,
+                at=at,
+            )
+        else:
+            self.usage.revoked(
+                publisher=publisher,
+                product=product,
+                version=version,
+                handle=handle,
+                indices=indices,
+                reason=reason,
+                user=held.user,
+                uid=held.uid,
+                host=held.host,
+                address=held.address,
+                pid=held.pid,
+                held_seconds=held_seconds,
+                at=at,
+            )
+
+    # -- things that are not events -------------------------------------------------------
+
+    def denied(
+        self,
+        *,
+        publisher: str,
+        product: str,
+        version: str | None,
+        status: str,
+        code: int | None,
+        reason: str,
+        user: str | None,
+        host: str | None,
+        address: str | None,
+        pid: int | None,
+        uid: int | None = None,
+    ) -> None:
+        """A REQUEST was refused: a licence line (redirects under EXTERR) and a record."""
+        log_licence(
+            self.log,
+            "denied",
+            switch=denial_switch(status),
+            switches=self.switches,
+            publisher=publisher,
+            product=product,
+            version=version,
+            user=user,
+            uid=uid,
+            host=host,
+            address=address,
+            pid=pid,
+            status=status,
+            reason=reason,
+        )
+        if self.usage is not None:
+            self.usage.denial(
+                publisher=publisher,
+                product=product,
+                version=version,
+                status=status,
+                code=code,
+                reason=reason,
+                user=user,
+                uid=uid,
+                host=host,
+                address=address,
+                pid=pid,
+            )
+
+    def role(
+        self,
+        *,
+        domain: str,
+        role: str,
+        previous: str | None,
+        rank: int | None,
+        epoch: int | None,
+        primary: int | None,
+        reason: str = "",
+    ) -> None:
+        """This server's role in ``domain`` changed: an INFO line and a record."""
+        # Untagged (INFO, on by default): a failover matters beyond domain debugging.
+        self.log.info(
+            "domain {domain}: {previous} -> {role} (rank {rank}, epoch {epoch}, "
+            "primary {primary}) {reason}",
+            domain=domain,
+            role=role,
+            previous=previous,
+            rank=rank,
+            epoch=epoch,
+            primary=primary,
+            reason=reason,
+        )
+        if self.usage is not None:
+            self.usage.role(
+                domain=domain,
+                role=role,
+                previous=previous,
+                rank=rank,
+                epoch=epoch,
+                primary=primary,
+                reason=reason,
+            )
+
+
+def _indices(indices: Sequence[int]) -> str:
+    return ",".join(map(str, indices))

@@ -1,0 +1,376 @@
+"""The log filter: drops `twisted.logger` events by switch and trims licence lines.
+
+Which events a switch governs (`admits`):
+
+* an event tagged ``log_switch="NAME"`` (or ``"LICENSE|EXTERR"``, or a `Switch`
+  value) is kept only if *all* its switches are on, whatever its level;
+* an untagged warning or error is governed by WARNING, an untagged info or debug
+  message by INFO;
+* a critical event (``log.failure`` and unhandled errors) is always kept: a
+  traceback is never hidden by a switch, not even by NONE.
+
+An event with a ``licence_action`` key is a *licence line* (grant, release,
+revocation, denial). Its structured fields (``publisher product version user
+uid host address pid handle indices licence_type status reason``) are written
+by `log_licence`; the filter rebuilds its text with only the fields whose
+switches are on (PRODUCT: publisher and version beside the product name;
+HOSTNAME, HOSTADDR, USERNAME, UID; EXTERR: the reason of a denial) and removes
+the other fields from the event, so neither the text log, syslog nor a JSON log
+shows them. Without the filter (tests, tools) a licence line shows every field.
+
+Each kept event gets a ``syslogPriority`` (LOG_WARNING for warnings, as the
+original server logged them, LOG_ERR for errors, LOG_CRIT for critical events,
+LOG_INFO otherwise) unless it has one, for twistd's ``--syslog`` observer.
+
+`install_switch_filter` wraps the observers already registered with a
+`LogPublisher` (twistd's file or syslog observer on `globalLogPublisher`; twistd
+registers it before any service starts) and `LogFilterService` does that for
+the lifetime of a service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import (
+    ILogFilterPredicate,
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    PredicateResult,
+    globalLogPublisher,
+)
+from zope.interface import implementer
+
+from hqnlsd.logging.switches import ALL, LogSwitches, Switch
+
+#: The event key that names the switch(es) governing an event.
+SWITCH_KEY = "log_switch"
+#: The event key that marks a licence line (its value is the action, e.g. "granted").
+LICENCE_KEY = "licence_action"
+
+#: Licence-line fields shown only when their switch is on.
+FIELD_SWITCHES: dict[str, Switch] = {
+    "publisher": Switch.PRODUCT,
+    "version": Switch.PRODUCT,
+    "host": Switch.HOSTNAME,
+    "address": Switch.HOSTADDR,
+    "user": Switch.USERNAME,
+    "uid": Switch.UID,
+    "reason": Switch.EXTERR,
+}
+#: Reasons that are always shown (a revocation's cause is the transaction itself).
+_ALWAYS_REASON = frozenset({"revoked"})
+
+# syslog priorities (RFC 5424 numbers; the stdlib module is Unix-only).
+LOG_CRIT, LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG = 2, 3, 4, 6, 7
+_PRIORITY = {
+    LogLevel.critical: LOG_CRIT,
+    LogLevel.error: LOG_ERR,
+    LogLevel.warn: LOG_WARNING,
+    LogLevel.info: LOG_INFO,
+    LogLevel.debug: LOG_DEBUG,
+}
+_WARNING_LEVELS = frozenset({LogLevel.warn, LogLevel.error})
+
+# A tag is looked up in this cache; misses are parsed once ("LICENSE|EXTERR").
+_TAGS: dict[object, Switch | None] = {member.name: member for member in Switch}
+
+
+def switch_of(tag: object) -> Switch | None:
+    """The switches a ``log_switch`` tag requires; None for a tag that names none.
+
+    A tag is a switch name, names joined by ``|`` or ``+``, or a `Switch` value.
+    """
+    try:
+        return _TAGS[tag]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable: never a valid tag
+        return None
+    found: Switch | None
+    if isinstance(tag, Switch):
+        found = tag
+    elif isinstance(tag, str):
+        found = Switch(0)
+        for name in tag.replace("+", "|").split("|"):
+            member = Switch.__members__.get(name.strip().upper())
+            if member is None:
+                found = None
+                break
+            found |= member
+    else:
+        found = None
+    if len(_TAGS) < 1024:
+        _TAGS[tag] = found
+    return found
+
+
+def admits(event: Mapping[str, Any], switches: Switch) -> bool:
+    """True if ``event`` is to be logged under ``switches`` (see the module doc)."""
+    tag = event.get(SWITCH_KEY)
+    level = event.get("log_level")
+    if level is LogLevel.critical:
+        return True
+    if tag is None:
+        needed = Switch.WARNING if level in _WARNING_LEVELS else Switch.INFO
+        return bool(switches & needed)
+    required = switch_of(tag)
+    if required is None:  # a misspelt tag must not make an event vanish
+        return True
+    return switches & required == required
+
+
+#: Every field a licence line can show.
+LICENCE_FIELDS = (
+    "publisher",
+    "product",
+    "version",
+    "indices",
+    "licence_type",
+    "user",
+    "uid",
+    "host",
+    "address",
+    "pid",
+    "handle",
+    "status",
+    "reason",
+)
+_FORMATS: dict[tuple[str, tuple[str, ...], int], str] = {}
+
+
+def licence_format(action: str, fields: Mapping[str, Any], switches: Switch) -> str:
+    """The format string of a licence line: the fields present whose switches are on.
+
+    The string only refers to field names (``{user}``), never embeds their
+    values, so a value with braces cannot break the formatting. Formats are
+    memoised by (action, fields present, switches): a few dozen in practice.
+    """
+    present = tuple(key for key in LICENCE_FIELDS if fields.get(key) is not None)
+    key = (action, present, int(switches))
+    try:
+        return _FORMATS[key]
+    except KeyError:
+        pass
+    text = _build_format(action, frozenset(present), switches)
+    if len(_FORMATS) < 4096:
+        _FORMATS[key] = text
+    return text
+
+
+def _build_format(action: str, present: frozenset[str], switches: Switch) -> str:
+    def shown(key: str) -> bool:
+        if key not in present:
+            return False
+        needed = FIELD_SWITCHES.get(key)
+        if needed is None:
+            return True
+        if key == "reason" and action in _ALWAYS_REASON:
+            return True
+        return bool(switches & needed)
+
+    parts = ["{licence_action}"]
+    product = [f"{{{key}}}" for key in ("publisher", "product", "version") if shown(key)]
+    if product:
+        parts.append(" ".join(product))
+    if shown("indices"):
+        parts.append("licence {indices}")
+    if shown("licence_type"):
+        parts.append("({licence_type})")
+    who = []
+    if shown("user"):
+        who.append("user {user}")
+    if shown("uid"):
+        who.append("uid {uid}")
+    if shown("host"):
+        who.append("on {host}")
+    if shown("address"):
+        who.append("[{address}]")
+    if shown("pid"):
+        who.append("pid {pid}")
+    if who:
+        parts.append(("to " if action in ("granted", "denied") else "from ") + " ".join(who))
+    text = " ".join(parts)
+    if shown("handle"):
+        text += ", handle {handle}"
+    if shown("status"):
+        text += ": {status}"
+    if shown("reason"):
+        text += " ({reason})" if shown("status") else ": {reason}"
+    return text
+
+
+def trim_licence_event(event: LogEvent, switches: Switch) -> LogEvent:
+    """A copy of a licence line with its text rebuilt and switched-off fields removed."""
+    action = str(event.get(LICENCE_KEY))
+    trimmed = dict(event)
+    trimmed["log_format"] = licence_format(action, event, switches)
+    for key, needed in FIELD_SWITCHES.items():
+        if key == "reason" and action in _ALWAYS_REASON:
+            continue
+        if not switches & needed:
+            trimmed.pop(key, None)
+    return trimmed
+
+
+def log_licence(
+    log: Logger,
+    action: str,
+    *,
+    switch: str = "LICENSE",
+    level: LogLevel = LogLevel.info,
+    switches: LogSwitches | None = None,
+    **fields: Any,
+) -> None:
+    """Emit a licence line: ``action`` (granted, released, revoked, denied) + fields.
+
+    The event carries ``log_switch=switch`` and the fields as structured keys;
+    its text shows every field given (the filter trims it). With ``switches``
+    the call returns at once when the line would be dropped anyway: the cheap
+    path for the hot request loop.
+    """
+    if switches is not None and level is not LogLevel.critical:
+        required = switch_of(switch)
+        if required is not None and switches.value & required != required:
+            return
+    log.emit(
+        level,
+        licence_format(action, fields, ALL),
+        log_switch=switch,
+        licence_action=action,
+        **fields,
+    )
+
+
+#: Statuses that only redirect a client elsewhere: logged under EXTERR as well.
+REDIRECT_STATUSES = frozenset(
+    {"TRY_SERVER", "TRY_DOMAIN", "NOTVERIFIED", "NEW_MASTER", "LOSTMASTER"}
+)
+
+
+def denial_switch(status: str) -> str:
+    """The tag of a denial line: redirects need EXTERR too ("best off on backups")."""
+    return "LICENSE|EXTERR" if status in REDIRECT_STATUSES else "LICENSE"
+
+
+@implementer(ILogFilterPredicate)
+class SwitchPredicate:
+    """`FilteringLogObserver` predicate: ``no`` for events the switches drop."""
+
+    def __init__(self, switches: LogSwitches) -> None:
+        self.switches = switches
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        """``maybe`` (let later predicates decide) or ``no``."""
+        result: PredicateResult = (
+            PredicateResult.maybe if admits(event, self.switches.value) else PredicateResult.no
+        )
+        return result
+
+
+@implementer(ILogObserver)
+class SwitchedObserver:
+    """Passes to ``observer`` the events the switches admit, licence lines trimmed."""
+
+    def __init__(self, observer: ILogObserver, switches: LogSwitches) -> None:
+        self.observer = observer
+        self.switches = switches
+
+    def __call__(self, event: LogEvent) -> None:
+        """Filter, trim and forward one event."""
+        value = self.switches.value
+        if not admits(event, value):
+            return
+        if LICENCE_KEY in event:
+            event = trim_licence_event(event, value)
+        if "syslogPriority" not in event:
+            event["syslogPriority"] = _PRIORITY.get(event.get("log_level"), LOG_INFO)
+        self.observer(event)
+
+    def __repr__(self) -> str:
+        return f"<SwitchedObserver {self.observer!r}>"
+
+
+class FilterInstallation:
+    """The observers wrapped by `install_switch_filter`; `uninstall` puts them back."""
+
+    def __init__(
+        self, publisher: LogPublisher, pairs: list[tuple[ILogObserver, SwitchedObserver]]
+    ) -> None:
+        self.publisher = publisher
+        self.pairs = pairs
+
+    def uninstall(self) -> None:
+        """Replace each wrapper by its original observer (idempotent)."""
+        pairs, self.pairs = self.pairs, []
+        for original, wrapper in pairs:
+            self.publisher.removeObserver(wrapper)
+            self.publisher.addObserver(original)
+
+
+def _registered(publisher: LogPublisher) -> list[ILogObserver]:
+    # LogPublisher has no public way to list its observers; `_observers` has been
+    # its list since twisted.logger exists (15.2). Checked, not assumed.
+    observers = getattr(publisher, "_observers", None)
+    if not isinstance(observers, list):
+        raise TypeError(
+            f"{publisher!r} does not expose its observers; cannot install the log filter"
+        )
+    return list(observers)
+
+
+def install_switch_filter(
+    switches: LogSwitches, publisher: LogPublisher | None = None
+) -> FilterInstallation:
+    """Put every observer of ``publisher`` (default `globalLogPublisher`) behind the filter.
+
+    Observers added later are not filtered; under twistd the file or syslog
+    observer is registered before services start, which is when to call this.
+    """
+    target = globalLogPublisher if publisher is None else publisher
+    pairs: list[tuple[ILogObserver, SwitchedObserver]] = []
+    for observer in _registered(target):
+        if isinstance(observer, SwitchedObserver):
+            continue  # already filtered
+        pairs.append((observer, SwitchedObserver(observer, switches)))
+    for original, _ in pairs:
+        target.removeObserver(original)
+    for _, wrapper in pairs:
+        target.addObserver(wrapper)
+    return FilterInstallation(target, pairs)
+
+
+class LogFilterService(Service):
+    """Installs the switch filter while running (start: install, stop: uninstall)."""
+
+    name = "log-filter"
+    log = Logger()
+
+    def __init__(self, switches: LogSwitches, publisher: LogPublisher | None = None) -> None:
+        self.switches = switches
+        self.publisher = publisher
+        self.installation: FilterInstallation | None = None
+
+    def startService(self) -> None:
+        """Wrap the publisher's observers; a publisher that cannot be wrapped is reported."""
+        super().startService()
+        try:
+            self.installation = install_switch_filter(self.switches, self.publisher)
+        except TypeError as error:
+            self.log.warn("log switches have no effect: {error}", error=str(error))
+        else:
+            self.log.info(
+                "log switches: {switches}", switches=str(self.switches), log_switch="INFO"
+            )
+
+    def stopService(self) -> None:
+        """Put the original observers back."""
+        if self.installation is not None:
+            self.installation.uninstall()
+            self.installation = None
+        super().stopService()

@@ -1,0 +1,396 @@
+"""The usage report: one JSON object per line for every licence transaction.
+
+``usage.jsonl`` in the state directory, append-only, records (``"event"``):
+
+=========  ===============================================================
+grant      a licence given (handle, indices, type, who, where)
+release    a licence given back by its holder
+denial     a REQUEST refused: ``status``, ``code`` and the ``reason`` text
+revoked    a licence taken back: ``reason`` crashout, timeout,
+           locked-priority, named-user (the reclaims), killed, reinit, ...
+role       this server's role in a domain changed (a failover or failback)
+=========  ===============================================================
+
+Every record has ``ts`` (ISO 8601 UTC) and ``at`` (seconds since the epoch,
+from the injected clock), then the fields of its kind, always all of them
+(``null`` when unknown) so that a reader sees one schema per kind.
+
+Writing never holds the reactor for long: records are queued in memory and
+written on the next reactor turn, one ``os.write`` for the whole batch (at most
+``batch_lines`` lines a turn; the rest on the following turns). Nothing is
+buffered in user space, so a record is in the operating system once its batch
+is written; the report is not fsynced (licence state is made durable by the
+journal, not by this report). When the file reaches ``max_bytes`` it is rotated
+(``usage.jsonl`` -> ``.1`` -> ... -> ``.<backups>``, the oldest dropped). If
+the disk refuses a write, the records wait (at most ``max_pending``; beyond that
+the oldest are dropped and counted) and the write is retried later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+#: The report's file name inside the state directory.
+USAGE_FILE = "usage.jsonl"
+#: Rotate when the file reaches this size (bytes).
+MAX_BYTES = 16 * 1024 * 1024
+#: Rotated files kept (``usage.jsonl.1`` .. ``usage.jsonl.N``).
+BACKUPS = 5
+#: Lines written per reactor turn at most.
+BATCH_LINES = 2000
+#: Records kept in memory while the disk refuses writes; beyond, the oldest go.
+MAX_PENDING = 100_000
+#: Seconds before retrying after a failed write.
+RETRY_SECONDS = 5.0
+
+
+class Clock(Protocol):
+    """What the report needs of a reactor (``IReactorTime``; tests use ``task.Clock``)."""
+
+    def seconds(self) -> float:
+        """Now, in seconds since the epoch."""
+        ...
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any) -> Any:
+        """Call ``callable(*args)`` after ``delay`` seconds; returns an IDelayedCall."""
+        ...
+
+
+@dataclasses.dataclass(slots=True)
+class UsageStats:
+    """Counters for logs, metrics and tests."""
+
+    records: int = 0
+    written: int = 0
+    batches: int = 0
+    rotations: int = 0
+    dropped: int = 0
+    write_errors: int = 0
+
+
+class UsageReport:
+    """Appends usage records to ``<directory>/usage.jsonl`` (see the module doc)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        directory: Path,
+        clock: Clock,
+        *,
+        name: str = USAGE_FILE,
+        max_bytes: int = MAX_BYTES,
+        backups: int = BACKUPS,
+        batch_lines: int = BATCH_LINES,
+        max_pending: int = MAX_PENDING,
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
+        if max_bytes < 1 or backups < 0 or batch_lines < 1 or max_pending < 1:
+            raise ValueError("usage report: sizes must be positive (backups may be 0)")
+        self.path = Path(directory) / name
+        self._clock = clock
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.batch_lines = batch_lines
+        self.max_pending = max_pending
+        self.retry_seconds = retry_seconds
+        self.stats = UsageStats()
+        self._pending: deque[str] = deque()
+        self._unwritten = b""  # the tail of a batch a failed write left behind
+        self._fd: int | None = None
+        self._size = 0
+        self._call: Any = None
+        self._closed = False
+        self._failing = False
+
+    # -- records ----------------------------------------------------------------------
+
+    def grant(
+        self,
+        *,
+        publisher: str,
+        product: str,
+        version: str | None,
+        handle: str,
+        indices: Sequence[int],
+        licence_type: str | None,
+        user: str | None,
+        host: str | None,
+        address: str | None,
+        pid: int | None,
+        uid: int | None = None,
+        group: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        """A licence was given."""
+        self._record(
+            "grant",
+            at,
+            publisher=publisher,
+            product=product,
+            version=version,
+            handle=handle,
+            indices=list(indices),
+            type=licence_type,
+            user=user,
+            uid=uid,
+            group=group,
+            host=host,
+            address=address,
+            pid=pid,
+        )
+
+    def release(
+        self,
+        *,
+        publisher: str | None,
+        product: str | None,
+        version: str | None,
+        handle: str,
+        indices: Sequence[int] | None,
+        user: str | None,
+        host: str | None,
+        address: str | None,
+        pid: int | None,
+        uid: int | None = None,
+        held_seconds: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """A holder gave its licence back (``held_seconds`` since the grant, if known)."""
+        self._record(
+            "release",
+            at,
+            publisher=publisher,
+            product=product,
+            version=version,
+            handle=handle,
+            indices=None if indices is None else list(indices),
+            user=user,
+            uid=uid,
+            host=host,
+            address=address,
+            pid=pid,
+            held_seconds=held_seconds,
+        )
+
+    def denial(
+        self,
+        *,
+        publisher: str,
+        product: str,
+        version: str | None,
+        status: str,
+        code: int | None,
+        reason: str,
+        user: str | None,
+        host: str | None,
+        address: str | None,
+        pid: int | None,
+        uid: int | None = None,
+        at: float | None = None,
+    ) -> None:
+        """A REQUEST was refused: ``status`` name, numeric ``code``, ``reason`` text."""
+        self._record(
+            "denial",
+            at,
+            publisher=publisher,
+            product=product,
+            version=version,
+            status=status,
+            code=None if code is None else f"{code:#x}",
+            reason=reason,
+            user=user,
+            uid=uid,
+            host=host,
+            address=address,
+            pid=pid,
+        )
+
+    def revoked(
+        self,
+        *,
+        publisher: str | None,
+        product: str | None,
+        version: str | None,
+        handle: str,
+        indices: Sequence[int] | None,
+        reason: str,
+        user: str | None,
+        host: str | None,
+        address: str | None,
+        pid: int | None,
+        uid: int | None = None,
+        held_seconds: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """A licence was taken back (``reason``: a `hqnlsd.licensing.events.Reason`)."""
+        self._record(
+            "revoked",
+            at,
+            publisher=publisher,
+            product=product,
+            version=version,
+            handle=handle,
+            indices=None if indices is None else list(indices),
+            reason=reason,
+            user=user,
+            uid=uid,
+            host=host,
+            address=address,
+            pid=pid,
+            held_seconds=held_seconds,
+        )
+
+    def role(
+        self,
+        *,
+        domain: str,
+        role: str,
+        previous: str | None,
+        rank: int | None,
+        epoch: int | None,
+        primary: int | None,
+        reason: str = "",
+        at: float | None = None,
+    ) -> None:
+        """This server's role in ``domain`` (its members' addresses) changed."""
+        self._record(
+            "role",
+            at,
+            domain=domain,
+            role=role,
+            previous=previous,
+            rank=rank,
+            epoch=epoch,
+            primary=primary,
+            reason=reason,
+        )
+
+    def _record(self, kind: str, at: float | None, **fields: Any) -> None:
+        if self._closed:
+            self.log.warn("usage report closed; {kind} record not written", kind=kind)
+            return
+        when = self._clock.seconds() if at is None else at
+        stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
+        record = {"ts": stamp.isoformat(timespec="milliseconds"), "at": when, "event": kind}
+        record.update(fields)
+        self._pending.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+        self.stats.records += 1
+        if len(self._pending) > self.max_pending:
+            self._pending.popleft()
+            self.stats.dropped += 1
+        if self._call is None and not self._failing:
+            self._call = self._clock.callLater(0, self.flush)
+
+    # -- writing ----------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Records waiting to be written."""
+        return len(self._pending)
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Write one batch (``everything``: all pending records) now."""
+        self._call = None
+        try:
+            while True:
+                self._write_batch()
+                if not self._pending or not everything:
+                    break
+        except OSError as error:
+            self._failed(error)
+            return
+        if self._failing:
+            self._failing = False
+            self.log.info("usage report {path} is written again", path=str(self.path))
+        if self._pending and self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def _write_batch(self) -> None:
+        if not self._unwritten:
+            count = min(self.batch_lines, len(self._pending))
+            if count == 0:
+                return
+            lines = [self._pending.popleft() for _ in range(count)]
+            self._unwritten = ("\n".join(lines) + "\n").encode("utf-8")
+            self.stats.written += count
+            fd = self._open()
+            if self._size and self._size + len(self._unwritten) > self.max_bytes:
+                # Rotate before, not after: the live file never passes the limit
+                # (unless one batch alone does) and is never left empty.
+                self._rotate()
+        fd = self._open()
+        while self._unwritten:
+            done = os.write(fd, self._unwritten)
+            self._unwritten = self._unwritten[done:]
+            self._size += done
+        self.stats.batches += 1
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._size = os.fstat(self._fd).st_size
+        return self._fd
+
+    def _rotate(self) -> None:
+        self._close_fd()
+        if self.backups == 0:
+            os.unlink(self.path)
+        else:
+            for number in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{number}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{number + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self.stats.rotations += 1
+
+    def _failed(self, error: OSError) -> None:
+        self.stats.write_errors += 1
+        self._close_fd()
+        if not self._failing:
+            # Once per outage, not once per retry: a full disk must not flood the log.
+            self.log.warn(
+                "usage report {path}: {error}; {pending} record(s) kept, retrying every {retry}s",
+                path=str(self.path),
+                error=str(error),
+                pending=len(self._pending),
+                retry=self.retry_seconds,
+            )
+        self._failing = True
+        if not self._closed and self._call is None:
+            self._call = self._clock.callLater(self.retry_seconds, self.flush)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        """Write everything still pending (best effort) and close the file."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._closed = True
+        try:
+            while self._pending or self._unwritten:
+                self._write_batch()
+        except OSError as error:
+            self.stats.write_errors += 1
+            self.log.warn(
+                "usage report {path}: {error}; {pending} record(s) lost at close",
+                path=str(self.path),
+                error=str(error),
+                pending=len(self._pending),
+            )
+        self._close_fd()
