@@ -124,6 +124,17 @@ class LicenceServer:
             )
         single = [offer.product for offer in catalogue.served.values() if len(offer.domain) == 1]
         for offer in catalogue.served.values():
+            if len(offer.domain) > 1:
+                self.log.info(
+                    "not yet serving {publisher} {product} {version} from {path}: its "
+                    "multi-host domain ({domain}) has not verified this server",
+                    publisher=offer.product.publisher,
+                    product=offer.product.product,
+                    version=offer.product.version,
+                    path=offer.path,
+                    domain=_domain_words(offer),
+                )
+                continue
             self.log.info(
                 "serving {publisher} {product} {version} from {path}",
                 publisher=offer.product.publisher,
