@@ -36,6 +36,7 @@ class DaemonConfig:
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
     manhole_listen: str | None = None
     manhole_keys: Path | None = None
+    metrics_listen: str | None = None
     #: Install a SIGHUP handler that re-reads permits (the daemon: yes; tests: no).
     handle_sighup: bool = True
     #: Put twistd's log observers behind the log-switch filter (tests: no).
@@ -55,6 +56,7 @@ class DaemonConfig:
         environ: Mapping[str, str] | None = None,
         manhole: str | None = None,
         manhole_keys: str | None = None,
+        metrics: str | None = None,
     ) -> DaemonConfig:
         """Validate raw option values and build the config, or raise ConfigError."""
         try:
@@ -107,6 +109,7 @@ class DaemonConfig:
             environ=dict(os.environ if environ is None else environ),
             manhole_listen=manhole or None,
             manhole_keys=manhole_key_file,
+            metrics_listen=metrics or None,
         )
 
 

@@ -9,10 +9,12 @@ closes the journal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -20,14 +22,17 @@ from twisted.logger import Logger
 from hqnlsd.config import DaemonConfig
 from hqnlsd.identity import local_unique_id
 from hqnlsd.licensing.engine import Engine
+from hqnlsd.licensing.events import Event, Granted, Released, Revoked
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.logging.observer import FilterInstallation, install_switch_filter
 from hqnlsd.logging.switches import LogSwitches
 from hqnlsd.logging.usage import UsageReport
+from hqnlsd.metrics import Metrics, licence_counts, make_metrics_service
 from hqnlsd.permits.model import HostId
 from hqnlsd.persistence.store import Journal, JournalError, open_journal
 from hqnlsd.protocols.client import ClientProtocolFactory
-from hqnlsd.protocols.wire import Err
+from hqnlsd.protocols.wire import Err, Reply
+from hqnlsd.sdnotify import SystemdNotifier
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status
 
@@ -64,6 +69,7 @@ class HqnlsdService(MultiService):
         self.usage = UsageReport(config.state_dir, reactor)
         self.feed = LicenceFeed(usage=self.usage, switches=self.switches)
         self._log_filter: FilterInstallation | None = None
+        self.metrics = Metrics(lambda: licence_counts(self.engine.status()))
         self._housekeeping: LoopingCall | None = None
         self.factory = ClientProtocolFactory(_LateDispatcher(self), reactor)
 
@@ -98,10 +104,11 @@ class HqnlsdService(MultiService):
         )
         self.feed.seed(self.engine)
         self.journal.listeners.append(self.feed.observe)
+        self.journal.listeners.append(lambda events: _count_events(self.metrics, events))
         self.server = LicenceServer(self.engine, self.journal, self.source, self.feed)
         # Holders could not UPDATE while we were down: count them as updated now.
         self.journal.submit(self.engine.resume().events)
-        self.server.load_permits()
+        self._load_permits()
         self.log.info(
             "hqnlsd on {address} (unique id 0x{uid:08x}) serving {count} product(s)",
             address=str(self.me.address),
@@ -141,9 +148,18 @@ class HqnlsdService(MultiService):
             return
         self.log.info("re-reading permits (SIGHUP)")
         try:
-            self.server.load_permits()
+            self._load_permits()
         except Exception:
             self.log.failure("re-reading permits failed; still serving the previous set")
+
+    def _load_permits(self) -> None:
+        """Read the permits into the engine; count read errors for the metrics."""
+        assert self.server is not None
+        committed = self.server.load_permits()
+        # The journal logs and retries a failed commit itself; nothing waits on this.
+        committed.addErrback(lambda failure: None)
+        for error in self.server.catalogue.errors:
+            self.metrics.permit_read_error(int(error.condition))
 
     def _install_sighup(self) -> None:
         import signal
@@ -183,17 +199,40 @@ class HqnlsdService(MultiService):
 
 
 class _LateDispatcher:
-    """Lets the listener be built before the server exists (it is made at start)."""
+    """Between the listener and the server: the server is made at start (after the
+    listener is bound), and every reply's latency and denial is measured here."""
 
     def __init__(self, root: HqnlsdService) -> None:
         self._root = root
 
     def dispatch(self, command: Any, peer: Any) -> Any:
-        """Forward to the live `LicenceServer`."""
+        """Forward to the live `LicenceServer`, timing the answer for the metrics."""
         server = self._root.server
         if server is None:  # bound (privilegedStartService) but state not yet restored
             return Err.of(Status.NOTVERIFIED, "the server is starting up; try again shortly")
-        return server.dispatch(command, peer)
+        started = self._root.reactor.seconds()
+        reply = server.dispatch(command, peer)
+        if isinstance(reply, Deferred):
+            return reply.addCallback(self._measured, command.verb, started)
+        return self._measured(reply, command.verb, started)
+
+    def _measured(self, reply: Reply, verb: str, started: float) -> Reply:
+        metrics = self._root.metrics
+        metrics.observe_request(verb, self._root.reactor.seconds() - started)
+        if isinstance(reply, Err):
+            metrics.denied(reply.status)
+        return reply
+
+
+def _count_events(metrics: Metrics, events: Sequence[Event]) -> None:
+    """Journal listener: grant, release and reclaim counters from the engine's events."""
+    for event in events:
+        if isinstance(event, Granted):
+            metrics.granted()
+        elif isinstance(event, Released):
+            metrics.released()
+        elif isinstance(event, Revoked):
+            metrics.reclaimed(event.reason)
 
 
 def build_service(config: DaemonConfig, reactor: Any) -> IService:
@@ -202,6 +241,10 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
     listener = strports.service(config.client_listen, root.factory, reactor=reactor)
     listener.setName("client-listener")
     listener.setServiceParent(root)
+    if config.metrics_listen is not None:
+        metrics = make_metrics_service(config.metrics_listen, root.metrics, reactor)
+        metrics.setName("metrics")
+        metrics.setServiceParent(root)
     if config.manhole_listen is not None:
         from hqnlsd.manhole import make_manhole_service
 
@@ -215,4 +258,8 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
         )
         manhole.setName("manhole")
         manhole.setServiceParent(root)
+    # Last: READY=1 once every sibling has started, STOPPING=1 before any stops.
+    notifier = SystemdNotifier(dict(config.environ))
+    notifier.setName("systemd-notifier")
+    notifier.setServiceParent(root)
     return root

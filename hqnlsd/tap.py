@@ -14,6 +14,16 @@ from hqnlsd.config import (
     ConfigError,
     DaemonConfig,
 )
+from hqnlsd.configfile import load_config_file, merge_options
+
+#: Defaults of the options a config file may also set (the parser's own are None,
+#: so that "not given on the command line" can be told from "given").
+OPTION_DEFAULTS: dict[str, object] = {
+    "address": "127.0.0.1",
+    "hosts": str(DEFAULT_HOSTS_FILE),
+    "state-dir": str(DEFAULT_STATE_DIR),
+    "publisher-keys": str(DEFAULT_PUBLISHER_KEYS),
+}
 
 
 class Options(usage.Options):
@@ -29,7 +39,19 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["permit-path", "p", None, "Colon-separated directories to search for permits."],
-        ["address", "a", "127.0.0.1", "IPv4 address of this daemon (domain check, binding)."],
+        [
+            "config",
+            "c",
+            None,
+            "TOML configuration file (conf/hqnlsd.toml shows every key); "
+            "options given on the command line win over it.",
+        ],
+        [
+            "address",
+            "a",
+            None,
+            "IPv4 address of this daemon (domain check, binding) [default: 127.0.0.1].",
+        ],
         [
             "port",
             None,
@@ -37,13 +59,19 @@ class Options(usage.Options):
             "Client listener: a port number or strports description "
             "(default tcp:1236 on --address).",
         ],
-        ["hosts", None, str(DEFAULT_HOSTS_FILE), "Hosts file with the hqnserverN aliases."],
-        ["state-dir", None, str(DEFAULT_STATE_DIR), "Directory for durable state."],
+        [
+            "hosts",
+            None,
+            None,
+            f"Hosts file with the hqnserverN aliases [default: {DEFAULT_HOSTS_FILE}].",
+        ],
+        ["state-dir", None, None, f"Directory for durable state [default: {DEFAULT_STATE_DIR}]."],
         [
             "publisher-keys",
             None,
-            str(DEFAULT_PUBLISHER_KEYS),
-            "Directory of trusted publisher public keys (*.pub).",
+            None,
+            "Directory of trusted publisher public keys (*.pub) "
+            f"[default: {DEFAULT_PUBLISHER_KEYS}].",
         ],
         [
             "manhole",
@@ -53,13 +81,22 @@ class Options(usage.Options):
             "interface= is given). Off by default.",
         ],
         ["manhole-keys", None, None, "OpenSSH authorized_keys file for the manhole."],
+        [
+            "metrics",
+            None,
+            None,
+            "Prometheus metrics listener (strports, e.g. tcp:9236; "
+            "loopback unless interface= is given). Off by default.",
+        ],
     ]
 
     config: DaemonConfig
 
     def postOptions(self) -> None:
-        """Validate everything once, into an immutable DaemonConfig."""
+        """Merge the config file under the command line, then validate once into a DaemonConfig."""
         try:
+            from_file = load_config_file(self["config"]) if self["config"] else {}
+            self.update(merge_options(self, from_file, OPTION_DEFAULTS))
             self.config = DaemonConfig.build(
                 address=self["address"],
                 port=self["port"],
@@ -70,6 +107,7 @@ class Options(usage.Options):
                 domain_logging=bool(self["domain-log"]),
                 manhole=self["manhole"],
                 manhole_keys=self["manhole-keys"],
+                metrics=self["metrics"],
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None

@@ -1,0 +1,389 @@
+"""The optional configuration file (``twistd hqnlsd --config FILE``), in TOML.
+
+The file can say everything the command line can, plus settings that have no
+option. It is read once, checked against the known tables and keys, and turned
+into the option values `hqnlsd.tap.Options` uses (strings and booleans, named as
+the long options are), so the rest of the daemon never knows where a value came
+from. A complete, commented example is ``conf/hqnlsd.toml``.
+
+Keys (file -> option: value):
+
+- ``address`` -> ``address``: IPv4 address (string)
+- ``port`` -> ``port``: port number or strports description
+- ``permit-path`` -> ``permit-path``: list of directories, or "DIR:DIR"
+- ``hosts``, ``state-dir``, ``publisher-keys`` -> the same names: paths
+- ``domain-log`` -> ``domain-log``: boolean
+- ``[manhole] listen`` -> ``manhole``: port number or strports description
+- ``[manhole] authorized-keys`` -> ``manhole-keys``: path (OpenSSH authorized_keys)
+- ``[metrics] listen`` -> ``metrics``: port number or strports description
+- ``[domain] ca``, ``cert``, ``key`` -> ``domain-ca``, ``domain-cert``,
+  ``domain-key``: paths (domain CA certificate, this member's certificate and key)
+- ``[domain] tick``, ``lease``, ... -> ``domain-timers``: a dict of
+  `DomainTimers` field values
+
+Rules:
+
+- Unknown tables or keys, and values of the wrong type, are errors that name the
+  file, the key and what is allowed (`ConfigFileError`).
+- Relative paths are relative to the directory of the file, not to the working
+  directory (which is ``/`` under systemd). No ``~`` or ``$VAR`` expansion.
+  Listen descriptions are passed on as written (a relative ``unix:`` path in one
+  is relative to the daemon's working directory).
+- ``[domain]``: ``ca``, ``cert`` and ``key`` go together (all three or none). Its
+  timers are the fields of `hqnlsd.domain.timing.DomainTimers` spelt with dashes
+  (``election-timeout``); they are checked together as `DomainTimers` checks them,
+  and returned as a dict ready for ``DomainTimers(**timers)``.
+- An option given on the command line overrides the file, which overrides the
+  built-in default (`merge_options`). A flag given on the command line turns its
+  setting on whatever the file says; to turn ``domain-log`` off, edit the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from hqnlsd.config import ConfigError
+from hqnlsd.domain.timing import DomainTimers
+
+
+class ConfigFileError(ConfigError):
+    """The configuration file cannot be used; the message names the file and the key."""
+
+
+Checker = Callable[[object, Path], object]
+"""Turns a TOML value into an option value (given the file's directory), or raises
+`_Wrong` with what is allowed."""
+
+
+class _Wrong(Exception):
+    """A value does not fit its key; the message says what is allowed."""
+
+
+def _describe(value: object) -> str:
+    """What a TOML value is, for error messages."""
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    kind = names.get(type(value))
+    if kind is None:
+        kind = (
+            "a table"
+            if isinstance(value, dict)
+            else "an array"
+            if isinstance(value, list)
+            else "a date"
+        )
+    text = repr(value)
+    return f"{kind} ({text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def _string(allowed: str) -> Checker:
+    """A non-empty string, kept as is."""
+
+    def check(value: object, base: Path) -> object:
+        if not isinstance(value, str) or not value.strip():
+            raise _Wrong(allowed)
+        return value.strip()
+
+    return check
+
+
+def _port_or_description(allowed: str) -> Checker:
+    """A port number (0-65535) or a non-empty strports description, as a string."""
+
+    def check(value: object, base: Path) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= 65535:
+                raise _Wrong(allowed)
+            return str(value)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        raise _Wrong(allowed)
+
+    return check
+
+
+def _resolve(text: str, base: Path) -> str:
+    """A path of the file, made absolute against the file's directory."""
+    return str(base / text)  # an absolute text replaces base
+
+
+def _path(allowed: str) -> Checker:
+    """A non-empty path string, relative to the file's directory."""
+
+    def check(value: object, base: Path) -> object:
+        if not isinstance(value, str) or not value.strip():
+            raise _Wrong(allowed)
+        return _resolve(value.strip(), base)
+
+    return check
+
+
+def _paths(allowed: str) -> Checker:
+    """A list of directories or a colon-separated string, joined with colons."""
+
+    def check(value: object, base: Path) -> object:
+        if isinstance(value, str):
+            parts = [part for part in value.split(":") if part.strip()]
+        elif isinstance(value, list) and all(isinstance(part, str) for part in value):
+            parts = [str(part) for part in value]
+            if any(":" in part for part in parts):
+                raise _Wrong(f"{allowed}; a directory in the list may not contain ':'")
+            if any(not part.strip() for part in parts):
+                raise _Wrong(f"{allowed}; no empty directory names")
+        else:
+            raise _Wrong(allowed)
+        if not parts:
+            raise _Wrong(f"{allowed}; at least one directory")
+        return ":".join(_resolve(part.strip(), base) for part in parts)
+
+    return check
+
+
+def _boolean(allowed: str) -> Checker:
+    """true or false."""
+
+    def check(value: object, base: Path) -> object:
+        if not isinstance(value, bool):
+            raise _Wrong(allowed)
+        return value
+
+    return check
+
+
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    """One key of the file: where it is, the option it sets, and how it is checked."""
+
+    name: str
+    option: str
+    check: Checker
+
+
+_LISTEN = 'a port number or a strports description such as "tcp:{port}"'
+
+_TOP_LEVEL: tuple[_Key, ...] = (
+    _Key("address", "address", _string('an IPv4 address string such as "127.0.0.1"')),
+    _Key(
+        "port",
+        "port",
+        _port_or_description(
+            "a port number (0-65535) or a strports description such as "
+            '"tcp:1236:interface=127.0.0.1"'
+        ),
+    ),
+    _Key(
+        "permit-path",
+        "permit-path",
+        _paths('a list of directories such as ["/etc/hqnlsd/permits"] or "DIR:DIR"'),
+    ),
+    _Key("hosts", "hosts", _path('a file path such as "/etc/hosts"')),
+    _Key("state-dir", "state-dir", _path('a directory path such as "/var/lib/hqnlsd"')),
+    _Key(
+        "publisher-keys",
+        "publisher-keys",
+        _path('a directory path such as "/etc/hqnlsd/publishers"'),
+    ),
+    _Key("domain-log", "domain-log", _boolean("true or false")),
+)
+
+_TABLES: dict[str, tuple[_Key, ...]] = {
+    "manhole": (
+        _Key("listen", "manhole", _port_or_description(_LISTEN.format(port=2222))),
+        _Key(
+            "authorized-keys",
+            "manhole-keys",
+            _path('an OpenSSH authorized_keys file path such as "/etc/hqnlsd/manhole_keys"'),
+        ),
+    ),
+    "metrics": (_Key("listen", "metrics", _port_or_description(_LISTEN.format(port=9236))),),
+    "domain": (
+        _Key("ca", "domain-ca", _path("the domain CA certificate file path (PEM)")),
+        _Key("cert", "domain-cert", _path("this member's certificate file path (PEM)")),
+        _Key("key", "domain-key", _path("this member's private key file path (PEM)")),
+    ),
+}
+
+TIMERS_OPTION = "domain-timers"
+"""The option name under which the ``[domain]`` timers are returned (a dict)."""
+
+_TLS_OPTIONS = ("domain-ca", "domain-cert", "domain-key")
+
+# name in the file -> (DomainTimers field, is an integer)
+_TIMERS: dict[str, tuple[str, bool]] = {
+    field.name.replace("_", "-"): (field.name, isinstance(field.default, int))
+    for field in dataclasses.fields(DomainTimers)
+}
+
+FILE_OPTIONS: frozenset[str] = frozenset(
+    [key.option for key in _TOP_LEVEL]
+    + [key.option for keys in _TABLES.values() for key in keys]
+    + [TIMERS_OPTION]
+)
+"""Every option name `load_config_file` may return."""
+
+
+def _unknown(source: str, where: str, name: str, allowed: list[str]) -> ConfigFileError:
+    """The error for an unknown key, with the closest known one if any."""
+    close = difflib.get_close_matches(name.replace("_", "-"), allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigFileError(
+        f"{source}: unknown key {name!r} in {where}{hint}; allowed: {', '.join(sorted(allowed))}"
+    )
+
+
+def _table_label(table: str | None) -> str:
+    return "the top level" if table is None else f"[{table}]"
+
+
+def _key_label(table: str | None, name: str) -> str:
+    return name if table is None else f"{table}.{name}"
+
+
+def _check_keys(
+    source: str,
+    table: str | None,
+    values: Mapping[str, object],
+    keys: tuple[_Key, ...],
+    base: Path,
+    out: dict[str, object],
+    extra: Sequence[str] = (),
+) -> None:
+    """Check values against keys, writing option values into out."""
+    known = {key.name: key for key in keys}
+    for name, value in values.items():
+        key = known.get(name)
+        if key is None:
+            if name in extra:
+                continue
+            raise _unknown(source, _table_label(table), name, [*known, *extra])
+        try:
+            out[key.option] = key.check(value, base)
+        except _Wrong as wrong:
+            raise ConfigFileError(
+                f"{source}: {_key_label(table, name)} must be {wrong}, not {_describe(value)}"
+            ) from None
+
+
+def _check_timers(source: str, values: Mapping[str, object]) -> dict[str, float | int]:
+    """The ``[domain]`` timers as DomainTimers field values, checked together."""
+    timers: dict[str, float | int] = {}
+    for name, value in values.items():
+        if name not in _TIMERS:
+            continue
+        field, integer = _TIMERS[name]
+        label = f"domain.{name}"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            wanted = "a whole number" if integer else "a number of seconds"
+            raise ConfigFileError(f"{source}: {label} must be {wanted}, not {_describe(value)}")
+        if integer and not isinstance(value, int):
+            raise ConfigFileError(
+                f"{source}: {label} must be a whole number, not {_describe(value)}"
+            )
+        if not math.isfinite(value) or value < 0:
+            raise ConfigFileError(
+                f"{source}: {label} must be a finite number, zero or more, not {value!r}"
+            )
+        timers[field] = value if integer else float(value)
+    if timers:
+        try:
+            DomainTimers(**timers)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigFileError(f"{source}: [domain] timers do not fit together: {e}") from None
+    return timers
+
+
+def parse_config(text: str, *, source: str, base_dir: Path) -> dict[str, object]:
+    """Check TOML text and return option name -> value (see the module docstring).
+
+    source names the text in error messages (the file's path); relative paths are
+    made absolute against base_dir. Raises ConfigFileError.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigFileError(f"{source}: not valid TOML: {e}") from None
+    out: dict[str, object] = {}
+    top = {name: value for name, value in document.items() if name not in _TABLES}
+    _check_keys(source, None, top, _TOP_LEVEL, base_dir, out, extra=list(_TABLES))
+    for table, keys in _TABLES.items():
+        if table not in document:
+            continue
+        values = document[table]
+        if not isinstance(values, dict):
+            raise ConfigFileError(
+                f"{source}: {table} must be a table ([{table}] with keys "
+                f"{', '.join(key.name for key in keys)}), not {_describe(values)}"
+            )
+        timers = list(_TIMERS) if table == "domain" else []
+        _check_keys(source, table, values, keys, base_dir, out, extra=timers)
+        if table == "domain":
+            found = _check_timers(source, values)
+            if found:
+                out[TIMERS_OPTION] = found
+    tls = [option for option in _TLS_OPTIONS if option in out]
+    if tls and len(tls) != len(_TLS_OPTIONS):
+        missing = [option.removeprefix("domain-") for option in _TLS_OPTIONS if option not in out]
+        raise ConfigFileError(
+            f"{source}: [domain] ca, cert and key go together; missing: {', '.join(missing)}"
+        )
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, object]:
+    """Read and check a TOML configuration file; option name -> value.
+
+    Relative paths in it are relative to the file's own directory. Raises
+    ConfigFileError naming the file for anything wrong, unreadable included.
+    """
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise ConfigFileError(
+            f"{file}: cannot read the configuration file: {e.strerror or e}"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"{file}: not UTF-8 text (byte {e.start})") from None
+    return parse_config(text, source=str(file), base_dir=file.absolute().parent)
+
+
+def _given(value: object) -> bool:
+    """Whether a command-line value was given (not None, not an unset flag)."""
+    if value is None:
+        return False
+    return not (isinstance(value, bool | int) and not value)
+
+
+def merge_options(
+    command_line: Mapping[str, object],
+    from_file: Mapping[str, object],
+    defaults: Mapping[str, object],
+) -> dict[str, object]:
+    """The value of every option: given on the command line, else the file, else default.
+
+    command_line is what the options parser holds, where a parameter *not given*
+    is None and a flag not given is false: so the parser's own defaults for the
+    options the file may set must be None, and their real defaults are passed in
+    defaults. For `hqnlsd.tap.Options.postOptions`::
+
+        from_file = load_config_file(self["config"]) if self["config"] else {}
+        self.update(merge_options(self, from_file, OPTION_DEFAULTS))
+    """
+    merged: dict[str, object] = {}
+    for name in {*defaults, *from_file, *command_line}:
+        given = command_line.get(name)
+        if _given(given):
+            merged[name] = given
+        elif name in from_file:
+            merged[name] = from_file[name]
+        elif name in defaults:
+            merged[name] = defaults[name]
+        else:
+            merged[name] = given
+    return merged
