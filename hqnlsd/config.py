@@ -37,6 +37,9 @@ class DaemonConfig:
     manhole_listen: str | None = None
     manhole_keys: Path | None = None
     metrics_listen: str | None = None
+    #: The options given on the command line (with --config): SIGHUP re-merges
+    #: the config file under them.
+    command_line: Mapping[str, object] = dataclasses.field(default_factory=dict)
     #: Install a SIGHUP handler that re-reads permits (the daemon: yes; tests: no).
     handle_sighup: bool = True
     #: Put twistd's log observers behind the log-switch filter (tests: no).
@@ -57,6 +60,7 @@ class DaemonConfig:
         manhole: str | None = None,
         manhole_keys: str | None = None,
         metrics: str | None = None,
+        command_line: Mapping[str, object] | None = None,
     ) -> DaemonConfig:
         """Validate raw option values and build the config, or raise ConfigError."""
         try:
@@ -110,6 +114,7 @@ class DaemonConfig:
             manhole_listen=manhole or None,
             manhole_keys=manhole_key_file,
             metrics_listen=metrics or None,
+            command_line=dict(command_line or {}),
         )
 
 

@@ -9,6 +9,7 @@ closes the journal.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,16 @@ from hqnlsd.protocols.wire import Err, Reply
 from hqnlsd.sdnotify import SystemdNotifier
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status
+
+#: Configuration that a SIGHUP cannot change in a running daemon.
+RESTART_ONLY = (
+    "address",
+    "client_listen",
+    "state_dir",
+    "manhole_listen",
+    "manhole_keys",
+    "metrics_listen",
+)
 
 #: How often tombstones of taken-back licences are purged (seconds).
 HOUSEKEEPING_SECONDS = 60.0
@@ -70,6 +81,7 @@ class HqnlsdService(MultiService):
         self.feed = LicenceFeed(usage=self.usage, switches=self.switches)
         self._log_filter: FilterInstallation | None = None
         self.metrics = Metrics(lambda: licence_counts(self.engine.status()))
+        self.notifier = SystemdNotifier(dict(config.environ))
         self._housekeeping: LoopingCall | None = None
         self.factory = ClientProtocolFactory(_LateDispatcher(self), reactor)
 
@@ -142,15 +154,54 @@ class HqnlsdService(MultiService):
             "peers": None,
         }
 
-    def reload_permits(self) -> None:
-        """SIGHUP: re-read the permits; licences of unchanged products are kept."""
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file (if any) and the permits.
+
+        Licences of products whose permits did not change are kept (unlike
+        `reinit`). The permit path, publisher keys and hosts file take effect at
+        once; a changed listener, address or state directory needs a restart, and
+        the log says so. A config file with an error changes nothing.
+        """
         if self.server is None:
             return
-        self.log.info("re-reading permits (SIGHUP)")
+        self.notifier.reloading()
         try:
+            if self.config.command_line.get("config"):
+                self._reload_config()
+            self.log.info("re-reading permits (SIGHUP)")
             self._load_permits()
         except Exception:
-            self.log.failure("re-reading permits failed; still serving the previous set")
+            self.log.failure("reload failed; still serving as before")
+        finally:
+            self.notifier.ready()
+
+    def _reload_config(self) -> None:
+        from hqnlsd.config import ConfigError
+        from hqnlsd.tap import config_from
+
+        try:
+            fresh = config_from(self.config.command_line)
+        except ConfigError as error:
+            self.log.error("configuration not reloaded: {error}", error=str(error))
+            return
+        needs_restart = [
+            name for name in RESTART_ONLY if getattr(fresh, name) != getattr(self.config, name)
+        ]
+        if needs_restart:
+            self.log.warn(
+                "configuration changes that take effect only after a restart: {names}",
+                names=", ".join(needs_restart),
+            )
+        self.config = dataclasses.replace(
+            self.config,
+            permit_dirs=fresh.permit_dirs,
+            hosts_file=fresh.hosts_file,
+            publisher_keys=fresh.publisher_keys,
+        )
+        self.source.permit_dirs = fresh.permit_dirs
+        self.source.hosts_file = fresh.hosts_file
+        self.source.publisher_keys = fresh.publisher_keys
+        self.log.info("configuration re-read from {path}", path=str(fresh.command_line["config"]))
 
     def _load_permits(self) -> None:
         """Read the permits into the engine; count read errors for the metrics."""
@@ -165,7 +216,7 @@ class HqnlsdService(MultiService):
         import signal
 
         def on_hup(signum: int, frame: object) -> None:
-            self.reactor.callFromThread(self.reload_permits)
+            self.reactor.callFromThread(self.reload)
 
         signal.signal(signal.SIGHUP, on_hup)
 
@@ -259,7 +310,6 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
         manhole.setName("manhole")
         manhole.setServiceParent(root)
     # Last: READY=1 once every sibling has started, STOPPING=1 before any stops.
-    notifier = SystemdNotifier(dict(config.environ))
-    notifier.setName("systemd-notifier")
-    notifier.setServiceParent(root)
+    root.notifier.setName("systemd-notifier")
+    root.notifier.setServiceParent(root)
     return root

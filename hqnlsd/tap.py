@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService
@@ -95,22 +96,38 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """Merge the config file under the command line, then validate once into a DaemonConfig."""
         try:
-            from_file = load_config_file(self["config"]) if self["config"] else {}
-            self.update(merge_options(self, from_file, OPTION_DEFAULTS))
-            self.config = DaemonConfig.build(
-                address=self["address"],
-                port=self["port"],
-                permit_path=self["permit-path"],
-                hosts_file=self["hosts"],
-                state_dir=self["state-dir"],
-                publisher_keys=self["publisher-keys"],
-                domain_logging=bool(self["domain-log"]),
-                manhole=self["manhole"],
-                manhole_keys=self["manhole-keys"],
-                metrics=self["metrics"],
-            )
+            self.config = config_from(dict(self))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
+    """The configuration: the command line's values over the config file's over defaults.
+
+    Called once at start-up, and again on SIGHUP with the same command line to
+    re-read the config file. Raises ConfigError (ConfigFileError for the file).
+    """
+    given = {name: value for name, value in command_line.items() if value is not None}
+    from_file = load_config_file(given["config"]) if given.get("config") else {}
+    merged = merge_options(command_line, from_file, OPTION_DEFAULTS)
+
+    def text(name: str) -> str | None:
+        value = merged.get(name)
+        return None if value is None else str(value)
+
+    return DaemonConfig.build(
+        address=str(merged["address"]),
+        port=text("port"),
+        permit_path=text("permit-path"),
+        hosts_file=str(merged["hosts"]),
+        state_dir=str(merged["state-dir"]),
+        publisher_keys=str(merged["publisher-keys"]),
+        domain_logging=bool(merged.get("domain-log")),
+        manhole=text("manhole"),
+        manhole_keys=text("manhole-keys"),
+        metrics=text("metrics"),
+        command_line=given,
+    )
 
 
 def makeService(options: Any) -> IService:

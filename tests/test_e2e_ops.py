@@ -4,8 +4,10 @@ endpoint scraped after some requests and its SSH manhole logged into with OpenSS
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -179,3 +181,47 @@ def test_manhole_of_a_real_daemon(daemons: DaemonHarness, tmp_path: Path) -> Non
     assert refused.returncode != 0
     assert "HELD" not in refused.stdout
     assert "Permission denied" in refused.stderr
+
+
+def test_sighup_rereads_config_and_permits_keeping_licences(
+    daemons: DaemonHarness, tmp_path: Path
+) -> None:
+    """SIGHUP: a new permit directory from the config file is served, held licences stay,
+    and a config file with an error changes nothing."""
+    first, second = tmp_path / "permits-a", tmp_path / "permits-b"
+    first.mkdir()
+    second.mkdir()
+    me = daemons.host(1)
+    daemons.publisher.write_permit(
+        first / "a-hqn.permit", make_permit([me], [product_permit("Alpha")], number=1)
+    )
+    daemons.publisher.write_permit(
+        second / "b-hqn.permit", make_permit([me], [product_permit("Beta")], number=2)
+    )
+    config = tmp_path / "hqnlsd.toml"
+    config.write_text(f'permit-path = ["{first}"]\n')
+    daemon = daemons.daemon(
+        "hup", permit_dirs=[], extra_args=["--config", str(config)]
+    ).start_and_wait()
+    product = {"publisher": "Test Publisher", "version": "1.0", "user": "ann", "host": "box"}
+
+    with daemon.client() as client:
+        alpha = client.call("REQUEST", product="Alpha", pid=1, **product)
+        assert isinstance(alpha, Ok), alpha
+        beta = client.call("REQUEST", product="Beta", pid=2, **product)
+        assert isinstance(beta, Err) and beta.status is Status.BADPRODUCT
+
+    config.write_text(f'permit-path = ["{first}", "{second}"]\n')
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_for_log(lambda text: "configuration re-read" in text)
+    with daemon.client() as client:
+        assert isinstance(client.call("UPDATE", handle=alpha.get("handle")), Ok)
+        beta = client.call("REQUEST", product="Beta", pid=2, **product)
+        assert isinstance(beta, Ok), beta
+
+    config.write_text("permit-path = 42\n")
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.wait_for_log(lambda text: "configuration not reloaded" in text)
+    with daemon.client() as client:
+        assert isinstance(client.call("UPDATE", handle=alpha.get("handle")), Ok)
+        assert isinstance(client.call("UPDATE", handle=beta.get("handle")), Ok)
