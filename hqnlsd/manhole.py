@@ -58,11 +58,10 @@ from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from hqnlsd.listen import loopback_unless_named
+
 HOST_KEY_NAME = "manhole_host_key"
 """File name of the manhole's private host key inside the state directory."""
-
-LOOPBACK_INTERFACES = {"tcp": "127.0.0.1", "tcp6": "::1"}
-"""Interface a TCP description is bound to when it names none."""
 
 _KEY_TYPE_PREFIXES = (b"ssh-", b"ecdsa-", b"sk-")
 
@@ -76,24 +75,6 @@ class ManholeError(Exception):
 # -- listen description --------------------------------------------------------
 
 
-def _split_description(description: str) -> list[str]:
-    """Split a strports description on its unescaped colons, keeping escapes."""
-    parts: list[str] = []
-    current: list[str] = []
-    chars = iter(description)
-    for ch in chars:
-        if ch == "\\":
-            current.append(ch)
-            current.append(next(chars, ""))
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
 def loopback_description(description: str) -> str:
     """Return the strports description the manhole will really listen on.
 
@@ -102,41 +83,12 @@ def loopback_description(description: str) -> str:
     as written. A ``unix`` description gets ``mode=600`` unless it sets a mode.
     Anything else raises ManholeError: its reach cannot be checked.
     """
-    description = description.strip()
-    if not description:
-        raise ManholeError("the manhole listen description is empty")
-    if description.isdigit():
-        description = f"tcp:{description}"
-    parts = _split_description(description)
-    kind = parts[0].lower()
-    options = parts[1:]
-    given = {
-        key.lower(): value for key, sep, value in (opt.partition("=") for opt in options) if sep
-    }
-    if kind in LOOPBACK_INTERFACES:
-        if not options:
-            raise ManholeError(f"manhole description {description!r} names no port")
-        if "interface" in given:
-            if not given["interface"]:
-                raise ManholeError(
-                    f"manhole description {description!r}: an empty interface would listen "
-                    "everywhere; name the interface (e.g. interface=0.0.0.0) to mean that"
-                )
-            return description
-        return f"{description}:interface={_escape(LOOPBACK_INTERFACES[kind])}"
-    if kind == "unix":
-        if "mode" in given:
-            return description
-        return f"{description}:mode=600"
-    raise ManholeError(
-        f"manhole description {description!r}: only tcp, tcp6 and unix listeners are "
-        "allowed (SSH on loopback unless an interface is named)"
-    )
-
-
-def _escape(value: str) -> str:
-    """Escape the colons of a strports option value (IPv6 addresses)."""
-    return value.replace(":", "\\:")
+    try:
+        return loopback_unless_named(
+            description, what="manhole", kinds=frozenset({"tcp", "tcp6", "unix"}), unix_mode="600"
+        )
+    except ValueError as error:
+        raise ManholeError(str(error)) from None
 
 
 # -- host key ------------------------------------------------------------------

@@ -62,6 +62,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from hqnlsd.listen import loopback_unless_named
 from hqnlsd.status import Status
 
 PREFIX = "hqnlsd"
@@ -91,9 +92,6 @@ LATENCY_BUCKETS = (
 )
 """Histogram buckets (seconds): local answers take well under a millisecond, answers
 that wait for domain replication a few milliseconds, a failing quorum seconds."""
-
-LOOPBACK_INTERFACES = {"tcp": "127.0.0.1", "tcp6": "::1", "ssl": "127.0.0.1"}
-"""Interface a TCP description is bound to when it names none."""
 
 _log = Logger(namespace="hqnlsd.metrics")
 
@@ -397,24 +395,6 @@ def metrics_site(metrics: Metrics) -> Site:
     return _QuietSite(root, timeout=60)
 
 
-def _split_description(description: str) -> list[str]:
-    """Split a strports description on its unescaped colons, keeping escapes."""
-    parts: list[str] = []
-    current: list[str] = []
-    chars = iter(description)
-    for ch in chars:
-        if ch == "\\":
-            current.append(ch)
-            current.append(next(chars, ""))
-        elif ch == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
 def metrics_listen_description(description: str) -> str:
     """The strports description the metrics listener really uses.
 
@@ -423,33 +403,12 @@ def metrics_listen_description(description: str) -> str:
     Other endpoint types raise MetricsError, as does an empty ``interface=``
     (listening on every interface must be asked for: ``interface=0.0.0.0``).
     """
-    description = description.strip()
-    if not description:
-        raise MetricsError("the metrics listen description is empty")
-    if description.isdigit():
-        description = f"tcp:{description}"
-    parts = _split_description(description)
-    kind = parts[0].lower()
-    options = parts[1:]
-    given = {key.lower(): value for key, sep, value in (o.partition("=") for o in options) if sep}
-    if kind in LOOPBACK_INTERFACES:
-        if not options or not options[0]:
-            raise MetricsError(f"metrics description {description!r} names no port")
-        if "interface" in given:
-            if not given["interface"]:
-                raise MetricsError(
-                    f"metrics description {description!r}: an empty interface would listen "
-                    "everywhere; name the interface (e.g. interface=0.0.0.0) to mean that"
-                )
-            return description
-        interface = LOOPBACK_INTERFACES[kind].replace(":", "\\:")
-        return f"{description}:interface={interface}"
-    if kind == "unix":
-        return description
-    raise MetricsError(
-        f"metrics description {description!r}: use tcp:PORT (loopback unless "
-        "interface= is given), tcp6, ssl or unix"
-    )
+    try:
+        return loopback_unless_named(
+            description, what="metrics", kinds=frozenset({"tcp", "tcp6", "ssl", "unix"})
+        )
+    except ValueError as error:
+        raise MetricsError(str(error)) from None
 
 
 @implementer(IStreamServerEndpoint)
