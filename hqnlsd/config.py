@@ -37,6 +37,15 @@ class DaemonConfig:
     manhole_listen: str | None = None
     manhole_keys: Path | None = None
     metrics_listen: str | None = None
+    #: Local admin socket (None: none), its mode and group.
+    admin_socket: Path | None = None
+    admin_socket_mode: int = 0o660
+    admin_socket_group: str | None = None
+    #: Remote admin over mutual TLS (strports), and the domain TLS files it uses.
+    admin_tls: str | None = None
+    domain_ca: Path | None = None
+    domain_cert: Path | None = None
+    domain_key: Path | None = None
     #: The options given on the command line (with --config): SIGHUP re-merges
     #: the config file under them.
     command_line: Mapping[str, object] = dataclasses.field(default_factory=dict)
@@ -61,6 +70,11 @@ class DaemonConfig:
         manhole_keys: str | None = None,
         metrics: str | None = None,
         command_line: Mapping[str, object] | None = None,
+        admin_socket: str | None = None,
+        admin_socket_mode: str | None = None,
+        admin_socket_group: str | None = None,
+        admin_tls: str | None = None,
+        domain_tls: tuple[str | None, str | None, str | None] = (None, None, None),
     ) -> DaemonConfig:
         """Validate raw option values and build the config, or raise ConfigError."""
         try:
@@ -102,12 +116,42 @@ class DaemonConfig:
                 raise ConfigError(f"--manhole-keys {manhole_key_file}: no such file")
         elif manhole_keys:
             raise ConfigError("--manhole-keys is only used with --manhole LISTEN")
+        state = Path(state_dir)
+        if admin_socket is None:
+            socket_path: Path | None = state / "admin.sock"
+        elif admin_socket.lower() in ("off", "none", ""):
+            socket_path = None
+        else:
+            socket_path = Path(admin_socket)
+        try:
+            socket_mode = int(admin_socket_mode or "660", 8)
+        except ValueError:
+            raise ConfigError(
+                f"--admin-socket-mode {admin_socket_mode!r} is not an octal mode such as 660"
+            ) from None
+        if socket_mode & 0o007 or not 0 <= socket_mode <= 0o777:
+            raise ConfigError(
+                f"--admin-socket-mode {socket_mode:03o} would let every local user administer "
+                "the server; use 660 (owner and group) or 600"
+            )
+        tls_files = [Path(name) if name else None for name in domain_tls]
+        if any(tls_files) and not all(tls_files):
+            raise ConfigError("give all of --domain-ca, --domain-cert and --domain-key, or none")
+        options = ("--domain-ca", "--domain-cert", "--domain-key")
+        for option, tls_file in zip(options, tls_files, strict=True):
+            if tls_file is not None and not tls_file.is_file():
+                raise ConfigError(f"{option} {tls_file}: no such file")
+        if admin_tls and not all(tls_files):
+            raise ConfigError(
+                "--admin-tls needs --domain-ca, --domain-cert and --domain-key (the daemon's "
+                "member certificate from hqn_ca member)"
+            )
         return cls(
             address=addr,
             client_listen=listen,
             permit_dirs=dirs,
             hosts_file=hosts,
-            state_dir=Path(state_dir),
+            state_dir=state,
             publisher_keys=keys,
             domain_logging=domain_logging,
             environ=dict(os.environ if environ is None else environ),
@@ -115,6 +159,13 @@ class DaemonConfig:
             manhole_keys=manhole_key_file,
             metrics_listen=metrics or None,
             command_line=dict(command_line or {}),
+            admin_socket=socket_path,
+            admin_socket_mode=socket_mode,
+            admin_socket_group=admin_socket_group or None,
+            admin_tls=admin_tls or None,
+            domain_ca=tls_files[0],
+            domain_cert=tls_files[1],
+            domain_key=tls_files[2],
         )
 
 

@@ -200,6 +200,12 @@ _TABLES: dict[str, tuple[_Key, ...]] = {
         ),
     ),
     "metrics": (_Key("listen", "metrics", _port_or_description(_LISTEN.format(port=9236))),),
+    "admin": (
+        _Key("socket", "admin-socket", _path('a socket path such as "/run/hqnlsd/admin.sock"')),
+        _Key("socket-mode", "admin-socket-mode", _string('an octal file mode such as "660"')),
+        _Key("socket-group", "admin-socket-group", _string('a group name such as "hqnadmin"')),
+        _Key("tls-listen", "admin-tls", _port_or_description(_LISTEN.format(port=1237))),
+    ),
     "domain": (
         _Key("ca", "domain-ca", _path("the domain CA certificate file path (PEM)")),
         _Key("cert", "domain-cert", _path("this member's certificate file path (PEM)")),

@@ -309,7 +309,38 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
         )
         manhole.setName("manhole")
         manhole.setServiceParent(root)
+    _add_admin_services(root, config, reactor)
     # Last: READY=1 once every sibling has started, STOPPING=1 before any stops.
     root.notifier.setName("systemd-notifier")
     root.notifier.setServiceParent(root)
     return root
+
+
+def _add_admin_services(root: HqnlsdService, config: DaemonConfig, reactor: Any) -> None:
+    """The admin listeners: the local socket (file permissions), and TLS if asked."""
+    from hqnlsd.admin.service import make_admin_services
+    from hqnlsd.tls import DomainCredentials, TLSConfigError
+
+    credentials = None
+    if config.admin_tls is not None:
+        assert config.domain_ca and config.domain_cert and config.domain_key
+        try:
+            credentials = DomainCredentials.load(
+                config.domain_ca, config.domain_cert, config.domain_key
+            )
+        except TLSConfigError as error:
+            raise StartupError(f"remote administration: {error}") from None
+    try:
+        services = make_admin_services(
+            root,
+            socket_path=config.admin_socket,
+            socket_mode=config.admin_socket_mode,
+            socket_group=config.admin_socket_group,
+            tls_listen=config.admin_tls,
+            tls_credentials=credentials,
+            reactor=reactor,
+        )
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    for service in services:
+        service.setServiceParent(root)

@@ -83,6 +83,24 @@ class Options(usage.Options):
         ],
         ["manhole-keys", None, None, "OpenSSH authorized_keys file for the manhole."],
         [
+            "admin-socket",
+            None,
+            None,
+            "Local admin socket for hqn_lsa [default: STATE_DIR/admin.sock; 'off' for none].",
+        ],
+        ["admin-socket-mode", None, None, "Octal mode of the admin socket [default: 660]."],
+        ["admin-socket-group", None, None, "Group that owns the admin socket."],
+        [
+            "admin-tls",
+            None,
+            None,
+            "Remote admin listener over mutual TLS (e.g. tcp:1237; loopback unless "
+            "interface= is given; needs --domain-ca/--domain-cert/--domain-key). Off by default.",
+        ],
+        ["domain-ca", None, None, "Domain CA certificate (PEM), from hqn_ca init."],
+        ["domain-cert", None, None, "This daemon's member certificate (PEM), from hqn_ca member."],
+        ["domain-key", None, None, "This daemon's member private key (PEM, mode 0600)."],
+        [
             "metrics",
             None,
             None,
@@ -126,6 +144,11 @@ def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
         manhole=text("manhole"),
         manhole_keys=text("manhole-keys"),
         metrics=text("metrics"),
+        admin_socket=text("admin-socket"),
+        admin_socket_mode=text("admin-socket-mode"),
+        admin_socket_group=text("admin-socket-group"),
+        admin_tls=text("admin-tls"),
+        domain_tls=(text("domain-ca"), text("domain-cert"), text("domain-key")),
         command_line=given,
     )
 

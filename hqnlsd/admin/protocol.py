@@ -1,0 +1,218 @@
+"""The admin protocol on a connection: greeting, then one response per request line.
+
+`AdminProtocol` serves an already authorised peer (the local UNIX socket: the
+socket file's permissions are the authorisation). `TLSAdminProtocol` first waits
+for the TLS handshake, then asks `hqnlsd.tls.identify_peer` who the peer is: only
+an admin certificate of the domain CA is served; a member's (or any other)
+certificate is told why it is refused (``NOTADMIN``) and disconnected before it
+can send a command. Requests are answered strictly in order, one at a time.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+import hqnlsd
+from hqnlsd.admin import wire
+from hqnlsd.admin.handler import AdminError, AdminHandler
+from hqnlsd.tls import PeerNotRecognised, Role, identify_peer
+
+#: How many request lines may wait while one is being answered.
+MAX_QUEUED = 64
+
+
+def unix_peer_label(transport: Any) -> str:
+    """``uid N`` of the process at the other end of a UNIX socket (Linux), else ``local``."""
+    handle = getattr(transport, "socket", None)
+    option = getattr(socket, "SO_PEERCRED", None)
+    if handle is None or option is None:
+        return "local"
+    try:
+        raw = handle.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", raw)
+    except OSError:
+        return "local"
+    return f"uid {uid} pid {pid} (admin socket)"
+
+
+class AdminProtocol(LineOnlyReceiver):
+    """JSON-lines admin connection (see `hqnlsd.admin.wire`)."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = wire.MAX_LINE
+    log = Logger()
+
+    def __init__(self, handler: AdminHandler) -> None:
+        self.handler = handler
+        self.who = "local"
+        self.authorised = False
+        self._queue: list[bytes] = []
+        self._busy = False
+
+    def connectionMade(self) -> None:
+        """A local socket peer is authorised by the socket's permissions: greet it."""
+        self.who = unix_peer_label(self.transport)
+        self.authorise()
+
+    def authorise(self) -> None:
+        """Mark the peer as an admin and send the greeting."""
+        self.authorised = True
+        me = self.handler.root.me
+        self.send(
+            wire.ok(
+                {
+                    "hello": wire.HELLO,
+                    "versions": list(wire.SUPPORTED_VERSIONS),
+                    "server": hqnlsd.__version__,
+                    "address": str(me.address),
+                    "unique_id": me.unique_id,
+                    "you": self.who,
+                }
+            )
+        )
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Write one message line (an over-long result becomes an INTERNAL error)."""
+        try:
+            line = wire.encode(message)
+        except ValueError as error:
+            line = wire.encode(wire.error(wire.INTERNAL, str(error), message.get("id")))
+        if self.transport is not None:
+            self.transport.write(line)
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Too long: say so, then hang up (the rest of the line cannot be trusted)."""
+        self.send(
+            wire.error(wire.LINE_TOO_LONG, f"a request line may be at most {wire.MAX_LINE} bytes")
+        )
+        self._hang_up()
+
+    def lineReceived(self, line: bytes) -> None:
+        """Queue the request; answer one at a time, in order."""
+        if not self.authorised:
+            return
+        if not line.strip():
+            return
+        if len(self._queue) >= MAX_QUEUED:
+            self.send(wire.error(wire.BAD_REQUEST, "too many requests queued; wait for answers"))
+            self._hang_up()
+            return
+        self._queue.append(line)
+        self._next()
+
+    def _next(self) -> None:
+        if self._busy or not self._queue:
+            return
+        line = self._queue.pop(0)
+        self._busy = True
+        request_id: Any = None
+        try:
+            message = wire.decode(line)
+            request_id = message.get("id")
+            version = message.get("v")
+            if version not in wire.SUPPORTED_VERSIONS:
+                raise wire.WireError(
+                    wire.VERSION,
+                    f"protocol version {version!r} is not spoken here; versions: "
+                    f"{', '.join(map(str, wire.SUPPORTED_VERSIONS))}",
+                )
+            command = message.get("cmd")
+            args = message.get("args", {})
+            if not isinstance(command, str) or not isinstance(args, dict):
+                raise wire.WireError(
+                    wire.BAD_REQUEST, "a request needs 'cmd' (text) and 'args' (an object)"
+                )
+        except wire.WireError as error:
+            self._answer(wire.error(error.name, error.message, request_id))
+            return
+        answer = maybeDeferred(self.handler.handle, command, args, self.who)
+        answer.addCallbacks(
+            lambda result: wire.ok(result, request_id),
+            lambda failure: self._failed(failure, request_id, command),
+        )
+        answer.addCallback(self._answer)
+
+    def _failed(self, failure: Failure, request_id: Any, command: str) -> dict[str, Any]:
+        if failure.check(AdminError):
+            error: AdminError = failure.value  # type: ignore[assignment]
+            return wire.error(error.name, error.message, request_id)
+        self.log.failure("admin command {command} failed", failure, command=command)
+        return wire.error(
+            wire.INTERNAL, f"{command} failed inside the server: {failure.getErrorMessage()}"
+        )
+
+    def _answer(self, message: dict[str, Any]) -> None:
+        self.send(message)
+        self._busy = False
+        self._next()
+
+
+@implementer(IHandshakeListener)
+class TLSAdminProtocol(AdminProtocol):
+    """Admin connection over mutual TLS: only an admin certificate is served."""
+
+    def __init__(self, handler: AdminHandler, ca_certificate: Any) -> None:
+        super().__init__(handler)
+        self.ca_certificate = ca_certificate
+
+    def connectionMade(self) -> None:
+        """Nothing yet: the peer is judged once the handshake completes."""
+
+    def handshakeCompleted(self) -> None:
+        """Serve an admin certificate; refuse anything else with a clear message."""
+        try:
+            peer = identify_peer(self.transport, self.ca_certificate)
+        except PeerNotRecognised as error:
+            self._refuse(f"this certificate is not accepted for administration: {error}")
+            return
+        if peer.role is not Role.ADMIN:
+            self._refuse(
+                f"the certificate of {peer} is a domain member's, not an admin's; "
+                "remote administration needs an admin certificate (hqn_ca admin CA NAME)"
+            )
+            return
+        self.who = f"{peer} (TLS, sha256 {peer.fingerprint[:16]})"
+        self.authorise()
+
+    def _refuse(self, message: str) -> None:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.log.warn(
+            "admin connection from {peer} refused: {message}",
+            peer=getattr(peer, "host", str(peer)),
+            message=message,
+            log_switch="ADMIN",
+        )
+        self.send(wire.error(wire.NOTADMIN, message))
+        self._hang_up()
+
+
+class AdminFactory(Factory):
+    """Builds `AdminProtocol` (or `TLSAdminProtocol` when given the domain CA)."""
+
+    def __init__(self, handler: AdminHandler, *, ca_certificate: Any = None) -> None:
+        self.handler = handler
+        self.ca_certificate = ca_certificate
+
+    def buildProtocol(self, addr: Any) -> AdminProtocol:
+        """One protocol per connection."""
+        protocol: AdminProtocol
+        if self.ca_certificate is None:
+            protocol = AdminProtocol(self.handler)
+        else:
+            protocol = TLSAdminProtocol(self.handler, self.ca_certificate)
+        protocol.factory = self
+        return protocol
