@@ -37,6 +37,8 @@ class DaemonConfig:
     manhole_listen: str | None = None
     manhole_keys: Path | None = None
     metrics_listen: str | None = None
+    #: Directory of server keys for challenge/response (`hqn_mp servercert`).
+    server_keys: Path | None = None
     #: Local admin socket (None: none), its mode and group.
     admin_socket: Path | None = None
     admin_socket_mode: int = 0o660
@@ -75,6 +77,7 @@ class DaemonConfig:
         admin_socket_group: str | None = None,
         admin_tls: str | None = None,
         domain_tls: tuple[str | None, str | None, str | None] = (None, None, None),
+        server_keys: str | None = None,
     ) -> DaemonConfig:
         """Validate raw option values and build the config, or raise ConfigError."""
         try:
@@ -146,6 +149,12 @@ class DaemonConfig:
                 "--admin-tls needs --domain-ca, --domain-cert and --domain-key (the daemon's "
                 "member certificate from hqn_ca member)"
             )
+        server_key_dir = Path(server_keys) if server_keys else None
+        if server_key_dir is not None and not server_key_dir.is_dir():
+            raise ConfigError(
+                f"--server-keys {server_key_dir}: no such directory (it holds the "
+                "*.serverkey/*.servercert pairs that hqn_mp servercert writes)"
+            )
         return cls(
             address=addr,
             client_listen=listen,
@@ -159,6 +168,7 @@ class DaemonConfig:
             manhole_keys=manhole_key_file,
             metrics_listen=metrics or None,
             command_line=dict(command_line or {}),
+            server_keys=server_key_dir,
             admin_socket=socket_path,
             admin_socket_mode=socket_mode,
             admin_socket_group=admin_socket_group or None,

@@ -188,6 +188,11 @@ _TOP_LEVEL: tuple[_Key, ...] = (
         _path('a directory path such as "/etc/hqnlsd/publishers"'),
     ),
     _Key("domain-log", "domain-log", _boolean("true or false")),
+    _Key(
+        "server-keys",
+        "server-keys",
+        _path('a directory path such as "/etc/hqnlsd/server-keys"'),
+    ),
 )
 
 _TABLES: dict[str, tuple[_Key, ...]] = {

@@ -28,6 +28,7 @@ from hqnlsd.permits.discovery import Discovery, discover
 from hqnlsd.permits.model import HostId
 from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
 from hqnlsd.permits.seal import TrustedKeys
+from hqnlsd.permits.servercert import ServerKeys, sign_reply
 from hqnlsd.persistence.store import Journal
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
@@ -60,6 +61,7 @@ class PermitSource:
         publisher_keys: Path,
         hosts_file: Path,
         me: HostId,
+        server_keys: Path | None = None,
         cwd: Callable[[], Path] = lambda: Path(os.getcwd()),
     ) -> None:
         self.permit_dirs = permit_dirs
@@ -67,6 +69,7 @@ class PermitSource:
         self.publisher_keys = publisher_keys
         self.hosts_file = hosts_file
         self.me = me
+        self.server_keys = server_keys
         self._cwd = cwd
 
     def read(self) -> tuple[Discovery, TrustedKeys, Catalogue]:
@@ -88,12 +91,15 @@ class LicenceServer:
         journal: Journal,
         source: PermitSource,
         feed: LicenceFeed | None = None,
+        server_keys: ServerKeys | None = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
         self.source = source
         #: Licence lines (switch-tagged) and usage records for every transaction.
         self.feed = feed if feed is not None else LicenceFeed(usage=None)
+        #: Server keys by permit number, for challenge/response (`--server-keys`).
+        self.server_keys = server_keys if server_keys is not None else ServerKeys({})
         self.catalogue = Catalogue((), {}, {}, ())
         self.discovery: Discovery | None = None
         self.trusted: TrustedKeys | None = None
@@ -113,6 +119,10 @@ class LicenceServer:
             self.log.warn("permit search: {problem}", problem=problem)
         for key_problem in trusted.problems:
             self.log.warn("publisher keys: {problem}", problem=key_problem)
+        if self.source.server_keys is not None:
+            self.server_keys = ServerKeys.load(self.source.server_keys, trusted)
+            for key_problem in self.server_keys.problems:
+                self.log.warn("server keys: {problem}", problem=key_problem)
         if not found.files:
             self.log.warn(
                 "no permit files found (searched {dirs}); idle until reinit",
@@ -150,9 +160,12 @@ class LicenceServer:
     def dispatch(self, command: wire.DispatchedCommand, peer: Any) -> Reply | Deferred[Reply]:
         """Answer one client command (the protocol's `Dispatcher` interface)."""
         if isinstance(command, wire.Request):
-            return self._request(command, peer)
+            names = (command.publisher, command.product, command.version)
+            return self._signed(command, names, self._request(command, peer))
         if isinstance(command, wire.Update):
-            return self._update(command)
+            # Before the UPDATE: a licence it finds lost has no product afterwards.
+            held = self.engine.product_of(command.handle)
+            return self._signed(command, held, self._update(command))
         if isinstance(command, wire.Release):
             return self._release(command)
         if isinstance(command, wire.Query):
@@ -167,6 +180,44 @@ class LicenceServer:
             )
             return Ok.of()
         return Err.of(Status.UNKNOWN_COMMAND, f"{type(command).__name__} is not served here")
+
+    def _signed(
+        self,
+        command: wire.Request | wire.Update,
+        names: tuple[str, str, str] | None,
+        answer: Reply | Deferred[Reply],
+    ) -> Reply | Deferred[Reply]:
+        """Challenge/response: sign the reply with the server key of the product's permit.
+
+        Without a challenge, or without a key for that permit (`--server-keys`),
+        the reply goes unsigned, and a client that asked for a signature knows.
+        """
+        if command.challenge is None or names is None:
+            return answer
+        offer = self.catalogue.find(names[0], names[1])
+        key = self.server_keys.get(offer.permit.number) if offer is not None else None
+        challenge = command.challenge
+
+        def sign(reply: Reply) -> Reply:
+            if isinstance(reply, Listing):
+                return reply
+            handle = (
+                command.handle if isinstance(command, wire.Update) else reply.get("handle") or ""
+            )
+            return sign_reply(
+                key,
+                challenge=challenge,
+                verb=command.verb,
+                handle=handle,
+                publisher=names[0],
+                product=names[1],
+                version=names[2],
+                reply=reply,
+            )
+
+        if isinstance(answer, Deferred):
+            return answer.addCallback(sign)
+        return sign(answer)
 
     def _product_offer(self, publisher: str, product: str) -> Offer | Err:
         offer = self.catalogue.find(publisher, product)
@@ -196,14 +247,6 @@ class LicenceServer:
         if isinstance(offer, Err):
             self._log_denial(command, peer, offer.status, offer.msg)
             return offer
-        if command.challenge is not None:
-            refused = Err.of(
-                Status.ILLEGAL,
-                "challenge/response is not available in this server version; "
-                "send the REQUEST without challenge=",
-            )
-            self._log_denial(command, peer, refused.status, refused.msg)
-            return refused
         outcome = self.engine.request(
             LicenceRequest(
                 publisher=command.publisher,
@@ -260,12 +303,6 @@ class LicenceServer:
         return Ok.of(**fields)
 
     def _update(self, command: wire.Update) -> Reply | Deferred[Reply]:
-        if command.challenge is not None:
-            return Err.of(
-                Status.ILLEGAL,
-                "challenge/response is not available in this server version; "
-                "send the UPDATE without challenge=",
-            )
         outcome = self.engine.update(command.handle)
         result = outcome.result
         if isinstance(result, Denied):

@@ -72,6 +72,7 @@ class HqnlsdService(MultiService):
             publisher_keys=config.publisher_keys,
             hosts_file=config.hosts_file,
             me=self.me,
+            server_keys=config.server_keys,
         )
         self.server: LicenceServer | None = None
         self.journal: Journal | None = None
@@ -197,10 +198,12 @@ class HqnlsdService(MultiService):
             permit_dirs=fresh.permit_dirs,
             hosts_file=fresh.hosts_file,
             publisher_keys=fresh.publisher_keys,
+            server_keys=fresh.server_keys,
         )
         self.source.permit_dirs = fresh.permit_dirs
         self.source.hosts_file = fresh.hosts_file
         self.source.publisher_keys = fresh.publisher_keys
+        self.source.server_keys = fresh.server_keys
         self.log.info("configuration re-read from {path}", path=str(fresh.command_line["config"]))
 
     def _load_permits(self) -> None:

@@ -83,6 +83,12 @@ class Options(usage.Options):
         ],
         ["manhole-keys", None, None, "OpenSSH authorized_keys file for the manhole."],
         [
+            "server-keys",
+            None,
+            None,
+            "Directory of server keys (hqn_mp servercert) to sign challenge/response replies.",
+        ],
+        [
             "admin-socket",
             None,
             None,
@@ -149,6 +155,7 @@ def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
         admin_socket_group=text("admin-socket-group"),
         admin_tls=text("admin-tls"),
         domain_tls=(text("domain-ca"), text("domain-cert"), text("domain-key")),
+        server_keys=text("server-keys"),
         command_line=given,
     )
 

@@ -31,7 +31,8 @@ from hqnlsd.permits.discovery import Discovery
 from hqnlsd.permits.errors import Condition, PermitError
 from hqnlsd.permits.model import HostId, Permit, ProductPermit
 from hqnlsd.permits.reader import Catalogue, PermitFile, build_catalogue
-from hqnlsd.permits.seal import TrustedKeys
+from hqnlsd.permits.seal import PublisherKey, TrustedKeys
+from hqnlsd.permits.servercert import NotGenuine, ServerKeys, make_server_key, verify_reply
 from hqnlsd.persistence.store import RETRY_FIRST, Journal, open_journal
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
@@ -71,9 +72,7 @@ def product(name: str, **change: Any) -> ProductPermit:
 
 LISPWORKS = product("LispWorks")
 QUIET = product("Quiet", policy=int(Policy.GRAB), floating_count=1, data=())
-LOCKED = product(
-    "Locked", node_count=1, floating_count=0, locked_nodes=(HostId(ME.address, 0),)
-)
+LOCKED = product("Locked", node_count=1, floating_count=0, locked_nodes=(HostId(ME.address, 0),))
 EXPIRED = product("Old", expiry=datetime.date(2027, 1, 1))
 NOT_YET = product("Future", start=datetime.date(2028, 1, 1))
 HERE = make_permit([ME], [LISPWORKS, QUIET, LOCKED, EXPIRED, NOT_YET], number=1)
@@ -105,9 +104,7 @@ class FakeSource(PermitSource):
     def read(self) -> tuple[Discovery, TrustedKeys, Catalogue]:
         """The catalogue of ``files``, built by the real serving decision."""
         self.reads += 1
-        discovery = Discovery(
-            tuple(Path(f.path) for f in self.files), "-p", (Path("/permits"),)
-        )
+        discovery = Discovery(tuple(Path(f.path) for f in self.files), "-p", (Path("/permits"),))
         catalogue = build_catalogue(self.files, ME, HostsTable.from_text(HOSTS))
         return discovery, TrustedKeys({}), catalogue
 
@@ -339,9 +336,7 @@ def test_product_of_another_domain_is_try_domain(rig: Rig) -> None:
     denied = err(rig.dispatch(request(product="Elsewhere")), Status.TRY_DOMAIN)
     assert denied.get("domain") == "10.0.0.5 10.0.0.6"
     assert "10.0.0.5 10.0.0.6" in denied.msg
-    users = err(
-        rig.dispatch(wire.Users("Harlequin", "Elsewhere", "8.0")), Status.TRY_DOMAIN
-    )
+    users = err(rig.dispatch(wire.Users("Harlequin", "Elsewhere", "8.0")), Status.TRY_DOMAIN)
     assert users.get("domain") == "10.0.0.5 10.0.0.6"
 
 
@@ -353,11 +348,48 @@ def test_multi_host_domain_served_here_is_notverified(rig: Rig) -> None:
     assert rig.engine.held_count() == 0
 
 
-def test_request_with_challenge_is_illegal(rig: Rig) -> None:
-    """Challenge/response is not offered yet: ILLEGAL, and no licence is taken."""
-    denied = err(rig.dispatch(request(challenge=b"\x01\x02")), Status.ILLEGAL)
-    assert "challenge" in denied.msg
-    assert rig.engine.held_count() == 0
+def _with_server_key(rig: Rig) -> TrustedKeys:
+    """Give the server a key for permit 1 (HERE); the publisher's trusted keys."""
+    key = PublisherKey.generate()
+    rig.server.server_keys = ServerKeys({HERE.number: make_server_key(key, HERE)})
+    return TrustedKeys.of(key.private_key.public_key())
+
+
+def _verify(
+    trusted: TrustedKeys, reply: Ok | Err, challenge: bytes, verb: str, handle: str
+) -> None:
+    verify_reply(
+        trusted,
+        server=ME.address,
+        challenge=challenge,
+        verb=verb,
+        handle=handle,
+        publisher="Harlequin",
+        product="LispWorks",
+        version="8.0",
+        reply=reply,
+    )
+
+
+def test_request_with_challenge_is_signed_with_the_permits_server_key(rig: Rig) -> None:
+    """A challenge is answered with a signature that verifies for that challenge only."""
+    trusted = _with_server_key(rig)
+    granted = rig.dispatch(request(challenge=b"\x01\x02"))
+    assert isinstance(granted, Ok), granted
+    assert granted.get("signature") and granted.get("servercert")
+    handle = granted.get("handle") or ""
+    _verify(trusted, granted, b"\x01\x02", "REQUEST", handle)
+    with pytest.raises(NotGenuine):
+        _verify(trusted, granted, b"\x09\x09", "REQUEST", handle)
+
+
+def test_challenge_without_a_server_key_goes_unsigned(rig: Rig) -> None:
+    """No key for the permit: the grant is made but unsigned, so a verifying client knows."""
+    granted = rig.dispatch(request(challenge=b"\x01"))
+    assert isinstance(granted, Ok), granted
+    assert granted.get("signature") is None
+    with pytest.raises(NotGenuine):
+        _verify(TrustedKeys.of(), granted, b"\x01", "REQUEST", granted.get("handle") or "")
 
 
 # -- UPDATE / RELEASE ---------------------------------------------------------------------
@@ -391,11 +423,13 @@ def test_update_of_revoked_licence_is_lostlicence(rig: Rig) -> None:
     err(rig.dispatch(wire.Release(handle)), Status.LOSTLICENCE)
 
 
-def test_update_with_challenge_is_illegal(rig: Rig) -> None:
-    """UPDATE with a challenge: ILLEGAL (not offered yet); the licence is untouched."""
+def test_update_with_challenge_is_signed(rig: Rig) -> None:
+    """UPDATE with a challenge: signed over the handle and that challenge."""
+    trusted = _with_server_key(rig)
     handle = rig.grant().get("handle") or ""
-    err(rig.dispatch(wire.Update(handle, challenge=b"\xff")), Status.ILLEGAL)
-    assert isinstance(rig.dispatch(wire.Update(handle)), Ok)
+    updated = rig.dispatch(wire.Update(handle, challenge=b"\xff"))
+    assert isinstance(updated, Ok), updated
+    _verify(trusted, updated, b"\xff", "UPDATE", handle)
 
 
 def test_release_frees_the_licence(rig: Rig) -> None:
@@ -422,8 +456,10 @@ def test_release_frees_the_licence(rig: Rig) -> None:
         (wire.QueryWhat.DATA, {"data": "1 2 3"}),
         (wire.QueryWhat.PERIOD, {"period": "300"}),
         (wire.QueryWhat.CONTEXT, {"access": "8", "locked": "0", "locked_node": "0"}),
-        (wire.QueryWhat.POLICY, {"policy": str(int(Policy.GRAB | Policy.UVIS)),
-                                 "flags": "GRAB UVIS"}),
+        (
+            wire.QueryWhat.POLICY,
+            {"policy": str(int(Policy.GRAB | Policy.UVIS)), "flags": "GRAB UVIS"},
+        ),
         (wire.QueryWhat.DATES, {"start": "01/01/2026", "expiry": "31/12/2030"}),
     ],
 )
@@ -459,9 +495,7 @@ def test_users_lists_the_holders(rig: Rig) -> None:
     for record in records:
         assert record["type"] == "floating"
         # Local time of the grant, as the server's administrator reads it.
-        assert record["since"] == datetime.datetime.fromtimestamp(NOW).strftime(
-            "%d/%m/%Y %H:%M:%S"
-        )
+        assert record["since"] == datetime.datetime.fromtimestamp(NOW).strftime("%d/%m/%Y %H:%M:%S")
         assert "handle" not in record
 
 

@@ -371,6 +371,13 @@ class Engine:
             )
         return out
 
+    def product_of(self, handle: str) -> tuple[str, str, str] | None:
+        """(publisher, product, version) of a held licence, or None."""
+        state = self._handles.get(handle)
+        if state is None:
+            return None
+        return (state.permit.publisher, state.permit.product, state.permit.version)
+
     def held_count(self) -> int:
         """Licence handles held, over all products."""
         return len(self._handles)
@@ -419,9 +426,7 @@ class Engine:
         changed_locked = (flags ^ state.flags) & state.locks
         if changed_locked:
             names = describe(changed_locked).split(" locked:")[0]
-            return _illegal(
-                f"policy flag(s) {names} of {_name(state)} are locked by the publisher"
-            )
+            return _illegal(f"policy flag(s) {names} of {_name(state)} are locked by the publisher")
         return self._admin(PolicyChanged(publisher, product, flags), f"policy {describe(flags)}")
 
     def set_crashout(
@@ -780,8 +785,9 @@ class Engine:
         for locked in usable:
             indices = (state.locked if locked else state.floating).lowest(units)
             if indices is not None:
-                return self._give(state, request, address, access, locked, listings, indices,
-                                  now, batch)
+                return self._give(
+                    state, request, address, access, locked, listings, indices, now, batch
+                )
         plan = self._plan_reclaim(state, request, on_locked_node, usable, units, flags, now)
         if plan is not None:
             handle = self._fresh_handle()
@@ -792,8 +798,18 @@ class Engine:
                 self._emit(Revoked(victim.handle, str(reason), now), batch)
             indices = (state.locked if locked else state.floating).lowest(units)
             if indices is not None:  # always: the victims freed enough
-                return self._give(state, request, address, access, locked, listings, indices,
-                                  now, batch, handle=handle)
+                return self._give(
+                    state,
+                    request,
+                    address,
+                    access,
+                    locked,
+                    listings,
+                    indices,
+                    now,
+                    batch,
+                    handle=handle,
+                )
         if no_float and state.floating_count > 0:
             return Denied(
                 Status.LOCKSNOFLOAT,
@@ -981,9 +997,7 @@ class Engine:
             )
         return Denied(Status.BADHANDLE, f"no licence has the handle {handle!r}")
 
-    def _revoke_all(
-        self, state: ProductState, reason: str, now: float, batch: list[Event]
-    ) -> int:
+    def _revoke_all(self, state: ProductState, reason: str, now: float, batch: list[Event]) -> int:
         handles = list(state.holders)
         for handle in handles:
             self._emit(Revoked(handle, str(reason), now), batch)
@@ -1203,11 +1217,7 @@ def _wrong_version(state: ProductState, version: str) -> Denied:
 
 
 def _good_text(text: object) -> bool:
-    return (
-        isinstance(text, str)
-        and 0 < len(text) <= MAX_TEXT
-        and text.isprintable()
-    )
+    return isinstance(text, str) and 0 < len(text) <= MAX_TEXT and text.isprintable()
 
 
 def _invalid(request: LicenceRequest) -> str | None:

@@ -7,6 +7,9 @@ Commands::
     hqn_mp check --keys DIR PERMIT                verify a sealed permit
     hqn_mp hostid                                 this machine's unique id
     hqn_mp demo [DIR]                             seal DIR/demo.form for this machine
+    hqn_mp servercert --key PREFIX.key PERMIT -o OUT
+                                                  server key for the permit's domain:
+                                                  OUT.serverkey (0600) + OUT.servercert
 
 Exit status: 0 success, 1 failure (with a message, never a traceback), 2 usage.
 """
@@ -259,6 +262,36 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_servercert(args: argparse.Namespace, out: TextIO) -> int:
+    """Make a server key for a permit's domain, certified by the publisher key."""
+    from hqnlsd.permits.servercert import make_server_key, write_server_key
+
+    key = _load_key(Path(args.key))
+    permit_path = Path(args.permit)
+    if not permit_path.is_file():
+        raise ToolError(f"{permit_path}: no such permit file")
+    result = read_permit_file(permit_path, TrustedKeys.of(key.public_key))
+    if result.error is not None or result.permit is None:
+        raise ToolError(
+            f"{permit_path} is not a valid permit sealed with {args.key}: {result.error}"
+        )
+    permit = result.permit
+    server_key = make_server_key(key, permit)
+    key_path, cert_path = write_server_key(args.output, server_key)
+    print(
+        f"wrote {key_path} (private, mode 0600: install it on each daemon of the domain, "
+        "in its --server-keys directory)",
+        file=out,
+    )
+    print(
+        f"wrote {cert_path} (certificate: permit {permit.number}, "
+        f"servers {_host_list(permit.servers)}, {len(permit.products)} product(s); "
+        "install it next to the key)",
+        file=out,
+    )
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------
 
 
@@ -292,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("dir", metavar="DIR", nargs="?", default="conf")
     demo.set_defaults(run=cmd_demo)
+
+    servercert = commands.add_parser(
+        "servercert",
+        help="make a server key for a permit's domain: OUT.serverkey + OUT.servercert",
+    )
+    servercert.add_argument("--key", required=True, metavar="PREFIX.key")
+    servercert.add_argument("permit", metavar="PERMIT")
+    servercert.add_argument("-o", "--output", required=True, metavar="OUT",
+                            help="prefix of the files written")
+    servercert.set_defaults(run=cmd_servercert)
     return parser
 
 
