@@ -1,0 +1,608 @@
+"""Peer links between domain members: one JSON object a line over mutual TLS.
+
+Topology: every member listens on its peer port (bound to its own address) and
+keeps one outgoing link to every other member of the domains it shares with
+it, with a `ClientService` that reconnects with `backoffPolicy`. A member sends
+its domain messages on its *outgoing* link to the addressee and receives on
+any link, so each direction of a pair has its own TCP connection and nothing
+has to decide who dials whom. One link serves every domain two hosts share.
+
+Wire (UTF-8 JSON, one object a line, at most `MAX_LINE` bytes)::
+
+    {"t": "hello", "v": 1, "addr": "127.0.0.1", "domains": {"<domain id>": <rank>, ...}}
+    {"t": "m", "d": "<domain id>", "m": <hqnlsd.domain.messages.encode(message)>}
+    {"t": "ping", "n": 7}          {"t": "pong", "n": 7}
+
+Who may connect: the TLS layer proves the certificate was issued by the
+domain CA (`hqnlsd.tls.server_options` requires a client certificate). The
+listener then requires `identify_peer` role MEMBER whose certificate address
+is a member of one of this host's domains and (unless turned off for NAT) is
+the connection's source address; outgoing links bind their source to this
+host's address so that check holds. The dialler checks the server's address
+with service_identity (`client_options`). A sender's rank in a domain comes
+from *this* host's hosts file, never from the wire: a hello that claims another
+rank makes this link ignore that domain (and log why).
+
+TLS 1.3 quirk: a client's ``handshakeCompleted`` fires even if the server
+then rejects its certificate, so an outgoing link counts as up only once the
+peer's first application message (its hello) has arrived.
+
+Liveness: the dialler pings every ``ping_interval``; either end drops a link
+on which nothing arrived for ``ping_timeout`` (a half-open connection: the
+peer's machine died or the network cut it), which tells the domain nodes
+``disconnected`` and lets the `ClientService` reconnect. Per-peer state (up,
+last seen, round-trip time) is kept for admin tools (`PeerNetwork.peers`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from hqnlsd.domain.messages import Message, MessageError, decode, encode
+from hqnlsd.tls import (
+    DomainCredentials,
+    PeerNotRecognised,
+    Role,
+    client_options,
+    identify_peer,
+    server_options,
+)
+
+#: Version of the line protocol above.
+PROTOCOL_VERSION = 1
+#: The longest line accepted (a `Decided` carries the whole licence state).
+MAX_LINE = 64 * 1024 * 1024
+#: Default TCP port of the peer listener.
+DEFAULT_PEER_PORT = 1237
+
+Address = ipaddress.IPv4Address
+#: Domain id -> the rank of every member, by address (from this host's hosts file).
+Domains = Mapping[str, Mapping[Address, int]]
+
+
+@dataclass(frozen=True)
+class PeerTimers:
+    """Timers of the peer links, in seconds."""
+
+    #: how often the dialler pings
+    ping_interval: float = 0.5
+    #: silence after which a link is dropped as half-open
+    ping_timeout: float = 2.0
+    #: longest wait for the TLS handshake and the peer's hello
+    handshake_timeout: float = 5.0
+    #: TCP connect timeout
+    connect_timeout: float = 5.0
+    #: reconnection backoff: first delay and ceiling
+    retry_initial: float = 0.2
+    retry_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        """Refuse a timeout that a healthy link could trip."""
+        if self.ping_timeout <= self.ping_interval:
+            raise ValueError("ping_timeout must be longer than ping_interval")
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """One peer as admin tools see it (monotonic seconds)."""
+
+    address: Address
+    #: our outgoing link is up (the peer answered on it)
+    up: bool
+    #: the peer's link to us is connected and identified
+    inbound: bool
+    #: when the last line arrived from it, on either link (None: never)
+    last_seen: float | None
+    #: round-trip time of the last ping on our link (None: not measured)
+    rtt: float | None
+    #: how many times our outgoing link came up
+    connects: int
+    #: the domains this link serves (ids)
+    domains: tuple[str, ...]
+
+
+@dataclass
+class _PeerState:
+    address: Address
+    outbound: PeerLink | None = None
+    inbound: set[PeerLink] = field(default_factory=set)
+    last_seen: float | None = None
+    rtt: float | None = None
+    connects: int = 0
+    service: ClientService | None = None
+
+    def info(self, domains: tuple[str, ...]) -> PeerInfo:
+        return PeerInfo(
+            self.address,
+            self.outbound is not None,
+            any(link.identified for link in self.inbound),
+            self.last_seen,
+            self.rtt,
+            self.connects,
+            domains,
+        )
+
+
+def _line(payload: Mapping[str, object]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\n"
+
+
+@implementer(IHandshakeListener)
+class PeerLink(Protocol):
+    """One TLS connection to or from a peer member (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(self, network: PeerNetwork, outbound_to: Address | None) -> None:
+        """A link for ``network``; ``outbound_to`` is the peer we dial (None: accepted)."""
+        self.network = network
+        self.outbound_to = outbound_to
+        self.peer: Address | None = outbound_to
+        self.identified = False
+        self.up = False
+        self.claimed: dict[str, int] = {}
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._started = 0.0
+        self._last_line = 0.0
+        self._ping_seq = 0
+        self._ping_sent: dict[int, float] = {}
+        self._timer: Any = None
+        self._closed = False
+
+    # -- connection ----------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Start the watchdog (handshake, hello and silence timeouts)."""
+        self._started = self._last_line = self.network.clock.seconds()
+        self._schedule()
+
+    def handshakeCompleted(self) -> None:
+        """Identify the peer from its certificate; greet it if it may talk to us."""
+        try:
+            identity = identify_peer(self.transport, self.network.credentials.ca_certificate)
+        except PeerNotRecognised as error:
+            self._refuse(f"peer not recognised: {error}")
+            return
+        if identity.role is not Role.MEMBER or identity.address is None:
+            self._refuse(f"{identity} is not a domain member")
+            return
+        address = identity.address
+        if self.outbound_to is not None:
+            if address != self.outbound_to:
+                self._refuse(f"dialled {self.outbound_to} but {address} answered")
+                return
+        else:
+            if address not in self.network.member_addresses() or address == self.network.me:
+                self._refuse(f"{identity} is not a member of a domain this host serves")
+                return
+            source = getattr(self.transport.getPeer(), "host", None)  # type: ignore[union-attr]
+            if self.network.check_source and source != str(address):
+                self._refuse(f"{identity} connected from {source}, not from its own address")
+                return
+            self.peer = address
+            self.network._inbound_identified(self)
+        self.identified = True
+        self._write(
+            {
+                "t": "hello",
+                "v": PROTOCOL_VERSION,
+                "addr": str(self.network.me),
+                "domains": self.network.hello_domains(address),
+            }
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split the stream into lines (bounded), handle each."""
+        self._buffer.extend(data)
+        while not self._closed:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end < 0:
+                self._scanned = len(self._buffer)
+                if len(self._buffer) > MAX_LINE:
+                    self._refuse(f"a line longer than {MAX_LINE} bytes")
+                return
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            self._scanned = 0
+            if len(line) > MAX_LINE:
+                self._refuse(f"a line longer than {MAX_LINE} bytes")
+                return
+            self._line_received(line)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Forget the link; the network tells the domain nodes if it was up."""
+        self._closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.network._link_lost(self)
+
+    # -- lines ---------------------------------------------------------------------
+
+    def _line_received(self, line: bytes) -> None:
+        if not self.identified or self.peer is None:
+            self._refuse("application data before the peer was identified")
+            return
+        now = self.network.clock.seconds()
+        self._last_line = now
+        self.network._seen(self.peer, now)
+        try:
+            payload = json.loads(line)
+            kind = payload["t"] if isinstance(payload, dict) else None
+        except (ValueError, KeyError, TypeError):
+            self.log.warn("peer {peer}: dropped a line that is not JSON", peer=str(self.peer))
+            return
+        if kind == "m":
+            self._message(payload)
+        elif kind == "ping":
+            self._write({"t": "pong", "n": payload.get("n")})
+        elif kind == "pong":
+            sent = self._ping_sent.pop(payload.get("n"), None)
+            if sent is not None:
+                self.network._rtt(self.peer, now - sent)
+        elif kind == "hello":
+            self._hello(payload)
+        else:
+            self.log.warn("peer {peer}: unknown line type {kind!r}", peer=str(self.peer), kind=kind)
+
+    def _hello(self, payload: dict[str, Any]) -> None:
+        if payload.get("v") != PROTOCOL_VERSION:
+            self._refuse(f"peer protocol version {payload.get('v')!r}, not {PROTOCOL_VERSION}")
+            return
+        domains = payload.get("domains")
+        if not isinstance(domains, dict):
+            self._refuse("a hello without domains")
+            return
+        assert self.peer is not None
+        self.claimed = {}
+        for domain_id, rank in domains.items():
+            ours = self.network.domains.get(domain_id, {}).get(self.peer)
+            if ours is None:
+                continue
+            if rank != ours:
+                self.log.error(
+                    "peer {peer} says it is hqnserver{claimed} of domain {domain}, but the "
+                    "hosts file here makes it hqnserver{ours}: the hosts files differ; this "
+                    "domain is ignored on the link until they agree",
+                    peer=str(self.peer),
+                    claimed=rank,
+                    domain=domain_id,
+                    ours=ours,
+                )
+                continue
+            self.claimed[domain_id] = rank
+        if self.outbound_to is not None and not self.up:
+            self.up = True
+            self.network._outbound_up(self)
+
+    def _message(self, payload: dict[str, Any]) -> None:
+        assert self.peer is not None
+        domain_id = payload.get("d")
+        if not isinstance(domain_id, str) or domain_id not in self.claimed:
+            return  # not a domain this link agreed on (see _hello)
+        try:
+            message = decode(payload.get("m"))
+        except MessageError as error:
+            self.log.warn(
+                "peer {peer}: bad message for domain {domain}: {error}",
+                peer=str(self.peer),
+                domain=domain_id,
+                error=str(error),
+            )
+            return
+        self.network._deliver(domain_id, self.peer, message)
+
+    # -- sending -------------------------------------------------------------------
+
+    def send_message(self, domain_id: str, message: Message) -> None:
+        """Send one domain message on this link."""
+        self._write({"t": "m", "d": domain_id, "m": encode(message)})
+
+    def _write(self, payload: Mapping[str, object]) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.write(_line(payload))
+
+    def _refuse(self, why: str) -> None:
+        self.log.warn(
+            "peer link {direction} {peer}: closed: {why}",
+            direction="to" if self.outbound_to is not None else "from",
+            peer=self._label(),
+            why=why,
+        )
+        self.close()
+
+    def _label(self) -> str:
+        if self.peer is not None:
+            return str(self.peer)
+        address = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(address, "host", "?"))
+
+    def close(self) -> None:
+        """Drop the connection at once (no TLS goodbye: the peer may be gone)."""
+        if not self._closed:
+            self._closed = True
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- watchdog ------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        self._timer = self.network.clock.callLater(self.network.timers.ping_interval, self._watch)
+
+    def _watch(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        timers = self.network.timers
+        now = self.network.clock.seconds()
+        greeted = self.up if self.outbound_to is not None else self.identified
+        if not greeted:
+            if now - self._started > timers.handshake_timeout:
+                self._refuse("no handshake and hello in time")
+                return
+        elif now - self._last_line > timers.ping_timeout:
+            self._refuse(f"silent for {now - self._last_line:.1f}s (half-open link)")
+            return
+        elif self.outbound_to is not None:
+            self._ping_seq += 1
+            self._ping_sent = {n: t for n, t in self._ping_sent.items() if now - t < 60.0}
+            self._ping_sent[self._ping_seq] = now
+            self._write({"t": "ping", "n": self._ping_seq})
+        self._schedule()
+
+
+class _LinkFactory(Factory):
+    """Builds links for the listener (accepted) or for one peer (dialled)."""
+
+    def __init__(self, network: PeerNetwork, outbound_to: Address | None) -> None:
+        self.network = network
+        self.outbound_to = outbound_to
+
+    def buildProtocol(self, addr: Any) -> PeerLink:
+        link = PeerLink(self.network, self.outbound_to)
+        link.factory = self
+        return link
+
+
+@implementer(IStreamClientEndpoint)
+class _PeerEndpoint:
+    """Dials a peer at the port known *now* (tests learn ports as peers start)."""
+
+    def __init__(self, network: PeerNetwork, address: Address) -> None:
+        self.network = network
+        self.address = address
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        port = self.network.port_of(self.address)
+        if port is None:
+            return fail(ConnectionRefusedError(f"no peer port known for {self.address}"))
+        network = self.network
+        tcp = TCP4ClientEndpoint(
+            network.reactor,
+            str(self.address),
+            port,
+            timeout=network.timers.connect_timeout,
+            bindAddress=(str(network.me), 0),
+        )
+        tls = wrapClientTLS(client_options(network.credentials, self.address), tcp)
+        connected: Deferred[Any] = tls.connect(factory)
+        return connected
+
+
+class _Listener(Service):
+    """The peer listener: binds in privilegedStartService, so a failed bind stops start-up."""
+
+    def __init__(self, network: PeerNetwork, port: int) -> None:
+        self.network = network
+        self.requested = port
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        network = self.network
+        self.port = network.reactor.listenSSL(
+            self.requested,
+            _LinkFactory(network, None),
+            server_options(network.credentials),
+            interface=str(network.me),
+        )
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        stopped: Deferred[None] | None = port.stopListening()
+        return stopped
+
+
+class PeerNetwork(MultiService):
+    """The peer listener, one reconnecting link per peer, and their state.
+
+    ``deliver(domain_id, address, message)`` is called for every message
+    received; ``link_changed(address, up)`` when our outgoing link to a peer
+    comes up or goes down (the domain nodes' ``connected``/``disconnected``).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        clock: Any,
+        me: Address,
+        credentials: DomainCredentials,
+        *,
+        listen_port: int = DEFAULT_PEER_PORT,
+        port_of: Callable[[Address], int | None] | None = None,
+        deliver: Callable[[str, Address, Message], None],
+        link_changed: Callable[[Address, bool], None],
+        timers: PeerTimers | None = None,
+        check_source: bool = True,
+    ) -> None:
+        """Links for member ``me``; ``clock`` is monotonic (`ReactorMonotonicClock`)."""
+        super().__init__()
+        self.reactor = reactor
+        self.clock = clock
+        self.me = me
+        self.credentials = credentials
+        self.timers = timers if timers is not None else PeerTimers()
+        self.check_source = check_source
+        self.port_of: Callable[[Address], int | None] = (
+            port_of if port_of is not None else (lambda address: listen_port)
+        )
+        self._deliver_to = deliver
+        self._link_changed = link_changed
+        self.domains: dict[str, Mapping[Address, int]] = {}
+        self._peers: dict[Address, _PeerState] = {}
+        self.listener = _Listener(self, listen_port)
+        self.listener.setServiceParent(self)
+
+    # -- configuration -------------------------------------------------------------
+
+    @property
+    def listening_port(self) -> int | None:
+        """The TCP port the listener is bound to (None before start)."""
+        port = self.listener.port
+        return None if port is None else int(port.getHost().port)
+
+    def set_domains(self, domains: Domains) -> None:
+        """Serve these domains: dial every other member, drop links to former ones."""
+        self.domains = {key: dict(ranks) for key, ranks in domains.items()}
+        wanted = self.member_addresses() - {self.me}
+        for address in sorted(set(self._peers) - wanted):
+            state = self._peers.pop(address)
+            if state.service is not None:
+                state.service.disownServiceParent()
+            for link in [*state.inbound, *([state.outbound] if state.outbound else [])]:
+                link.close()
+        for address in sorted(wanted - set(self._peers)):
+            state = _PeerState(address)
+            self._peers[address] = state
+            service = ClientService(
+                _PeerEndpoint(self, address),
+                _LinkFactory(self, address),
+                retryPolicy=backoffPolicy(
+                    initialDelay=self.timers.retry_initial, maxDelay=self.timers.retry_max
+                ),
+                clock=self.reactor,
+            )
+            service.setName(f"peer-{address}")
+            state.service = service
+            service.setServiceParent(self)
+
+    def member_addresses(self) -> set[Address]:
+        """Every member address of every domain served here."""
+        return {address for ranks in self.domains.values() for address in ranks}
+
+    def hello_domains(self, peer: Address) -> dict[str, int]:
+        """Our rank in every domain we share with ``peer``."""
+        return {
+            domain_id: ranks[self.me]
+            for domain_id, ranks in sorted(self.domains.items())
+            if peer in ranks and self.me in ranks
+        }
+
+    # -- use -----------------------------------------------------------------------
+
+    def send(self, domain_id: str, address: Address, message: Message) -> None:
+        """Send a domain message to ``address`` if our link to it is up (else drop it:
+        the domain protocol resends what matters)."""
+        state = self._peers.get(address)
+        if state is not None and state.outbound is not None:
+            state.outbound.send_message(domain_id, message)
+
+    def peers(self) -> list[PeerInfo]:
+        """The state of every peer, by address."""
+        return [
+            state.info(tuple(sorted(d for d, ranks in self.domains.items() if address in ranks)))
+            for address, state in sorted(self._peers.items())
+        ]
+
+    def is_up(self, address: Address) -> bool:
+        """True if our outgoing link to ``address`` is up."""
+        state = self._peers.get(address)
+        return state is not None and state.outbound is not None
+
+    def stopService(self) -> Deferred[None] | None:
+        """Stop dialling and listening; drop every accepted link."""
+        for state in self._peers.values():
+            for link in list(state.inbound):
+                link.close()
+        return super().stopService()  # type: ignore[no-any-return]
+
+    # -- from the links --------------------------------------------------------------
+
+    def _seen(self, address: Address, now: float) -> None:
+        state = self._peers.get(address)
+        if state is not None:
+            state.last_seen = now
+
+    def _rtt(self, address: Address, rtt: float) -> None:
+        state = self._peers.get(address)
+        if state is not None:
+            state.rtt = rtt
+
+    def _deliver(self, domain_id: str, address: Address, message: Message) -> None:
+        try:
+            self._deliver_to(domain_id, address, message)
+        except Exception:
+            self.log.failure(
+                "domain {domain}: handling a message from {peer} failed",
+                domain=domain_id,
+                peer=str(address),
+            )
+
+    def _inbound_identified(self, link: PeerLink) -> None:
+        assert link.peer is not None
+        state = self._peers.get(link.peer)
+        if state is None:
+            link.close()
+            return
+        state.inbound.add(link)
+
+    def _outbound_up(self, link: PeerLink) -> None:
+        assert link.peer is not None
+        state = self._peers.get(link.peer)
+        if state is None:
+            link.close()
+            return
+        if state.outbound is not None and state.outbound is not link:
+            state.outbound.close()
+        state.outbound = link
+        state.connects += 1
+        self.log.info("peer link to {peer} is up", peer=str(link.peer))
+        self._link_changed(link.peer, True)
+
+    def _link_lost(self, link: PeerLink) -> None:
+        if link.peer is None:
+            return
+        state = self._peers.get(link.peer)
+        if state is None:
+            return
+        state.inbound.discard(link)
+        if state.outbound is link:
+            state.outbound = None
+            self.log.info("peer link to {peer} is down", peer=str(link.peer))
+            self._link_changed(link.peer, False)

@@ -1,0 +1,469 @@
+"""`DomainRuntime`: the daemon's multi-host domains, wired to peers, disk and engines.
+
+One `DomainNode` per multi-host domain this host serves (a host may serve
+several, with a different role in each), each with its own licence `Engine`
+(wrapped by `EngineMachine`), its own `SqliteDomainStorage` in the state
+directory, and one shared `PeerNetwork` for the links. Single-host products
+stay with the daemon's own engine and journal; this service only answers for
+products of multi-host domains.
+
+For the client dispatcher, `route` (by product) and `route_for_handle` give a
+`DomainRoute`: ``can_serve``; ``refusal()`` (the ``ERR`` to answer when this
+member may not grant: ``TRY_SERVER n=RANK addr=ADDRESS``, ``NEW_MASTER``,
+``LOSTMASTER`` or ``NOTVERIFIED``, each with the domain's addresses); the
+domain's ``engine`` to decide with; and ``submit(events)`` whose Deferred to
+await before answering (a grant is confirmed only once a quorum holds it).
+
+A domain is identified by its server section (`domain_id`: the members'
+addresses and unique ids), so permits with the same servers share one domain,
+one node and one engine, and every member computes the same id. Ranks come
+from this host's hosts file (`DomainDecision.ranks`); all members must agree
+(the peer hello checks it).
+
+On becoming primary of a view the runtime makes the engine resume its holders
+and load the products this host read (`EngineMachine.take_over`), before the
+first client request is decided (it is also checked on every `route` call).
+So the acting primary's permit files are the ones the domain serves: keep
+them the same on every member.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hqnlsd.domain.adapter import EngineMachine
+from hqnlsd.domain.clock import ReactorMonotonicClock
+from hqnlsd.domain.messages import Message
+from hqnlsd.domain.node import DomainNode, NotServing, OutcomeUnknown
+from hqnlsd.domain.peers import DEFAULT_PEER_PORT, PeerInfo, PeerNetwork, PeerTimers
+from hqnlsd.domain.role import Role, RoleInfo
+from hqnlsd.domain.sqlstore import SqliteDomainStorage
+from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.licensing.engine import Engine
+from hqnlsd.licensing.events import Event
+from hqnlsd.permits.model import HostId, ProductPermit
+from hqnlsd.permits.reader import Catalogue, Serving
+from hqnlsd.protocols.wire import Err
+from hqnlsd.status import Status
+from hqnlsd.tls import DomainCredentials
+
+Address = ipaddress.IPv4Address
+
+
+def domain_id(servers: Iterable[HostId]) -> str:
+    """The identity of a server domain: its members, sorted (``"ADDR 0xID,..."``)."""
+    return ",".join(str(server) for server in sorted(servers))
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """A multi-host domain this host serves: who ranks where, and its products."""
+
+    domain_id: str
+    #: every member's rank (hqnserverN), by address
+    ranks: Mapping[Address, int]
+    #: the products of this domain read here (from every permit of this domain)
+    products: tuple[ProductPermit, ...]
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """The members' addresses in rank order."""
+        return tuple(sorted(self.ranks, key=lambda address: self.ranks[address]))
+
+
+def domains_from_catalogue(catalogue: Catalogue) -> list[DomainSpec]:
+    """The multi-host domains served here, from the permit catalogue.
+
+    Products come from ``catalogue.served`` (after versioning: first permit
+    wins); ranks from each permit's `DomainDecision`.
+    """
+    ranks: dict[str, Mapping[Address, int]] = {}
+    for report in catalogue.files:
+        permit, decision = report.file.permit, report.decision
+        if permit is None or decision is None or decision.serving is not Serving.HERE:
+            continue
+        if len(permit.servers) > 1 and decision.ranks:
+            ranks.setdefault(domain_id(permit.servers), dict(decision.ranks))
+    products: dict[str, list[ProductPermit]] = {key: [] for key in ranks}
+    for offer in catalogue.served.values():
+        key = domain_id(offer.domain)
+        if key in products:
+            products[key].append(offer.product)
+    return [DomainSpec(key, ranks[key], tuple(products[key])) for key in sorted(ranks)]
+
+
+class DomainMember:
+    """This host's membership of one domain: node, engine, storage, take-over."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        spec: DomainSpec,
+        me: Address,
+        clock: Any,
+        engine: Engine,
+        storage: SqliteDomainStorage,
+        send: Callable[[str, Address, Message], None],
+        timers: DomainTimers,
+    ) -> None:
+        """Build the (stopped) member; `start` starts its node."""
+        self.spec = spec
+        self.rank = spec.ranks[me]
+        self.address_of = {rank: address for address, rank in spec.ranks.items()}
+        self.engine = engine
+        self.machine = EngineMachine(engine)
+        self.storage = storage
+        self.node = DomainNode(
+            self.rank,
+            frozenset(spec.ranks.values()),
+            clock,
+            lambda to, message: send(spec.domain_id, self.address_of[to], message),
+            storage,
+            self.machine,
+            timers,
+        )
+        self._ready_epoch: int | None = None
+        self.last_role: Role | None = None
+        #: called with (domain id, events) once events submitted here are confirmed
+        self.event_listeners: list[Callable[[str, Sequence[Event]], None]] = []
+        #: times this member took over as primary (a fail-over or failback here)
+        self.takeovers = 0
+
+    def start(self) -> None:
+        """Start the node from its storage."""
+        self.node.start()
+
+    def stop(self) -> None:
+        """Stop the node (waiting submissions fail) and close the storage."""
+        self.node.stop()
+        self.storage.close()
+
+    def ensure_ready(self) -> bool:
+        """True if serving; on the first call of a new view as primary, take over first."""
+        if not self.node.can_serve:
+            return False
+        epoch = self.node.view.epoch
+        if self._ready_epoch != epoch:
+            self._ready_epoch = epoch
+            self.takeovers += 1
+            self.log.info(
+                "domain {domain}: hqnserver{rank} is the primary of epoch {epoch}; "
+                "resuming holders and loading {count} product(s)",
+                domain=self.spec.domain_id,
+                rank=self.rank,
+                epoch=epoch,
+                count=len(self.spec.products),
+            )
+            self.submit(self.machine.take_over_events(self.spec.products)).addErrback(
+                self._take_over_failed
+            )
+        return self.node.can_serve
+
+    def submit(self, events: Sequence[Event]) -> Deferred[None]:
+        """Replicate events the engine applied; tell the listeners once confirmed."""
+        done = self.machine.submit(self.node, events)
+        if events and self.event_listeners:
+            done.addCallback(self._confirmed, tuple(events))
+        return done
+
+    def _confirmed(self, result: None, events: tuple[Event, ...]) -> None:
+        for listener in self.event_listeners:
+            try:
+                listener(self.spec.domain_id, events)
+            except Exception:
+                self.log.failure("domain event listener failed")
+        return result
+
+    def housekeep(self) -> None:
+        """Periodic work of the primary: forget old tombstones."""
+        if self.ensure_ready():
+            self.submit(self.engine.expire().events).addErrback(self._take_over_failed)
+
+    def reload(self, spec: DomainSpec) -> None:
+        """New products for this domain (SIGHUP); the primary loads them now."""
+        self.spec = spec
+        if self.node.can_serve and self._ready_epoch == self.node.view.epoch:
+            outcome = self.engine.load_products(spec.products)
+            self.submit(outcome.events).addErrback(self._take_over_failed)
+
+    def _take_over_failed(self, failure: Failure) -> None:
+        if failure.check(NotServing):
+            # Refused at once (the lease ran out that very moment): nothing was
+            # applied, so take over again when this member next serves.
+            self._ready_epoch = None
+        if failure.check(NotServing, OutcomeUnknown):
+            self.log.info(
+                "domain {domain}: take-over events not confirmed: {why}",
+                domain=self.spec.domain_id,
+                why=str(failure.value),
+            )
+            return
+        self.log.failure("domain {domain}: take-over failed", failure, domain=self.spec.domain_id)
+
+
+class DomainRoute:
+    """What the client dispatcher needs to answer for one domain."""
+
+    def __init__(self, member: DomainMember) -> None:
+        """A route through ``member``."""
+        self.member = member
+
+    @property
+    def domain_id(self) -> str:
+        """The domain's identity."""
+        return self.member.spec.domain_id
+
+    @property
+    def engine(self) -> Engine:
+        """The domain's licence engine: decide with it only when `can_serve`."""
+        return self.member.engine
+
+    @property
+    def can_serve(self) -> bool:
+        """True if this member may grant now (taking over first if it just became primary)."""
+        return self.member.ensure_ready()
+
+    def role(self) -> RoleInfo:
+        """This member's role in the domain."""
+        return self.member.node.role()
+
+    def domain_words(self) -> str:
+        """The domain's addresses in rank order, for ``domain="..."``."""
+        return " ".join(str(address) for address in self.member.spec.addresses)
+
+    def refusal(self) -> Err | None:
+        """The answer when this member may not grant, or None if it serves."""
+        if self.can_serve:
+            return None
+        info = self.role()
+        domain = self.domain_words()
+        status = info.status or Status.NOTVERIFIED
+        if status is Status.TRY_SERVER and info.primary is not None:
+            address = self.member.address_of[info.primary]
+            return Err.of(
+                status,
+                f"this server is a backup; ask the primary hqnserver{info.primary} at {address}",
+                n=info.primary,
+                addr=str(address),
+                domain=domain,
+            )
+        messages = {
+            Status.NEW_MASTER: "a new primary is taking over; try again in a moment",
+            Status.LOSTMASTER: "this backup lost its primary; a take-over will follow",
+        }
+        text = messages.get(
+            status, "this server has not been verified by its domain; try another member"
+        )
+        return Err.of(
+            status if status is not Status.TRY_SERVER else Status.NOTVERIFIED,
+            text,
+            domain=domain,
+        )
+
+    def submit(self, events: Sequence[Event]) -> Deferred[None]:
+        """Replicate ``events`` (already applied by the engine command that made them).
+
+        Call in the same reactor turn as the command, after `can_serve`. Answer
+        the client when the Deferred fires; on `NotServing` nothing happened
+        (answer `refusal`); on `OutcomeUnknown` the client should retry (its
+        token makes a retried REQUEST safe).
+        """
+        return self.member.submit(events)
+
+
+class DomainRuntime(MultiService):
+    """Every multi-host domain of this daemon (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        me: Address,
+        credentials: DomainCredentials,
+        state_dir: Path,
+        *,
+        listen_port: int = DEFAULT_PEER_PORT,
+        port_of: Callable[[Address], int | None] | None = None,
+        timers: DomainTimers | None = None,
+        peer_timers: PeerTimers | None = None,
+        check_source: bool = True,
+        clock: Any = None,
+        engine_factory: Callable[[], Engine] | None = None,
+    ) -> None:
+        """The runtime of the daemon on ``me``; `configure` tells it its domains."""
+        super().__init__()
+        self.reactor = reactor
+        self.me = me
+        self.state_dir = Path(state_dir)
+        self.timers = timers if timers is not None else DomainTimers()
+        self.clock = clock if clock is not None else ReactorMonotonicClock(reactor)
+        self._engine_factory = (
+            engine_factory if engine_factory is not None else (lambda: Engine(reactor))
+        )
+        self.members: dict[str, DomainMember] = {}
+        self.network = PeerNetwork(
+            reactor,
+            self.clock,
+            me,
+            credentials,
+            listen_port=listen_port,
+            port_of=port_of,
+            deliver=self._deliver,
+            link_changed=self._link_changed,
+            timers=peer_timers,
+            check_source=check_source,
+        )
+        self.network.setName("peers")
+        self.network.setServiceParent(self)
+        self._watch_call: Any = None
+        #: called with (domain id, RoleInfo) whenever this member's role changes
+        self.role_listeners: list[Callable[[str, RoleInfo], None]] = []
+        #: called with (domain id, events) when events decided here are confirmed
+        #: (grants, releases, reclaims...: for the licence log, usage report, metrics)
+        self.event_listeners: list[Callable[[str, Sequence[Event]], None]] = []
+
+    # -- configuration ---------------------------------------------------------------
+
+    def configure(self, specs: Iterable[DomainSpec]) -> None:
+        """Serve exactly these domains (at start and on SIGHUP).
+
+        A new domain gets a member (started if the runtime runs); a domain
+        whose ranks changed is restarted from its storage; a domain no longer
+        served is stopped (its storage stays in the state directory).
+        """
+        wanted = {spec.domain_id: spec for spec in specs if self.me in spec.ranks}
+        for key in sorted(set(self.members) - set(wanted)):
+            self.log.info("domain {domain}: no longer served here", domain=key)
+            self.members.pop(key).stop()
+        for key, spec in sorted(wanted.items()):
+            member = self.members.get(key)
+            if member is not None and dict(member.spec.ranks) == dict(spec.ranks):
+                member.reload(spec)
+                continue
+            if member is not None:
+                member.stop()
+            member = DomainMember(
+                spec,
+                self.me,
+                self.clock,
+                self._engine_factory(),
+                SqliteDomainStorage.in_state_dir(self.state_dir, key),
+                self.network.send,
+                self.timers,
+            )
+            member.event_listeners = self.event_listeners
+            self.members[key] = member
+            if self.running:
+                member.start()
+        self.network.set_domains({key: spec.ranks for key, spec in wanted.items()})
+
+    # -- queries for the dispatcher and admin tools -----------------------------------
+
+    def route(self, publisher: str, product: str) -> DomainRoute | None:
+        """The route for a product of a multi-host domain served here, or None."""
+        for member in self.members.values():
+            if any(p.key == (publisher, product) for p in member.spec.products):
+                return DomainRoute(member)
+        return None
+
+    def route_for_handle(self, handle: str) -> DomainRoute | None:
+        """The route of the domain whose engine knows ``handle`` (held or taken back).
+
+        A backup's engine lags its primary by at most the commits in flight, so
+        a handle granted moments ago may not be known here yet (None).
+        """
+        for member in self.members.values():
+            if member.machine.knows_handle(handle):
+                return DomainRoute(member)
+        return None
+
+    def housekeep(self) -> None:
+        """Periodic work (call it from the daemon's housekeeping): the primaries
+        purge old tombstones. Logs its own errors."""
+        for key, member in self.members.items():
+            try:
+                member.housekeep()
+            except Exception:
+                self.log.failure("domain {domain}: housekeeping failed", domain=key)
+
+    def roles(self) -> dict[str, RoleInfo]:
+        """This member's role in every domain, by domain id."""
+        return {key: member.node.role() for key, member in self.members.items()}
+
+    def peers(self) -> list[PeerInfo]:
+        """Every peer's link state."""
+        return self.network.peers()
+
+    # -- service -----------------------------------------------------------------------
+
+    def startService(self) -> None:
+        """Start the peer links, then every domain node, then the role watch."""
+        super().startService()
+        for member in self.members.values():
+            member.start()
+        self._watch_call = self.clock.callLater(self.timers.tick, self._watch)
+
+    def stopService(self) -> Deferred[None] | None:
+        """Stop the nodes (waiting submissions fail), close storage, stop the links."""
+        if self._watch_call is not None and self._watch_call.active():
+            self._watch_call.cancel()
+        self._watch_call = None
+        for member in self.members.values():
+            member.stop()
+        return super().stopService()  # type: ignore[no-any-return]
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Take over promptly on becoming primary; report role changes. Never raises."""
+        self._watch_call = None
+        try:
+            for key, member in self.members.items():
+                member.ensure_ready()
+                info = member.node.role()
+                if info.role is not member.last_role:
+                    member.last_role = info.role
+                    self.log.info(
+                        "domain {domain}: hqnserver{rank} is now {role} (epoch {epoch}, "
+                        "primary {primary})",
+                        domain=key,
+                        rank=member.rank,
+                        role=info.role.value,
+                        epoch=info.epoch,
+                        primary=info.primary,
+                    )
+                    for listener in self.role_listeners:
+                        listener(key, info)
+        except Exception:
+            self.log.failure("domain role watch failed")
+        if self.running:
+            self._watch_call = self.clock.callLater(self.timers.tick, self._watch)
+
+    def _deliver(self, domain_key: str, address: Address, message: Message) -> None:
+        member = self.members.get(domain_key)
+        if member is None:
+            return
+        rank = member.spec.ranks.get(address)
+        if rank is not None:
+            member.node.receive(rank, message)
+
+    def _link_changed(self, address: Address, up: bool) -> None:
+        for member in self.members.values():
+            rank = member.spec.ranks.get(address)
+            if rank is None:
+                continue
+            if up:
+                member.node.connected(rank)
+            else:
+                member.node.disconnected(rank)

@@ -1,0 +1,213 @@
+"""`DomainStorage` on SQLite in the state directory: one database per domain.
+
+Same semantics as `hqnlsd.domain.storage.MemoryStorage` (and the same JSON
+form of everything stored), but on disk: every call is one transaction,
+committed with ``synchronous=FULL`` in WAL mode before it returns, so the
+node's rule "persist, then answer" survives ``kill -9`` and power loss. The
+database is opened in exclusive locking mode, so a second daemon pointed at the
+same state directory fails at start-up instead of acting as the same member.
+
+File name: ``domain-<id>.sqlite3`` where ``<id>`` is a short digest of the
+domain's identity (`domain_file_name`), so several domains share one state
+directory. The domain's identity is also written inside the file and checked
+on open: a file of another domain is refused rather than silently used.
+
+Writes are synchronous (one fsync each) on the reactor thread, like the
+licence journal's group commit; a domain member writes once per submitted
+batch and per view change, not per heartbeat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from hqnlsd.domain.storage import Durable
+from hqnlsd.domain.view import Ballot, Batch, Value, View
+
+#: Version of the schema below.
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS member ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " view TEXT NOT NULL, base TEXT NOT NULL, promised TEXT, accepted TEXT)",
+    "CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, batch TEXT NOT NULL)",
+)
+
+
+class DomainStoreError(Exception):
+    """The domain database cannot be opened or used; the message says why."""
+
+
+def domain_file_name(domain_id: str) -> str:
+    """The database file name for ``domain_id`` (safe on any file system)."""
+    digest = hashlib.sha256(domain_id.encode("utf-8")).hexdigest()[:16]
+    return f"domain-{digest}.sqlite3"
+
+
+def _dumps(value: object) -> str:
+    """JSON text of ``value``; TypeError/ValueError if it is not JSON-safe."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class SqliteDomainStorage:
+    """A `DomainStorage` in one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: str | Path, domain_id: str) -> None:
+        """Open (or create) the database at ``path`` for ``domain_id``.
+
+        @raise DomainStoreError: if the file cannot be opened, is locked by
+            another process, or belongs to another domain.
+        """
+        self.path = Path(path)
+        self.domain_id = domain_id
+        #: durable writes made through this object, for tests and metrics
+        self.writes = 0
+        try:
+            created = not self.path.exists()
+            self._db = sqlite3.connect(str(self.path), timeout=0.5, isolation_level=None)
+        except sqlite3.Error as error:
+            raise DomainStoreError(f"domain database {self.path}: {error}") from None
+        try:
+            if created:
+                os.chmod(self.path, 0o600)
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._transaction():
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
+                self._check_meta()
+        except (sqlite3.Error, DomainStoreError) as error:
+            self._db.close()
+            if isinstance(error, DomainStoreError):
+                raise
+            raise DomainStoreError(f"domain database {self.path}: {error}") from None
+        self.writes = 0
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path, domain_id: str) -> SqliteDomainStorage:
+        """The storage of ``domain_id`` inside the state directory."""
+        return cls(Path(state_dir) / domain_file_name(domain_id), domain_id)
+
+    # -- DomainStorage ---------------------------------------------------------
+
+    def load(self) -> Durable | None:
+        """See `DomainStorage.load`."""
+        row = self._db.execute(
+            "SELECT view, base, promised, accepted FROM member WHERE id = 1"
+        ).fetchone()
+        if row is None:
+            return None
+        view, base, promised, accepted = row
+        batches = [
+            json.loads(text)
+            for (text,) in self._db.execute("SELECT batch FROM entries ORDER BY idx")
+        ]
+        accepted_pair = None
+        if accepted is not None:
+            ballot, value = json.loads(accepted)
+            accepted_pair = (Ballot.from_json(ballot), Value.from_json(value))
+        return Durable(
+            view=View.from_json(json.loads(view)),
+            base=json.loads(base),
+            entries=tuple(tuple(batch) for batch in batches),
+            promised=None if promised is None else Ballot.from_json(json.loads(promised)),
+            accepted=accepted_pair,
+        )
+
+    def save_view(self, view: View, base: object) -> None:
+        """See `DomainStorage.save_view`."""
+        view_text, base_text = _dumps(view.to_json()), _dumps(base)
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO member (id, view, base, promised, accepted)"
+                " VALUES (1, ?, ?, NULL, NULL)",
+                (view_text, base_text),
+            )
+            self._db.execute("DELETE FROM entries")
+
+    def save_promise(self, promised: Ballot) -> None:
+        """See `DomainStorage.save_promise`."""
+        text = _dumps(promised.to_json())
+        with self._transaction():
+            self._require()
+            self._db.execute("UPDATE member SET promised = ? WHERE id = 1", (text,))
+
+    def save_accepted(self, ballot: Ballot, value: Value) -> None:
+        """See `DomainStorage.save_accepted`."""
+        promised = _dumps(ballot.to_json())
+        accepted = _dumps([ballot.to_json(), value.to_json()])
+        with self._transaction():
+            self._require()
+            self._db.execute(
+                "UPDATE member SET promised = ?, accepted = ? WHERE id = 1", (promised, accepted)
+            )
+
+    def append(self, start: int, batches: Sequence[Batch]) -> None:
+        """See `DomainStorage.append`."""
+        rows = [(start + i, _dumps(list(batch))) for i, batch in enumerate(batches)]
+        with self._transaction():
+            self._require()
+            (count,) = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()
+            if start > count:
+                raise ValueError(f"append at {start} leaves a gap after {count} entries")
+            self._db.execute("DELETE FROM entries WHERE idx >= ?", (start,))
+            self._db.executemany("INSERT INTO entries (idx, batch) VALUES (?, ?)", rows)
+
+    # -- housekeeping ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database (releases the exclusive lock)."""
+        self._db.close()
+
+    def _require(self) -> None:
+        row = self._db.execute("SELECT 1 FROM member WHERE id = 1").fetchone()
+        if row is None:
+            raise RuntimeError("save_view must come before any other write")
+
+    def _check_meta(self) -> None:
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not rows:
+            self._db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [("schema", str(SCHEMA_VERSION)), ("domain", self.domain_id)],
+            )
+            return
+        if rows.get("schema") != str(SCHEMA_VERSION):
+            raise DomainStoreError(
+                f"domain database {self.path} has schema {rows.get('schema')!r}, "
+                f"this version reads {SCHEMA_VERSION}"
+            )
+        if rows.get("domain") != self.domain_id:
+            raise DomainStoreError(
+                f"domain database {self.path} belongs to domain {rows.get('domain')!r}, "
+                f"not {self.domain_id!r}"
+            )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error); counts durable writes."""
+
+    def __init__(self, storage: SqliteDomainStorage) -> None:
+        self._storage = storage
+
+    def __enter__(self) -> None:
+        self._storage._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        db = self._storage._db
+        if kind is None:
+            db.execute("COMMIT")
+            self._storage.writes += 1
+        else:
+            db.execute("ROLLBACK")
