@@ -104,12 +104,6 @@ def test_metrics_of_a_real_daemon_configured_by_file(
     assert request_count == [4.0]
 
 
-needs_ssh = pytest.mark.skipif(
-    shutil.which("ssh") is None or shutil.which("ssh-keygen") is None,
-    reason="OpenSSH client not installed (.ci/run installs openssh-client)",
-)
-
-
 def _ssh(port: int, key: Path, script: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
@@ -140,6 +134,9 @@ def _ssh(port: int, key: Path, script: str) -> subprocess.CompletedProcess[str]:
 
 
 def _keygen(path: Path) -> Path:
+    assert shutil.which("ssh") and shutil.which("ssh-keygen"), (
+        "the manhole test needs OpenSSH's client (.ci/run installs openssh-client)"
+    )
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
         check=True,
@@ -148,7 +145,6 @@ def _keygen(path: Path) -> Path:
     return path
 
 
-@needs_ssh
 def test_manhole_of_a_real_daemon(daemons: DaemonHarness, tmp_path: Path) -> None:
     """An authorised key reads live licence state through the manhole; another key is refused."""
     daemons.write_permit(make_permit([daemons.host(1)], [product_permit("Gizmo")]))
