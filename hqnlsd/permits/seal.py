@@ -212,16 +212,17 @@ def write_key_files(prefix: str | Path, key: PublisherKey | None = None) -> tupl
     for path in (key_path, pub_path):
         if os.path.lexists(path):
             raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
-    _write_exclusive(key_path, key.private_pem(), 0o600)
+    write_exclusive(key_path, key.private_pem(), 0o600)
     try:
-        _write_exclusive(pub_path, key.public_pem(), 0o644)
+        write_exclusive(pub_path, key.public_pem(), 0o644)
     except KeyFileError:
         key_path.unlink()
         raise
     return key_path, pub_path
 
 
-def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
+def write_exclusive(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode`` and write ``data``; never overwrite (KeyFileError)."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
     except FileExistsError:

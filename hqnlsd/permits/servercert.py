@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from hqnlsd.permits.model import HostId, Permit
-from hqnlsd.permits.seal import KeyFileError, PublisherKey, TrustedKeys
+from hqnlsd.permits.seal import KeyFileError, PublisherKey, TrustedKeys, write_exclusive
 from hqnlsd.protocols.wire import Err, Ok
 
 CERT_PREFIX = b"hqnlsd server certificate v1\x00"
@@ -327,28 +327,13 @@ def write_server_key(prefix: str | Path, key: ServerKey) -> tuple[Path, Path]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_new(key_path, pem, 0o600)
+    write_exclusive(key_path, pem, 0o600)
     try:
-        _write_new(cert_path, certificate_text(key).encode("utf-8"), 0o644)
+        write_exclusive(cert_path, certificate_text(key).encode("utf-8"), 0o644)
     except KeyFileError:
         key_path.unlink()
         raise
     return key_path, cert_path
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
-    except FileExistsError:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot create: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-    except OSError as e:
-        path.unlink(missing_ok=True)
-        raise KeyFileError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def read_certificate(text: str) -> ServerCertificate:
@@ -369,8 +354,7 @@ def load_server_key(key_path: Path) -> ServerKey:
         raise KeyFileError(f"{key_path}: cannot read: {e.strerror or e}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
-            f"{key_path}: readable by others (mode {stat.S_IMODE(mode):04o}); "
-            f"chmod 600 {key_path}"
+            f"{key_path}: readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 {key_path}"
         )
     try:
         private = serialization.load_pem_private_key(data, password=None)
@@ -574,4 +558,3 @@ def verify_reply(
             "over this request's challenge (a forged or replayed reply)"
         ) from None
     return cert
-
