@@ -16,6 +16,8 @@ DEFAULT_CLIENT_PORT = 1236
 DEFAULT_STATE_DIR = Path("/var/lib/hqnlsd")
 DEFAULT_PUBLISHER_KEYS = Path("/etc/hqnlsd/publishers")
 DEFAULT_HOSTS_FILE = Path("/etc/hosts")
+#: TCP port of the server-domain peer listener (`hqnlsd.domain.peers.DEFAULT_PEER_PORT`).
+DEFAULT_PEER_PORT = 1237
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,12 @@ class DaemonConfig:
     domain_ca: Path | None = None
     domain_cert: Path | None = None
     domain_key: Path | None = None
+    #: Server domains (only with the domain TLS files): the peer listener's TCP
+    #: port on --address, whether a peer's source address must be its
+    #: certificate's, and the `DomainTimers` field values (None: the defaults).
+    peer_port: int = DEFAULT_PEER_PORT
+    peer_source_check: bool = True
+    domain_timers: Mapping[str, float | int] | None = None
     #: The options given on the command line (with --config): SIGHUP re-merges
     #: the config file under them.
     command_line: Mapping[str, object] = dataclasses.field(default_factory=dict)
@@ -78,6 +86,9 @@ class DaemonConfig:
         admin_tls: str | None = None,
         domain_tls: tuple[str | None, str | None, str | None] = (None, None, None),
         server_keys: str | None = None,
+        peer_port: str | int | None = None,
+        peer_source_check: bool = True,
+        domain_timers: Mapping[str, float | int] | None = None,
     ) -> DaemonConfig:
         """Validate raw option values and build the config, or raise ConfigError."""
         try:
@@ -155,6 +166,14 @@ class DaemonConfig:
                 f"--server-keys {server_key_dir}: no such directory (it holds the "
                 "*.serverkey/*.servercert pairs that hqn_mp servercert writes)"
             )
+        peer = _peer_port(peer_port)
+        if domain_timers:
+            from hqnlsd.domain.timing import DomainTimers
+
+            try:
+                DomainTimers(**domain_timers)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"domain timers: {error}") from None
         return cls(
             address=addr,
             client_listen=listen,
@@ -176,7 +195,20 @@ class DaemonConfig:
             domain_ca=tls_files[0],
             domain_cert=tls_files[1],
             domain_key=tls_files[2],
+            peer_port=peer,
+            peer_source_check=peer_source_check,
+            domain_timers=dict(domain_timers) if domain_timers else None,
         )
+
+
+def _peer_port(value: str | int | None) -> int:
+    """The peer listener's port number (default 1237), or ConfigError."""
+    if value is None:
+        return DEFAULT_PEER_PORT
+    text = str(value)
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"--peer-port {text}: not a TCP port number (1-65535)")
+    return int(text)
 
 
 def client_listen_description(port: str | None, address: ipaddress.IPv4Address) -> str:

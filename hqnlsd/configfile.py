@@ -18,6 +18,9 @@ Keys (file -> option: value):
 - ``[metrics] listen`` -> ``metrics``: port number or strports description
 - ``[domain] ca``, ``cert``, ``key`` -> ``domain-ca``, ``domain-cert``,
   ``domain-key``: paths (domain CA certificate, this member's certificate and key)
+- ``[domain] peer-port`` -> ``peer-port``: port number of the peer listener
+- ``[domain] peer-source-check`` -> ``no-peer-source-check``: boolean, negated
+  (``false`` in the file is the flag ``--no-peer-source-check``)
 - ``[domain] tick``, ``lease``, ... -> ``domain-timers``: a dict of
   `DomainTimers` field values
 
@@ -154,6 +157,15 @@ def _boolean(allowed: str) -> Checker:
     return check
 
 
+def _negated(check: Checker) -> Checker:
+    """A boolean key that sets a ``no-...`` flag: ``true`` in the file is the flag off."""
+
+    def negated(value: object, base: Path) -> object:
+        return not check(value, base)
+
+    return negated
+
+
 @dataclasses.dataclass(frozen=True)
 class _Key:
     """One key of the file: where it is, the option it sets, and how it is checked."""
@@ -215,6 +227,8 @@ _TABLES: dict[str, tuple[_Key, ...]] = {
         _Key("ca", "domain-ca", _path("the domain CA certificate file path (PEM)")),
         _Key("cert", "domain-cert", _path("this member's certificate file path (PEM)")),
         _Key("key", "domain-key", _path("this member's private key file path (PEM)")),
+        _Key("peer-port", "peer-port", _port_or_description("a port number such as 1237")),
+        _Key("peer-source-check", "no-peer-source-check", _negated(_boolean("true or false"))),
     ),
 }
 

@@ -13,7 +13,7 @@ import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -33,6 +33,9 @@ from hqnlsd.persistence.store import Journal
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.status import Status
+
+if TYPE_CHECKING:
+    from hqnlsd.domain.runtime import DomainRoute, DomainRuntime
 
 #: Dates on the wire, as in permit files.
 DATE_FORMAT = "%d/%m/%Y"
@@ -92,8 +95,13 @@ class LicenceServer:
         source: PermitSource,
         feed: LicenceFeed | None = None,
         server_keys: ServerKeys | None = None,
+        domains: DomainRuntime | None = None,
     ) -> None:
         self.engine = engine
+        #: Multi-host server domains (``--domain-ca``): their products are decided by
+        #: each domain's own engine and replicated to its members, never journalled
+        #: here. None: they are all answered NOTVERIFIED.
+        self.domains = domains
         self.journal = journal
         self.source = source
         #: Licence lines (switch-tagged) and usage records for every transaction.
@@ -110,8 +118,10 @@ class LicenceServer:
         """(Re)read the permits and serve their products; licences of unchanged ones stay.
 
         Products of a multi-host domain are read (sinfo shows them) but not handed
-        to the engine: until this daemon runs the domain protocol it must not grant
-        them, so requests for them are answered NOTVERIFIED.
+        to this engine. With server domains (`domains`) each such domain gets its
+        own member, engine and storage (`DomainRuntime.configure`), and serves them
+        once the domain has verified this host; without, they are answered
+        NOTVERIFIED.
         """
         found, trusted, catalogue = self.source.read()
         self.discovery, self.trusted, self.catalogue = found, trusted, catalogue
@@ -133,7 +143,22 @@ class LicenceServer:
                 "permit error: {error}", error=str(error), condition=int(error.condition)
             )
         single = [offer.product for offer in catalogue.served.values() if len(offer.domain) == 1]
+        if self.domains is not None:
+            from hqnlsd.domain.runtime import domains_from_catalogue
+
+            self.domains.configure(domains_from_catalogue(catalogue))
         for offer in catalogue.served.values():
+            if len(offer.domain) > 1 and self.domains is not None:
+                self.log.info(
+                    "serving {publisher} {product} {version} from {path} in the multi-host "
+                    "domain {domain}, once that domain has verified this server",
+                    publisher=offer.product.publisher,
+                    product=offer.product.product,
+                    version=offer.product.version,
+                    path=offer.path,
+                    domain=_domain_words(offer),
+                )
+                continue
             if len(offer.domain) > 1:
                 self.log.info(
                     "not yet serving {publisher} {product} {version} from {path}: its "
@@ -163,13 +188,15 @@ class LicenceServer:
             names = (command.publisher, command.product, command.version)
             return self._signed(command, names, self._request(command, peer))
         if isinstance(command, wire.Update):
+            route = self._route_for_handle(command.handle)
+            engine = route.engine if route is not None else self.engine
             # Before the UPDATE: a licence it finds lost has no product afterwards.
-            held = self.engine.product_of(command.handle)
-            return self._signed(command, held, self._update(command))
+            held = engine.product_of(command.handle)
+            return self._signed(command, held, self._update(command, route))
         if isinstance(command, wire.Release):
-            return self._release(command)
+            return self._release(command, self._route_for_handle(command.handle))
         if isinstance(command, wire.Query):
-            return self._query(command)
+            return self._query(command, self._route_for_handle(command.handle))
         if isinstance(command, wire.Users):
             return self._users(command)
         if isinstance(command, wire.Message):
@@ -219,7 +246,15 @@ class LicenceServer:
             return answer.addCallback(sign)
         return sign(answer)
 
-    def _product_offer(self, publisher: str, product: str) -> Offer | Err:
+    def _route_for_handle(self, handle: str) -> DomainRoute | None:
+        """The domain whose engine knows ``handle``, or None for this daemon's own."""
+        if self.domains is None:
+            return None
+        return self.domains.route_for_handle(handle)
+
+    def _product_offer(self, publisher: str, product: str) -> Offer | DomainRoute | Err:
+        """Where a product is served here: this engine (its offer), a domain that may
+        grant now (its route), or the error to answer."""
         offer = self.catalogue.find(publisher, product)
         if offer is None:
             return Err.of(
@@ -234,6 +269,10 @@ class LicenceServer:
                 domain=domain,
             )
         if len(offer.domain) > 1:
+            route = self.domains.route(publisher, product) if self.domains is not None else None
+            if route is not None:
+                refusal = route.refusal()
+                return refusal if refusal is not None else route
             return Err.of(
                 Status.NOTVERIFIED,
                 f"{publisher} {product} belongs to the multi-host domain "
@@ -247,7 +286,8 @@ class LicenceServer:
         if isinstance(offer, Err):
             self._log_denial(command, peer, offer.status, offer.msg)
             return offer
-        outcome = self.engine.request(
+        engine = offer.engine if not isinstance(offer, Offer) else self.engine
+        outcome = engine.request(
             LicenceRequest(
                 publisher=command.publisher,
                 product=command.product,
@@ -266,10 +306,11 @@ class LicenceServer:
         result = outcome.result
         if isinstance(result, Denied):
             self._log_denial(command, peer, result.status, result.message)
-            return self._after(outcome.events, _denied(result))
+            return self._settled(offer, outcome.events, _denied(result))
         # The grant's log line and usage record come from its Granted event, which
-        # the feed sees as the journal takes it (Journal.listeners).
-        return self._after(outcome.events, self._granted(result))
+        # the feed sees as the journal takes it (Journal.listeners), or as the
+        # domain confirms it (DomainRuntime.event_listeners).
+        return self._settled(offer, outcome.events, self._granted(result))
 
     def _log_denial(self, command: wire.Request, peer: Any, status: Status, reason: str) -> None:
         self.feed.denied(
@@ -302,24 +343,33 @@ class LicenceServer:
             fields["duplicate"] = 1
         return Ok.of(**fields)
 
-    def _update(self, command: wire.Update) -> Reply | Deferred[Reply]:
-        outcome = self.engine.update(command.handle)
+    def _update(self, command: wire.Update, route: DomainRoute | None) -> Reply | Deferred[Reply]:
+        if route is not None and (refusal := route.refusal()) is not None:
+            return refusal
+        where: Offer | DomainRoute | None = route
+        outcome = (route.engine if route is not None else self.engine).update(command.handle)
         result = outcome.result
         if isinstance(result, Denied):
-            return self._after(outcome.events, _denied(result, handle=command.handle))
-        return self._after(
-            outcome.events, Ok.of(handle=result.handle, period=result.period), wait=False
+            return self._settled(where, outcome.events, _denied(result, handle=command.handle))
+        return self._settled(
+            where, outcome.events, Ok.of(handle=result.handle, period=result.period), wait=False
         )
 
-    def _release(self, command: wire.Release) -> Reply | Deferred[Reply]:
-        outcome = self.engine.release(command.handle)
+    def _release(self, command: wire.Release, route: DomainRoute | None) -> Reply | Deferred[Reply]:
+        if route is not None and (refusal := route.refusal()) is not None:
+            return refusal
+        where: Offer | DomainRoute | None = route
+        outcome = (route.engine if route is not None else self.engine).release(command.handle)
         result = outcome.result
         if isinstance(result, Denied):
-            return self._after(outcome.events, _denied(result, handle=command.handle))
-        return self._after(outcome.events, Ok.of(handle=result.handle), wait=False)
+            return self._settled(where, outcome.events, _denied(result, handle=command.handle))
+        return self._settled(where, outcome.events, Ok.of(handle=result.handle), wait=False)
 
-    def _query(self, command: wire.Query) -> Reply:
-        answer = self.engine.query(command.handle, command.what.value)
+    def _query(self, command: wire.Query, route: DomainRoute | None) -> Reply:
+        if route is not None and (refusal := route.refusal()) is not None:
+            return refusal
+        engine = route.engine if route is not None else self.engine
+        answer = engine.query(command.handle, command.what.value)
         if isinstance(answer, Denied):
             return _denied(answer, handle=command.handle)
         fields: dict[str, Any] = {"handle": command.handle, "what": answer.what}
@@ -331,12 +381,63 @@ class LicenceServer:
         offer = self._product_offer(command.publisher, command.product)
         if isinstance(offer, Err):
             return offer
-        holders = self.engine.users(command.publisher, command.product, command.version)
+        engine = offer.engine if not isinstance(offer, Offer) else self.engine
+        holders = engine.users(command.publisher, command.product, command.version)
         if isinstance(holders, Denied):
             return _denied(holders)
         return Listing.of_records([_user_record(holder) for holder in holders])
 
     # -- durability -------------------------------------------------------------------
+
+    def _settled(
+        self,
+        where: Offer | DomainRoute | None,
+        events: Sequence[Event],
+        reply: Reply,
+        *,
+        wait: bool = True,
+    ) -> Reply | Deferred[Reply]:
+        """`_after` for this engine's products; `_replicated` for a domain's."""
+        if where is None or isinstance(where, Offer):
+            return self._after(events, reply, wait=wait)
+        return self._replicated(where, events, reply, wait=wait)
+
+    def _replicated(
+        self, route: DomainRoute, events: Sequence[Event], reply: Reply, *, wait: bool = True
+    ) -> Reply | Deferred[Reply]:
+        """Answer once a quorum of the domain holds ``events`` (never the journal).
+
+        Call in the same reactor turn as the engine command. ``wait=False`` (UPDATE,
+        RELEASE: see `_after`) answers at once unless the domain refused the events
+        at once, in which case the refusal is the answer (nothing happened).
+        """
+        if not events:
+            return reply
+        from hqnlsd.domain.node import NotServing, OutcomeUnknown
+
+        def failed(failure: Failure) -> Reply:
+            if failure.check(NotServing):
+                refusal = route.refusal()
+                if refusal is not None:
+                    return refusal
+            if failure.check(NotServing, OutcomeUnknown):
+                return Err.of(
+                    Status.NEW_MASTER,
+                    "not confirmed before a change of primary; send it again with the "
+                    "same client= token",
+                    domain=route.domain_words(),
+                )
+            self.log.failure("domain replication failed; answering INTERNAL", failure)
+            return Err.of(
+                Status.INTERNAL,
+                "the server could not replicate the licence state; try again",
+            )
+
+        done: Deferred[Any] = route.submit(events)
+        done.addCallbacks(lambda _: reply, failed)
+        if wait or done.called:
+            return done
+        return reply
 
     def _after(
         self, events: Sequence[Event], reply: Reply, *, wait: bool = True

@@ -21,6 +21,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from hqnlsd.config import DaemonConfig
+from hqnlsd.domain.role import Role, RoleInfo
+from hqnlsd.domain.runtime import DomainRuntime
 from hqnlsd.identity import local_unique_id
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event, Granted, Released, Revoked
@@ -45,6 +47,12 @@ RESTART_ONLY = (
     "manhole_listen",
     "manhole_keys",
     "metrics_listen",
+    "domain_ca",
+    "domain_cert",
+    "domain_key",
+    "peer_port",
+    "peer_source_check",
+    "domain_timers",
 )
 
 #: How often tombstones of taken-back licences are purged (seconds).
@@ -84,7 +92,61 @@ class HqnlsdService(MultiService):
         self.metrics = Metrics(lambda: licence_counts(self.engine.status()))
         self.notifier = SystemdNotifier(dict(config.environ))
         self._housekeeping: LoopingCall | None = None
+        self._domain_roles: dict[str, Role] = {}
         self.factory = ClientProtocolFactory(_LateDispatcher(self), reactor)
+        #: Multi-host server domains (only with --domain-ca): see `_make_domains`.
+        self.domains: DomainRuntime | None = None
+        if config.domain_ca is not None:
+            self.domains = self._make_domains(config, reactor)
+
+    def _make_domains(self, config: DaemonConfig, reactor: Any) -> DomainRuntime:
+        """The domain runtime: peer links, one node per multi-host domain, its listeners."""
+        from hqnlsd.domain.timing import DomainTimers
+        from hqnlsd.tls import DomainCredentials, TLSConfigError
+
+        ca, cert, key = config.domain_ca, config.domain_cert, config.domain_key
+        assert ca is not None and cert is not None and key is not None  # DaemonConfig.build
+        try:
+            credentials = DomainCredentials.load(ca, cert, key)
+        except TLSConfigError as error:
+            raise StartupError(f"server domains: {error}") from None
+        timers = None
+        if config.domain_timers:  # checked together by DaemonConfig.build
+            timers = DomainTimers(**config.domain_timers)  # type: ignore[arg-type]
+        domains = DomainRuntime(
+            reactor,
+            config.address,
+            credentials,
+            config.state_dir,
+            listen_port=config.peer_port,
+            check_source=config.peer_source_check,
+            timers=timers,
+        )
+        domains.setName("domains")
+        domains.event_listeners.append(lambda key, events: self.feed.observe(events))
+        domains.event_listeners.append(lambda key, events: _count_events(self.metrics, events))
+        domains.role_listeners.append(self._domain_role)
+        return domains
+
+    def _domain_role(self, domain: str, info: RoleInfo) -> None:
+        """A role change in a domain: metrics, the licence feed, failover count."""
+        from hqnlsd.metrics import DomainRole
+
+        previous = self._domain_roles.get(domain)
+        self._domain_roles[domain] = info.role
+        gauge = {Role.PRIMARY: DomainRole.PRIMARY, Role.BACKUP: DomainRole.BACKUP}
+        self.metrics.set_domain_role(domain, gauge.get(info.role, DomainRole.NONE))
+        self.metrics.set_domain_epoch(domain, info.epoch)
+        if info.role is Role.PRIMARY and previous is not None:
+            self.metrics.failover(domain)
+        self.feed.role(
+            domain=domain,
+            role=info.role.value,
+            previous=previous.value if previous is not None else None,
+            rank=info.rank,
+            epoch=info.epoch,
+            primary=info.primary,
+        )
 
     def privilegedStartService(self) -> None:
         """Bind the listeners; a failed bind stops start-up with a message that says why."""
@@ -118,7 +180,9 @@ class HqnlsdService(MultiService):
         self.feed.seed(self.engine)
         self.journal.listeners.append(self.feed.observe)
         self.journal.listeners.append(lambda events: _count_events(self.metrics, events))
-        self.server = LicenceServer(self.engine, self.journal, self.source, self.feed)
+        self.server = LicenceServer(
+            self.engine, self.journal, self.source, self.feed, domains=self.domains
+        )
         # Holders could not UPDATE while we were down: count them as updated now.
         self.journal.submit(self.engine.resume().events)
         self._load_permits()
@@ -151,8 +215,8 @@ class HqnlsdService(MultiService):
                 )
                 for status in self.engine.status()
             },
-            "domains": None,  # multi-host domains: issue 4
-            "peers": None,
+            "domains": self.domains,
+            "peers": self.domains.peers() if self.domains is not None else None,
         }
 
     def reload(self) -> None:
@@ -230,6 +294,8 @@ class HqnlsdService(MultiService):
             self.journal.submit(self.engine.expire().events)
         except Exception:
             self.log.failure("housekeeping failed")
+        if self.domains is not None:
+            self.domains.housekeep()  # logs its own errors
 
     def stopService(self) -> Any:
         """Stop the listeners, then flush and close the journal."""
@@ -313,6 +379,8 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
         manhole.setName("manhole")
         manhole.setServiceParent(root)
     _add_admin_services(root, config, reactor)
+    if root.domains is not None:
+        root.domains.setServiceParent(root)
     # Last: READY=1 once every sibling has started, STOPPING=1 before any stops.
     root.notifier.setName("systemd-notifier")
     root.notifier.setServiceParent(root)

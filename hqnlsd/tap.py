@@ -15,7 +15,7 @@ from hqnlsd.config import (
     ConfigError,
     DaemonConfig,
 )
-from hqnlsd.configfile import load_config_file, merge_options
+from hqnlsd.configfile import TIMERS_OPTION, load_config_file, merge_options
 
 #: Defaults of the options a config file may also set (the parser's own are None,
 #: so that "not given on the command line" can be told from "given").
@@ -37,6 +37,12 @@ class Options(usage.Options):
     )
     optFlags = [
         ["domain-log", "f", "Also log server-domain events (adds the DOMAIN log switch)."],
+        [
+            "no-peer-source-check",
+            None,
+            "Accept a domain peer whose connection comes from another address than its "
+            "certificate's (NAT between members).",
+        ],
     ]
     optParameters = [
         ["permit-path", "p", None, "Colon-separated directories to search for permits."],
@@ -107,6 +113,13 @@ class Options(usage.Options):
         ["domain-cert", None, None, "This daemon's member certificate (PEM), from hqn_ca member."],
         ["domain-key", None, None, "This daemon's member private key (PEM, mode 0600)."],
         [
+            "peer-port",
+            None,
+            None,
+            "TCP port of the server-domain peer listener on --address (used with "
+            "--domain-ca) [default: 1237].",
+        ],
+        [
             "metrics",
             None,
             None,
@@ -156,8 +169,18 @@ def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
         admin_tls=text("admin-tls"),
         domain_tls=(text("domain-ca"), text("domain-cert"), text("domain-key")),
         server_keys=text("server-keys"),
+        peer_port=text("peer-port"),
+        peer_source_check=not merged.get("no-peer-source-check"),
+        domain_timers=_timers(merged.get(TIMERS_OPTION)),
         command_line=given,
     )
+
+
+def _timers(value: object) -> dict[str, float | int] | None:
+    """The ``[domain]`` timers of the config file (a dict), or None."""
+    if not isinstance(value, Mapping) or not value:
+        return None
+    return {str(name): number for name, number in value.items()}
 
 
 def makeService(options: Any) -> IService:

@@ -675,3 +675,158 @@ def test_load_permits_logs_what_is_served(tmp_path: Path) -> None:
         assert not any("Elsewhere" in text for text in texts)
     finally:
         journal.close()
+
+
+# -- server domains (DomainRuntime wired in; a fake one here) ---------------------------
+
+
+class FakeRoute:
+    """A `DomainRoute` stand-in: its own engine, a refusal to give, submissions held."""
+
+    def __init__(self, clock: Clock, refusal: Err | None = None) -> None:
+        counter = itertools.count(1)
+        self.engine = Engine(clock, lambda: f"D{next(counter)}", today=utc_day)
+        self.engine.load_products([product("Shared", floating_count=5)])
+        self.refused = refusal
+        self.submitted: list[tuple[Sequence[Any], Deferred[None]]] = []
+
+    def refusal(self) -> Err | None:
+        """The configured refusal (None: this member serves)."""
+        return self.refused
+
+    def domain_words(self) -> str:
+        """The domain's addresses, as the runtime gives them."""
+        return "127.0.0.1 127.0.0.2"
+
+    def submit(self, events: Sequence[Any]) -> Deferred[None]:
+        """Hold the submission; the test fires (or fails) it."""
+        done: Deferred[None] = Deferred()
+        self.submitted.append((tuple(events), done))
+        return done
+
+
+class FakeDomains:
+    """A `DomainRuntime` stand-in: records `configure`, routes to one `FakeRoute`."""
+
+    def __init__(self, route: FakeRoute) -> None:
+        self.the_route = route
+        self.configured: list[list[Any]] = []
+
+    def configure(self, specs: Any) -> None:
+        """Record the domain specs the server passes on."""
+        self.configured.append(list(specs))
+
+    def route(self, publisher: str, name: str) -> FakeRoute | None:
+        """The route for the shared product only."""
+        return self.the_route if (publisher, name) == ("Harlequin", "Shared") else None
+
+    def route_for_handle(self, handle: str) -> FakeRoute | None:
+        """The route if its engine knows the handle."""
+        from hqnlsd.licensing.results import Denied
+
+        answer = self.the_route.engine.query(handle, "period")
+        unknown = isinstance(answer, Denied) and answer.status is Status.BADHANDLE
+        return None if unknown else self.the_route
+
+
+DomainRig = tuple[Rig, FakeRoute, FakeDomains]
+
+
+@pytest.fixture
+def domain_rig(tmp_path: Path) -> Iterator[DomainRig]:
+    """The standard rig with a fake domain runtime serving SHARED."""
+    made = make_rig(tmp_path / "state")
+    route = FakeRoute(made.clock)
+    domains = FakeDomains(route)
+    made.server.domains = domains  # type: ignore[assignment]
+    fired: list[object] = []
+    made.server.load_permits().addBoth(fired.append)
+    made.clock.advance(0)
+    assert fired == [None]
+    yield made, route, domains
+    made.journal.close()
+
+
+def test_domain_specs_come_from_the_catalogue(domain_rig: DomainRig) -> None:
+    """load_permits tells the runtime its multi-host domains: SHARED, with both ranks."""
+    rig, _, domains = domain_rig
+    (specs,) = domains.configured
+    assert [spec.domain_id for spec in specs] == ["127.0.0.1 0x1a2b3c4d,127.0.0.2 0x0badf00d"]
+    assert [p.product for p in specs[0].products] == ["Shared"]
+    assert dict(specs[0].ranks) == {ME.address: 1, PARTNER.address: 2}
+    assert rig.engine.product("Harlequin", "Shared") is None
+
+
+def test_domain_refusal_is_the_answer(domain_rig: DomainRig) -> None:
+    """A member that may not grant answers its route's refusal and decides nothing."""
+    rig, route, _ = domain_rig
+    route.refused = Err.of(Status.TRY_SERVER, "backup", n=1, addr="127.0.0.1")
+    denied = err(rig.dispatch(request(product="Shared")), Status.TRY_SERVER)
+    assert denied.get("n") == "1"
+    assert route.engine.held_count() == 0 and route.submitted == []
+
+
+def test_domain_grant_waits_for_the_quorum(domain_rig: DomainRig) -> None:
+    """A grant is decided by the domain's engine, answered once replicated, never journalled."""
+    rig, route, _ = domain_rig
+    answer = rig.server.dispatch(request(product="Shared", client="tok"), PEER)
+    assert isinstance(answer, Deferred)
+    results: list[Any] = []
+    answer.addBoth(results.append)
+    rig.clock.advance(0)
+    assert results == [], "answered before the domain confirmed the grant"
+    ((events, done),) = route.submitted
+    assert any(isinstance(event, Granted) for event in events)
+    done.callback(None)
+    (reply,) = results
+    assert isinstance(reply, Ok) and reply.get("handle") == "D1", reply
+    assert route.engine.held_count() == 1 and rig.engine.held_count() == 0
+    assert reopened_holders(rig.state_dir, rig.journal) == set()
+
+
+def test_domain_submission_failures(domain_rig: DomainRig) -> None:
+    """NotServing answers the refusal (NEW_MASTER without one); OutcomeUnknown NEW_MASTER."""
+    from hqnlsd.domain.node import NotServing, OutcomeUnknown
+    from hqnlsd.domain.role import Role, RoleInfo
+
+    rig, route, _ = domain_rig
+    info = RoleInfo(rank=1, role=Role.TAKEOVER, primary=None, epoch=2, members=frozenset({1, 2}))
+    outcomes: list[Any] = []
+    for token in ("a", "b", "c"):
+        answer = rig.server.dispatch(request(product="Shared", client=token), PEER)
+        assert isinstance(answer, Deferred)
+        answer.addBoth(outcomes.append)
+    (_, first), (_, second), (_, third) = route.submitted
+    first.errback(NotServing(info))
+    route.refused = Err.of(Status.LOSTMASTER, "lost")
+    second.errback(NotServing(info))
+    third.errback(OutcomeUnknown("primary changed"))
+    assert [reply.status for reply in outcomes] == [
+        Status.NEW_MASTER,
+        Status.LOSTMASTER,
+        Status.NEW_MASTER,
+    ]
+    assert "same client= token" in outcomes[2].msg
+    assert outcomes[2].get("domain") == "127.0.0.1 127.0.0.2"
+
+
+def test_domain_handles_are_routed(domain_rig: DomainRig) -> None:
+    """UPDATE, QUERY and RELEASE of a domain's handle go to its engine; others to ours."""
+    rig, route, _ = domain_rig
+    answer = rig.server.dispatch(request(product="Shared"), PEER)
+    assert isinstance(answer, Deferred)
+    route.submitted.pop()[1].callback(None)
+    own = rig.grant()
+    assert own.get("handle") == "H1"
+    update = rig.dispatch(wire.Update("D1"))
+    assert isinstance(update, Ok) and update.get("handle") == "D1", update
+    query = rig.dispatch(wire.Query("D1", wire.QueryWhat("period")))
+    assert isinstance(query, Ok) and query.get("handle") == "D1", query
+    assert isinstance(rig.dispatch(wire.Update("H1")), Ok)
+    route.refused = Err.of(Status.TRY_SERVER, "backup", n=2, addr="127.0.0.2")
+    err(rig.dispatch(wire.Release("D1")), Status.TRY_SERVER)
+    route.refused = None
+    released = rig.dispatch(wire.Release("D1"))
+    assert isinstance(released, Ok), released
+    assert any(isinstance(e, Released) for e in route.submitted[-1][0])
+    assert route.engine.held_count() == 0 and rig.engine.held_count() == 1

@@ -1,0 +1,106 @@
+"""Server-domain options of `twistd hqnlsd` and how the service tree uses them.
+
+No processes here: the options parser, the config file and `build_service` are
+driven directly (with a `MemoryReactorClock`, so nothing listens).
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.service import HqnlsdService, StartupError
+from hqnlsd.tap import Options
+from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issued
+
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def base_args(tmp_path: Path) -> list[str]:
+    """The options every test needs: hosts file, state and publisher-key directories."""
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost hqnserver1\n", "utf-8")
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    return [
+        "--hosts",
+        str(tmp_path / "hosts"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--publisher-keys",
+        str(tmp_path / "keys"),
+    ]
+
+
+def tls_args(tmp_path: Path, *, other_ca: bool = False) -> list[str]:
+    """--domain-ca/--domain-cert/--domain-key for 127.0.0.1 (issued by another CA if told)."""
+    ca = create_ca(now=NOW, days=30)
+    (tmp_path / "ca.pem").write_bytes(certificate_pem(ca.certificate))
+    issuer = create_ca(now=NOW, days=30) if other_ca else ca
+    key, cert = write_issued(issue_member(issuer, "127.0.0.1", now=NOW), tmp_path / "member")
+    return [
+        "--domain-ca",
+        str(tmp_path / "ca.pem"),
+        "--domain-cert",
+        str(cert),
+        "--domain-key",
+        str(key),
+    ]
+
+
+def parse(args: list[str]) -> Options:
+    """Parse ``args`` as twistd would."""
+    options = Options()
+    options.parseOptions(args)
+    return options
+
+
+def test_defaults_without_domain_tls(tmp_path: Path) -> None:
+    """No --domain-ca: peer port 1237, source check on, default timers, no runtime."""
+    config = parse(base_args(tmp_path)).config
+    assert (config.peer_port, config.peer_source_check, config.domain_timers) == (1237, True, None)
+    service = HqnlsdService(config, MemoryReactorClock())
+    assert service.domains is None
+    assert service.manhole_namespace()["domains"] is None
+
+
+def test_command_line_options(tmp_path: Path) -> None:
+    """--peer-port and --no-peer-source-check reach the config and the runtime."""
+    args = [*base_args(tmp_path), *tls_args(tmp_path), "--peer-port", "4321"]
+    config = parse([*args, "--no-peer-source-check"]).config
+    assert (config.peer_port, config.peer_source_check) == (4321, False)
+    service = HqnlsdService(config, MemoryReactorClock())
+    assert service.domains is not None
+    assert service.domains.network.port_of(config.address) == 4321
+    assert service.domains.timers == DomainTimers()
+    with pytest.raises(usage.UsageError, match="--peer-port 0"):
+        parse([*args[:-1], "0"])
+
+
+def test_config_file_keys(tmp_path: Path) -> None:
+    """[domain] peer-port, peer-source-check and timers, from the file."""
+    tls = tls_args(tmp_path)
+    conf = tmp_path / "hqnlsd.toml"
+    conf.write_text(
+        "[domain]\n"
+        f'ca = "{tls[1]}"\ncert = "{tls[3]}"\nkey = "{tls[5]}"\n'
+        "peer-port = 5555\npeer-source-check = false\nlease = 3.0\n",
+        "utf-8",
+    )
+    config = parse([*base_args(tmp_path), "--config", str(conf)]).config
+    assert (config.peer_port, config.peer_source_check) == (5555, False)
+    assert config.domain_timers == {"lease": 3.0}
+    service = HqnlsdService(config, MemoryReactorClock())
+    assert service.domains is not None and service.domains.timers.lease == 3.0
+    conf.write_text(conf.read_text("utf-8").replace("false", "true"), "utf-8")
+    assert parse([*base_args(tmp_path), "--config", str(conf)]).config.peer_source_check
+
+
+def test_bad_credentials_stop_startup(tmp_path: Path) -> None:
+    """A member certificate from another CA: StartupError naming server domains."""
+    config = parse([*base_args(tmp_path), *tls_args(tmp_path, other_ca=True)]).config
+    with pytest.raises(StartupError, match=r"server domains: .*not issued by the domain CA"):
+        HqnlsdService(config, MemoryReactorClock())
