@@ -63,7 +63,7 @@ def test_signed_replies_verify_and_a_keyless_server_is_not_genuine(
 def test_hqnls_run_holds_a_licence_while_the_command_runs(daemons: DaemonHarness) -> None:
     """`hqnls run -- CMD`: CMD sees its handle, the licence is held meanwhile, freed after."""
     daemons.write_permit(make_permit([daemons.host(1)], [product_permit("Tool", floating_count=1)]))
-    daemon = daemons.start_all(daemons.daemon("hqnls")) or daemons.daemons["hqnls"]
+    daemon = daemons.daemon("hqnls").start_and_wait()
     probe = (
         f"import os, socket; s = socket.create_connection(('127.0.0.1', {daemon.port}), 5); "
         's.sendall(b\'REQUEST publisher="Test Publisher" product=Tool version=1.0 '

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
@@ -199,37 +199,24 @@ class LicenceFeed:
         )
         if self.usage is None:
             return
+        record: dict[str, Any] = {
+            "publisher": publisher,
+            "product": product,
+            "version": version,
+            "handle": handle,
+            "indices": indices,
+            "user": held.user,
+            "uid": held.uid,
+            "host": held.host,
+            "address": held.address,
+            "pid": held.pid,
+            "held_seconds": held_seconds,
+            "at": at,
+        }
         if reason is None:
-            self.usage.release(
-                publisher=publisher,
-                product=product,
-                version=version,
-                handle=handle,
-                indices=indices,
-                user=held.user,
-                uid=held.uid,
-                host=held.host,
-                address=held.address,
-                pid=held.pid,
-                held_seconds=held_seconds,
-                at=at,
-            )
+            self.usage.release(**record)
         else:
-            self.usage.revoked(
-                publisher=publisher,
-                product=product,
-                version=version,
-                handle=handle,
-                indices=indices,
-                reason=reason,
-                user=held.user,
-                uid=held.uid,
-                host=held.host,
-                address=held.address,
-                pid=held.pid,
-                held_seconds=held_seconds,
-                at=at,
-            )
+            self.usage.revoked(reason=reason, **record)
 
     # -- things that are not events -------------------------------------------------------
 
