@@ -9,7 +9,6 @@ calls `dispatch`, tests call it directly with a `task.Clock`.
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,7 +294,7 @@ class LicenceServer:
                 user=command.user,
                 host=command.host,
                 pid=command.pid,
-                address=ipaddress.IPv4Address(peer.host),
+                address=peer.host,  # the engine validates and normalises it
                 uid=command.uid,
                 group=command.group,
                 units=command.units,
