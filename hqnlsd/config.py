@@ -54,6 +54,8 @@ class DaemonConfig:
     #: port on --address, whether a peer's source address must be its
     #: certificate's, and the `DomainTimers` field values (None: the defaults).
     peer_port: int = DEFAULT_PEER_PORT
+    #: the port peers are dialled on (None: peer_port)
+    peer_dial_port: int | None = None
     peer_source_check: bool = True
     domain_timers: Mapping[str, float | int] | None = None
     #: The options given on the command line (with --config): SIGHUP re-merges
@@ -87,6 +89,7 @@ class DaemonConfig:
         domain_tls: tuple[str | None, str | None, str | None] = (None, None, None),
         server_keys: str | None = None,
         peer_port: str | int | None = None,
+        peer_dial_port: str | int | None = None,
         peer_source_check: bool = True,
         domain_timers: Mapping[str, float | int] | None = None,
     ) -> DaemonConfig:
@@ -167,6 +170,7 @@ class DaemonConfig:
                 "*.serverkey/*.servercert pairs that hqn_mp servercert writes)"
             )
         peer = _peer_port(peer_port)
+        dial = None if peer_dial_port is None else _peer_port(peer_dial_port, '--peer-dial-port')
         if domain_timers:
             from hqnlsd.domain.timing import DomainTimers
 
@@ -196,18 +200,19 @@ class DaemonConfig:
             domain_cert=tls_files[1],
             domain_key=tls_files[2],
             peer_port=peer,
+            peer_dial_port=dial,
             peer_source_check=peer_source_check,
             domain_timers=dict(domain_timers) if domain_timers else None,
         )
 
 
-def _peer_port(value: str | int | None) -> int:
-    """The peer listener's port number (default 1237), or ConfigError."""
+def _peer_port(value: str | int | None, option: str = "--peer-port") -> int:
+    """A peer port number (default 1237), or ConfigError naming ``option``."""
     if value is None:
         return DEFAULT_PEER_PORT
     text = str(value)
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"--peer-port {text}: not a TCP port number (1-65535)")
+        raise ConfigError(f"{option} {text}: not a TCP port number (1-65535)")
     return int(text)
 
 

@@ -19,6 +19,7 @@ Keys (file -> option: value):
 - ``[domain] ca``, ``cert``, ``key`` -> ``domain-ca``, ``domain-cert``,
   ``domain-key``: paths (domain CA certificate, this member's certificate and key)
 - ``[domain] peer-port`` -> ``peer-port``: port number of the peer listener
+- ``[domain] peer-dial-port`` -> ``peer-dial-port``: port the peers are dialled on
 - ``[domain] peer-source-check`` -> ``no-peer-source-check``: boolean, negated
   (``false`` in the file is the flag ``--no-peer-source-check``)
 - ``[domain] tick``, ``lease``, ... -> ``domain-timers``: a dict of
@@ -221,13 +222,16 @@ _TABLES: dict[str, tuple[_Key, ...]] = {
         _Key("socket", "admin-socket", _path('a socket path such as "/run/hqnlsd/admin.sock"')),
         _Key("socket-mode", "admin-socket-mode", _string('an octal file mode such as "660"')),
         _Key("socket-group", "admin-socket-group", _string('a group name such as "hqnadmin"')),
-        _Key("tls-listen", "admin-tls", _port_or_description(_LISTEN.format(port=1237))),
+        _Key("tls-listen", "admin-tls", _port_or_description(_LISTEN.format(port=1238))),
     ),
     "domain": (
         _Key("ca", "domain-ca", _path("the domain CA certificate file path (PEM)")),
         _Key("cert", "domain-cert", _path("this member's certificate file path (PEM)")),
         _Key("key", "domain-key", _path("this member's private key file path (PEM)")),
         _Key("peer-port", "peer-port", _port_or_description("a port number such as 1237")),
+        _Key(
+            "peer-dial-port", "peer-dial-port", _port_or_description("a port number such as 1237")
+        ),
         _Key("peer-source-check", "no-peer-source-check", _negated(_boolean("true or false"))),
     ),
 }

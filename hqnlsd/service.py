@@ -10,7 +10,8 @@ closes the journal.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
 from typing import Any
 
 from twisted.application import strports
@@ -51,6 +52,7 @@ RESTART_ONLY = (
     "domain_cert",
     "domain_key",
     "peer_port",
+    "peer_dial_port",
     "peer_source_check",
     "domain_timers",
 )
@@ -119,6 +121,7 @@ class HqnlsdService(MultiService):
             credentials,
             config.state_dir,
             listen_port=config.peer_port,
+            port_of=_dial_port(config),
             check_source=config.peer_source_check,
             timers=timers,
         )
@@ -342,6 +345,14 @@ class _LateDispatcher:
         if isinstance(reply, Err):
             metrics.denied(reply.status)
         return reply
+
+
+def _dial_port(config: DaemonConfig) -> Callable[[IPv4Address], int | None] | None:
+    """The peer port to dial (``--peer-dial-port``), or None to dial ``--peer-port``."""
+    dial = config.peer_dial_port
+    if dial is None:
+        return None
+    return lambda address: dial
 
 
 def _count_events(metrics: Metrics, events: Sequence[Event]) -> None:

@@ -106,7 +106,7 @@ class Options(usage.Options):
             "admin-tls",
             None,
             None,
-            "Remote admin listener over mutual TLS (e.g. tcp:1237; loopback unless "
+            "Remote admin listener over mutual TLS (e.g. tcp:1238; loopback unless "
             "interface= is given; needs --domain-ca/--domain-cert/--domain-key). Off by default.",
         ],
         ["domain-ca", None, None, "Domain CA certificate (PEM), from hqn_ca init."],
@@ -118,6 +118,13 @@ class Options(usage.Options):
             None,
             "TCP port of the server-domain peer listener on --address (used with "
             "--domain-ca) [default: 1237].",
+        ],
+        [
+            "peer-dial-port",
+            None,
+            None,
+            "TCP port this daemon dials its domain peers on, when port forwarding or a "
+            "proxy between members listens elsewhere [default: --peer-port].",
         ],
         [
             "metrics",
@@ -170,6 +177,7 @@ def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
         domain_tls=(text("domain-ca"), text("domain-cert"), text("domain-key")),
         server_keys=text("server-keys"),
         peer_port=text("peer-port"),
+        peer_dial_port=text("peer-dial-port"),
         peer_source_check=not merged.get("no-peer-source-check"),
         domain_timers=_timers(merged.get(TIMERS_OPTION)),
         command_line=given,

@@ -80,6 +80,22 @@ def test_command_line_options(tmp_path: Path) -> None:
         parse([*args[:-1], "0"])
 
 
+def test_peer_dial_port(tmp_path: Path) -> None:
+    """--peer-dial-port (or [domain] peer-dial-port) is the port peers are dialled on."""
+    args = [*base_args(tmp_path), *tls_args(tmp_path), "--peer-port", "4321"]
+    config = parse([*args, "--peer-dial-port", "4400"]).config
+    assert (config.peer_port, config.peer_dial_port) == (4321, 4400)
+    service = HqnlsdService(config, MemoryReactorClock())
+    assert service.domains is not None
+    assert service.domains.network.port_of(config.address) == 4400
+    assert service.domains.network.listener.requested == 4321
+    conf = tmp_path / "dial.toml"
+    conf.write_text("[domain]\npeer-dial-port = 4500\n", "utf-8")
+    assert parse([*args, "--config", str(conf)]).config.peer_dial_port == 4500
+    with pytest.raises(usage.UsageError, match="--peer-dial-port 70000"):
+        parse([*args, "--peer-dial-port", "70000"])
+
+
 def test_config_file_keys(tmp_path: Path) -> None:
     """[domain] peer-port, peer-source-check and timers, from the file."""
     tls = tls_args(tmp_path)

@@ -41,7 +41,7 @@ SOCKET_NAME = "admin.sock"
 #: The admin socket's default mode: owner and group may connect.
 DEFAULT_SOCKET_MODE = 0o660
 #: The default port of remote (TLS) administration.
-DEFAULT_TLS_PORT = 1237
+DEFAULT_TLS_PORT = 1238
 
 
 def group_id(group: str | int) -> int:
