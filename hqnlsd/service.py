@@ -91,7 +91,7 @@ class HqnlsdService(MultiService):
         self.usage = UsageReport(config.state_dir, reactor)
         self.feed = LicenceFeed(usage=self.usage, switches=self.switches)
         self._log_filter: FilterInstallation | None = None
-        self.metrics = Metrics(lambda: licence_counts(self.engine.status()))
+        self.metrics = Metrics(lambda: licence_counts(self._licence_figures()))
         self.notifier = SystemdNotifier(dict(config.environ))
         self._housekeeping: LoopingCall | None = None
         self._domain_roles: dict[str, Role] = {}
@@ -129,7 +129,17 @@ class HqnlsdService(MultiService):
         domains.event_listeners.append(lambda key, events: self.feed.observe(events))
         domains.event_listeners.append(lambda key, events: _count_events(self.metrics, events))
         domains.role_listeners.append(self._domain_role)
+        domains.peer_listeners.append(self.metrics.set_peers_up)
         return domains
+
+    def _licence_figures(self) -> list[Any]:
+        """Every product's pools for the metrics: this daemon's own, and those of the
+        domains it is the acting primary of (a backup's copy would count them twice)."""
+        statuses: list[Any] = list(self.engine.status())
+        if self.domains is not None:
+            for engine in self.domains.serving_engines():
+                statuses.extend(engine.status())
+        return statuses
 
     def _domain_role(self, domain: str, info: RoleInfo) -> None:
         """A role change in a domain: metrics, the licence feed, failover count."""

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from hqnlsd.domain import peers
 from hqnlsd.domain.messages import Ack, Message, Prepare, encode
-from hqnlsd.domain.peers import PeerLink, PeerNetwork, PeerTimers
+from hqnlsd.domain.peers import PeerCallError, PeerLink, PeerNetwork, PeerTimers
 from hqnlsd.domain.view import Ballot
 from tests.test_domain_peers_helpers import (
     DomainCA,
@@ -323,3 +323,46 @@ class TestPeerLinks(unittest.TestCase):
         yield wait_until(self.reactor, lambda: impostor.is_up(e), WAIT)
         yield pause(self.reactor, 0.3)
         assert not impostor.is_up(A)
+
+    @defer.inlineCallbacks
+    def test_calls_are_answered_refused_or_timed_out(self) -> Any:
+        """A call runs the callee's handler for a shared domain and returns its body;
+        the callee's refusal, a domain not shared, no handler, no link and silence
+        each fail with their own PeerCallError."""
+        domains = {"D": {A: 1, B: 2}}
+        one = self.network(A, domains)
+        two = self.network(B, {**domains, "E": {B: 1, C: 2}})
+        seen: list[tuple[str, Any, dict[str, Any]]] = []
+        hold: defer.Deferred[dict[str, Any]] = defer.Deferred()
+
+        def handler(domain: str, caller: Any, body: dict[str, Any]) -> Any:
+            seen.append((domain, caller, body))
+            if body.get("refuse"):
+                raise PeerCallError("BADPRODUCT", "no such product")
+            if body.get("hold"):
+                return hold
+            return {"echo": body["n"]}
+
+        with pytest.raises(PeerCallError) as unreachable:
+            yield one.call("D", B, {"n": 1}, 1.0)
+        assert unreachable.value.name == "UNREACHABLE"
+        yield wait_until(self.reactor, lambda: one.is_up(B), WAIT)
+        with pytest.raises(PeerCallError) as no_handler:
+            yield one.call("D", B, {"n": 1}, WAIT)
+        assert no_handler.value.name == "NOTVERIFIED"
+        two.call_handler = handler
+        answer = yield one.call("D", B, {"n": 7}, WAIT)
+        assert answer == {"echo": 7}
+        assert seen == [("D", A, {"n": 7})]
+        with pytest.raises(PeerCallError) as refused:
+            yield one.call("D", B, {"refuse": True}, WAIT)
+        assert (refused.value.name, refused.value.message) == ("BADPRODUCT", "no such product")
+        with pytest.raises(PeerCallError) as foreign:
+            yield one.call("E", B, {"n": 1}, WAIT)
+        assert foreign.value.name == "NOTVERIFIED" and len(seen) == 2
+        with pytest.raises(PeerCallError) as silent:
+            yield one.call("D", B, {"hold": True}, 0.3)
+        assert silent.value.name == "TIMEOUT"
+        hold.callback({"late": True})  # a late reply is dropped
+        yield pause(self.reactor, 0.2)
+        assert one._calls == {}

@@ -18,7 +18,7 @@ import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from hqnlsd.domain.peers import PeerTimers
+from hqnlsd.domain.peers import PeerCallError, PeerTimers
 from hqnlsd.domain.role import Role, RoleInfo
 from hqnlsd.domain.runtime import (
     DomainRoute,
@@ -26,6 +26,7 @@ from hqnlsd.domain.runtime import (
     DomainSpec,
     domain_id,
     domains_from_catalogue,
+    handle_tag,
 )
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest
@@ -162,6 +163,8 @@ class TestThreeRuntimes(unittest.TestCase):
         assert refusal.get("domain") == " ".join(ADDRESSES)
         assert one.roles()[SPEC.domain_id].role is Role.NOTVERIFIED
         assert not any(peer.up for peer in one.peers())
+        reached: list[tuple[str, int]] = []
+        one.peer_listeners.append(lambda key, count: reached.append((key, count)))
 
         self.make(2)
         yield wait_until(self.reactor, lambda: self.route(1).can_serve, WAIT)
@@ -183,7 +186,22 @@ class TestThreeRuntimes(unittest.TestCase):
         assert isinstance(outcome.result, Grant)
         yield route.submit(outcome.events).addTimeout(WAIT, self.reactor)
         handle = outcome.result.handle
+        assert handle.startswith(handle_tag(SPEC.domain_id) + "-")
         assert (SPEC.domain_id, outcome.events) in confirmed
+        assert reached[-1] == (SPEC.domain_id, 2)
+        # A backup routes a domain handle it has not seen by its prefix (TRY_SERVER).
+        unseen = self.runtimes[3].route_for_handle(handle_tag(SPEC.domain_id) + "-00")
+        assert unseen is not None and unseen.domain_id == SPEC.domain_id
+        assert self.runtimes[3].route_for_handle("0123456789abcdef") is None
+        # A backup forwards a change to the primary, which runs it and answers.
+        calls: list[tuple[str, Any, dict[str, Any]]] = []
+        one.forwarded = lambda key, address, body: calls.append((key, address, body)) or {"n": 1}
+        answer = yield self.runtimes[3].forward(SPEC.domain_id, {"x": 2}, WAIT)
+        assert answer == {"n": 1} and calls == [(SPEC.domain_id, addr(ADDRESSES[2]), {"x": 2})]
+        assert self.runtimes[3].primary_address(SPEC.domain_id) == addr(ADDRESSES[0])
+        with pytest.raises(PeerCallError) as no_domain:
+            yield self.runtimes[3].forward("no such domain", {}, WAIT)
+        assert no_domain.value.name == "BADPRODUCT"
         for rank in (2, 3):
             yield wait_until(self.reactor, self.holding(rank, 1), WAIT)
             assert self.runtimes[rank].route_for_handle(handle) is not None

@@ -120,3 +120,24 @@ def test_bad_credentials_stop_startup(tmp_path: Path) -> None:
     config = parse([*base_args(tmp_path), *tls_args(tmp_path, other_ca=True)]).config
     with pytest.raises(StartupError, match=r"server domains: .*not issued by the domain CA"):
         HqnlsdService(config, MemoryReactorClock())
+
+
+def test_metrics_count_the_domains_this_member_is_primary_of(tmp_path: Path) -> None:
+    """Licence figures: this daemon's own products plus those of the domains it is the
+    acting primary of; peers_up follows the runtime's link count."""
+    from hqnlsd.licensing.engine import Engine
+    from tests.daemons import product_permit
+
+    config = parse([*base_args(tmp_path), *tls_args(tmp_path)]).config
+    reactor = MemoryReactorClock()
+    service = HqnlsdService(config, reactor)
+    assert service.domains is not None
+    assert [p.product for p in service._licence_figures()] == []
+    engine = Engine(reactor)
+    engine.load_products([product_permit("Domain Widget", floating_count=4)])
+    service.domains.serving_engines = lambda: [engine]  # type: ignore[method-assign]
+    (figures,) = service._licence_figures()
+    assert (figures.product, figures.floating_count) == ("Domain Widget", 4)
+    for listener in service.domains.peer_listeners:
+        listener("D", 2)
+    assert b'hqnlsd_peers_up{domain="D"} 2.0' in service.metrics.exposition()[0]

@@ -11,18 +11,30 @@ a REQUEST's does, so an admin never hears "done" of a change a crash could
 forget. Every change is logged under the ADMIN log switch with who made it.
 
 A product is named by its number in ``listp`` (``{"index": 1}``) or by
-``{"publisher": ..., "product": ...}``. Products of a multi-host domain are read
-but not served yet (issue 4): a change to one is refused with NOTVERIFIED, since
-state-changing commands must act on the domain's acting primary.
+``{"publisher": ..., "product": ...}``. Listings show this daemon's own products
+first, then the products of each multi-host domain it is a member of, as this
+member's copy of the domain state has them (a backup's copy lags its primary by
+at most the changes in flight).
+
+Products of a multi-host domain are changed on the domain's acting primary:
+there the change goes to the domain's engine and is answered once a quorum of
+the domain holds it (`DomainRoute.submit`), like a REQUEST. A member that is not
+the primary forwards the command over the authenticated peer link
+(`DomainRuntime.forward`) and relays the primary's answer; the primary checks
+that the product (or handle) belongs to the domain the call came for, logs the
+change as ``WHO via ADDRESS`` and never forwards again. ``reinit`` revokes this
+daemon's own licences and those of every domain it is a member of (each on its
+primary).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,7 +47,14 @@ from hqnlsd.licensing.results import AdminDone, Denied, Outcome, ProductStatus
 from hqnlsd.logging.switches import LogLevelError, preset_name
 
 if TYPE_CHECKING:
+    from ipaddress import IPv4Address
+
+    from hqnlsd.domain.runtime import DomainRoute
+    from hqnlsd.licensing.engine import Engine
     from hqnlsd.service import HqnlsdService
+
+#: How long a member waits for the acting primary to answer a forwarded change.
+FORWARD_TIMEOUT = 8.0
 
 #: Commands that change state (logged under ADMIN, answered after the commit).
 CHANGES = frozenset(
@@ -61,6 +80,9 @@ CHANGES = frozenset(
     }
 )
 
+#: Changes a member forwards to the acting primary of a domain product's domain.
+FORWARDED = CHANGES - {"loglevel"}
+
 _POLICY_WORD = re.compile(r"^([A-Za-z]+)([+-]?)$")
 _NUMBER = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
 
@@ -72,6 +94,33 @@ class AdminError(Exception):
         super().__init__(f"{name}: {message}")
         self.name = name
         self.message = message
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a command acts: a product (or handle) and the engine that holds it.
+
+    ``route`` is None for this daemon's own products (journal), else the
+    route of the multi-host domain that serves it.
+    """
+
+    engine: Engine
+    route: DomainRoute | None
+    publisher: str = ""
+    product: str = ""
+
+    @property
+    def label(self) -> str:
+        """``PUBLISHER PRODUCT`` for logs and answers."""
+        return f"{self.publisher} {self.product}"
+
+
+class _Forward(Exception):
+    """Raised before any change: this member is not the primary of the target's domain."""
+
+    def __init__(self, target: _Target) -> None:
+        super().__init__(target.label)
+        self.target = target
 
 
 def parse_policy(text: str, current: int, locks: int) -> int:
@@ -162,6 +211,8 @@ class AdminHandler:
 
     def __init__(self, root: HqnlsdService) -> None:
         self.root = root
+        #: the domain a forwarded command came for, while it runs (see handle_forwarded)
+        self._forwarded_domain: str | None = None
         self.started = root.reactor.seconds()
         self._commands: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
             "id": self._id,
@@ -204,7 +255,76 @@ class AdminHandler:
             )
         if self.root.server is None or self.root.journal is None:
             raise AdminError(wire.STARTING, "the server is starting up; try again shortly")
-        return method(args, who)
+        try:
+            return method(args, who)
+        except _Forward as forward:
+            if self._forwarded_domain is not None:
+                raise self._not_primary(forward.target) from None
+            return self._forward(command, args, who, forward.target)
+
+    def handle_forwarded(
+        self, domain_key: str, address: IPv4Address, body: Mapping[str, Any]
+    ) -> Deferred[dict[str, Any]]:
+        """Run a change another member of ``domain_key`` forwarded (this is its primary).
+
+        The change must be on a product (or handle) of that domain; the answer or
+        refusal goes back to the member as a `PeerCallError`.
+        """
+        from hqnlsd.domain.peers import PeerCallError
+
+        command, args, who = body.get("command"), body.get("args"), body.get("who")
+        if command not in FORWARDED or not isinstance(args, Mapping) or not isinstance(who, str):
+            return fail(PeerCallError(wire.BAD_REQUEST, f"{command!r} cannot be forwarded"))
+        self._forwarded_domain = domain_key
+        try:
+            result = self.handle(command, args, f"{who} via {address}")
+        except AdminError as error:
+            return fail(PeerCallError(error.name, error.message))
+        finally:
+            self._forwarded_domain = None
+        done: Deferred[dict[str, Any]] = result if isinstance(result, Deferred) else succeed(result)
+
+        def refused(failure: Failure) -> Failure:
+            if isinstance(failure.value, AdminError):
+                return Failure(PeerCallError(failure.value.name, failure.value.message))
+            return failure
+
+        return done.addErrback(refused)
+
+    def _forward(
+        self, command: str, args: Mapping[str, Any], who: str, target: _Target
+    ) -> Deferred[dict[str, Any]]:
+        """Send a change to the acting primary of the target's domain; relay its answer."""
+        from hqnlsd.domain.peers import PeerCallError
+
+        domains = self.root.domains
+        assert domains is not None and target.route is not None
+        key = target.route.domain_id
+        sent = dict(args)
+        if target.publisher:
+            sent["product"] = {"publisher": target.publisher, "product": target.product}
+        primary = domains.primary_address(key)
+        done = domains.forward(key, {"command": command, "args": sent, "who": who}, FORWARD_TIMEOUT)
+
+        def answered(answer: dict[str, Any]) -> dict[str, Any]:
+            answer["forwarded_to"] = str(primary)
+            return answer
+
+        def refused(failure: Failure) -> Failure:
+            if isinstance(failure.value, PeerCallError):
+                where = f"the acting primary {primary}" if primary else "the domain"
+                return Failure(AdminError(failure.value.name, f"{where}: {failure.value.message}"))
+            return failure
+
+        return done.addCallbacks(answered, refused)
+
+    def _not_primary(self, target: _Target) -> AdminError:
+        refusal = target.route.refusal() if target.route is not None else None
+        if refusal is None:
+            return AdminError("NEW_MASTER", "this member just lost the primary role; try again")
+        return AdminError(
+            refusal.status.name, f"this member is no longer the primary: {refusal.msg}"
+        )
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -212,10 +332,62 @@ class AdminHandler:
     def _engine(self) -> Any:
         return self.root.engine
 
-    def _product(self, args: Mapping[str, Any]) -> tuple[str, str]:
-        """(publisher, product) of the product a command names; AdminError if none."""
+    def _statuses(self) -> list[tuple[ProductStatus, DomainRoute | None]]:
+        """Every product listed here, numbered from 1 in this order: this daemon's own,
+        then each domain's (by domain id)."""
+        listed: list[tuple[ProductStatus, DomainRoute | None]] = [
+            (status, None) for status in self._engine.status()
+        ]
+        domains = self.root.domains
+        if domains is not None:
+            from hqnlsd.domain.runtime import DomainRoute
+
+            for _key, member in sorted(domains.members.items()):
+                route = DomainRoute(member)
+                listed.extend((status, route) for status in member.engine.status())
+        return listed
+
+    def _domain_fields(self, route: DomainRoute | None) -> dict[str, Any]:
+        """A listed product's domain, role here and primary (None: this daemon's own)."""
+        if route is None:
+            return {"domain": None, "role": None, "primary": None}
+        info = route.role()
+        primary = route.member.address_of.get(info.primary) if info.primary else None
+        return {
+            "domain": route.domain_words(),
+            "role": info.role.value,
+            "primary": str(primary) if primary is not None else None,
+        }
+
+    def _target(self, publisher: str, product: str, route: DomainRoute | None) -> _Target:
+        engine = route.engine if route is not None else self._engine
+        return _Target(engine, route, publisher, product)
+
+    def _checked(self, target: _Target, change: bool) -> _Target:
+        """``target``, once it may be acted on here; `_Forward` if its primary must act."""
+        forwarded = self._forwarded_domain
+        if forwarded is not None and (target.route is None or target.route.domain_id != forwarded):
+            raise AdminError(
+                "BADPRODUCT",
+                f"{target.label or 'that licence'} is not served by the domain the change "
+                "was forwarded for",
+            )
+        if change and target.route is not None and not target.route.can_serve:
+            raise _Forward(target)
+        return target
+
+    def _product(self, args: Mapping[str, Any], *, change: bool = True) -> _Target:
+        """The product a command names and where it is held; AdminError if none.
+
+        For a change (``change``) on a domain product when this member is not
+        the domain's acting primary, raises `_Forward` (nothing has changed).
+        """
+        return self._checked(self._find_product(args), change)
+
+    def _find_product(self, args: Mapping[str, Any]) -> _Target:
         ref = args.get("product")
-        statuses = self._engine.status()
+        listed = self._statuses()
+        statuses = [status for status, _ in listed]
         if not isinstance(ref, Mapping):
             raise AdminError(
                 wire.BAD_REQUEST,
@@ -231,13 +403,21 @@ class AdminHandler:
                     f"there is no product {index}: this server serves {len(statuses)} "
                     "product(s); listp shows their numbers",
                 )
-            chosen = statuses[index - 1]
-            return chosen.publisher, chosen.product
+            chosen, where = listed[index - 1]
+            return self._target(chosen.publisher, chosen.product, where)
         publisher, product = ref.get("publisher"), ref.get("product")
         if not isinstance(publisher, str) or not isinstance(product, str):
             raise AdminError(wire.BAD_REQUEST, "name a product: PUBLISHER PRODUCT")
         if self._engine.product(publisher, product) is not None:
-            return publisher, product
+            return self._target(publisher, product, None)
+        for status, where in listed:
+            if where is not None and (status.publisher, status.product) == (publisher, product):
+                return self._target(publisher, product, where)
+        domains = self.root.domains
+        route = domains.route(publisher, product) if domains is not None else None
+        if route is not None:
+            # Read here, not in this member's copy of the domain state yet.
+            return self._target(publisher, product, route)
         server = self.root.server
         offer = server.catalogue.find(publisher, product) if server is not None else None
         if offer is not None:
@@ -251,9 +431,9 @@ class AdminHandler:
             if len(offer.domain) > 1:
                 raise AdminError(
                     "NOTVERIFIED",
-                    f"{publisher} {product} belongs to the multi-host domain {domain}; "
-                    "changes must be made on its acting primary, and this server has not "
-                    "been verified by that domain",
+                    f"{publisher} {product} belongs to the multi-host domain {domain}, and "
+                    "this daemon runs no server domains (start it with --domain-ca, "
+                    "--domain-cert and --domain-key)",
                 )
         raise AdminError(
             "BADPRODUCT",
@@ -261,14 +441,43 @@ class AdminHandler:
         )
 
     def _commit(
-        self, outcome: Outcome[AdminDone | Denied], command: str, target: str, who: str
+        self,
+        outcome: Outcome[AdminDone | Denied],
+        command: str,
+        target: str,
+        who: str,
+        route: DomainRoute | None = None,
     ) -> Deferred[dict[str, Any]]:
         """Refuse a Denied; else answer once the change's events are durable, and log it."""
         result = outcome.result
         if isinstance(result, Denied):
             raise AdminError(result.status.name, result.message)
         answer = {"message": result.message, "revoked": result.revoked}
-        return self._after(outcome.events, answer, command, target, who)
+        return self._after(outcome.events, answer, command, target, who, route)
+
+    def _durable(self, events: Sequence[Event], route: DomainRoute | None) -> Deferred[Any]:
+        """The journal's commit of ``events``, or for a domain its quorum's."""
+        if route is None:
+            assert self.root.journal is not None
+            return self.root.journal.submit(events)
+        from hqnlsd.domain.node import NotServing, OutcomeUnknown
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(NotServing):
+                return Failure(
+                    AdminError("NEW_MASTER", "this member lost the primary role; nothing changed")
+                )
+            if failure.check(OutcomeUnknown):
+                return Failure(
+                    AdminError(
+                        wire.INTERNAL,
+                        "the domain did not confirm the change (the primary lost its quorum); "
+                        "it may or may not have been made: check with a listing",
+                    )
+                )
+            return failure
+
+        return route.submit(events).addErrback(failed)
 
     def _after(
         self,
@@ -277,9 +486,9 @@ class AdminHandler:
         command: str,
         target: str,
         who: str,
+        route: DomainRoute | None = None,
     ) -> Deferred[dict[str, Any]]:
-        assert self.root.journal is not None
-        done: Deferred[Any] = self.root.journal.submit(events)
+        done: Deferred[Any] = self._durable(events, route)
 
         def committed(_: object) -> dict[str, Any]:
             self.log.info(
@@ -293,6 +502,8 @@ class AdminHandler:
             return answer
 
         def failed(failure: Failure) -> dict[str, Any]:
+            if failure.check(AdminError):
+                failure.raiseException()
             self.log.failure("admin {command}: journal commit failed", failure, command=command)
             raise AdminError(
                 wire.INTERNAL,
@@ -342,7 +553,9 @@ class AdminHandler:
             "address": str(root.me.address),
             "unique_id": root.me.unique_id,
             "unique_id_hex": format_unique_id(root.me.unique_id),
-            "role": "single-host server (multi-host domains: not yet served)",
+            "role": self._role_summary(),
+            "domains": self._domain_list(),
+            "peers": self._peer_list(),
             "started": self.started,
             "now": root.reactor.seconds(),
             "state_dir": str(root.config.state_dir),
@@ -355,6 +568,58 @@ class AdminHandler:
             "held": self._engine.held_count(),
             "log_switches": str(root.switches),
         }
+
+    def _role_summary(self) -> str:
+        domains = self.root.domains
+        if domains is None:
+            return "single-host server (no server domains: no --domain-ca)"
+        roles = [info.role.value for info in domains.roles().values()]
+        if not roles:
+            return "server domains on, but no permit names a multi-host domain with this host"
+        return f"member of {len(roles)} server domain(s): {', '.join(roles)}"
+
+    def _domain_list(self) -> list[dict[str, Any]]:
+        """Each multi-host domain: this member's rank and role, the view, the primary."""
+        domains = self.root.domains
+        if domains is None:
+            return []
+        listed = []
+        for _key, member in sorted(domains.members.items()):
+            info = member.node.role()
+            primary = member.address_of.get(info.primary) if info.primary else None
+            listed.append(
+                {
+                    "domain": " ".join(str(a) for a in member.spec.addresses),
+                    "rank": info.rank,
+                    "role": info.role.value,
+                    "epoch": info.epoch,
+                    "view": [str(member.address_of[r]) for r in sorted(info.members)],
+                    "primary": str(primary) if primary is not None else None,
+                    "primary_rank": info.primary,
+                    "products": len(member.engine.served()),
+                    "held": member.engine.held_count(),
+                    "takeovers": member.takeovers,
+                }
+            )
+        return listed
+
+    def _peer_list(self) -> list[dict[str, Any]]:
+        """Each peer link: up (ours), inbound (theirs), seconds since heard, round trip."""
+        domains = self.root.domains
+        if domains is None:
+            return []
+        now = domains.clock.seconds()
+        return [
+            {
+                "address": str(peer.address),
+                "up": peer.up,
+                "inbound": peer.inbound,
+                "last_seen_ago": None if peer.last_seen is None else now - peer.last_seen,
+                "rtt": peer.rtt,
+                "connects": peer.connects,
+            }
+            for peer in domains.peers()
+        ]
 
     def _listhqn(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
         path = self.root.source.hosts_file
@@ -377,25 +642,32 @@ class AdminHandler:
     def _listp(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
         return {
             "products": [
-                _status_dict(index, status)
-                for index, status in enumerate(self._engine.status(), start=1)
+                {**_status_dict(index, status), **self._domain_fields(route)}
+                for index, (status, route) in enumerate(self._statuses(), start=1)
             ]
         }
 
     def _listu(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
-        statuses = list(enumerate(self._engine.status(), start=1))
+        statuses = list(enumerate(self._statuses(), start=1))
         if args.get("product") is not None:
-            wanted = self._product(args)
-            statuses = [(i, s) for i, s in statuses if (s.publisher, s.product) == wanted]
+            wanted = self._product(args, change=False)
+            statuses = [
+                (i, (s, r))
+                for i, (s, r) in statuses
+                if (s.publisher, s.product) == (wanted.publisher, wanted.product)
+            ]
         products = []
-        for index, status in statuses:
-            holders = self._engine.holders(status.publisher, status.product)
+        for index, (status, route) in statuses:
+            engine = route.engine if route is not None else self._engine
+            found = engine.holders(status.publisher, status.product)
+            holders = [] if isinstance(found, Denied) else found
             products.append(
                 {
                     "index": index,
                     "publisher": status.publisher,
                     "product": status.product,
                     "version": status.version,
+                    **self._domain_fields(route),
                     "holders": [
                         {
                             "handle": holder.handle,
@@ -418,51 +690,71 @@ class AdminHandler:
 
     # -- changes ------------------------------------------------------------------------
 
-    def _current(self, publisher: str, product: str) -> ProductStatus:
-        for status in self._engine.status():
-            if (status.publisher, status.product) == (publisher, product):
+    def _current(self, target: _Target) -> ProductStatus:
+        for status in target.engine.status():
+            if (status.publisher, status.product) == (target.publisher, target.product):
                 found: ProductStatus = status
                 return found
-        raise AdminError("BADPRODUCT", f"{publisher} {product} is not served here")
+        if target.route is not None:
+            raise AdminError(
+                "NOTVERIFIED",
+                f"{target.label} is not in this member's copy of its domain's state yet "
+                "(the domain has not verified this member); try again shortly",
+            )
+        raise AdminError("BADPRODUCT", f"{target.label} is not served here")
+
+    def _change(
+        self,
+        target: _Target,
+        outcome: Outcome[AdminDone | Denied],
+        command: str,
+        who: str,
+        label: str | None = None,
+    ) -> Deferred[dict[str, Any]]:
+        """`_commit` a change to ``target``: through its journal or its domain."""
+        return self._commit(outcome, command, label or target.label, who, target.route)
 
     def _policy(self, args: Mapping[str, Any], who: str) -> Any:
-        publisher, product = self._product(args)
-        status = self._current(publisher, product)
         value = args.get("value")
-        if value is None or (isinstance(value, str) and not value.strip()):
+        query = value is None or (isinstance(value, str) and not value.strip())
+        target = self._product(args, change=not query)
+        status = self._current(target)
+        if query:
             return {"policy": status.policy, "policy_text": describe(status.policy)}
         if not isinstance(value, str):
             raise AdminError(wire.BAD_REQUEST, "the policy value must be text")
         flags = parse_policy(value, status.policy & 0xFFFF, status.policy >> 16)
-        outcome = self._engine.set_policy(publisher, product, flags)
+        outcome = target.engine.set_policy(target.publisher, target.product, flags)
 
         def add_word(answer: dict[str, Any]) -> dict[str, Any]:
-            word = self._current(publisher, product).policy
+            word = self._current(target).policy
             answer.update(policy=word, policy_text=describe(word))
             return answer
 
-        return self._commit(outcome, "policy", f"{publisher} {product}", who).addCallback(add_word)
+        return self._change(target, outcome, "policy", who).addCallback(add_word)
 
     def _seconds_setting(self, args: Mapping[str, Any], who: str, what: str) -> Any:
-        publisher, product = self._product(args)
-        status = self._current(publisher, product)
+        query = not args.get("default") and "seconds" not in args
+        target = self._product(args, change=not query)
+        status = self._current(target)
+        if query:
+            return {what: getattr(status, what)}
         if args.get("default"):
             seconds: float | None = None
-        elif "seconds" in args:
+        else:
             raw = args["seconds"]
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise AdminError(wire.BAD_REQUEST, f"the {what} must be a number of seconds")
             seconds = float(raw)
-        else:
-            return {what: getattr(status, what)}
-        setter = self._engine.set_crashout if what == "crashout" else self._engine.set_timeout
-        outcome = setter(publisher, product, seconds)
+        engine = target.engine
+        setter = engine.set_crashout if what == "crashout" else engine.set_timeout
+        outcome = setter(target.publisher, target.product, seconds)
 
         def add_value(answer: dict[str, Any]) -> dict[str, Any]:
-            answer[what] = getattr(self._current(publisher, product), what)
+            answer[what] = getattr(self._current(target), what)
             return answer
 
-        return self._commit(outcome, what, f"{publisher} {product}", who).addCallback(add_value)
+        return self._change(target, outcome, what, who).addCallback(add_value)
 
     def _crashout(self, args: Mapping[str, Any], who: str) -> Any:
         return self._seconds_setting(args, who, "crashout")
@@ -473,20 +765,22 @@ class AdminHandler:
     def _kill(self, args: Mapping[str, Any], who: str) -> Any:
         handle = args.get("handle")
         if isinstance(handle, str) and handle:
-            return self._commit(self._engine.kill(handle), "kill", handle, who)
-        publisher, product = self._product(args)
+            domains = self.root.domains
+            route = domains.route_for_handle(handle) if domains is not None else None
+            target = self._checked(self._target("", "", route), change=True)
+            return self._change(target, target.engine.kill(handle), "kill", who, handle)
+        target = self._product(args)
         index = _integer(args, "index", "licence number")
-        outcome = self._engine.kill_index(publisher, product, index)
-        return self._commit(outcome, "kill", f"{publisher} {product} licence {index}", who)
+        outcome = target.engine.kill_index(target.publisher, target.product, index)
+        return self._change(target, outcome, "kill", who, f"{target.label} licence {index}")
 
     def _node(self, args: Mapping[str, Any], who: str, *, add: bool) -> Any:
-        publisher, product = self._product(args)
+        target = self._product(args)
         address = _text(args, "address", "locked node's IPv4 address")
         unique_id = _integer(args, "unique_id", "unique id", 0)
-        method = self._engine.add_node if add else self._engine.remove_node
-        outcome = method(publisher, product, address, unique_id)
-        name = "addnode" if add else "rmnode"
-        return self._commit(outcome, name, f"{publisher} {product}", who)
+        method = target.engine.add_node if add else target.engine.remove_node
+        outcome = method(target.publisher, target.product, address, unique_id)
+        return self._change(target, outcome, "addnode" if add else "rmnode", who)
 
     def _addnode(self, args: Mapping[str, Any], who: str) -> Any:
         return self._node(args, who, add=True)
@@ -495,11 +789,12 @@ class AdminHandler:
         return self._node(args, who, add=False)
 
     def _pools(self, args: Mapping[str, Any], who: str, *, to_locked: bool) -> Any:
-        publisher, product = self._product(args)
+        target = self._product(args)
         count = _integer(args, "count", "number of licences", 1)
-        method = self._engine.float_to_locked if to_locked else self._engine.locked_to_float
-        name = "ftol" if to_locked else "ltof"
-        return self._commit(method(publisher, product, count), name, f"{publisher} {product}", who)
+        engine = target.engine
+        method = engine.float_to_locked if to_locked else engine.locked_to_float
+        outcome = method(target.publisher, target.product, count)
+        return self._change(target, outcome, "ftol" if to_locked else "ltof", who)
 
     def _ftol(self, args: Mapping[str, Any], who: str) -> Any:
         return self._pools(args, who, to_locked=True)
@@ -508,18 +803,19 @@ class AdminHandler:
         return self._pools(args, who, to_locked=False)
 
     def _named(self, args: Mapping[str, Any], who: str, command: str, key: str, what: str) -> Any:
-        publisher, product = self._product(args)
+        target = self._product(args)
         name = _text(args, key, what)
+        engine = target.engine
         methods: dict[str, Callable[[str, str, str], Outcome[AdminDone | Denied]]] = {
-            "exhost": self._engine.exclude_host,
-            "unexhost": self._engine.unexclude_host,
-            "adduser": self._engine.add_named_user,
-            "remuser": self._engine.remove_named_user,
-            "remuacc": self._engine.remove_user_access,
-            "remgacc": self._engine.remove_group_access,
+            "exhost": engine.exclude_host,
+            "unexhost": engine.unexclude_host,
+            "adduser": engine.add_named_user,
+            "remuser": engine.remove_named_user,
+            "remuacc": engine.remove_user_access,
+            "remgacc": engine.remove_group_access,
         }
-        outcome = methods[command](publisher, product, name)
-        return self._commit(outcome, command, f"{publisher} {product}", who)
+        outcome = methods[command](target.publisher, target.product, name)
+        return self._change(target, outcome, command, who)
 
     def _exhost(self, args: Mapping[str, Any], who: str) -> Any:
         return self._named(args, who, "exhost", "host", "host name or address")
@@ -540,15 +836,14 @@ class AdminHandler:
         return self._named(args, who, "remgacc", "group", "group name")
 
     def _access(self, args: Mapping[str, Any], who: str, *, group: bool) -> Any:
-        publisher, product = self._product(args)
+        target = self._product(args)
         key = "group" if group else "user"
         name = _text(args, key, f"{key} name")
         level = _integer(args, "level", "access level (0..8)")
-        method = self._engine.set_group_access if group else self._engine.set_user_access
-        command = "addgacc" if group else "adduacc"
-        return self._commit(
-            method(publisher, product, name, level), command, f"{publisher} {product}", who
-        )
+        engine = target.engine
+        method = engine.set_group_access if group else engine.set_user_access
+        outcome = method(target.publisher, target.product, name, level)
+        return self._change(target, outcome, "addgacc" if group else "adduacc", who)
 
     def _adduacc(self, args: Mapping[str, Any], who: str) -> Any:
         return self._access(args, who, group=False)
@@ -583,10 +878,16 @@ class AdminHandler:
         return {"switches": now, "preset": preset_name(switches.value)}
 
     def _reinit(self, args: Mapping[str, Any], who: str) -> Any:
-        """Revoke every licence, forget the admin settings, re-read the permits."""
+        """Revoke every licence, forget the admin settings, re-read the permits.
+
+        This daemon's own products here; each domain's on its acting primary
+        (here, or forwarded). A forwarded reinit does only its domain.
+        """
         root = self.root
         server = root.server
         assert server is not None and root.journal is not None
+        if self._forwarded_domain is not None:
+            return self._reinit_forwarded(self._forwarded_domain, who)
         # Serving no product first drops every product's state, so the settings
         # made with hqn_lsa go too: the permits' own values apply again.
         revoked = self._engine.reinit([])
@@ -606,15 +907,31 @@ class AdminHandler:
             switches.reset()
         result = revoked.result
         served = len(self._engine.served())
-        answer = {
+        answer: dict[str, Any] = {
             "message": f"{result.message}; {served} product(s) served",
             "revoked": result.revoked,
             "served": served,
             "errors": [str(error) for error in server.catalogue.errors],
+            "domains": [],
         }
+        domains = root.domains
+        keys = sorted(domains.members) if domains is not None else []
+        each = DeferredList([self._reinit_domain(key, who) for key in keys], consumeErrors=True)
         done: Deferred[dict[str, Any]] = Deferred()
 
-        def committed(_: object) -> None:
+        def domains_done(results: list[tuple[bool, Any]]) -> None:
+            for key, (ok, outcome) in zip(keys, results, strict=True):
+                if ok:
+                    answer["domains"].append(outcome)
+                    answer["revoked"] += outcome.get("revoked", 0)
+                else:
+                    error = outcome.value
+                    text = (
+                        f"{error.name}: {error.message}"
+                        if isinstance(error, AdminError)
+                        else str(error)
+                    )
+                    answer["domains"].append({"domain": _words(key), "error": text})
             self.log.info(
                 "admin {who}: reinit: {message}",
                 log_switch="ADMIN",
@@ -622,6 +939,9 @@ class AdminHandler:
                 message=answer["message"],
             )
             done.callback(answer)
+
+        def committed(_: object) -> None:
+            each.addCallback(domains_done)
 
         def failed(failure: Failure) -> None:
             self.log.failure("admin reinit: journal commit failed", failure)
@@ -631,3 +951,61 @@ class AdminHandler:
 
         loaded.addCallbacks(committed, failed)
         return done
+
+    def _reinit_domain(self, key: str, who: str) -> Deferred[dict[str, Any]]:
+        """Reinit one domain: here if this member is its primary, else on its primary."""
+        from hqnlsd.domain.runtime import DomainRoute
+
+        domains = self.root.domains
+        assert domains is not None
+        route = DomainRoute(domains.members[key])
+        if route.can_serve:
+            return self._reinit_domain_here(route)
+        target = _Target(route.engine, route)
+        return self._forward("reinit", {}, who, target)
+
+    def _reinit_domain_here(self, route: DomainRoute) -> Deferred[dict[str, Any]]:
+        """Revoke the domain's licences and serve its products afresh (this is its primary)."""
+        engine = route.engine
+        revoked = engine.reinit([])
+        products = route.member.spec.products
+        events = [*revoked.events, *engine.load_products(products).events]
+        answer = {
+            "domain": route.domain_words(),
+            "revoked": revoked.result.revoked,
+            "served": len(engine.served()),
+            "on": str(self.root.me.address),
+        }
+        return self._durable(events, route).addCallback(lambda _: answer)
+
+    def _reinit_forwarded(self, key: str, who: str) -> Deferred[dict[str, Any]]:
+        """A member's reinit of domain ``key``, on this (its primary): re-read, then reinit."""
+        from hqnlsd.domain.runtime import DomainRoute
+
+        server, domains = self.root.server, self.root.domains
+        assert server is not None and domains is not None
+        server.load_permits().addErrback(lambda failure: None)
+        member = domains.members.get(key)
+        if member is None:
+            raise AdminError("BADPRODUCT", "that domain is no longer served here")
+        route = DomainRoute(member)
+        if not route.can_serve:
+            raise self._not_primary(_Target(route.engine, route))
+        done = self._reinit_domain_here(route)
+
+        def logged(answer: dict[str, Any]) -> dict[str, Any]:
+            self.log.info(
+                "admin {who}: reinit of domain {domain}: {revoked} licence(s) revoked",
+                log_switch="ADMIN",
+                who=who,
+                domain=answer["domain"],
+                revoked=answer["revoked"],
+            )
+            return answer
+
+        return done.addCallback(logged)
+
+
+def _words(domain_key: str) -> str:
+    """A domain id (``ADDR 0xID,...``) as its addresses (``ADDR ADDR ...``)."""
+    return " ".join(part.split()[0] for part in domain_key.split(",") if part.strip())

@@ -57,7 +57,10 @@ def render(command: str, result: Any) -> str:
     if renderer is not None:
         return str(renderer(result))
     if isinstance(result, dict) and "message" in result:
-        return str(result["message"])
+        text = str(result["message"])
+        if result.get("forwarded_to"):
+            text += f" (done on the domain's acting primary {result['forwarded_to']})"
+        return text
     return str(result)
 
 
@@ -74,6 +77,7 @@ def _sinfo(result: dict[str, Any]) -> str:
         + (", ".join(result["searched"]) or "-"),
     ]
     lines.extend(f"  problem: {problem}" for problem in result["search_problems"])
+    lines.extend(_domains_and_peers(result))
     lines.append("permit files, in the order read:")
     if not result["files"]:
         lines.append("  (none)")
@@ -89,6 +93,37 @@ def _sinfo(result: dict[str, Any]) -> str:
         if info["condition"]:
             lines.append(f"       ERROR {info['condition']}")
     return "\n".join(lines)
+
+
+def _domains_and_peers(result: dict[str, Any]) -> list[str]:
+    """sinfo's server-domain part: each domain's role and view, each peer link."""
+    lines = []
+    for d in result.get("domains", []):
+        primary = (
+            f"primary hqnserver{d['primary_rank']} {d['primary']}" if d["primary"] else "no primary"
+        )
+        lines.append(
+            f"domain {d['domain']}: hqnserver{d['rank']} here is {d['role'].upper()}, "
+            f"epoch {d['epoch']}, view {' '.join(d['view']) or '-'}, {primary}; "
+            f"{d['products']} product(s), {d['held']} licence(s) held"
+        )
+    peers = result.get("peers", [])
+    if peers:
+        rows = [
+            [
+                p["address"],
+                "up" if p["up"] else "DOWN",
+                "yes" if p["inbound"] else "no",
+                "never" if p["last_seen_ago"] is None else f"{p['last_seen_ago']:.1f}s ago",
+                "-" if p["rtt"] is None else f"{p['rtt'] * 1000:.1f} ms",
+                p["connects"],
+            ]
+            for p in peers
+        ]
+        table_text = table(["peer", "link", "inbound", "heard", "rtt", "connects"], rows)
+        lines.append("peer links:")
+        lines.extend("  " + line for line in table_text.splitlines())
+    return lines
 
 
 def _listhqn(result: dict[str, Any]) -> str:
@@ -114,10 +149,23 @@ def _listp(result: dict[str, Any]) -> str:
             f"0x{p['policy']:x}",
             p["policy_text"],
             p["expiry"],
+            _where(p),
         ]
         for p in products
     ]
-    return table(["#", "product", "locked", "floating", "policy", "flags", "expiry"], rows)
+    headers = ["#", "product", "locked", "floating", "policy", "flags", "expiry", "served by"]
+    return table(headers, rows)
+
+
+def _where(product: dict[str, Any]) -> str:
+    """Who serves a listed product: this server, or a domain with this member's role."""
+    if not product.get("domain"):
+        return "this server"
+    role = str(product.get("role") or "?")
+    if role == "primary":
+        return f"domain {product['domain']} (primary here)"
+    primary = product.get("primary") or "unknown"
+    return f"domain {product['domain']} ({role} here; primary {primary})"
 
 
 def _listp_plus(result: dict[str, Any]) -> str:
@@ -155,7 +203,8 @@ def _listp_plus(result: dict[str, Any]) -> str:
 def _listu(result: dict[str, Any]) -> str:
     out = []
     for p in result["products"]:
-        out.append(f"{p['index']}. {_product_name(p)}: {len(p['holders'])} holder(s)")
+        where = f" [{_where(p)}]" if p.get("domain") else ""
+        out.append(f"{p['index']}. {_product_name(p)}: {len(p['holders'])} holder(s){where}")
         if p["holders"]:
             rows = [
                 [
@@ -229,6 +278,14 @@ def _lk(result: dict[str, Any]) -> str:
 def _reinit(result: dict[str, Any]) -> str:
     lines = [str(result["message"])]
     lines.extend(f"  permit error: {error}" for error in result.get("errors", []))
+    for d in result.get("domains", []):
+        if "error" in d:
+            lines.append(f"  domain {d['domain']}: NOT reinitialised: {d['error']}")
+        else:
+            lines.append(
+                f"  domain {d['domain']}: {d['revoked']} licence(s) revoked, "
+                f"{d['served']} product(s) served (on its primary {d['on']})"
+            )
     return "\n".join(lines)
 
 

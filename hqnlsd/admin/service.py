@@ -96,6 +96,9 @@ def make_admin_services(
     Raises ValueError with a message for the admin on bad settings.
     """
     handler = AdminHandler(root)
+    if root.domains is not None:
+        # This member runs the changes other members forward while it is a primary.
+        root.domains.forwarded = handler.handle_forwarded
     services: list[IService] = []
     if socket_path is not None:
         if not 0 <= socket_mode <= 0o777:

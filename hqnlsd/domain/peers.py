@@ -12,6 +12,16 @@ Wire (UTF-8 JSON, one object a line, at most `MAX_LINE` bytes)::
     {"t": "hello", "v": 1, "addr": "127.0.0.1", "domains": {"<domain id>": <rank>, ...}}
     {"t": "m", "d": "<domain id>", "m": <hqnlsd.domain.messages.encode(message)>}
     {"t": "ping", "n": 7}          {"t": "pong", "n": 7}
+    {"t": "call", "id": 3, "d": "<domain id>", "body": {...}}
+    {"t": "reply", "id": 3, "ok": true, "body": {...}}
+    {"t": "reply", "id": 3, "ok": false, "error": "NAME", "message": "..."}
+
+Calls: `PeerNetwork.call` asks a member of a shared domain to do something
+(an admin change on the domain's acting primary, see `hqnlsd.admin.handler`)
+and fires with the reply's body, or fails with `PeerCallError` (the callee's
+error, no link, or no reply within the timeout). The callee runs
+``call_handler(domain id, caller address, body)`` only for a domain the
+link agreed on in the hellos, and replies on the link the call came in on.
 
 Who may connect: the TLS layer proves the certificate was issued by the
 domain CA (`hqnlsd.tls.server_options` requires a client certificate). The
@@ -44,7 +54,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
@@ -73,6 +83,17 @@ DEFAULT_PEER_PORT = 1237
 Address = ipaddress.IPv4Address
 #: Domain id -> the rank of every member, by address (from this host's hosts file).
 Domains = Mapping[str, Mapping[Address, int]]
+
+
+class PeerCallError(Exception):
+    """A peer call failed: an error name (a licence status name or ``UNREACHABLE``,
+    ``TIMEOUT``, ``INTERNAL``) and a message for people."""
+
+    def __init__(self, name: str, message: str) -> None:
+        """The error ``name`` with ``message``."""
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -258,6 +279,10 @@ class PeerLink(Protocol):
                 self.network._rtt(self.peer, now - sent)
         elif kind == "hello":
             self._hello(payload)
+        elif kind == "call":
+            self._call(payload)
+        elif kind == "reply":
+            self.network._replied(self.peer, payload)
         else:
             self.log.warn("peer {peer}: unknown line type {kind!r}", peer=str(self.peer), kind=kind)
 
@@ -307,6 +332,47 @@ class PeerLink(Protocol):
             )
             return
         self.network._deliver(domain_id, self.peer, message)
+
+    def _call(self, payload: dict[str, Any]) -> None:
+        assert self.peer is not None
+        number, domain_id, body = payload.get("id"), payload.get("d"), payload.get("body")
+        if not isinstance(number, int) or isinstance(number, bool):
+            return
+        if not isinstance(domain_id, str) or domain_id not in self.claimed:
+            self._reply(number, PeerCallError("NOTVERIFIED", "not a domain this link serves"))
+            return
+        if not isinstance(body, dict):
+            self._reply(number, PeerCallError("INTERNAL", "a call without a body"))
+            return
+        self.network._answer_call(domain_id, self.peer, body).addBoth(
+            lambda outcome: self._reply(number, outcome)
+        )
+
+    def _reply(self, number: int, outcome: object) -> None:
+        if isinstance(outcome, Failure):
+            outcome = outcome.value
+        if isinstance(outcome, PeerCallError):
+            self._write(
+                {
+                    "t": "reply",
+                    "id": number,
+                    "ok": False,
+                    "error": outcome.name,
+                    "message": outcome.message,
+                }
+            )
+        elif isinstance(outcome, dict):
+            self._write({"t": "reply", "id": number, "ok": True, "body": outcome})
+        else:
+            self._write(
+                {
+                    "t": "reply",
+                    "id": number,
+                    "ok": False,
+                    "error": "INTERNAL",
+                    "message": f"the peer failed: {outcome}",
+                }
+            )
 
     # -- sending -------------------------------------------------------------------
 
@@ -473,6 +539,14 @@ class PeerNetwork(MultiService):
             port_of if port_of is not None else (lambda address: listen_port)
         )
         self._deliver_to = deliver
+        #: runs a peer's call: (domain id, caller, body) -> reply body (or a Deferred
+        #: of it); raise `PeerCallError` to refuse. None: every call is refused.
+        self.call_handler: (
+            Callable[[str, Address, dict[str, Any]], dict[str, Any] | Deferred[dict[str, Any]]]
+            | None
+        ) = None
+        self._calls: dict[int, tuple[Address, Deferred[dict[str, Any]], Any]] = {}
+        self._call_seq = 0
         self._link_changed = link_changed
         self.domains: dict[str, Mapping[Address, int]] = {}
         self._peers: dict[Address, _PeerState] = {}
@@ -533,6 +607,26 @@ class PeerNetwork(MultiService):
         if state is not None and state.outbound is not None:
             state.outbound.send_message(domain_id, message)
 
+    def call(
+        self, domain_id: str, address: Address, body: Mapping[str, Any], timeout: float
+    ) -> Deferred[dict[str, Any]]:
+        """Ask member ``address`` to run ``body`` for ``domain_id`` (its ``call_handler``).
+
+        Fires with the reply's body; fails with `PeerCallError`: the callee's
+        refusal, ``UNREACHABLE`` (no link up) or ``TIMEOUT`` (no reply within
+        ``timeout`` seconds: the call may or may not have been carried out).
+        """
+        state = self._peers.get(address)
+        if state is None or state.outbound is None:
+            return fail(PeerCallError("UNREACHABLE", f"no link to the domain member {address}"))
+        self._call_seq += 1
+        number = self._call_seq
+        done: Deferred[dict[str, Any]] = Deferred()
+        timer = self.clock.callLater(timeout, self._call_timed_out, number, timeout)
+        self._calls[number] = (address, done, timer)
+        state.outbound._write({"t": "call", "id": number, "d": domain_id, "body": dict(body)})
+        return done
+
     def peers(self) -> list[PeerInfo]:
         """The state of every peer, by address."""
         return [
@@ -546,7 +640,12 @@ class PeerNetwork(MultiService):
         return state is not None and state.outbound is not None
 
     def stopService(self) -> Deferred[None] | None:
-        """Stop dialling and listening; drop every accepted link."""
+        """Stop dialling and listening; drop every accepted link; fail waiting calls."""
+        for number in sorted(self._calls):
+            _address, done, timer = self._calls.pop(number)
+            if timer.active():
+                timer.cancel()
+            done.errback(PeerCallError("UNREACHABLE", "this daemon is stopping"))
         for state in self._peers.values():
             for link in list(state.inbound):
                 link.close()
@@ -572,6 +671,55 @@ class PeerNetwork(MultiService):
                 "domain {domain}: handling a message from {peer} failed",
                 domain=domain_id,
                 peer=str(address),
+            )
+
+    def _answer_call(
+        self, domain_id: str, address: Address, body: dict[str, Any]
+    ) -> Deferred[dict[str, Any]]:
+        handler = self.call_handler
+        if handler is None:
+            return fail(PeerCallError("NOTVERIFIED", "this member takes no calls"))
+        try:
+            result = handler(domain_id, address, body)
+        except PeerCallError as error:
+            return fail(error)
+        except Exception as error:
+            self.log.failure("call from {peer} failed", peer=str(address))
+            return fail(PeerCallError("INTERNAL", f"the call failed: {error}"))
+        if isinstance(result, Deferred):
+            return result
+        return succeed(result)
+
+    def _replied(self, address: Address, payload: dict[str, Any]) -> None:
+        number = payload.get("id")
+        pending = self._calls.get(number) if isinstance(number, int) else None
+        if pending is None or pending[0] != address:
+            return  # late (timed out) or not ours to answer
+        del self._calls[number]  # type: ignore[arg-type]
+        _, done, timer = pending
+        if timer.active():
+            timer.cancel()
+        body = payload.get("body")
+        if payload.get("ok") is True and isinstance(body, dict):
+            done.callback(body)
+        else:
+            done.errback(
+                PeerCallError(
+                    str(payload.get("error") or "INTERNAL"),
+                    str(payload.get("message") or "the peer refused the call"),
+                )
+            )
+
+    def _call_timed_out(self, number: int, timeout: float) -> None:
+        pending = self._calls.pop(number, None)
+        if pending is not None:
+            address, done, _ = pending
+            done.errback(
+                PeerCallError(
+                    "TIMEOUT",
+                    f"no answer from the domain member {address} within {timeout:g}s; "
+                    "the change may or may not have been made: check with a listing",
+                )
             )
 
     def _inbound_identified(self, link: PeerLink) -> None:

@@ -29,6 +29,7 @@ them the same on every member.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -44,11 +45,17 @@ from hqnlsd.domain.adapter import EngineMachine
 from hqnlsd.domain.clock import ReactorMonotonicClock
 from hqnlsd.domain.messages import Message
 from hqnlsd.domain.node import DomainNode, NotServing, OutcomeUnknown
-from hqnlsd.domain.peers import DEFAULT_PEER_PORT, PeerInfo, PeerNetwork, PeerTimers
+from hqnlsd.domain.peers import (
+    DEFAULT_PEER_PORT,
+    PeerCallError,
+    PeerInfo,
+    PeerNetwork,
+    PeerTimers,
+)
 from hqnlsd.domain.role import Role, RoleInfo
 from hqnlsd.domain.sqlstore import SqliteDomainStorage
 from hqnlsd.domain.timing import DomainTimers
-from hqnlsd.licensing.engine import Engine
+from hqnlsd.licensing.engine import Engine, random_handle
 from hqnlsd.licensing.events import Event
 from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import Catalogue, Serving
@@ -62,6 +69,22 @@ Address = ipaddress.IPv4Address
 def domain_id(servers: Iterable[HostId]) -> str:
     """The identity of a server domain: its members, sorted (``"ADDR 0xID,..."``)."""
     return ",".join(str(server) for server in sorted(servers))
+
+
+def handle_tag(domain_key: str) -> str:
+    """The prefix of every handle a domain grants (the same on every member).
+
+    It lets a member route a handle it has not seen yet (granted moments ago by
+    the primary, not yet replicated here) to its domain, and so answer
+    TRY_SERVER rather than BADHANDLE.
+    """
+    return "d" + hashlib.sha256(domain_key.encode("utf-8")).hexdigest()[:6]
+
+
+def tagged_handles(domain_key: str) -> Callable[[], str]:
+    """A handle maker for a domain's engine: ``<tag>-<16 hex digits>``."""
+    tag = handle_tag(domain_key)
+    return lambda: f"{tag}-{random_handle()}"
 
 
 @dataclass(frozen=True)
@@ -299,7 +322,7 @@ class DomainRuntime(MultiService):
         peer_timers: PeerTimers | None = None,
         check_source: bool = True,
         clock: Any = None,
-        engine_factory: Callable[[], Engine] | None = None,
+        engine_factory: Callable[[str], Engine] | None = None,
     ) -> None:
         """The runtime of the daemon on ``me``; `configure` tells it its domains."""
         super().__init__()
@@ -308,8 +331,10 @@ class DomainRuntime(MultiService):
         self.state_dir = Path(state_dir)
         self.timers = timers if timers is not None else DomainTimers()
         self.clock = clock if clock is not None else ReactorMonotonicClock(reactor)
-        self._engine_factory = (
-            engine_factory if engine_factory is not None else (lambda: Engine(reactor))
+        self._engine_factory: Callable[[str], Engine] = (
+            engine_factory
+            if engine_factory is not None
+            else (lambda key: Engine(reactor, new_handle=tagged_handles(key)))
         )
         self.members: dict[str, DomainMember] = {}
         self.network = PeerNetwork(
@@ -324,6 +349,7 @@ class DomainRuntime(MultiService):
             timers=peer_timers,
             check_source=check_source,
         )
+        self.network.call_handler = self._on_call
         self.network.setName("peers")
         self.network.setServiceParent(self)
         self._watch_call: Any = None
@@ -332,6 +358,15 @@ class DomainRuntime(MultiService):
         #: called with (domain id, events) when events decided here are confirmed
         #: (grants, releases, reclaims...: for the licence log, usage report, metrics)
         self.event_listeners: list[Callable[[str, Sequence[Event]], None]] = []
+        #: called with (domain id, how many other members our links reach) on link changes
+        self.peer_listeners: list[Callable[[str, int], None]] = []
+        #: runs a change a member forwarded to this (acting primary) member:
+        #: (domain id, the caller's address, body) -> reply body or a Deferred of it;
+        #: raise `PeerCallError` to refuse. Set by the admin layer.
+        self.forwarded: (
+            Callable[[str, Address, dict[str, Any]], dict[str, Any] | Deferred[dict[str, Any]]]
+            | None
+        ) = None
 
     # -- configuration ---------------------------------------------------------------
 
@@ -357,7 +392,7 @@ class DomainRuntime(MultiService):
                 spec,
                 self.me,
                 self.clock,
-                self._engine_factory(),
+                self._engine_factory(key),
                 SqliteDomainStorage.in_state_dir(self.state_dir, key),
                 self.network.send,
                 self.timers,
@@ -381,12 +416,45 @@ class DomainRuntime(MultiService):
         """The route of the domain whose engine knows ``handle`` (held or taken back).
 
         A backup's engine lags its primary by at most the commits in flight, so
-        a handle granted moments ago may not be known here yet (None).
+        a handle granted moments ago may not be known here yet: its prefix
+        (`handle_tag`) still names its domain.
         """
         for member in self.members.values():
             if member.machine.knows_handle(handle):
                 return DomainRoute(member)
+        tag, dash, _ = handle.partition("-")
+        if dash:
+            for key, member in self.members.items():
+                if handle_tag(key) == tag:
+                    return DomainRoute(member)
         return None
+
+    def forward(
+        self, domain_key: str, body: Mapping[str, Any], timeout: float
+    ) -> Deferred[dict[str, Any]]:
+        """Send a change to the acting primary of ``domain_key`` (see `forwarded`).
+
+        Fails with `PeerCallError`: NOTVERIFIED / NEW_MASTER / LOSTMASTER when
+        this member knows no acting primary to ask, or the primary's refusal.
+        """
+        member = self.members.get(domain_key)
+        if member is None:
+            return fail(PeerCallError("BADPRODUCT", f"no domain {domain_key} is served here"))
+        info = member.node.role()
+        if info.primary is None or info.primary == member.rank:
+            refusal = DomainRoute(member).refusal()
+            status = refusal.status.name if refusal is not None else "NOTVERIFIED"
+            why = refusal.msg if refusal is not None else "not verified"
+            return fail(PeerCallError(status, f"the domain has no acting primary to ask ({why})"))
+        return self.network.call(domain_key, member.address_of[info.primary], body, timeout)
+
+    def primary_address(self, domain_key: str) -> Address | None:
+        """The address of the acting primary of ``domain_key`` as this member knows it."""
+        member = self.members.get(domain_key)
+        if member is None:
+            return None
+        primary = member.node.role().primary
+        return None if primary is None else member.address_of.get(primary)
 
     def housekeep(self) -> None:
         """Periodic work (call it from the daemon's housekeeping): the primaries
@@ -450,6 +518,16 @@ class DomainRuntime(MultiService):
         if self.running:
             self._watch_call = self.clock.callLater(self.timers.tick, self._watch)
 
+    def _on_call(
+        self, domain_key: str, address: Address, body: dict[str, Any]
+    ) -> dict[str, Any] | Deferred[dict[str, Any]]:
+        member = self.members.get(domain_key)
+        if member is None or address not in member.spec.ranks:
+            raise PeerCallError("BADPRODUCT", f"{address} is not a member of that domain here")
+        if self.forwarded is None:
+            raise PeerCallError("NOTVERIFIED", "this member takes no forwarded changes")
+        return self.forwarded(domain_key, address, body)
+
     def _deliver(self, domain_key: str, address: Address, message: Message) -> None:
         member = self.members.get(domain_key)
         if member is None:
@@ -459,7 +537,7 @@ class DomainRuntime(MultiService):
             member.node.receive(rank, message)
 
     def _link_changed(self, address: Address, up: bool) -> None:
-        for member in self.members.values():
+        for key, member in self.members.items():
             rank = member.spec.ranks.get(address)
             if rank is None:
                 continue
@@ -467,3 +545,12 @@ class DomainRuntime(MultiService):
                 member.node.connected(rank)
             else:
                 member.node.disconnected(rank)
+            reached = sum(
+                1 for other in member.spec.ranks if other != self.me and self.network.is_up(other)
+            )
+            for listener in self.peer_listeners:
+                listener(key, reached)
+
+    def serving_engines(self) -> list[Engine]:
+        """The engines of the domains this member is the acting primary of now."""
+        return [member.engine for member in self.members.values() if member.node.can_serve]

@@ -1,0 +1,181 @@
+"""End to end: administering a server domain's products from any member.
+
+Issue 5: state-changing commands take effect on the acting primary of the
+product's domain. Two real daemons of a three-member domain (hqnserver1 is the
+primary, hqnserver2 a backup); every command is sent to the *backup's* local
+admin socket, which forwards changes over the peer link to the primary. Also:
+listings and ``sinfo`` on a backup show the domain, its role and the peer
+links; a handle the backup has not seen, but that its domain's prefix names,
+is redirected (TRY_SERVER), not refused as unknown.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hqnlsd.admin.client import AdminClient
+from hqnlsd.domain.runtime import domain_id, handle_tag
+from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.status import Status
+from tests.daemons import REPO_ROOT, Daemon, DaemonHarness
+from tests.test_e2e_domain import (
+    ELECTION_BOUND,
+    PRODUCT,
+    PUBLISHER,
+    call,
+    daemons,  # noqa: F401 (the fixture)
+    is_grant,
+    is_status,
+    make_domain,
+    request,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+NAMED = {"product": {"publisher": PUBLISHER, "product": PRODUCT}}
+
+
+def admin(daemon: Daemon, command: str, **args: Any) -> dict[str, Any]:
+    """One admin command on ``daemon``'s local socket; the whole answer."""
+    client = AdminClient.unix(daemon.state_dir / "admin.sock", timeout=20.0)
+    try:
+        return client.call(command, args)
+    finally:
+        client.close()
+
+
+def result(daemon: Daemon, command: str, **args: Any) -> Any:
+    """The result of an admin command that must succeed."""
+    answer = admin(daemon, command, **args)
+    assert answer.get("ok"), answer
+    return answer["result"]
+
+
+def domain_products(daemon: Daemon) -> list[dict[str, Any]]:
+    """The domain product as ``listp`` on ``daemon`` shows it (none, or one)."""
+    products = result(daemon, "listp")["products"]
+    return [p for p in products if p["product"] == PRODUCT]
+
+
+def domain_product(daemon: Daemon) -> dict[str, Any]:
+    """The domain product as ``listp`` on ``daemon`` shows it."""
+    (found,) = domain_products(daemon)
+    return dict(found)
+
+
+def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:  # noqa: F811
+    """listp/sinfo on the backup show the domain; policy, timeout, kill, adduser and
+    reinit sent to the backup are made by the primary and reach both copies."""
+    first, second, _third = make_domain(daemons)
+    first.start_and_wait()
+    second.start_and_wait()
+    granted, _ = wait_for("primary grants", lambda: request(first, "one"), is_grant, ELECTION_BOUND)
+    handle = granted.get("handle") or ""
+    wait_for(
+        "the backup's copy holds the licence",
+        lambda: Ok.of(used=sum(p["floating_used"] for p in domain_products(second))),
+        lambda reply: reply.get("used") == "1",
+        ELECTION_BOUND,
+    )
+
+    # Listings on the backup: its copy of the domain state, with its role.
+    listed = domain_product(second)
+    assert (listed["role"], listed["primary"]) == ("backup", "127.0.0.1"), listed
+    assert listed["domain"] == "127.0.0.1 127.0.0.2 127.0.0.3"
+    assert listed["floating_used"] == 1
+    assert domain_product(first)["role"] == "primary"
+    info = result(second, "sinfo")
+    (domain,) = info["domains"]
+    assert (domain["role"], domain["primary"], domain["rank"]) == ("backup", "127.0.0.1", 2)
+    assert {p["address"]: p["up"] for p in info["peers"]}["127.0.0.1"] is True
+
+    # A change sent to the backup is made on the primary.
+    changed = result(second, "policy", value="UVIS+", **NAMED)
+    assert changed["forwarded_to"] == "127.0.0.1", changed
+    assert "UVIS" in domain_product(first)["policy_text"]
+    wait_for(
+        "the backup's copy has the new policy",
+        lambda: Ok.of(text=domain_product(second)["policy_text"]),
+        lambda reply: "UVIS" in (reply.get("text") or ""),
+        ELECTION_BOUND,
+    )
+    result(second, "timeout", seconds=1234, **NAMED)
+    assert domain_product(first)["timeout"] == 1234
+    result(second, "adduser", user="alice", **NAMED)
+    assert "alice" in domain_product(first)["named_users"]
+    # A query on the backup reads its own copy (no forwarding).
+    queried = result(second, "timeout", **NAMED)
+    assert "forwarded_to" not in queried
+
+    # kill by handle, sent to the backup: the primary revokes it.
+    killed = result(second, "kill", handle=handle)
+    assert killed["forwarded_to"] == "127.0.0.1", killed
+    gone = call(first, "UPDATE", handle)
+    assert isinstance(gone, Err) and gone.status is Status.LOSTLICENCE, gone
+
+    # A product the domain does not serve is refused with a clear error.
+    refused = admin(second, "policy", value="GRAB+", product={"publisher": "No", "product": "Such"})
+    assert not refused.get("ok") and refused["error"] == "BADPRODUCT", refused
+
+    # reinit on the backup: its own products here, the domain's on the primary.
+    again = request(first, "two")
+    assert is_grant(again), again
+    reinit = result(second, "reinit")
+    (done,) = reinit["domains"]
+    assert (done["on"], done["revoked"]) == ("127.0.0.1", 1), reinit
+    assert reinit["revoked"] == 1
+    assert "UVIS" not in domain_product(first)["policy_text"]  # the permit's own policy again
+    assert domain_product(first)["floating_used"] == 0
+
+    # hqn_lsa's text on the backup: where the product is served, where a change was made.
+    text = lsa(second, "-listp")
+    assert "backup here; primary 127.0.0.1" in text, text
+    added = lsa(second, "-adduser", "1", "bob")
+    assert "done on the domain's acting primary 127.0.0.1" in added, added
+    assert "hqnserver2 here is BACKUP" in lsa(second, "-sinfo")
+
+
+def test_a_handle_not_yet_seen_is_redirected(daemons: DaemonHarness) -> None:  # noqa: F811
+    """A domain handle the backup has not seen (its prefix names the domain): TRY_SERVER."""
+    first, second, _third = make_domain(daemons)
+    first.start_and_wait()
+    second.start_and_wait()
+    wait_for("primary grants", lambda: request(first, "one"), is_grant, ELECTION_BOUND)
+    key = domain_id([daemons.host(n) for n in (1, 2, 3)])
+    unseen = f"{handle_tag(key)}-0123456789abcdef"
+    redirected, _ = wait_for(
+        "the backup redirects an unseen domain handle",
+        lambda: call(second, "UPDATE", unseen),
+        is_status(Status.TRY_SERVER),
+        ELECTION_BOUND,
+    )
+    assert redirected.get("n") == "1", redirected
+    at_primary = call(first, "UPDATE", unseen)
+    assert isinstance(at_primary, Err) and at_primary.status is Status.BADHANDLE, at_primary
+    granted = request(first, "two")
+    assert (granted.get("handle") or "").startswith(handle_tag(key) + "-"), granted
+
+
+def lsa(daemon: Daemon, *args: str) -> str:
+    """hqn_lsa (a real process) on ``daemon``'s admin socket; its output."""
+    argv = [
+        sys.executable,
+        "-m",
+        "hqnlsd.tools.lsa",
+        "--socket",
+        str(Path(daemon.state_dir) / "admin.sock"),
+        "--hosts",
+        str(daemon.hosts_file),
+        *args,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HQN_LSA_HISTORY": "/dev/null"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout
