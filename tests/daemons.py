@@ -50,6 +50,7 @@ from hqnlsd.permits.model import HostId, Permit, ProductPermit
 from hqnlsd.permits.seal import PublisherKey, sign_permit, write_key_files
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issued
 
 #: The repository root: on the daemons' PYTHONPATH so that twisted/plugins is found.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +160,23 @@ def free_port(address: str) -> int:
         probe.bind((address, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def free_port_on_all(addresses: Sequence[str], *, avoid: Iterable[int] = ()) -> int:
+    """A TCP port free on every one of ``addresses`` right now, not one of ``avoid``."""
+    avoided = set(avoid)
+    for _ in range(50):
+        port = free_port(addresses[0])
+        if port in avoided:
+            continue
+        try:
+            for address in addresses[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no TCP port free on all of {', '.join(addresses)}")
 
 
 # -- a blocking line client -------------------------------------------------------------
@@ -556,3 +574,51 @@ class DaemonHarness:
         for daemon in self.daemons.values():
             if daemon.starts:
                 print(daemon.log_tail())
+
+
+def domain_daemons(
+    harness: DaemonHarness,
+    size: int,
+    products: Iterable[ProductPermit],
+    *,
+    peer_port: int | None = None,
+    peer_dial_port: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[Daemon]:
+    """Daemons ``hqnserver1..size`` (not started) on 127.0.0.1..size serving one permit
+    whose server domain is all of them.
+
+    Writes the hosts file, the sealed permit, a domain CA (``root/tls/ca.pem``) and a
+    member certificate and key for each daemon (`hqnlsd.tools.ca`). Every daemon gets
+    ``--peer-port`` (free on every member's address unless given) and, if given,
+    ``--peer-dial-port`` (the port it dials its peers on: a proxy's).
+    """
+    addresses = [loopback(n) for n in range(1, size + 1)]
+    harness.write_hosts(addresses)
+    harness.write_permit(make_permit([harness.host(n) for n in range(1, size + 1)], products))
+    tls = harness.root / "tls"
+    tls.mkdir(exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca = create_ca(now=now, days=2)
+    ca_path = tls / "ca.pem"
+    ca_path.write_bytes(certificate_pem(ca.certificate))
+    port = free_port_on_all(addresses) if peer_port is None else peer_port
+    members = []
+    for n, address in enumerate(addresses, start=1):
+        key_path, cert_path = write_issued(
+            issue_member(ca, address, now=now, days=2), tls / f"member-{n}"
+        )
+        args = [
+            "--domain-ca",
+            str(ca_path),
+            "--domain-cert",
+            str(cert_path),
+            "--domain-key",
+            str(key_path),
+            "--peer-port",
+            str(port),
+        ]
+        if peer_dial_port is not None:
+            args += ["--peer-dial-port", str(peer_dial_port)]
+        members.append(harness.daemon(f"hqnserver{n}", n=n, extra_args=[*args, *extra_args]))
+    return members

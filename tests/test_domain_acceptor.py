@@ -69,6 +69,8 @@ def test_backup_grants_lease_and_refuses_rivals_until_it_ends() -> None:
     """An acknowledged Append binds the backup for `lease`; then it promises."""
     node, clock, sent = member(2)
     node.receive(1, Append(1, 50.0, 0, ((["grant", "a"],),), 0))
+    assert replies(sent, 1) == [], "no Ack before the entry is durable (group commit)"
+    clock.advance(0)
     assert replies(sent, 1) == [Ack(1, 50.0, 1, True)]
     node.receive(3, Prepare(2, Ballot(5, 3)))
     (refusal,) = replies(sent, 3)
@@ -162,3 +164,41 @@ def test_candidate_builds_state_from_the_longest_log() -> None:
     accept = next(m for _, m in sent if isinstance(m, Accept))
     assert accept.value.view == View(2, frozenset({2, 3}), ballot)
     assert accept.value.state == {"held": ["a", "b"]}
+
+
+def test_appends_of_one_turn_share_one_write_and_one_ack() -> None:
+    """Group commit at a backup: two Appends in one reactor turn are written once and
+    acknowledged once, with the later Append's time and both entries."""
+    storage = MemoryStorage()
+    storage.save_view(VIEW1, {"held": []})
+    node, clock, sent = member(2, storage)
+    writes = storage.writes
+    node.receive(1, Append(1, 50.0, 0, ((["grant", "a"],),), 0))
+    node.receive(1, Append(1, 50.5, 1, ((["grant", "b"],),), 0))
+    assert replies(sent, 1) == [] and storage.writes == writes
+    clock.advance(0)
+    assert replies(sent, 1) == [Ack(1, 50.5, 2, True)]
+    assert storage.writes == writes + 1
+    durable = storage.load()
+    assert durable is not None and len(durable.entries) == 2
+
+
+def test_submissions_of_one_turn_share_one_write() -> None:
+    """Group commit at a primary: submissions in one turn are written once, and none is
+    confirmed before that write."""
+    storage = MemoryStorage()
+    clock = Clock()
+    node = DomainNode(1, frozenset({1}), clock, lambda to, m: None, storage, LicencePool(9))
+    node.start()
+    for _ in range(300):
+        clock.advance(0.01)
+    assert node.can_serve
+    writes = storage.writes
+    confirmed: list[object] = []
+    for n in range(5):
+        node.submit([["grant", f"h{n}"]]).addCallback(confirmed.append)
+    assert confirmed == [] and storage.writes == writes
+    clock.advance(0)
+    assert confirmed == [None] * 5
+    assert storage.writes == writes + 1
+    node.stop()

@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from hqnlsd.domain.adapter import EngineMachine, entry_of, event_of
-from hqnlsd.domain.node import DomainNode, NotServing
+from hqnlsd.domain.node import DomainNode, NotServing, OutcomeUnknown
 from hqnlsd.domain.storage import MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Batch
@@ -224,11 +224,13 @@ def test_a_refused_submission_leaves_no_trace() -> None:
     node.stop()
 
 
-def test_failing_storage_is_undone_too() -> None:
-    """A storage error inside submit fails the submission and rebuilds the engine."""
+def test_failing_storage_is_never_confirmed() -> None:
+    """A storage error at the group write: the submission is not confirmed (its
+    outcome is unknown, the client retries with its token); once the disk works
+    again the entry is written, and nothing was confirmed that was not durable."""
 
     class Flaky(MemoryStorage):
-        """Memory storage whose appends fail once ``broken`` is set."""
+        """Memory storage whose appends fail while ``broken`` is set."""
 
         broken = False
 
@@ -247,15 +249,27 @@ def test_failing_storage_is_undone_too() -> None:
     assert node.can_serve, "a domain of one serves alone"
     loaded: list[object] = []
     machine.take_over(node, [PRODUCT]).addBoth(loaded.append)
+    clock.advance(0)
     assert loaded == [None]
     storage.broken = True
     outcome = machine.engine.request(request(1))
     assert isinstance(outcome.result, Grant)
-    failures: list[Failure] = []
-    machine.submit(node, outcome.events).addErrback(failures.append)
-    assert failures and failures[0].check(OSError)
-    assert machine.engine.held_count() == 0
-    assert machine.engine.product(PRODUCT.publisher, PRODUCT.product) == PRODUCT
+    results: list[object] = []
+    machine.submit(node, outcome.events).addBoth(results.append)
+    for _ in range(10):
+        clock.advance(0.05)
+    assert results == [], "confirmed without a durable copy"
+    before = storage.load()
+    assert before is not None and len(before.entries) == 1, "only the take-over is durable"
+    for _ in range(int(node.timers.submit_timeout / 0.05) + 2):
+        clock.advance(0.05)
+    (failure,) = results
+    assert isinstance(failure, Failure) and failure.check(OutcomeUnknown)
+    storage.broken = False
+    for _ in range(5):
+        clock.advance(0.05)
+    durable = storage.load()
+    assert durable is not None and len(durable.entries) == 2, "written once the disk works"
     node.stop()
 
 

@@ -11,6 +11,7 @@ is redirected (TRY_SERVER), not refused as unknown.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -134,6 +135,13 @@ def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:
     assert "UVIS" not in domain_product(first)["policy_text"]  # the permit's own policy again
     assert domain_product(first)["floating_used"] == 0
 
+    # The usage reports record the role changes and the domain's grants (on the primary).
+    first_usage = usage_records(first)
+    roles = [r for r in first_usage if r["event"] == "role"]
+    assert roles and roles[-1]["role"] == "primary", roles
+    assert any(r["event"] == "grant" and r.get("handle") == handle for r in first_usage)
+    assert [r["role"] for r in usage_records(second) if r["event"] == "role"][-1] == "backup"
+
     # hqn_lsa's text on the backup: where the product is served, where a change was made.
     text = lsa(second, "-listp")
     assert "backup here; primary 127.0.0.1" in text, text
@@ -161,6 +169,12 @@ def test_a_handle_not_yet_seen_is_redirected(daemons: DaemonHarness) -> None:  #
     assert isinstance(at_primary, Err) and at_primary.status is Status.BADHANDLE, at_primary
     granted = request(first, "two")
     assert (granted.get("handle") or "").startswith(handle_tag(key) + "-"), granted
+
+
+def usage_records(daemon: Daemon) -> list[dict[str, Any]]:
+    """Every record of ``daemon``'s usage report."""
+    path = Path(daemon.state_dir) / "usage.jsonl"
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
 
 
 def lsa(daemon: Daemon, *args: str) -> str:

@@ -36,21 +36,36 @@ class RefuseReason(enum.Enum):
 
 @dataclass(frozen=True)
 class Prepare:
-    """Paxos phase 1a: a candidate asks for promises for deciding ``epoch``."""
+    """Paxos phase 1a: a candidate asks for promises for deciding ``epoch``.
+
+    ``have``: how many entries of the view the candidate holds, so promisers
+    send only the entries beyond (the logs of a view are prefixes of each other).
+    """
 
     epoch: int
     ballot: Ballot
+    have: int = 0
 
 
 @dataclass(frozen=True)
 class Promise:
-    """Paxos phase 1b: a promise, the last value accepted, and the view's entries."""
+    """Paxos phase 1b: a promise, the last value accepted, and the view's entries.
+
+    ``entries`` are the promiser's entries from index ``start`` on (``start`` is at
+    most what the candidate said it holds: it has the ones before).
+    """
 
     epoch: int
     ballot: Ballot
     accepted_ballot: Ballot | None
     accepted_value: Value | None
     entries: tuple[Batch, ...]
+    start: int = 0
+
+    @property
+    def length(self) -> int:
+        """How many entries of the view the promiser holds."""
+        return self.start + len(self.entries)
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,12 @@ def _float(data: dict[str, object], key: str) -> float:
 def encode(message: Message) -> dict[str, object]:
     """The JSON-safe wire form of ``message``."""
     if isinstance(message, Prepare):
-        return {"type": "prepare", "epoch": message.epoch, "ballot": message.ballot.to_json()}
+        return {
+            "type": "prepare",
+            "epoch": message.epoch,
+            "ballot": message.ballot.to_json(),
+            "have": message.have,
+        }
     if isinstance(message, Promise):
         return {
             "type": "promise",
@@ -169,6 +189,7 @@ def encode(message: Message) -> dict[str, object]:
             if message.accepted_value is None
             else message.accepted_value.to_json(),
             "entries": [list(batch) for batch in message.entries],
+            "start": message.start,
         }
     if isinstance(message, Refuse):
         return {
@@ -210,7 +231,7 @@ def encode(message: Message) -> dict[str, object]:
 
 
 def _decode_prepare(data: dict[str, object]) -> Message:
-    return Prepare(_int(data, "epoch"), Ballot.from_json(data.get("ballot")))
+    return Prepare(_int(data, "epoch"), Ballot.from_json(data.get("ballot")), _count(data, "have"))
 
 
 def _decode_promise(data: dict[str, object]) -> Message:
@@ -221,7 +242,18 @@ def _decode_promise(data: dict[str, object]) -> Message:
         _ballot(data.get("accepted_ballot")),
         None if value is None else Value.from_json(value),
         _batches(data.get("entries")),
+        _count(data, "start"),
     )
+
+
+def _count(data: dict[str, object], key: str) -> int:
+    """A non-negative whole number; 0 if absent (a peer that predates the field)."""
+    if key not in data:
+        return 0
+    value = _int(data, key)
+    if value < 0:
+        raise MessageError(f"{key} must not be negative in {data!r}")
+    return value
 
 
 def _decode_refuse(data: dict[str, object]) -> Message:

@@ -194,6 +194,15 @@ class DomainNode:
         self._commit = 0
         self._pending: list[_Pending] = []
         self._drain: tuple[float, frozenset[int]] | None = None
+        # group commit: entries from _unsynced on are applied and sent but not yet
+        # durable here; _flush writes them all at once at the end of the turn
+        self._unsynced: int | None = None
+        self._flush_call: Timer | None = None
+        #: the Ack owed to the primary once the entries are durable (sender, epoch, sent_at)
+        self._owed_ack: tuple[int, int, float] | None = None
+        #: the state machine holds exactly base + this member's log (not a longer
+        #: log a candidacy rebuilt it with)
+        self._app_is_log = True
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -232,13 +241,28 @@ class DomainNode:
         self._tick_call = self._clock.callLater(0, self._tick)
 
     def stop(self) -> None:
-        """Stop the timer and fail every waiting submission (the process ends)."""
+        """Stop the timer and fail every waiting submission (the process ends).
+
+        Entries not yet written (group commit) are lost, as in a crash: none of
+        them was acknowledged or confirmed by this member.
+        """
         self._running = False
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._unsynced = None
+        self._owed_ack = None
         self._candidacy = None
         self._fail_pending(AuthorityLost(f"member {self.rank} stopped"))
+
+    def flush(self) -> None:
+        """Write now what group commit would write at the end of this turn (a clean
+        shutdown calls it before `stop`)."""
+        if self._running:
+            self._flush()
 
     # -- queries -----------------------------------------------------------
 
@@ -341,17 +365,68 @@ class DomainNode:
         if not self._serving(now):
             return fail(NotServing(self.role()))
         batch: Batch = tuple(entries)
-        self._storage.append(len(self._entries), [batch])
-        self._entries.append(batch)
+        self._append(len(self._entries), [batch])
         self._app.apply(batch)
         deferred: Deferred[None] = Deferred()
         self._pending.append(
             _Pending(len(self._entries), deferred, now + self.timers.submit_timeout)
         )
-        self._advance_commit()
-        if self._pending:
-            self._send_appends(now)
+        # Written, then sent, at the end of this turn (`_flush`): the primary's
+        # own durable log is always at least as long as any backup's.
         return deferred
+
+    # -- group commit ------------------------------------------------------
+
+    def _append(self, start: int, batches: Sequence[Batch]) -> None:
+        """Put ``batches`` at ``start`` of the log now; make them durable at `_flush`.
+
+        Submissions and Appends that arrive in one reactor turn share one write
+        (one fsync). Until then they do not count as held here: the primary
+        counts its own copy toward a quorum, and a backup acknowledges, only
+        once `_flush` has written them.
+        """
+        del self._entries[start:]
+        self._entries.extend(batches)
+        self._unsynced = start if self._unsynced is None else min(self._unsynced, start)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _durable_length(self) -> int:
+        return len(self._entries) if self._unsynced is None else self._unsynced
+
+    def _sync(self) -> None:
+        """Write the entries not yet durable (before any other write, and at `_flush`).
+
+        If the write fails they stay not durable (and not counted or acknowledged
+        here); the next `_flush` or tick tries again.
+        """
+        start = self._unsynced
+        if start is not None:
+            self._storage.append(start, self._entries[start:])
+            self._unsynced = None
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if not self._running:
+            return
+        try:
+            self._sync()
+        except Exception:
+            self.log.failure(
+                "domain {rank}: writing {count} log batch(es) failed; they do not count as "
+                "held here until a retry succeeds",
+                rank=self.rank,
+                count=len(self._entries) - (self._unsynced or 0),
+            )
+            return
+        owed, self._owed_ack = self._owed_ack, None
+        if owed is not None:
+            sender, epoch, sent_at = owed
+            if epoch == self._view.epoch and self._promised is None and self._candidacy is None:
+                self._send(sender, Ack(epoch, sent_at, len(self._entries), True))
+        self._advance_commit()
+        if self._pending and self._is_primary():
+            self._send_appends(self._now())
 
     # -- time --------------------------------------------------------------
 
@@ -363,6 +438,8 @@ class DomainNode:
         if not self._running:
             return
         now = self._now()
+        if self._unsynced is not None and self._flush_call is None:
+            self._flush()  # a failed group write, tried again
         self._expire_pending(now)
         candidacy = self._candidacy
         if candidacy is not None:
@@ -455,13 +532,22 @@ class DomainNode:
         return frozenset({self.rank} | keep | join)
 
     def _send_appends(self, now: float) -> None:
+        """Send each member the durable entries it lacks (an empty Append: a heartbeat).
+
+        Only entries durable here are sent, so no backup ever holds an entry its
+        primary could lose in a crash: after a restart the primary's log is still
+        the longest of its view, and every backup's is a prefix of it.
+        """
         view = self._view
+        durable = self._durable_length()
         for rank in sorted(self.domain - {self.rank}):
             if rank in view.members:
-                start = self._match.get(rank, 0)
-                batches = tuple(self._entries[start : start + _MAX_BATCHES_PER_APPEND])
+                start = min(self._match.get(rank, 0), durable)
+                batches = tuple(
+                    self._entries[start : min(start + _MAX_BATCHES_PER_APPEND, durable)]
+                )
             else:
-                start, batches = len(self._entries), ()
+                start, batches = durable, ()
             self._send(rank, Append(view.epoch, now, start, batches, self._commit))
 
     def _on_ack(self, sender: int, ack: Ack, now: float) -> None:
@@ -505,7 +591,7 @@ class DomainNode:
         values: dict[int, float] = {
             r: float(m) for r, m in self._match.items() if r in self._view.members
         }
-        values[self.rank] = float(len(self._entries))
+        values[self.rank] = float(self._durable_length())
         best = best_quorum_value(self._view.members, values)
         if best is None or best <= self._commit:
             return
@@ -549,14 +635,18 @@ class DomainNode:
         if append.start <= have:
             fresh = list(append.batches[have - append.start :])
             if fresh:
-                self._storage.append(have, fresh)
-                self._entries.extend(fresh)
+                self._append(have, fresh)
                 for batch in fresh:
                     self._app.apply(batch)
         self._grant_to = sender
         self._grant_until = now + self.timers.lease
         self._primary_heard = now
-        self._send(sender, Ack(view.epoch, append.sent_at, len(self._entries), True))
+        if self._unsynced is None:
+            self._send(sender, Ack(view.epoch, append.sent_at, len(self._entries), True))
+        else:
+            # Acknowledge once durable (_flush); the latest Append's time is the
+            # freshest lease grant, and its match covers the earlier ones.
+            self._owed_ack = (sender, view.epoch, append.sent_at)
 
     def _position(self) -> int:
         """Live members of the view ranked below this one (not the primary)."""
@@ -590,6 +680,7 @@ class DomainNode:
         ballot = Ballot(self._max_round + 1, self.rank)
         self._max_round = ballot.round
         self._promised = ballot
+        self._sync()
         self._storage.save_promise(ballot)
         if not handover:
             self._fail_pending(AuthorityLost("a take-over started"))
@@ -606,14 +697,19 @@ class DomainNode:
         self._resend_candidacy(candidacy)
         self._check_promises(candidacy, now)
 
-    def _promise(self, epoch: int, ballot: Ballot) -> Promise:
+    def _promise(self, epoch: int, ballot: Ballot, have: int | None = None) -> Promise:
+        """This member's promise; with ``have``, only the entries beyond the first
+        ``have`` (the candidate holds those: logs of a view are prefixes of each other)."""
         accepted_ballot, accepted_value = self._accepted if self._accepted else (None, None)
-        return Promise(epoch, ballot, accepted_ballot, accepted_value, tuple(self._entries))
+        start = 0 if have is None else min(have, len(self._entries))
+        return Promise(
+            epoch, ballot, accepted_ballot, accepted_value, tuple(self._entries[start:]), start
+        )
 
     def _resend_candidacy(self, candidacy: _Candidacy) -> None:
         if candidacy.value is None:
             for rank in sorted(self.domain - set(candidacy.promises)):
-                self._send(rank, Prepare(candidacy.epoch, candidacy.ballot))
+                self._send(rank, Prepare(candidacy.epoch, candidacy.ballot, len(self._entries)))
         else:
             for rank in sorted(self._view.members - candidacy.accepted_by):
                 self._send(rank, Accept(candidacy.epoch, candidacy.ballot, candidacy.value))
@@ -651,10 +747,15 @@ class DomainNode:
         else:
             # Every log of a view is a prefix of its primary's log, and every
             # committed entry is in some promiser's log: the longest has them all.
-            longest = max(candidacy.promises.values(), key=lambda p: len(p.entries)).entries
-            self._app.restore(self._base)
-            for batch in longest:
-                self._app.apply(batch)
+            # A promise carries its entries from `start` on; this candidate's log
+            # (frozen while it stands) supplies the ones before.
+            longest = max(candidacy.promises.values(), key=lambda p: p.length)
+            if longest.length > len(self._entries) or not self._app_is_log:
+                self._app.restore(self._base)
+                for batch in (*self._entries[: longest.start], *longest.entries):
+                    self._app.apply(batch)
+                self._app_is_log = longest.length == len(self._entries)
+            # else its own log is the longest, and its state machine holds just that.
             members = frozenset(
                 r
                 for r in candidacy.promises
@@ -664,6 +765,7 @@ class DomainNode:
             candidacy.own_value = True
         candidacy.value = value
         self._accepted = (candidacy.ballot, value)
+        self._sync()
         self._storage.save_accepted(candidacy.ballot, value)
         candidacy.accepted_by.add(self.rank)
         self._resend_candidacy(candidacy)
@@ -721,7 +823,7 @@ class DomainNode:
             return
         del candidacy.retries[rank]
         if candidacy.value is None and rank not in candidacy.promises:
-            self._send(rank, Prepare(candidacy.epoch, candidacy.ballot))
+            self._send(rank, Prepare(candidacy.epoch, candidacy.ballot, len(self._entries)))
 
     def _abandon(self, now: float, backoff: float) -> None:
         self._candidacy = None
@@ -739,7 +841,11 @@ class DomainNode:
             # The lease this member granted binds it: no successor yet.
             return Refuse(epoch, ballot, RefuseReason.LEASE, wait=self._grant_until - now)
         if self._serving(now) and self._lease_until is not None:
-            return Refuse(epoch, ballot, RefuseReason.LEASE, wait=self._lease_until - now)
+            # A primary that is a quorum alone holds an endless lease: ask the
+            # candidate to try again after one lease period (a finite number on
+            # the wire; JSON has no infinity).
+            wait = min(self._lease_until - now, self.timers.lease)
+            return Refuse(epoch, ballot, RefuseReason.LEASE, wait=wait)
         return None
 
     def _stale_or_ahead(self, sender: int, epoch: int, ballot: Ballot) -> bool:
@@ -764,7 +870,7 @@ class DomainNode:
             self._send(sender, refusal)
             return
         self._promise_to(prepare.ballot, now)
-        self._send(sender, self._promise(prepare.epoch, prepare.ballot))
+        self._send(sender, self._promise(prepare.epoch, prepare.ballot, prepare.have))
 
     def _on_accept(self, sender: int, accept: Accept, now: float) -> None:
         if self._stale_or_ahead(sender, accept.epoch, accept.ballot):
@@ -780,6 +886,7 @@ class DomainNode:
             return
         self._promise_to(accept.ballot, now, persist=False)
         self._accepted = (accept.ballot, accept.value)
+        self._sync()
         self._storage.save_accepted(accept.ballot, accept.value)
         self._send(sender, Accepted(accept.epoch, accept.ballot))
 
@@ -789,6 +896,7 @@ class DomainNode:
         if self._promised != ballot:
             self._promised = ballot
             if persist:
+                self._sync()
                 self._storage.save_promise(ballot)
         candidacy = self._candidacy
         if candidacy is not None and candidacy.ballot != ballot:
@@ -806,6 +914,9 @@ class DomainNode:
         view = value.view
         if view.epoch <= self._view.epoch:
             return
+        # The new view's state replaces the log: entries not yet written need not be.
+        self._unsynced = None
+        self._owed_ack = None
         self._storage.save_view(view, value.state)
         self._view = view
         self._base = value.state
@@ -813,6 +924,7 @@ class DomainNode:
         self._promised = None
         self._accepted = None
         self._app.restore(value.state)
+        self._app_is_log = True
         if view.origin is not None:
             self._max_round = max(self._max_round, view.origin.round)
         self._candidacy = None

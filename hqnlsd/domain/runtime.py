@@ -167,7 +167,11 @@ class DomainMember:
         self.node.start()
 
     def stop(self) -> None:
-        """Stop the node (waiting submissions fail) and close the storage."""
+        """Write what is pending, stop the node (waiting submissions fail), close the storage."""
+        try:
+            self.node.flush()
+        except Exception:
+            self.log.failure("domain {domain}: final write failed", domain=self.spec.domain_id)
         self.node.stop()
         self.storage.close()
 

@@ -12,9 +12,11 @@ domain's identity (`domain_file_name`), so several domains share one state
 directory. The domain's identity is also written inside the file and checked
 on open: a file of another domain is refused rather than silently used.
 
-Writes are synchronous (one fsync each) on the reactor thread, like the
-licence journal's group commit; a domain member writes once per submitted
-batch and per view change, not per heartbeat.
+Writes are synchronous (one fsync each) on the reactor thread. The node
+groups its log writes: every batch submitted, and every Append received, in
+one reactor turn is written by one `append` call at the end of the turn
+(`DomainNode._flush`), so a member does one fsync per turn under load, plus
+one per view change, never per heartbeat.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Every method of `DomainStorage` must be durable when it returns: the node sends
 a promise, an acceptance or an acknowledgement only after the write it depends
-on has returned. The daemon implements it on its state directory (SQLite, one
-transaction per call); tests use `MemoryStorage`, which survives a simulated
-crash because the simulation keeps the object and drops the node.
+on has returned. The node batches log entries (group commit): entries of one
+reactor turn reach `append` together at the end of the turn, and until then
+they are neither acknowledged nor counted toward a quorum by that member. The
+daemon implements it on its state directory (SQLite, one transaction per call);
+tests use `MemoryStorage`, which survives a simulated crash because the
+simulation keeps the object and drops the node.
 """
 
 from __future__ import annotations

@@ -146,6 +146,11 @@ class Simulation:
         elif action == "bounce" and alive:
             # A process restarted by its supervisor: back before anyone notices.
             rank = rng.choice(alive)
+            if rng.random() < 0.5:
+                # Killed in the very turn it decided grants: not yet written
+                # (group commit), so they die with it unconfirmed.
+                for _ in range(rng.randint(1, 3)):
+                    self.grant(rank)
             self.crash(rank)
             self.advance(rng.uniform(0.0, 0.5))
             self.restart(rank)

@@ -63,7 +63,8 @@ class SimNetwork:
     Every message goes through its JSON wire form (proving the codec) and is
     delivered after a random delay, so messages overtake each other. A message
     is dropped if the link is cut when it arrives or the receiver restarted
-    since it was sent (its connection would have been reset).
+    since it was sent (its connection would have been reset); a message whose
+    sender crashed after sending it still arrives.
     """
 
     def __init__(
@@ -140,12 +141,19 @@ class SimNetwork:
         self.sent += 1
         if not self.link_up(sender, to) or self.rng.random() < self.loss:
             return
-        wire = json.dumps(encode(message))
+        wire = json.dumps(encode(message), allow_nan=False)  # as the peer links encode
         delay = self.rng.uniform(self.min_delay, self.max_delay)
         self.clock.callLater(delay, self._deliver, sender, to, self.incarnation[to], wire)
 
     def _deliver(self, sender: int, to: int, incarnation: int, wire: str) -> None:
-        if self.incarnation[to] != incarnation or not self.link_up(sender, to):
+        # A crashed sender's messages already in flight still arrive, as the
+        # kernel sends what a killed process wrote; a cut link or a restarted
+        # receiver drops them.
+        if (
+            self.incarnation[to] != incarnation
+            or to not in self.endpoints
+            or frozenset((sender, to)) in self.cut
+        ):
             return
         self.delivered += 1
         self.endpoints[to].receive(sender, decode(json.loads(wire)))
