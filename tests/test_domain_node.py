@@ -311,6 +311,25 @@ def test_log_compaction_by_view_change() -> None:
     assert sim.nodes[1].log_length < 4
 
 
+def test_compaction_pauses_service_for_round_trips_not_ticks() -> None:
+    """A compaction with nothing in flight stands at once (not at the next tick), and
+    the primary serves again a few network round trips later."""
+    sim = simulation(3, timers=DomainTimers(max_entries=4))
+    sim.network.min_delay = sim.network.max_delay = 0.002
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    epoch = sim.nodes[1].view.epoch
+    for _ in range(2):
+        handle = confirmed_grant(sim, 1)
+        sim.release(1, handle)
+        run_until(sim, lambda h=handle: h in sim.released, 2.0)  # type: ignore[misc]
+    run_until(sim, lambda: not sim.nodes[1].can_serve, 5.0)
+    paused = run_until(
+        sim, lambda: sim.nodes[1].view.epoch > epoch and sim.nodes[1].can_serve, 5.0
+    )
+    assert paused < 0.05, f"compaction stopped service for {paused:.3f}s"
+
+
 #: The primary never drops a silent member from its view here, so that only its
 #: lease (not a voluntary step-down) stands between it and a successor.
 PATIENT = DomainTimers(peer_timeout=60.0)

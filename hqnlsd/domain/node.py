@@ -491,10 +491,7 @@ class DomainNode:
         self._update_lease()
         self._send_appends(now)
         if self._drain is not None:
-            started, desired = self._drain
-            if not self._pending or now - started >= self.timers.drain_timeout:
-                self._drain = None
-                self._stand(now, handover=True, admit=desired)
+            self._end_drain(now)
             return
         if now - self._installed_at < self.timers.settle:
             return
@@ -514,6 +511,21 @@ class DomainNode:
                 desired=sorted(desired),
             )
             self._drain = (now, desired)
+            self._end_drain(now)
+
+    def _end_drain(self, now: float) -> None:
+        """Stand for the next view once nothing is in flight (or the drain timed out).
+
+        Checked on every tick and as soon as the last in-flight entry is
+        confirmed, so a log compaction pauses service for a round trip or two,
+        not a tick.
+        """
+        if self._drain is None or not self._is_primary():
+            return
+        started, desired = self._drain
+        if not self._pending or now - started >= self.timers.drain_timeout:
+            self._drain = None
+            self._stand(now, handover=True, admit=desired)
 
     def _desired_members(self, now: float) -> frozenset[int]:
         alive = {
@@ -600,6 +612,8 @@ class DomainNode:
         self._pending = [p for p in self._pending if p.index > self._commit]
         for pending in done:
             pending.deferred.callback(None)
+        if self._drain is not None and not self._pending:
+            self._end_drain(self._now())
 
     def _fail_pending(self, error: Exception) -> None:
         pending, self._pending = self._pending, []
@@ -789,9 +803,12 @@ class DomainNode:
             return
         # Our own value holds our whole log, so a hand-over loses no submission.
         keep = candidacy.handover and candidacy.own_value
-        self._install(value, now, keep_pending=keep)
+        # Decided first: on a peer link (one ordered stream) it then reaches each
+        # member before the new view's first Append, which it can acknowledge at
+        # once, so the new primary has its lease a round trip later, not a tick.
         for rank in sorted(self.domain - {self.rank}):
             self._send(rank, Decided(value))
+        self._install(value, now, keep_pending=keep)
 
     def _on_refuse(self, sender: int, refuse: Refuse, now: float) -> None:
         if refuse.promised is not None:
