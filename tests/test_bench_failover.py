@@ -123,7 +123,10 @@ def test_smoke_run_prints_positive_figures(workdir: Path) -> None:
     )
     for value in (single_rate, domain_rate, ratio, run_seconds, median, low, high):
         assert value > 0, out
-    assert low == median == high == run_seconds, out
+    # One run: the same figure, printed from the run (full precision) and from the
+    # summary (rounded to 0.1 ms first), so the last printed digit may differ by one.
+    for value in (median, low, high):
+        assert value == pytest.approx(run_seconds, abs=0.0011), out
     assert ratio == pytest.approx(domain_rate / single_rate, rel=0.01, abs=0.002), out
 
     data: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
