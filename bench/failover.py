@@ -35,7 +35,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import datetime
 import io
 import json
 import os
@@ -62,17 +61,16 @@ from hqnlsd.admin.service import SOCKET_NAME
 from hqnlsd.permits.model import ProductPermit
 from hqnlsd.protocols import wire
 from hqnlsd.status import Status
-from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issued
 from tests.daemons import (
     Daemon,
     DaemonError,
     DaemonHarness,
     LineClient,
+    domain_daemons,
     loopback,
     make_permit,
     product_permit,
 )
-from tests.test_e2e_domain import common_peer_port
 
 PUBLISHER = "Bench Publisher"
 PRODUCT = "Failover Widget"
@@ -186,41 +184,9 @@ def single_host(daemons: DaemonHarness, floating_count: int) -> Daemon:
 
 
 def domain_members(daemons: DaemonHarness, floating_count: int) -> list[Daemon]:
-    """Three daemons (not started) serving one permit whose domain is all three.
-
-    As ``make_domain`` of ``tests/test_e2e_domain.py`` (hosts file, domain CA,
-    a member certificate each, one peer port), with a licence count to suit the load.
-    """
-    numbers = range(1, DOMAIN_SIZE + 1)
-    daemons.write_hosts([loopback(n) for n in numbers])
-    daemons.write_permit(
-        make_permit([daemons.host(n) for n in numbers], [the_product(floating_count)])
-    )
-    tls = daemons.root / "tls"
-    tls.mkdir()
-    now = datetime.datetime.now(datetime.UTC)
-    ca = create_ca(now=now, days=2)
-    ca_path = tls / "ca.pem"
-    ca_path.write_bytes(certificate_pem(ca.certificate))
-    peer_port = common_peer_port()
-    members = []
-    for n in numbers:
-        key_path, cert_path = write_issued(
-            issue_member(ca, loopback(n), now=now, days=2), tls / f"member-{n}"
-        )
-        members.append(
-            daemons.daemon(
-                f"hqnserver{n}",
-                n=n,
-                extra_args=[
-                    "--domain-ca", str(ca_path),
-                    "--domain-cert", str(cert_path),
-                    "--domain-key", str(key_path),
-                    "--peer-port", str(peer_port),
-                ],
-            )
-        )
-    return members
+    """Three daemons (not started) serving one permit whose domain is all three
+    (`tests.daemons.domain_daemons`), with a licence count to suit the load."""
+    return domain_daemons(daemons, DOMAIN_SIZE, [the_product(floating_count)])
 
 
 def request(client: LineClient, token: str, pid: int = 4242) -> wire.Ok | wire.Err:

@@ -583,6 +583,7 @@ def domain_daemons(
     *,
     peer_port: int | None = None,
     peer_dial_port: int | None = None,
+    client_port: int | None = None,
     extra_args: Sequence[str] = (),
 ) -> list[Daemon]:
     """Daemons ``hqnserver1..size`` (not started) on 127.0.0.1..size serving one permit
@@ -591,7 +592,9 @@ def domain_daemons(
     Writes the hosts file, the sealed permit, a domain CA (``root/tls/ca.pem``) and a
     member certificate and key for each daemon (`hqnlsd.tools.ca`). Every daemon gets
     ``--peer-port`` (free on every member's address unless given) and, if given,
-    ``--peer-dial-port`` (the port it dials its peers on: a proxy's).
+    ``--peer-dial-port`` (the port it dials its peers on: a proxy's). With
+    ``client_port`` every member serves clients on that port (as a real site does,
+    so that a client can follow ``TRY_SERVER addr=...``); else each gets a free one.
     """
     addresses = [loopback(n) for n in range(1, size + 1)]
     harness.write_hosts(addresses)
@@ -602,7 +605,8 @@ def domain_daemons(
     ca = create_ca(now=now, days=2)
     ca_path = tls / "ca.pem"
     ca_path.write_bytes(certificate_pem(ca.certificate))
-    port = free_port_on_all(addresses) if peer_port is None else peer_port
+    taken = [] if client_port is None else [client_port]
+    port = free_port_on_all(addresses, avoid=taken) if peer_port is None else peer_port
     members = []
     for n, address in enumerate(addresses, start=1):
         key_path, cert_path = write_issued(
@@ -620,5 +624,7 @@ def domain_daemons(
         ]
         if peer_dial_port is not None:
             args += ["--peer-dial-port", str(peer_dial_port)]
-        members.append(harness.daemon(f"hqnserver{n}", n=n, extra_args=[*args, *extra_args]))
+        members.append(
+            harness.daemon(f"hqnserver{n}", n=n, port=client_port, extra_args=[*args, *extra_args])
+        )
     return members

@@ -28,8 +28,6 @@ allows.
 
 from __future__ import annotations
 
-import datetime
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,13 +46,12 @@ from hqnlsd.licensing.policy import Policy
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
-from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issued
 from tests.daemons import (
     Daemon,
     DaemonHarness,
-    free_port,
+    domain_daemons,
+    free_port_on_all,
     loopback,
-    make_permit,
     product_permit,
 )
 
@@ -95,26 +92,8 @@ CLIENT_TIMEOUT = 3.0
 # -- the domain ---------------------------------------------------------------------
 
 
-def port_free_on(addresses: Sequence[str], *, avoid: Sequence[int] = ()) -> int:
-    """A TCP port free on every one of ``addresses`` right now, not one of ``avoid``."""
-    for _ in range(50):
-        port = free_port(addresses[0])
-        if port in avoid:
-            continue
-        try:
-            for address in addresses[1:]:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                    probe.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError(f"no TCP port free on all of {', '.join(addresses)}")
-
-
 def make_domain(harness: DaemonHarness) -> list[Daemon]:
     """hqnserver1..3 (not started): one permit for the three, one client port for all."""
-    addresses = [PRIMARY, SECOND, THIRD]
-    harness.write_hosts(addresses)
     widget = product_permit(
         PRODUCT,
         publisher=PUBLISHER,
@@ -123,38 +102,8 @@ def make_domain(harness: DaemonHarness) -> list[Daemon]:
         floating_count=LICENCES,
         update_minutes=1,  # the shortest period a permit can give
     )
-    harness.write_permit(make_permit([harness.host(n) for n in (1, 2, 3)], [widget]))
-    tls = harness.root / "tls"
-    tls.mkdir()
-    now = datetime.datetime.now(datetime.UTC)
-    ca = create_ca(now=now, days=2)
-    ca_path = tls / "ca.pem"
-    ca_path.write_bytes(certificate_pem(ca.certificate))
-    client_port = port_free_on(addresses)
-    peer_port = port_free_on(addresses, avoid=[client_port])
-    members = []
-    for n, address in enumerate(addresses, start=1):
-        key_path, cert_path = write_issued(
-            issue_member(ca, address, now=now, days=2), tls / f"member-{n}"
-        )
-        members.append(
-            harness.daemon(
-                f"hqnserver{n}",
-                n=n,
-                port=client_port,
-                extra_args=[
-                    "--domain-ca",
-                    str(ca_path),
-                    "--domain-cert",
-                    str(cert_path),
-                    "--domain-key",
-                    str(key_path),
-                    "--peer-port",
-                    str(peer_port),
-                ],
-            )
-        )
-    return members
+    addresses = [PRIMARY, SECOND, THIRD]
+    return domain_daemons(harness, 3, [widget], client_port=free_port_on_all(addresses))
 
 
 def domain_info(daemon: Daemon) -> dict[str, Any] | None:

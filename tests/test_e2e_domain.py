@@ -12,8 +12,6 @@ primary takes the role back without losing a licence.
 
 from __future__ import annotations
 
-import datetime
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +20,10 @@ import pytest
 
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
-from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issued
 from tests.daemons import (
     Daemon,
     DaemonHarness,
-    free_port,
-    loopback,
-    make_permit,
+    domain_daemons,
     product_permit,
 )
 
@@ -52,59 +47,10 @@ def daemons(tmp_path: Path) -> Iterator[DaemonHarness]:
         yield harness
 
 
-def common_peer_port() -> int:
-    """A TCP port free on 127.0.0.1, .2 and .3 at once (the domain's peer port)."""
-    for _ in range(50):
-        port = free_port(loopback(1))
-        try:
-            for n in (2, 3):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                    probe.bind((loopback(n), port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError("no TCP port free on 127.0.0.1-3")
-
-
 def make_domain(daemons: DaemonHarness) -> list[Daemon]:
     """Three daemons (not started) serving one permit whose domain is all three."""
-    addresses = [loopback(n) for n in (1, 2, 3)]
-    daemons.write_hosts(addresses)
-    daemons.write_permit(
-        make_permit(
-            [daemons.host(n) for n in (1, 2, 3)],
-            [product_permit(PRODUCT, publisher=PUBLISHER, version=VERSION, floating_count=3)],
-        )
-    )
-    tls = daemons.root / "tls"
-    tls.mkdir()
-    now = datetime.datetime.now(datetime.UTC)
-    ca = create_ca(now=now, days=2)
-    ca_path = tls / "ca.pem"
-    ca_path.write_bytes(certificate_pem(ca.certificate))
-    peer_port = common_peer_port()
-    members = []
-    for n, address in enumerate(addresses, start=1):
-        key_path, cert_path = write_issued(
-            issue_member(ca, address, now=now, days=2), tls / f"member-{n}"
-        )
-        members.append(
-            daemons.daemon(
-                f"hqnserver{n}",
-                n=n,
-                extra_args=[
-                    "--domain-ca",
-                    str(ca_path),
-                    "--domain-cert",
-                    str(cert_path),
-                    "--domain-key",
-                    str(key_path),
-                    "--peer-port",
-                    str(peer_port),
-                ],
-            )
-        )
-    return members
+    widget = product_permit(PRODUCT, publisher=PUBLISHER, version=VERSION, floating_count=3)
+    return domain_daemons(daemons, 3, [widget])
 
 
 def request(daemon: Daemon, token: str) -> Ok | Err:
