@@ -26,6 +26,7 @@ from hqnlsd.logging.observer import (
     admits,
     denial_switch,
     install_switch_filter,
+    licence_format,
     log_licence,
     switch_of,
 )
@@ -347,3 +348,17 @@ def test_filter_service_survives_a_publisher_it_cannot_wrap() -> None:
     service.startService()
     assert service.installation is None
     service.stopService()
+
+
+def test_licence_text_is_rendered_once_and_keeps_the_structured_keys() -> None:
+    """The filter renders a licence line's text itself (one field for every observer
+    to format), identical to what Twisted would make of the field format; values
+    with braces are text, not format; the structured keys stay."""
+    log, sink, _ = pipeline(ALL)
+    log_licence(log, "granted", **{**GRANT, "user": "{evil} {0}"})
+    (event,) = sink.events
+    assert event["log_format"] == "{licence_text}"
+    assert event["user"] == "{evil} {0}" and event["pid"] == 42
+    fields_format = licence_format("granted", event, ALL)
+    assert formatEvent(event) == formatEvent({**event, "log_format": fields_format})
+    assert "user {evil} {0}" in formatEvent(event)

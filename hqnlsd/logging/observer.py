@@ -205,16 +205,34 @@ def _build_format(action: str, present: frozenset[str], switches: Switch) -> str
     return text
 
 
+#: The key of a licence line's text, rendered once by `trim_licence_event`.
+RENDERED_KEY = "licence_text"
+_RENDERED_FORMAT = "{" + RENDERED_KEY + "}"
+
+
 def trim_licence_event(event: LogEvent, switches: Switch) -> LogEvent:
-    """A copy of a licence line with its text rebuilt and switched-off fields removed."""
+    """A copy of a licence line with its text rebuilt and switched-off fields removed.
+
+    The text is rendered here once, with `str.format_map` (the same substitution
+    Twisted's formatter makes, at C speed), into ``licence_text``, and the
+    event's ``log_format`` becomes ``{licence_text}``: every observer then formats
+    one field instead of ten, which at thousands of licences a second is a
+    large part of the daemon's CPU. The structured keys stay in the event.
+    """
     action = str(event.get(LICENCE_KEY))
     trimmed = dict(event)
-    trimmed["log_format"] = licence_format(action, event, switches)
+    text_format = licence_format(action, event, switches)
+    trimmed["log_format"] = text_format
     for key, needed in FIELD_SWITCHES.items():
         if key == "reason" and action in _ALWAYS_REASON:
             continue
         if not switches & needed:
             trimmed.pop(key, None)
+    try:
+        trimmed[RENDERED_KEY] = text_format.format_map(trimmed)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+        return trimmed  # left to Twisted's formatter, which reports what is wrong
+    trimmed["log_format"] = _RENDERED_FORMAT
     return trimmed
 
 
