@@ -121,6 +121,21 @@ def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:
     gone = call(first, "UPDATE", handle)
     assert isinstance(gone, Err) and gone.status is Status.LOSTLICENCE, gone
 
+    # The changes are domain state: they survive SIGKILL of both members.
+    first.kill()
+    second.kill()
+    first.start_and_wait()
+    second.start_and_wait()
+    wait_for(
+        "the restarted domain serves",
+        lambda: request(first, "after-restart"),
+        is_grant,
+        ELECTION_BOUND,
+    )
+    restored = domain_product(first)
+    assert "UVIS" in restored["policy_text"] and restored["timeout"] == 1234, restored
+    assert "alice" in restored["named_users"], restored
+
     # A product the domain does not serve is refused with a clear error.
     refused = admin(second, "policy", value="GRAB+", product={"publisher": "No", "product": "Such"})
     assert not refused.get("ok") and refused["error"] == "BADPRODUCT", refused
@@ -130,8 +145,8 @@ def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:
     assert is_grant(again), again
     reinit = result(second, "reinit")
     (done,) = reinit["domains"]
-    assert (done["on"], done["revoked"]) == ("127.0.0.1", 1), reinit
-    assert reinit["revoked"] == 1
+    assert (done["on"], done["revoked"]) == ("127.0.0.1", 2), reinit  # "after-restart", "two"
+    assert reinit["revoked"] == 2
     assert "UVIS" not in domain_product(first)["policy_text"]  # the permit's own policy again
     assert domain_product(first)["floating_used"] == 0
 
