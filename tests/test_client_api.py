@@ -443,3 +443,21 @@ def test_reactor_shutdown_releases_everything() -> None:
     trigger, args, kwargs = before[0]
     result_of(trigger(*args, **kwargs))
     assert fake.holders == {} and second.state == "released" and client.held == set()
+
+
+def test_a_server_that_stops_answering_is_asked_last(world: World) -> None:
+    """The licence's server goes silent (a dead host): after the UPDATE's timeout the
+    re-request goes to the other servers first, so one timeout is paid, not two."""
+    primary = world.server("127.0.0.1", period=100)
+    backup = world.server("127.0.0.2", period=100)
+    backup.holders = primary.holders  # the domain replicates grants
+    licence = result_of(take(world.client(["127.0.0.1", "127.0.0.2"])))
+    handle = licence.handle
+    world.net.silent.add(ServerAddress("127.0.0.1"))
+    before = len(world.net.connections)
+    world.clock.advance(80)  # the UPDATE goes out, and is not answered
+    assert licence.server == ServerAddress("127.0.0.1")
+    world.clock.advance(10)  # its timeout: the backup is asked at once
+    assert licence.server == ServerAddress("127.0.0.2") and licence.handle == handle
+    assert world.net.connections[before:] == [ServerAddress("127.0.0.2")]
+    assert licence.held and backup.verbs() == ["REQUEST"]

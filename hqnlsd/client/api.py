@@ -130,8 +130,9 @@ class Process:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = f"uid{os.getuid()}"
-        return cls(user=user, host=socket.gethostname() or "localhost", pid=os.getpid(),
-                   uid=os.getuid())
+        return cls(
+            user=user, host=socket.gethostname() or "localhost", pid=os.getpid(), uid=os.getuid()
+        )
 
     def fields(self) -> dict[str, wire.FieldValue]:
         """The REQUEST fields naming this process."""
@@ -251,15 +252,19 @@ class LicenceClient:
         signed_for: Product | None = None,
         handle: str = "",
         start: Sequence[ServerAddress] = (),
+        last: ServerAddress | None = None,
     ) -> Deferred[Found]:
         """Ask servers in order until one answers ``OK`` or a listing (module docstring).
 
         ``signed_for``: the product a signed reply must be for (REQUEST, UPDATE);
         with trusted keys such a reply must verify. ``handle``: the UPDATE's handle
         (REQUEST's comes from its reply). ``start``: servers to try before the
-        search list.
+        search list. ``last``: a server to try only after all the others (one that
+        just stopped answering: a dead host would cost a timeout each time).
         """
-        return Deferred.fromCoroutine(self._search(verb, fields_for, signed_for, handle, start))
+        return Deferred.fromCoroutine(
+            self._search(verb, fields_for, signed_for, handle, start, last)
+        )
 
     async def _search(
         self,
@@ -268,8 +273,12 @@ class LicenceClient:
         signed_for: Product | None,
         handle: str,
         start: Sequence[ServerAddress],
+        last: ServerAddress | None = None,
     ) -> Found:
-        queue = collections.deque(dict.fromkeys([*start, *self.servers]))
+        order = [*start, *self.servers]
+        if last is not None:
+            order = [server for server in order if server != last] + [last]
+        queue = collections.deque(dict.fromkeys(order))
         reasons: list[str] = []
         not_genuine = 0
         redirects = 0
@@ -302,8 +311,10 @@ class LicenceClient:
                     if answer.status in REDIRECT_STATUSES:
                         targets = _redirect_targets(answer, server)
                         redirects += 1
-                        reasons.append(f"{server}: {answer.status.name} to "
-                                       f"{' '.join(t.host for t in targets) or 'nowhere'}")
+                        reasons.append(
+                            f"{server}: {answer.status.name} to "
+                            f"{' '.join(t.host for t in targets) or 'nowhere'}"
+                        )
                         if redirects > self.retry.max_redirects:
                             reasons.append(f"more than {self.retry.max_redirects} redirects")
                             queue.clear()
@@ -330,8 +341,11 @@ class LicenceClient:
                         connection.close()
                         not_genuine += 1
                         reasons.append(f"{server}: NOT GENUINE: {e}")
-                        self.log.warn("licence server {server} is not genuine: {reason}",
-                                      server=str(server), reason=str(e))
+                        self.log.warn(
+                            "licence server {server} is not genuine: {reason}",
+                            server=str(server),
+                            reason=str(e),
+                        )
                         break
                 return Found(answer, server, connection)
         if not_genuine:
@@ -517,8 +531,21 @@ class HeldLicence:
             fields["units"] = self.units
         return fields
 
-    async def _request(self, first: Sequence[ServerAddress] = ()) -> Found:
-        start = (*first, self.server) if self.server is not None else tuple(first)
+    async def _request(
+        self, first: Sequence[ServerAddress] = (), *, unreachable: bool = False
+    ) -> Found:
+        """REQUEST (again) with this licence's token: ``first``, then the server that
+        granted it, then the search list; with ``unreachable`` that server goes last."""
+        current = self.server
+        if current is not None and unreachable:
+            return await self.client.search(
+                "REQUEST",
+                self._request_fields,
+                signed_for=self.product,
+                start=first,
+                last=current,
+            )
+        start = (*first, current) if current is not None else tuple(first)
         return await self.client.search(
             "REQUEST", self._request_fields, signed_for=self.product, start=start
         )
@@ -591,9 +618,7 @@ class HeldLicence:
                 assert self.server is not None
                 connection = await client._connector(self.server)
                 self._connection = connection
-            challenge = (
-                client._random(CHALLENGE_BYTES) if client.trusted is not None else None
-            )
+            challenge = client._random(CHALLENGE_BYTES) if client.trusted is not None else None
             fields: dict[str, wire.FieldValue] = {"handle": self.handle}
             if challenge is not None:
                 fields["challenge"] = challenge.hex()
@@ -607,7 +632,9 @@ class HeldLicence:
             return
         except Exception as e:
             if self.state == "held":
-                await self._recover(f"lost contact with {self.server}: {describe_failure(e)}")
+                await self._recover(
+                    f"lost contact with {self.server}: {describe_failure(e)}", unreachable=True
+                )
             return
         if isinstance(answer, Ok):
             period = answer.get("period")
@@ -625,27 +652,39 @@ class HeldLicence:
                 if answer.status in REDIRECT_STATUSES and self.server is not None
                 else []
             )
-            await self._recover(f"{self.server} answered {answer.status.name}: {answer.msg}",
-                                first=targets)
+            await self._recover(
+                f"{self.server} answered {answer.status.name}: {answer.msg}", first=targets
+            )
         else:
             await self._recover(f"{self.server} answered a listing")
 
     async def _recover(
-        self, contact_problem: str, first: Sequence[ServerAddress] = ()
+        self,
+        contact_problem: str,
+        first: Sequence[ServerAddress] = (),
+        *,
+        unreachable: bool = False,
     ) -> None:
-        """Request the licence again (same token; ``first`` asked first); lost if that fails."""
+        """Request the licence again (same token; ``first`` asked first); lost if that fails.
+
+        ``unreachable``: the licence's server just failed to answer, so it is asked
+        last (a dead host would otherwise cost a second timeout before the others).
+        """
         if self._connection is not None:
             self._connection.close()
             self._connection = None
         was_lost = self.state == "lost"
         try:
-            found = await self._request(first)
+            found = await self._request(first, unreachable=unreachable)
         except ClientError as e:
             if self.state in ("released", "detached"):
                 return
             if not was_lost:
-                reason = f"{contact_problem}; requesting again failed: {e}" if contact_problem \
+                reason = (
+                    f"{contact_problem}; requesting again failed: {e}"
+                    if contact_problem
                     else str(e)
+                )
                 self._mark_lost(reason)
             self._schedule(self.client.retry.recover_interval)
             return
@@ -658,16 +697,21 @@ class HeldLicence:
             self._notify(self.on_regained, "on_regained", self)
 
     def _log_regained(self) -> None:
-        self.log.info("licence for {product} regained (handle {handle} at {server})",
-                      product=str(self.product), handle=self.handle, server=str(self.server))
+        self.log.info(
+            "licence for {product} regained (handle {handle} at {server})",
+            product=str(self.product),
+            handle=self.handle,
+            server=str(self.server),
+        )
 
     def _mark_lost(self, reason: str) -> None:
         if self.state != "held":
             return
         self.state = "lost"
         self.lost_reason = reason
-        self.log.warn("licence for {product} lost: {reason}", product=str(self.product),
-                      reason=reason)
+        self.log.warn(
+            "licence for {product} lost: {reason}", product=str(self.product), reason=reason
+        )
         self._notify(self.on_lost, "on_lost", self, reason)
 
     def _notify(self, callback: Callable[..., object] | None, what: str, *args: Any) -> None:
@@ -720,12 +764,20 @@ class HeldLicence:
                 connection = await self.client._connector(self.server)
             answer = await connection.call("RELEASE", handle=self.handle)
             if isinstance(answer, Err):
-                self.log.warn("RELEASE of {handle}: {status}: {msg}", handle=self.handle,
-                              status=answer.status.name, msg=answer.msg)
+                self.log.warn(
+                    "RELEASE of {handle}: {status}: {msg}",
+                    handle=self.handle,
+                    status=answer.status.name,
+                    msg=answer.msg,
+                )
         except Exception as e:
-            self.log.warn("RELEASE of {handle} at {server} failed ({reason}); the server "
-                          "frees it after its crashout time", handle=self.handle,
-                          server=str(self.server), reason=describe_failure(e))
+            self.log.warn(
+                "RELEASE of {handle} at {server} failed ({reason}); the server "
+                "frees it after its crashout time",
+                handle=self.handle,
+                server=str(self.server),
+                reason=describe_failure(e),
+            )
         finally:
             if connection is not None:
                 connection.close()
