@@ -132,6 +132,7 @@ def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:
         is_grant,
         ELECTION_BOUND,
     )
+    wait_for_backup(first, second)
     restored = domain_product(first)
     assert "UVIS" in restored["policy_text"] and restored["timeout"] == 1234, restored
     assert "alice" in restored["named_users"], restored
@@ -162,7 +163,14 @@ def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:
     assert "backup here; primary 127.0.0.1" in text, text
     added = lsa(second, "-adduser", "1", "bob")
     assert "done on the domain's acting primary 127.0.0.1" in added, added
-    assert "hqnserver2 here is BACKUP" in lsa(second, "-sinfo")
+    # The primary may drop the restarted member for a moment (it was silent longer
+    # than peer_timeout) and admit it again after `settle`: wait for that, bounded.
+    wait_for(
+        "sinfo on hqnserver2 shows it a backup",
+        lambda: Ok.of(text=lsa(second, "-sinfo")),
+        lambda reply: "hqnserver2 here is BACKUP" in (reply.get("text") or ""),
+        ELECTION_BOUND,
+    )
 
 
 def test_a_handle_not_yet_seen_is_redirected(daemons: DaemonHarness) -> None:  # noqa: F811
@@ -184,6 +192,28 @@ def test_a_handle_not_yet_seen_is_redirected(daemons: DaemonHarness) -> None:  #
     assert isinstance(at_primary, Err) and at_primary.status is Status.BADHANDLE, at_primary
     granted = request(first, "two")
     assert (granted.get("handle") or "").startswith(handle_tag(key) + "-"), granted
+
+
+def wait_for_backup(primary: Daemon, backup: Daemon) -> None:
+    """Wait (bounded) until ``backup`` is a backup in ``primary``'s current view.
+
+    A restarted member reports its persisted view at first; the primary may
+    have dropped it while it was down and admits it again after `settle`.
+    """
+
+    def state() -> Ok:
+        ours = result(primary, "sinfo")["domains"][0]
+        theirs = result(backup, "sinfo")["domains"][0]
+        joined = backup.address in ours["view"] and ours["role"] == "primary"
+        same = theirs["epoch"] == ours["epoch"] and theirs["role"] == "backup"
+        return Ok.of(ready="yes" if joined and same else "no")
+
+    wait_for(
+        f"{backup.name} is a backup in {primary.name}'s view",
+        state,
+        lambda reply: reply.get("ready") == "yes",
+        ELECTION_BOUND,
+    )
 
 
 def usage_records(daemon: Daemon) -> list[dict[str, Any]]:
