@@ -50,6 +50,7 @@ from hqnlsd.permits.model import HostId, Permit, ProductPermit
 from hqnlsd.permits.seal import PublisherKey, sign_permit, write_key_files
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.status import Status
 from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issued
 
 #: The repository root: on the daemons' PYTHONPATH so that twisted/plugins is found.
@@ -177,6 +178,63 @@ def free_port_on_all(addresses: Sequence[str], *, avoid: Iterable[int] = ()) -> 
             continue
         return port
     raise AssertionError(f"no TCP port free on all of {', '.join(addresses)}")
+
+
+# -- asking real daemons, and waiting for an answer -----------------------------------
+
+#: Pause between two polls of a daemon in `wait_for` (each poll is a bounded call).
+POLL = 0.1
+
+
+def request_licence(
+    daemon: Daemon,
+    token: str,
+    *,
+    publisher: str,
+    product: str,
+    version: str,
+    pid: int = 4242,
+    timeout: float = IO_TIMEOUT,
+) -> Ok | Err:
+    """REQUEST one licence from ``daemon`` with client token ``token`` (one connection)."""
+    with daemon.client(timeout=timeout) as client:
+        return client.call(
+            "REQUEST",
+            publisher=publisher,
+            product=product,
+            version=version,
+            user="tester",
+            host="testhost",
+            pid=pid,
+            client=token,
+        )
+
+
+def wait_for(
+    what: str, attempt: Callable[[], Ok | Err], done: Callable[[Ok | Err], bool], bound: float
+) -> tuple[Ok | Err, float]:
+    """Poll ``attempt`` until ``done`` holds for its reply (at most ``bound`` seconds).
+
+    Returns the reply and the seconds it took; AssertionError with the last reply if late.
+    """
+    started = time.monotonic()
+    while True:
+        reply = attempt()
+        if done(reply):
+            return reply, time.monotonic() - started
+        if time.monotonic() - started > bound:
+            raise AssertionError(f"{what}: not within {bound} s; last reply {reply}")
+        time.sleep(POLL)
+
+
+def is_status(status: Status) -> Callable[[Ok | Err], bool]:
+    """A predicate: the reply is an ERR with ``status``."""
+    return lambda reply: isinstance(reply, Err) and reply.status is status
+
+
+def is_grant(reply: Ok | Err) -> bool:
+    """The reply is a grant (an OK with a handle)."""
+    return isinstance(reply, Ok) and bool(reply.get("handle"))
 
 
 # -- a blocking line client -------------------------------------------------------------

@@ -23,7 +23,6 @@ from hqnlsd.domain.messages import (
     decode,
     encode,
 )
-from hqnlsd.domain.storage import MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Ballot, Value, View, initial_view
 
@@ -143,40 +142,6 @@ def test_ballot_order() -> None:
     assert Ballot(2, 1) > Ballot(1, 20)
     assert Ballot(2, 3) > Ballot(2, 1)
     assert Ballot.from_json(Ballot(5, 4).to_json()) == Ballot(5, 4)
-
-
-def test_memory_storage_round_trip() -> None:
-    """MemoryStorage keeps views, acceptor state and entries, and copies them."""
-    storage = MemoryStorage()
-    assert storage.load() is None
-    state = {"held": ["a"]}
-    view = View(1, frozenset({1, 2}), Ballot(1, 1))
-    storage.save_view(view, state)
-    state["held"].append("mutated")
-    storage.save_promise(Ballot(3, 2))
-    value = Value(View(2, frozenset({2}), Ballot(3, 2)), {"held": []})
-    storage.save_accepted(Ballot(3, 2), value)
-    storage.append(0, [("e1",), ("e2",)])
-    storage.append(1, [("e3",)])
-    durable = storage.load()
-    assert durable is not None
-    assert durable.view == view
-    assert durable.base == {"held": ["a"]}
-    assert durable.promised == Ballot(3, 2)
-    assert durable.accepted == (Ballot(3, 2), value)
-    assert durable.entries == (("e1",), ("e3",))
-    with pytest.raises(ValueError):
-        storage.append(5, [("gap",)])
-    storage.save_view(View(2, frozenset({2})), {"held": []})
-    fresh = storage.load()
-    assert fresh is not None
-    assert (fresh.entries, fresh.promised, fresh.accepted) == ((), None, None)
-
-
-def test_memory_storage_needs_a_view_first() -> None:
-    """Acceptor state belongs to a view: writing it first is a bug."""
-    with pytest.raises(RuntimeError):
-        MemoryStorage().save_promise(Ballot(1, 1))
 
 
 def test_safe_lease_arithmetic() -> None:

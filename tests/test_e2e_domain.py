@@ -12,8 +12,7 @@ primary takes the role back without losing a licence.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,11 @@ from tests.daemons import (
     Daemon,
     DaemonHarness,
     domain_daemons,
+    is_grant,
+    is_status,
     product_permit,
+    request_licence,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
@@ -36,8 +39,6 @@ VERSION = "1.0"
 FAILOVER_BOUND = 10.0
 #: How long a pair of daemons may take to verify each other and elect a primary.
 ELECTION_BOUND = 15.0
-#: Pause between two polls of a daemon (each poll is a bounded client call).
-POLL = 0.1
 
 
 @pytest.fixture
@@ -55,17 +56,7 @@ def make_domain(daemons: DaemonHarness) -> list[Daemon]:
 
 def request(daemon: Daemon, token: str) -> Ok | Err:
     """REQUEST one licence of the domain's product from ``daemon``."""
-    with daemon.client() as client:
-        return client.call(
-            "REQUEST",
-            publisher=PUBLISHER,
-            product=PRODUCT,
-            version=VERSION,
-            user="tester",
-            host="testhost",
-            pid=4242,
-            client=token,
-        )
+    return request_licence(daemon, token, publisher=PUBLISHER, product=PRODUCT, version=VERSION)
 
 
 def call(daemon: Daemon, verb: str, handle: str) -> Ok | Err:
@@ -74,33 +65,6 @@ def call(daemon: Daemon, verb: str, handle: str) -> Ok | Err:
         if verb == "QUERY":
             return client.call(verb, handle=handle, what="period")
         return client.call(verb, handle=handle)
-
-
-def wait_for(
-    what: str, attempt: Callable[[], Ok | Err], done: Callable[[Ok | Err], bool], bound: float
-) -> tuple[Ok | Err, float]:
-    """Poll ``attempt`` until ``done`` holds for its reply (at most ``bound`` seconds).
-
-    Returns the reply and the seconds it took; AssertionError with the last reply if late.
-    """
-    started = time.monotonic()
-    while True:
-        reply = attempt()
-        if done(reply):
-            return reply, time.monotonic() - started
-        if time.monotonic() - started > bound:
-            raise AssertionError(f"{what}: not within {bound} s; last reply {reply}")
-        time.sleep(POLL)
-
-
-def is_status(status: Status) -> Callable[[Ok | Err], bool]:
-    """A predicate: the reply is an ERR with ``status``."""
-    return lambda reply: isinstance(reply, Err) and reply.status is status
-
-
-def is_grant(reply: Ok | Err) -> bool:
-    """The reply is a grant (an OK with a handle)."""
-    return isinstance(reply, Ok) and bool(reply.get("handle"))
 
 
 def test_three_member_domain_failover_and_failback(daemons: DaemonHarness) -> None:

@@ -24,18 +24,15 @@ from hqnlsd.admin.client import AdminClient
 from hqnlsd.domain.runtime import domain_id, handle_tag
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
-from tests.daemons import REPO_ROOT, Daemon, DaemonHarness
+from tests.daemons import REPO_ROOT, Daemon, DaemonHarness, is_grant, is_status, wait_for
 from tests.test_e2e_domain import (
     ELECTION_BOUND,
     PRODUCT,
     PUBLISHER,
     call,
     daemons,  # noqa: F401 (the fixture)
-    is_grant,
-    is_status,
     make_domain,
     request,
-    wait_for,
 )
 
 pytestmark = pytest.mark.e2e

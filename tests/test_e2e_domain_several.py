@@ -23,10 +23,13 @@ from tests.daemons import (
     Daemon,
     DaemonHarness,
     domain_daemons,
+    is_grant,
     make_permit,
     product_permit,
+    request_licence,
+    wait_for,
 )
-from tests.test_e2e_domain import ELECTION_BOUND, PUBLISHER, VERSION, is_grant, wait_for
+from tests.test_e2e_domain import ELECTION_BOUND, PUBLISHER, VERSION
 
 pytestmark = pytest.mark.e2e
 
@@ -40,17 +43,9 @@ def harness(tmp_path: Path) -> Iterator[DaemonHarness]:
 
 def ask(daemon: Daemon, product: str, token: str) -> Ok | Err:
     """REQUEST one licence of ``product`` from ``daemon``."""
-    with daemon.client() as client:
-        return client.call(
-            "REQUEST",
-            publisher=PUBLISHER,
-            product=product,
-            version=VERSION,
-            user="tester",
-            host="testhost",
-            pid=77,
-            client=token,
-        )
+    return request_licence(
+        daemon, token, publisher=PUBLISHER, product=product, version=VERSION, pid=77
+    )
 
 
 def domains_seen_by(daemon: Daemon) -> dict[str, dict[str, Any]]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -48,8 +48,11 @@ from tests.daemons import (
     DaemonHarness,
     domain_daemons,
     free_port_on_all,
+    is_grant,
     loopback,
     product_permit,
+    request_licence,
+    wait_for,
 )
 from tests.faultproxy import FaultProxy
 
@@ -154,17 +157,9 @@ def domain(daemons: DaemonHarness) -> Iterator[tuple[list[Daemon], FaultProxy]]:
 
 def request(daemon: Daemon, token: str) -> Ok | Err:
     """REQUEST one licence of the product from ``daemon`` with client token ``token``."""
-    with daemon.client(timeout=CALL_TIMEOUT) as client:
-        return client.call(
-            "REQUEST",
-            publisher=PUBLISHER,
-            product=PRODUCT,
-            version=VERSION,
-            user="tester",
-            host="testhost",
-            pid=4242,
-            client=token,
-        )
+    return request_licence(
+        daemon, token, publisher=PUBLISHER, product=PRODUCT, version=VERSION, timeout=CALL_TIMEOUT
+    )
 
 
 def call(daemon: Daemon, verb: str, handle: str) -> Ok | Err:
@@ -178,28 +173,9 @@ def kind(reply: Ok | Err) -> str:
     return "OK" if isinstance(reply, Ok) else reply.status.name
 
 
-def is_grant(reply: Ok | Err) -> bool:
-    """The reply is a grant (an OK with a handle)."""
-    return isinstance(reply, Ok) and bool(reply.get("handle"))
-
-
 def redirects_to_first(reply: Ok | Err) -> bool:
     """The reply is ``TRY_SERVER n=1``."""
     return isinstance(reply, Err) and reply.status is Status.TRY_SERVER and reply.get("n") == "1"
-
-
-def wait_for(
-    what: str, attempt: Callable[[], Ok | Err], done: Callable[[Ok | Err], bool], bound: float
-) -> Ok | Err:
-    """Poll ``attempt`` until ``done`` holds for its reply (at most ``bound`` seconds)."""
-    started = time.monotonic()
-    while True:
-        reply = attempt()
-        if done(reply):
-            return reply
-        if time.monotonic() - started > bound:
-            raise AssertionError(f"{what}: not within {bound} s; last reply {reply}")
-        time.sleep(POLL)
 
 
 def observe(
@@ -297,7 +273,7 @@ def test_two_plus_two_split_never_serves_on_both_sides(
 
     # (1) All four up: hqnserver1 grants, the others redirect to it.
     daemons.start_all(*members, timeout=ELECTION_BOUND)
-    before = wait_for(
+    before, _ = wait_for(
         "hqnserver1 grants", lambda: request(first, "before"), is_grant, ELECTION_BOUND
     )
     assert isinstance(before, Ok)

@@ -984,7 +984,9 @@ class AdminHandler:
 
         server, domains = self.root.server, self.root.domains
         assert server is not None and domains is not None
-        server.load_permits().addErrback(lambda failure: None)
+        server.load_permits().addErrback(
+            lambda failure: self.log.failure("reinit: recording the permits failed", failure)
+        )
         member = domains.members.get(key)
         if member is None:
             raise AdminError("BADPRODUCT", "that domain is no longer served here")

@@ -236,36 +236,23 @@ class LicenceFeed:
         uid: int | None = None,
     ) -> None:
         """A REQUEST was refused: a licence line (redirects under EXTERR) and a record."""
+        fields: dict[str, Any] = {
+            "publisher": publisher,
+            "product": product,
+            "version": version,
+            "user": user,
+            "uid": uid,
+            "host": host,
+            "address": address,
+            "pid": pid,
+            "status": status,
+            "reason": reason,
+        }
         log_licence(
-            self.log,
-            "denied",
-            switch=denial_switch(status),
-            switches=self.switches,
-            publisher=publisher,
-            product=product,
-            version=version,
-            user=user,
-            uid=uid,
-            host=host,
-            address=address,
-            pid=pid,
-            status=status,
-            reason=reason,
+            self.log, "denied", switch=denial_switch(status), switches=self.switches, **fields
         )
         if self.usage is not None:
-            self.usage.denial(
-                publisher=publisher,
-                product=product,
-                version=version,
-                status=status,
-                code=code,
-                reason=reason,
-                user=user,
-                uid=uid,
-                host=host,
-                address=address,
-                pid=pid,
-            )
+            self.usage.denial(code=code, **fields)
 
     def role(
         self,
@@ -279,28 +266,23 @@ class LicenceFeed:
         reason: str = "",
     ) -> None:
         """This server's role in ``domain`` changed: an INFO line and a record."""
+        fields: dict[str, Any] = {
+            "domain": domain,
+            "role": role,
+            "previous": previous,
+            "rank": rank,
+            "epoch": epoch,
+            "primary": primary,
+            "reason": reason,
+        }
         # Untagged (INFO, on by default): a failover matters beyond domain debugging.
         self.log.info(
             "domain {domain}: {previous} -> {role} (rank {rank}, epoch {epoch}, "
             "primary {primary}) {reason}",
-            domain=domain,
-            role=role,
-            previous=previous,
-            rank=rank,
-            epoch=epoch,
-            primary=primary,
-            reason=reason,
+            **fields,
         )
         if self.usage is not None:
-            self.usage.role(
-                domain=domain,
-                role=role,
-                previous=previous,
-                rank=rank,
-                epoch=epoch,
-                primary=primary,
-                reason=reason,
-            )
+            self.usage.role(**fields)
 
 
 def _indices(indices: Sequence[int]) -> str:
