@@ -343,6 +343,17 @@ class LicenceServer:
         return Ok.of(**fields)
 
     def _update(self, command: wire.Update, route: DomainRoute | None) -> Reply | Deferred[Reply]:
+        """UPDATE: answered OK at once (``wait=False``); a refusal waits like any other.
+
+        Safe to answer before the commit, unlike RELEASE: an OK to UPDATE promises
+        nothing that a lost ``Updated`` event could take back. The event only moves
+        the holder's last-update time; after a crash every holder is counted as
+        updated at restart (`Engine.resume`), and after a failover at the take-over
+        (`EngineMachine.take_over_events`), both later than any UPDATE answered
+        before them. The handle itself was granted only once durable (a grant
+        always waits), so the holder an UPDATE confirms survives too. A denial
+        (BADHANDLE, LOSTLICENCE) waits for the state it was decided on.
+        """
         if route is not None and (refusal := route.refusal()) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
@@ -355,6 +366,16 @@ class LicenceServer:
         )
 
     def _release(self, command: wire.Release, route: DomainRoute | None) -> Reply | Deferred[Reply]:
+        """RELEASE: answered OK only once the release is durable (single host) or held
+        by a quorum of the domain, so an OK is never undone by a crash or failover.
+
+        If the domain refuses at once (`NotServing`) nothing happened: the refusal
+        is the answer. If the outcome is unknown (the primary lost its authority or
+        quorum first) the answer is NEW_MASTER "send it again": a RELEASE sent again
+        of a licence that was in fact released answers BADHANDLE, and that answer
+        too waits until the state it was read from is durable (`_settled` without
+        events), so a client may take it as "released".
+        """
         if route is not None and (refusal := route.refusal()) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
@@ -362,7 +383,7 @@ class LicenceServer:
         result = outcome.result
         if isinstance(result, Denied):
             return self._settled(where, outcome.events, _denied(result, handle=command.handle))
-        return self._settled(where, outcome.events, Ok.of(handle=result.handle), wait=False)
+        return self._settled(where, outcome.events, Ok.of(handle=result.handle))
 
     def _query(self, command: wire.Query, route: DomainRoute | None) -> Reply:
         if route is not None and (refusal := route.refusal()) is not None:
@@ -406,12 +427,13 @@ class LicenceServer:
     ) -> Reply | Deferred[Reply]:
         """Answer once a quorum of the domain holds ``events`` (never the journal).
 
-        Call in the same reactor turn as the engine command. ``wait=False`` (UPDATE,
-        RELEASE: see `_after`) answers at once unless the domain refused the events
-        at once, in which case the refusal is the answer (nothing happened).
+        Call in the same reactor turn as the engine command. Without events (a
+        denial, a BADHANDLE) the answer still waits until everything the engine
+        applied before is held by a quorum (`DomainRoute.submit` of nothing), as
+        the answer was read from that state. ``wait=False`` (UPDATE only: see
+        `_update`) answers at once unless the domain refused the events at once,
+        in which case the refusal is the answer (nothing happened).
         """
-        if not events:
-            return reply
         from hqnlsd.domain.node import NotServing, OutcomeUnknown
 
         def failed(failure: Failure) -> Reply:
@@ -422,8 +444,9 @@ class LicenceServer:
             if failure.check(NotServing, OutcomeUnknown):
                 return Err.of(
                     Status.NEW_MASTER,
-                    "not confirmed before a change of primary; send it again with the "
-                    "same client= token",
+                    "not confirmed before a change of primary; send it again (a REQUEST "
+                    "with the same client= token; a RELEASE that did take effect is then "
+                    "answered BADHANDLE)",
                     domain=route.domain_words(),
                 )
             self.log.failure("domain replication failed; answering INTERNAL", failure)
@@ -435,7 +458,7 @@ class LicenceServer:
         done: Deferred[Any] = route.submit(events)
         done.addCallbacks(lambda _: reply, failed)
         if wait or done.called:
-            return done
+            return _now_or_later(done)
         return reply
 
     def _after(
@@ -443,17 +466,15 @@ class LicenceServer:
     ) -> Reply | Deferred[Reply]:
         """Answer once ``events`` (and everything before them) are durable.
 
-        With ``wait=False`` the events are committed in the same group commit but
-        the answer does not wait for it. Only for changes whose loss in a crash can
-        never over-serve: a RELEASE lost in a crash leaves the licence held until
-        it crashes out (the journal is a prefix log, so no later grant of that
-        licence can be durable without the release before it), and an UPDATE's
-        time is refreshed for every holder at restart anyway (`Engine.resume`).
-        A grant always waits: answering a grant that a crash could forget is how a
-        permit gets served twice.
+        Without events the answer still waits for the commit already queued (the
+        journal's submit of nothing), as it was read from that state. With
+        ``wait=False`` the events are committed in the same group commit but the
+        answer does not wait for it: only for UPDATE (see `_update`), whose loss in
+        a crash takes back nothing its OK promised. A grant and a RELEASE always
+        wait: a grant a crash could forget is how a permit gets served twice, and a
+        RELEASE a crash could forget brings back a licence its client was told it
+        gave up (held again for ever under a policy without GRAB).
         """
-        if not events:
-            return reply
         done: Deferred[Any] = self.journal.submit(events)
         if not wait:
             done.addErrback(
@@ -472,7 +493,20 @@ class LicenceServer:
             )
 
         done.addCallbacks(lambda _: reply, failed)
+        return _now_or_later(done)
+
+
+def _now_or_later(done: Deferred[Reply]) -> Reply | Deferred[Reply]:
+    """The reply itself if ``done`` has already fired (with a reply), else ``done``."""
+    if not done.called:
         return done
+    fired: list[Reply | Failure] = []
+    done.addBoth(fired.append)
+    (result,) = fired
+    if isinstance(result, Failure):
+        result.raiseException()
+    assert not isinstance(result, Failure)
+    return result
 
 
 def _field_value(value: object) -> Any:

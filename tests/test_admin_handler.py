@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from hqnlsd.admin.handler import AdminError, AdminHandler, parse_policy
 from hqnlsd.config import DaemonConfig
+from hqnlsd.licensing.events import Revoked
 from hqnlsd.licensing.policy import Policy
 from hqnlsd.licensing.results import Grant, LicenceRequest
 from hqnlsd.licensing.settings import DEFAULT_TIMEOUT_SECONDS
@@ -179,6 +180,23 @@ def test_kill_takes_a_licence_back(rig: Rig) -> None:
     update = rig.root.engine.update(held.handle).result
     assert getattr(update, "status", None) is not None
     assert update.status.name == "LOSTLICENCE"  # type: ignore[union-attr]
+
+
+def test_kill_is_answered_only_after_the_commit(rig: Rig) -> None:
+    """kill answers once its revocation is durable: a crash after the answer keeps it.
+
+    (Issue 10: checked, not a finding: the handler already waited for the commit.)
+    """
+    held = rig.grant()
+    outcome = rig.pending("kill", handle=held.handle)
+    assert outcome == [], "kill answered before its commit"
+    assert rig.root.journal is not None
+    _, logged = rig.root.journal.load()
+    assert not [e for e in logged if isinstance(e, Revoked) and e.handle == held.handle]
+    rig.clock.advance(0)
+    assert outcome and outcome[0]["revoked"] == 1, outcome
+    _, logged = rig.root.journal.load()
+    assert [e for e in logged if isinstance(e, Revoked) and e.handle == held.handle]
 
 
 def test_kill_by_product_and_licence_number(rig: Rig) -> None:

@@ -461,3 +461,92 @@ def test_a_server_that_stops_answering_is_asked_last(world: World) -> None:
     assert licence.server == ServerAddress("127.0.0.2") and licence.handle == handle
     assert world.net.connections[before:] == [ServerAddress("127.0.0.2")]
     assert licence.held and backup.verbs() == ["REQUEST"]
+
+
+# -- RELEASE until confirmed (issue 10) -----------------------------------------------------
+
+
+def _first_release_unconfirmed(fake: FakeLicenceServer) -> None:
+    """The fake applies the first RELEASE but answers NEW_MASTER: the outcome a
+    primary gives when it lost its quorum before confirming (the release may stand)."""
+    seen: list[bool] = []
+
+    def unconfirmed(command: wire.DispatchedCommand, reply: Reply) -> Reply:
+        if isinstance(command, wire.Release) and not seen:
+            seen.append(True)
+            return Err.of(Status.NEW_MASTER, "not confirmed before a change of primary; "
+                          "send it again")
+        return reply
+
+    fake.reply_filter = unconfirmed
+
+
+def test_release_refused_with_new_master_is_sent_again(world: World) -> None:
+    """A RELEASE answered NEW_MASTER (nothing happened) is sent again until confirmed.
+
+    Failed before issue 10: the client logged the refusal and gave up, so the
+    licence stayed held at the server (for ever under a policy without GRAB).
+    """
+    fake = world.server("127.0.0.1")
+    licence = result_of(take(world.client(["127.0.0.1"])))
+    fake.then("RELEASE", Err.of(Status.NEW_MASTER, "a new primary is taking over"))
+    done = licence.release()
+    world.clock.advance(RETRY.first_delay)
+    result_of(done)
+    assert fake.verbs() == ["REQUEST", "RELEASE", "RELEASE"]
+    assert fake.holders == {} and licence.state == "released"
+
+
+def test_release_that_took_effect_unconfirmed_ends_at_badhandle(world: World) -> None:
+    """NEW_MASTER, then BADHANDLE to the RELEASE sent again: released, nothing to warn of.
+
+    Failed before issue 10 (one RELEASE, a warning, no retry).
+    """
+    from twisted.logger import LogLevel, capturedLogs
+
+    fake = world.server("127.0.0.1")
+    licence = result_of(take(world.client(["127.0.0.1"])))
+    _first_release_unconfirmed(fake)
+    with capturedLogs() as events:
+        done = licence.release()
+        world.clock.advance(RETRY.first_delay)
+        result_of(done)
+    assert fake.verbs() == ["REQUEST", "RELEASE", "RELEASE"] and fake.holders == {}
+    assert [e for e in events if e["log_level"] >= LogLevel.warn] == []
+    assert any("handle was gone" in (e.get("gone") or "") for e in events)
+
+
+def test_release_handle_after_an_unknown_outcome_is_released(world: World) -> None:
+    """``hqnls release``: NEW_MASTER then BADHANDLE means released (OK gone=1), while a
+    first BADHANDLE is still refused (nothing to release).
+
+    Failed before issue 10: LicenceDenied BADHANDLE for a licence it had released.
+    """
+    fake = world.server("127.0.0.1")
+    client = world.client(["127.0.0.1"])
+    licence = result_of(take(client))
+    _first_release_unconfirmed(fake)
+    done = client.release_handle(licence.handle)
+    world.clock.advance(RETRY.first_delay)
+    reply = result_of(done)
+    assert reply.get("handle") == licence.handle and reply.get("gone") == "1"
+    assert fake.holders == {}
+    with pytest.raises(LicenceDenied, match="BADHANDLE"):
+        result_of(client.release_handle(licence.handle))
+
+
+def test_release_at_a_silent_primary_goes_to_the_others(world: World) -> None:
+    """The licence's server stops answering during the RELEASE (a cut-off primary):
+    the RELEASE goes to the other servers (a new primary) and is confirmed there.
+
+    Failed before issue 10: the client gave up after the timeout.
+    """
+    primary = world.server("127.0.0.1")
+    backup = world.server("127.0.0.2")
+    backup.holders = primary.holders  # the domain replicates grants
+    licence = result_of(take(world.client(["127.0.0.1", "127.0.0.2"])))
+    world.net.silent.add(ServerAddress("127.0.0.1"))
+    done = licence.release()
+    world.clock.advance(10)  # the RELEASE's timeout
+    result_of(done)
+    assert backup.verbs() == ["RELEASE"] and backup.holders == {}

@@ -228,6 +228,16 @@ def reopened_holders(state_dir: Path, journal: Journal) -> set[str]:
         again.close()
 
 
+def result_of(answer: Deferred[Reply]) -> Reply:
+    """What a Deferred that has fired fired with."""
+    got: list[Any] = []
+    answer.addBoth(got.append)
+    assert len(got) == 1, "not answered"
+    reply = got[0]
+    assert isinstance(reply, Ok | Err | Listing), reply
+    return reply
+
+
 def messages(events: Sequence[LogEvent]) -> list[str]:
     """The formatted text of captured log events."""
     return [formatEvent(event) for event in events]
@@ -433,11 +443,15 @@ def test_update_with_challenge_is_signed(rig: Rig) -> None:
 
 
 def test_release_frees_the_licence(rig: Rig) -> None:
-    """RELEASE answers at once, frees the licence for the next request, then BADHANDLE."""
+    """RELEASE answers once durable, frees the licence for the next request, then BADHANDLE.
+
+    (Before issue 10 this test asserted that RELEASE was answered at once, before
+    its commit: the behaviour that let a crash undo a release answered OK.)
+    """
     first = rig.grant(pid=1).get("handle") or ""
     rig.grant(pid=2)
     err(rig.dispatch(request(pid=3)), Status.NOLICENCES)
-    answer = rig.server.dispatch(wire.Release(first), PEER)
+    answer = rig.dispatch(wire.Release(first))
     assert isinstance(answer, Ok)
     assert dict(answer.fields) == {"handle": first}
     third = rig.grant(pid=3)
@@ -445,6 +459,72 @@ def test_release_frees_the_licence(rig: Rig) -> None:
     err(rig.dispatch(wire.Release(first)), Status.BADHANDLE)
     _, events = rig.journal.load()
     assert [e.handle for e in events if isinstance(e, Released)] == [first]
+
+
+class HeldJournal:
+    """A journal whose commits happen only when the test says so (`commit`)."""
+
+    def __init__(self, real: Journal) -> None:
+        self.real = real
+        self.waiting: list[tuple[tuple[Any, ...], Deferred[None]]] = []
+
+    def submit(self, events: Sequence[Any]) -> Deferred[None]:
+        """Hold the submission (nothing is written until `commit`)."""
+        done: Deferred[None] = Deferred()
+        self.waiting.append((tuple(events), done))
+        return done
+
+    def commit(self) -> None:
+        """Write and confirm everything held, in order."""
+        waiting, self.waiting = self.waiting, []
+        for events, _ in waiting:
+            self.real.submit(events)
+        self.real.flush()
+        for _, done in waiting:
+            done.callback(None)
+
+
+def test_release_is_answered_only_after_its_commit(rig: Rig) -> None:
+    """The OK to RELEASE is not sent before the journal commit has succeeded.
+
+    Failed before issue 10: the RELEASE was answered OK at once (``wait=False``),
+    so a crash between the reply and the commit brought the licence back.
+    """
+    handle = rig.grant().get("handle") or ""
+    held = HeldJournal(rig.journal)
+    rig.server.journal = held  # type: ignore[assignment]
+    answer = rig.server.dispatch(wire.Release(handle), PEER)
+    assert isinstance(answer, Deferred), f"RELEASE answered before its commit: {answer}"
+    got: list[Any] = []
+    answer.addBoth(got.append)
+    rig.clock.advance(10)
+    assert got == [], "RELEASE answered before its commit"
+    _, logged = rig.journal.load()
+    assert not any(isinstance(e, Released) for e in logged)  # a crash now keeps the licence
+    held.commit()
+    assert len(got) == 1 and isinstance(got[0], Ok), got
+    assert reopened_holders(rig.state_dir, rig.journal) == set()
+
+
+def test_release_sent_again_waits_for_the_first_commit(rig: Rig) -> None:
+    """A RELEASE sent again before the first one's commit: its BADHANDLE waits too.
+
+    The client library takes BADHANDLE to a RELEASE it sends again (after no or an
+    unknown answer) as "released", so it must not be answered before the release
+    it reflects is durable. Failed before issue 10 (BADHANDLE at once).
+    """
+    handle = rig.grant().get("handle") or ""
+    held = HeldJournal(rig.journal)
+    rig.server.journal = held  # type: ignore[assignment]
+    first = rig.server.dispatch(wire.Release(handle), PEER)
+    again = rig.server.dispatch(wire.Release(handle), PEER)
+    assert isinstance(first, Deferred) and isinstance(again, Deferred), (first, again)
+    got: list[Any] = []
+    again.addBoth(got.append)
+    assert got == []
+    held.commit()
+    assert len(got) == 1
+    err(got[0], Status.BADHANDLE)
 
 
 # -- QUERY / USERS / MESSAGE -----------------------------------------------------------------
@@ -558,19 +638,28 @@ def test_failed_commit_answers_internal(tmp_path: Path) -> None:
         rig.journal.close()
 
 
-def test_failed_commit_after_release_does_not_change_the_answer(tmp_path: Path) -> None:
-    """RELEASE is answered before its commit, so a failing disk still answers OK."""
+def test_failed_commit_of_a_release_answers_internal(tmp_path: Path) -> None:
+    """RELEASE waits for its commit: a failing disk answers INTERNAL, never OK.
+
+    (Before issue 10 this test asserted the opposite: OK although the release was
+    not durable. The event stays queued and is written by the retry.)
+    """
     rig = make_rig(tmp_path / "state")
     try:
         handle = rig.grant().get("handle") or ""
         rig.db.failing = True
         with capturedLogs():
-            assert isinstance(rig.dispatch(wire.Release(handle)), Ok)
-            rig.clock.advance(0)
+            denied = err(rig.dispatch(wire.Release(handle)), Status.INTERNAL)
+        assert "durably" in denied.msg
         assert not rig.journal.healthy
+        # Sent again while the disk still fails: the BADHANDLE is not given either.
+        with capturedLogs():
+            err(rig.dispatch(wire.Release(handle)), Status.INTERNAL)
         rig.db.failing = False
         rig.clock.advance(RETRY_FIRST)
         assert rig.journal.healthy
+        err(rig.dispatch(wire.Release(handle)), Status.BADHANDLE)
+        assert reopened_holders(rig.state_dir, rig.journal) == set()
     finally:
         rig.journal.close()
 
@@ -826,7 +915,12 @@ def test_domain_handles_are_routed(domain_rig: DomainRig) -> None:
     route.refused = Err.of(Status.TRY_SERVER, "backup", n=2, addr="127.0.0.2")
     err(rig.dispatch(wire.Release("D1")), Status.TRY_SERVER)
     route.refused = None
-    released = rig.dispatch(wire.Release("D1"))
+    # The RELEASE is answered once the domain confirms it (issue 10), not before.
+    answer = rig.server.dispatch(wire.Release("D1"), PEER)
+    assert isinstance(answer, Deferred)
+    events, done = route.submitted[-1]
+    assert any(isinstance(e, Released) for e in events)
+    done.callback(None)
+    released = result_of(answer)
     assert isinstance(released, Ok), released
-    assert any(isinstance(e, Released) for e in route.submitted[-1][0])
     assert route.engine.held_count() == 0 and rig.engine.held_count() == 1

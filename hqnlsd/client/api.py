@@ -253,17 +253,28 @@ class LicenceClient:
         handle: str = "",
         start: Sequence[ServerAddress] = (),
         last: ServerAddress | None = None,
+        release_unknown: bool | None = None,
     ) -> Deferred[Found]:
         """Ask servers in order until one answers ``OK`` or a listing (module docstring).
 
         ``signed_for``: the product a signed reply must be for (REQUEST, UPDATE);
-        with trusted keys such a reply must verify. ``handle``: the UPDATE's handle
-        (REQUEST's comes from its reply). ``start``: servers to try before the
-        search list. ``last``: a server to try only after all the others (one that
-        just stopped answering: a dead host would cost a timeout each time).
+        with trusted keys such a reply must verify. ``handle``: the UPDATE's (or
+        RELEASE's) handle (REQUEST's comes from its reply). ``start``: servers to
+        try before the search list. ``last``: a server to try only after all the
+        others (one that just stopped answering: a dead host would cost a timeout
+        each time).
+
+        ``release_unknown`` (RELEASE only; None for other verbs): whether an
+        earlier RELEASE of ``handle`` may have taken effect unseen. Once one may
+        have (that, or a try of this search got no answer or ``NEW_MASTER``: the
+        server could not confirm it), ``BADHANDLE`` or ``LOSTLICENCE`` means the
+        handle is gone: the search ends with ``OK handle=... gone=1``, as the
+        licence is not held any more (a server answers that only once the state
+        it read it from is durable). Without one, they are the answer
+        (`LicenceDenied`: there was nothing to release).
         """
         return Deferred.fromCoroutine(
-            self._search(verb, fields_for, signed_for, handle, start, last)
+            self._search(verb, fields_for, signed_for, handle, start, last, release_unknown)
         )
 
     async def _search(
@@ -274,6 +285,7 @@ class LicenceClient:
         handle: str,
         start: Sequence[ServerAddress],
         last: ServerAddress | None = None,
+        release_unknown: bool | None = None,
     ) -> Found:
         order = [*start, *self.servers]
         if last is not None:
@@ -305,9 +317,17 @@ class LicenceClient:
                 except Exception as e:
                     connection.close()
                     reasons.append(f"{server}: {describe_failure(e)}")
+                    if release_unknown is not None:
+                        release_unknown = True  # it may have arrived and taken effect
                     break
                 if isinstance(answer, Err):
                     connection.close()
+                    if release_unknown and answer.status in LOST_STATUSES:
+                        # An earlier RELEASE did take effect (or the licence was
+                        # taken back meanwhile): either way it is not held.
+                        return Found(Ok.of(handle=handle, gone=1), server, connection)
+                    if release_unknown is not None and answer.status is Status.NEW_MASTER:
+                        release_unknown = True  # not confirmed before a change of primary
                     if answer.status in REDIRECT_STATUSES:
                         targets = _redirect_targets(answer, server)
                         redirects += 1
@@ -408,7 +428,9 @@ class LicenceClient:
         """RELEASE a licence by handle (one this process does not hold, e.g. ``hqnls``)."""
 
         async def run() -> Ok:
-            found = await self.search("RELEASE", lambda _: {"handle": handle})
+            found = await self.search(
+                "RELEASE", lambda _: {"handle": handle}, handle=handle, release_unknown=False
+            )
             found.connection.close()
             assert isinstance(found.reply, Ok)
             return found.reply
@@ -758,29 +780,103 @@ class HeldLicence:
             self._connection = None
 
     async def _release(self, connection: Link | None) -> None:
+        """RELEASE the handle until a server confirms it, or says it is gone.
+
+        An OK to RELEASE is final (the server answers it only once durable, or
+        held by a quorum of its domain). ``NEW_MASTER`` (not confirmed before a
+        change of primary), a redirect, ``LOSTMASTER``/``NOTVERIFIED`` or no
+        answer at all: it is sent again through the search (`LicenceClient.search`,
+        bounded by `Retry`), and once a try's outcome was unknown, ``BADHANDLE``
+        there means the first one did take effect: released.
+        """
+        assert self.server is not None
+        server = self.server
+        first: list[ServerAddress] = []
+        unknown = False
+        unreachable = False
         try:
             if connection is None or not connection.is_open:
-                assert self.server is not None
-                connection = await self.client._connector(self.server)
-            answer = await connection.call("RELEASE", handle=self.handle)
-            if isinstance(answer, Err):
+                connection = await self.client._connector(server)
+            try:
+                answer = await connection.call("RELEASE", handle=self.handle)
+            except Exception:
+                unknown = unreachable = True
+                raise
+        except Exception as e:
+            unreachable = True
+            self.log.info(
+                "RELEASE of {handle} at {server}: no answer ({reason}); sending it again",
+                handle=self.handle,
+                server=str(server),
+                reason=describe_failure(e),
+            )
+        else:
+            if isinstance(answer, Ok):
+                return
+            if not isinstance(answer, Err):
+                self.log.warn("RELEASE of {handle}: answered a listing", handle=self.handle)
+                return
+            if answer.status in LOST_STATUSES:
+                self.log.info(
+                    "RELEASE of {handle}: {status}: the licence was not held any more",
+                    handle=self.handle,
+                    status=answer.status.name,
+                )
+                return
+            if answer.status not in RETRY_STATUSES | REDIRECT_STATUSES:
                 self.log.warn(
                     "RELEASE of {handle}: {status}: {msg}",
                     handle=self.handle,
                     status=answer.status.name,
                     msg=answer.msg,
                 )
-        except Exception as e:
-            self.log.warn(
-                "RELEASE of {handle} at {server} failed ({reason}); the server "
-                "frees it after its crashout time",
-                handle=self.handle,
-                server=str(self.server),
-                reason=describe_failure(e),
-            )
+                return
+            unknown = answer.status is Status.NEW_MASTER
+            first = _redirect_targets(answer, server) if answer.status in REDIRECT_STATUSES else []
         finally:
             if connection is not None:
                 connection.close()
+        await self._release_again(first, server, unknown=unknown, unreachable=unreachable)
+
+    async def _release_again(
+        self,
+        first: Sequence[ServerAddress],
+        server: ServerAddress,
+        *,
+        unknown: bool,
+        unreachable: bool,
+    ) -> None:
+        """Send the RELEASE again through the search (see `_release`)."""
+        handle = self.handle
+        try:
+            found = await self.client.search(
+                "RELEASE",
+                lambda _: {"handle": handle},
+                handle=handle,
+                start=first if unreachable else (*first, server),
+                last=server if unreachable else None,
+                release_unknown=unknown,
+            )
+        except LicenceDenied as e:
+            self.log.warn("RELEASE of {handle}: {reason}", handle=handle, reason=str(e))
+            return
+        except ClientError as e:
+            self.log.warn(
+                "RELEASE of {handle} was not confirmed ({reason}); the server frees it "
+                "after its crashout time",
+                handle=handle,
+                reason=str(e),
+            )
+            return
+        found.connection.close()
+        self.log.info(
+            "RELEASE of {handle} confirmed by {server}{gone}",
+            handle=handle,
+            server=str(found.server),
+            gone=" (the handle was gone: an earlier try took effect)"
+            if isinstance(found.reply, Ok) and found.reply.get("gone")
+            else "",
+        )
 
     async def _send_release(self, connection: Link, reply: Ok | list[str]) -> None:
         if isinstance(reply, Ok) and reply.get("handle"):

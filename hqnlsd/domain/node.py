@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from hqnlsd.domain.membership import best_quorum_value, is_quorum, validate_ranks
@@ -373,6 +373,25 @@ class DomainNode:
         )
         # Written, then sent, at the end of this turn (`_flush`): the primary's
         # own durable log is always at least as long as any backup's.
+        return deferred
+
+    def barrier(self) -> Deferred[None]:
+        """Fire once every entry now in the log is held by a quorum (at once if all are).
+
+        For an answer read from the state without changing it (a BADHANDLE to a
+        RELEASE sent again): it must not be given before the entries it depends
+        on are confirmed. Fails like `submit`: `NotServing` at once if this member
+        does not serve, `OutcomeUnknown` if authority is lost first.
+        """
+        now = self._now()
+        if not self._serving(now):
+            return fail(NotServing(self.role()))
+        if self._commit >= len(self._entries):
+            return succeed(None)
+        deferred: Deferred[None] = Deferred()
+        self._pending.append(
+            _Pending(len(self._entries), deferred, now + self.timers.submit_timeout)
+        )
         return deferred
 
     # -- group commit ------------------------------------------------------

@@ -304,7 +304,13 @@ class DomainRoute:
         the client when the Deferred fires; on `NotServing` nothing happened
         (answer `refusal`); on `OutcomeUnknown` the client should retry (its
         token makes a retried REQUEST safe).
+
+        With no events it waits until everything applied before is held by a
+        quorum (`DomainNode.barrier`): an answer read from the state (a denial,
+        a BADHANDLE) is never given before the state it was read from is safe.
         """
+        if not events:
+            return self.member.node.barrier()
         return self.member.submit(events)
 
 

@@ -260,11 +260,12 @@ class Journal:
 
         Call it in the same reactor turn as the engine command that produced the
         events. With no events, the Deferred waits for the commit already queued
-        (if any), so an answer never overtakes the state it depends on.
+        (if any), or for the events of a failed commit to be written, so an answer
+        never overtakes the state it depends on.
         """
         if self._closed:
             raise JournalError("the journal is closed")
-        if not events and not self._pending:
+        if not events and not self._pending and not self._unwritten:
             return succeed(None)
         if events:
             for listener in self.listeners:
