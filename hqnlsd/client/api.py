@@ -711,7 +711,7 @@ class HeldLicence:
             self._schedule(self.client.retry.recover_interval)
             return
         if self.state in ("released", "detached"):  # given up while re-requesting
-            await self._send_release(found.connection, found.reply)
+            await self._send_release(found)
             return
         self._adopt(found)
         if was_lost:
@@ -878,9 +878,12 @@ class HeldLicence:
             else "",
         )
 
-    async def _send_release(self, connection: Link, reply: Ok | list[str]) -> None:
+    async def _send_release(self, found: Found) -> None:
+        """Release the licence a re-request found after `release` was called."""
+        reply, connection = found.reply, found.connection
         if isinstance(reply, Ok) and reply.get("handle"):
             self.handle = reply.get("handle") or ""
+            self.server = found.server  # a RELEASE sent again starts there
             await self._release(connection)
         else:
             connection.close()
