@@ -411,3 +411,34 @@ def test_stop_fails_waiting_submissions() -> None:
     sim.crash(1)
     assert len(failures) == 1
     assert isinstance(failures[0].value, AuthorityLost)
+
+
+def test_barrier_waits_for_everything_before_it() -> None:
+    """`barrier` (an answer read from the state without changing it, issue 10):
+    at once when every entry is committed; else when the entries before it are,
+    or with their unknown outcome; NotServing at once on a backup."""
+    sim = simulation(3, timers=DomainTimers(submit_timeout=3.0))
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    sim.advance(1.0)
+    primary = sim.nodes[1]
+    fired: list[object] = []
+    primary.barrier().addBoth(fired.append)
+    assert fired == [None]  # nothing in flight: at once
+    submitted: list[object] = []
+    primary.submit([["grant", "a"]]).addBoth(submitted.append)
+    waiting: list[object] = []
+    primary.barrier().addBoth(waiting.append)
+    assert waiting == []  # the grant before it is not committed yet
+    run_until(sim, lambda: bool(waiting), 1.0)
+    assert submitted == [None] and waiting == [None]
+    refused: list[Failure] = []
+    sim.nodes[2].barrier().addErrback(refused.append)
+    assert len(refused) == 1 and isinstance(refused[0].value, NotServing)
+    # Cut off: the barrier behind an unconfirmed entry fails with it.
+    sim.network.partition([{1}, {2, 3}])
+    lost: list[Failure] = []
+    primary.submit([["release", "a"]]).addErrback(lost.append)
+    primary.barrier().addErrback(lost.append)
+    sim.advance(3.5)
+    assert len(lost) == 2 and all(isinstance(f.value, SubmitTimeout) for f in lost)
