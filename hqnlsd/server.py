@@ -343,7 +343,7 @@ class LicenceServer:
         return Ok.of(**fields)
 
     def _update(self, command: wire.Update, route: DomainRoute | None) -> Reply | Deferred[Reply]:
-        """UPDATE: answered OK at once (``wait=False``); a refusal waits like any other.
+        """UPDATE: answered OK at once (``wait=False``); a denial waits like any answer.
 
         Safe to answer before the commit, unlike RELEASE: an OK to UPDATE promises
         nothing that a lost ``Updated`` event could take back. The event only moves
