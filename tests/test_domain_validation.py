@@ -1,0 +1,195 @@
+"""Validation of peer messages at the node and decode level (issue 10).
+
+The finding: an authenticated member sends `Decided` with a view of epoch
+10^20 whose members include a rank that is not in the domain and whose state
+is ``null``. The receiver used to persist that view, fail to restore the
+state, stay in TAKEOVER for ever, and fail to start again from its storage.
+Now such a message is dropped before it touches anything: the view, the
+stored state and the engine are unchanged, and a restart is clean.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from twisted.internet.task import Clock
+
+from hqnlsd.admin.handler import AdminHandler
+from hqnlsd.domain.adapter import EngineMachine
+from hqnlsd.domain.messages import (
+    Accept,
+    Append,
+    Decided,
+    Prepare,
+    Promise,
+    Refuse,
+    RefuseReason,
+)
+from hqnlsd.domain.node import DomainNode
+from hqnlsd.domain.role import Role, RoleInfo
+from hqnlsd.domain.sqlstore import SqliteDomainStorage
+from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.domain.view import Ballot, Value, View
+from hqnlsd.licensing.engine import Engine
+from hqnlsd.licensing.results import Grant
+from tests.test_domain_adapter import RANKS, Domain, WallClock
+
+
+def bad_decided() -> Decided:
+    """The finding's message: epoch 10^20, a rank not in the domain, state null."""
+    return Decided(Value(View(10**20, frozenset({1, 2, 7})), None))
+
+
+def test_a_decided_with_an_impossible_view_is_dropped() -> None:
+    """A backup of a serving 3-member domain drops the finding's `Decided`: its view,
+    storage and engine do not change, the domain keeps serving, and the member
+    restarts from its storage cleanly."""
+    domain = Domain()
+    primary = domain.primary(limit=12.0)
+    grant = domain.grant(primary, 101)
+    assert isinstance(grant, Grant)
+    backup = next(rank for rank in sorted(RANKS) if rank != primary)
+    domain.run_until(lambda: domain.machines[backup].engine.held_count() == 1, 2.0)
+    node = domain.nodes[backup]
+    storage = domain.storage[backup]
+    view, writes, stored = node.view, storage.writes, storage.load()
+    engine_state = domain.machines[backup].engine.snapshot()
+
+    node.receive(primary, bad_decided())
+
+    assert node.view == view
+    assert storage.writes == writes and storage.load() == stored
+    assert domain.machines[backup].engine.snapshot() == engine_state
+    assert node.role().role is Role.BACKUP
+    # The domain keeps serving and replicating.
+    assert isinstance(domain.grant(primary, 102), Grant)
+    domain.run_until(lambda: domain.machines[backup].engine.held_count() == 2, 2.0)
+    # A restart from the storage is clean and holds both licences.
+    domain.crash(backup)
+    domain.start(backup)
+    assert domain.machines[backup].engine.held_count() == 2
+
+
+def test_the_finding_on_sqlite_storage_restarts_cleanly(tmp_path: Path) -> None:
+    """Runtime level: a member on its SQLite store receives the finding's `Decided`
+    from a peer; nothing is written, and a member opened on the same file starts."""
+    clock = Clock()
+    path = tmp_path / "domain.sqlite3"
+    storage = SqliteDomainStorage(path, "d")
+    machine = EngineMachine(Engine(WallClock(clock)))
+    sent: list[object] = []
+    node = DomainNode(
+        2, RANKS, clock, lambda to, m: sent.append(m), storage, machine, DomainTimers()
+    )
+    node.start()
+    clock.advance(0.5)
+    writes = storage.writes
+    assert node.receive(1, bad_decided()) is not None
+    assert storage.writes == writes
+    clock.advance(0.5)
+    assert node.view.epoch == 0
+    node.stop()
+    storage.close()
+    reopened = SqliteDomainStorage(path, "d")
+    again = DomainNode(
+        2,
+        RANKS,
+        clock,
+        lambda to, m: None,
+        reopened,
+        EngineMachine(Engine(WallClock(clock))),
+        DomainTimers(),
+    )
+    again.start()
+    assert again.view.epoch == 0
+    again.stop()
+    reopened.close()
+
+
+def _backup(domain: Domain) -> tuple[int, int]:
+    primary = domain.primary(limit=12.0)
+    assert isinstance(domain.grant(primary, 101), Grant)
+    backup = next(rank for rank in sorted(RANKS) if rank != primary)
+    domain.run_until(lambda: domain.machines[backup].engine.held_count() == 1, 2.0)
+    return primary, backup
+
+
+#: a valid engine snapshot (an empty engine's)
+GOOD_STATE = Engine(Clock()).snapshot()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # an unknown rank in a view (within 1..20, so the old decode let it through)
+        Decided(Value(View(5, frozenset({1, 2, 7})), GOOD_STATE)),
+        # an epoch beyond what JSON and SQLite hold exactly
+        Decided(Value(View(2**53, frozenset({1, 2})), GOOD_STATE)),
+        # a state the engine cannot restore
+        Decided(Value(View(5, frozenset({1, 2})), {"format": 1, "products": "x"})),
+        Decided(Value(View(5, frozenset({1, 2})), None)),
+        # a ballot of a rank not in the domain
+        Prepare(2, Ballot(1, 9)),
+        Accept(2, Ballot(5, 9), Value(View(2, frozenset({1, 2})), GOOD_STATE)),
+        # a round far beyond ours (a buggy or hostile member would wedge elections)
+        Prepare(2, Ballot(2**52, 2)),
+        # a state the engine cannot restore, in an Accept for our next epoch
+        Accept(2, Ballot(9, 2), Value(View(2, frozenset({1, 2})), {"format": 2})),
+        # a refusal that asks us to wait for ever
+        Refuse(2, Ballot(3, 1), RefuseReason.LEASE, wait=1e12),
+        # entries the engine cannot apply
+        Append(1, 0.0, 1, ((None,),), 1),
+        Append(1, 0.0, 1, (({"type": "Granted", "handle": 5},),), 1),
+        # a promise whose entries are garbage
+        Promise(2, Ballot(1, 1), None, None, (("x",),), 0),
+        # negative / huge counts
+        Append(1, 0.0, -1, (), 0),
+        Append(1, 0.0, 0, (), 2**60),
+    ],
+)
+def test_invalid_messages_change_nothing(message: object) -> None:
+    """Each invalid message, at a backup: no exception, nothing stored, same view and
+    engine state, and the member still acknowledges its primary afterwards."""
+    domain = Domain()
+    primary, backup = _backup(domain)
+    node, storage = domain.nodes[backup], domain.storage[backup]
+    view, writes, stored = node.view, storage.writes, storage.load()
+    state = domain.machines[backup].engine.snapshot()
+    node.receive(primary, message)  # type: ignore[arg-type]
+    domain.clock.advance(0)
+    assert node.view == view
+    assert storage.writes == writes and storage.load() == stored
+    assert domain.machines[backup].engine.snapshot() == state
+    assert node.invalid_count == 1
+    assert isinstance(domain.grant(primary, 102), Grant)
+    domain.run_until(lambda: domain.machines[backup].engine.held_count() == 2, 2.0)
+
+
+class _FakeNode:
+    """A node whose view names rank 7, which the hosts file does not know."""
+
+    def role(self) -> RoleInfo:
+        """A backup of a view with an unknown rank."""
+        return RoleInfo(2, Role.BACKUP, 7, 9, frozenset({2, 7}))
+
+
+def test_sinfo_domain_list_survives_an_unknown_rank() -> None:
+    """The admin handler lists a view with a rank it does not know instead of
+    failing with KeyError (INTERNAL): defensive, since validation keeps such a
+    view out of every node."""
+    address_of = {1: IPv4Address("127.0.0.1"), 2: IPv4Address("127.0.0.2")}
+    member = SimpleNamespace(
+        node=_FakeNode(),
+        address_of=address_of,
+        spec=SimpleNamespace(addresses=tuple(address_of.values())),
+        engine=Engine(Clock()),
+        takeovers=0,
+    )
+    handler = AdminHandler.__new__(AdminHandler)
+    handler.root = SimpleNamespace(domains=SimpleNamespace(members={"d": member}))  # type: ignore[assignment]
+    (listed,) = handler._domain_list()
+    assert listed["view"] == ["127.0.0.2", "unknown-rank-7"]
+    assert listed["primary"] is None and listed["primary_rank"] == 7
