@@ -429,6 +429,8 @@ class PeerClient:
             str(tls_dir / f"member-{member}.crt"), str(tls_dir / f"member-{member}.key")
         )
         raw = socket.create_connection((target, port), timeout, source_address=(source, 0))
+        # No Nagle: a ping after a few small lines must not wait for a delayed ACK.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self.sock = context.wrap_socket(raw, server_hostname=target)
         except BaseException:
@@ -524,9 +526,12 @@ def fuzz_daemon(
                 client = _connect_retrying(connect)
                 stats.connects += 1
             try:
-                for _ in range(min(sync_every, count - stats.sent)):
-                    stats.sent += 1
-                    client.send_raw(fuzz_line(rng, domain_id, current))
+                lines = [
+                    fuzz_line(rng, domain_id, current)
+                    for _ in range(min(sync_every, count - stats.sent))
+                ]
+                stats.sent += len(lines)
+                client.send_raw(b"".join(lines))
                 client.sync()
             except PeerLinkClosed:
                 stats.closed += 1

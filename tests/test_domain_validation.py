@@ -13,14 +13,17 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 
 from hqnlsd.admin.handler import AdminHandler
 from hqnlsd.domain.adapter import EngineMachine
 from hqnlsd.domain.messages import (
     Accept,
+    Accepted,
     Append,
     Decided,
     Prepare,
@@ -29,8 +32,10 @@ from hqnlsd.domain.messages import (
     RefuseReason,
 )
 from hqnlsd.domain.node import DomainNode
+from hqnlsd.domain.peers import INVALID_CLOSE_THRESHOLD, INVALID_LOG_INTERVAL, PeerNetwork
 from hqnlsd.domain.role import Role, RoleInfo
 from hqnlsd.domain.sqlstore import SqliteDomainStorage
+from hqnlsd.domain.storage import MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Ballot, Value, View
 from hqnlsd.licensing.engine import Engine
@@ -193,3 +198,112 @@ def test_sinfo_domain_list_survives_an_unknown_rank() -> None:
     (listed,) = handler._domain_list()
     assert listed["view"] == ["127.0.0.2", "unknown-rank-7"]
     assert listed["primary"] is None and listed["primary_rank"] == 7
+
+
+class _FakeLink:
+    """The part of a `PeerLink` the network's invalid-input handling uses."""
+
+    def __init__(self, peer: IPv4Address) -> None:
+        """A link from ``peer``."""
+        self.peer = peer
+        self.closes = 0
+
+    def close(self) -> None:
+        """Count the closes."""
+        self.closes += 1
+
+
+def test_invalid_input_is_logged_once_a_minute_and_closes_the_link() -> None:
+    """100 invalid messages from one peer within a second: one log line naming the peer
+    and the field, the link closed at every 20th; a minute later the next line reports
+    how many were dropped and how many links closed since, and sinfo's counts add up."""
+    clock = Clock()
+    network = PeerNetwork(
+        clock,
+        clock,
+        IPv4Address("127.0.0.1"),
+        None,  # type: ignore[arg-type]  # credentials: nothing is started here
+        deliver=lambda domain, address, message: None,
+        link_changed=lambda address, up: None,
+    )
+    peer = IPv4Address("127.0.0.3")
+    network.set_domains({"d": {IPv4Address("127.0.0.1"): 1, peer: 3}})
+    events: list[dict[str, Any]] = []
+    network.log = Logger(observer=events.append)
+    link = _FakeLink(peer)
+    for _ in range(100):
+        network._invalid(link, "value.view.members: ranks [7] are not members", "d")  # type: ignore[arg-type]
+        clock.advance(0.01)
+    assert len(events) == 1
+    text = formatEvent(events[0])
+    assert "127.0.0.3" in text and "value.view.members" in text and "domain d" in text
+    assert link.closes == 100 // INVALID_CLOSE_THRESHOLD
+    clock.advance(INVALID_LOG_INTERVAL)
+    network._invalid(link, "epoch: too far", "d")  # type: ignore[arg-type]
+    assert len(events) == 2
+    assert "100 invalid message(s) dropped and 5 link(s) closed" in formatEvent(events[1])
+    (info,) = [p for p in network.peers() if p.address == peer]
+    assert (info.invalid, info.invalid_closes) == (101, 5)
+
+
+def _granted_entry(product: str) -> dict[str, object]:
+    """A well-formed Granted entry for ``product`` (not served by an empty engine)."""
+    return {
+        "type": "Granted",
+        "publisher": "Harlequin",
+        "product": product,
+        "handle": "h1",
+        "indices": [1],
+        "locked": False,
+        "on_locked_node": False,
+        "user": "u",
+        "host": "h",
+        "address": "10.0.0.1",
+        "pid": 1,
+        "uid": None,
+        "group": None,
+        "hostid": None,
+        "client": None,
+        "access": 8,
+        "at": 1.0,
+    }
+
+
+def test_a_promise_whose_entries_do_not_apply_is_dropped() -> None:
+    """A candidate drops a promise with well-formed entries that do not fit its state
+    (a grant of a product not served), stays consistent, and completes its candidacy
+    with an honest promise."""
+    clock = Clock()
+    sent: list[tuple[int, object]] = []
+    storage = MemoryStorage()
+    machine = EngineMachine(Engine(WallClock(clock)))
+    node = DomainNode(
+        1, RANKS, clock, lambda to, m: sent.append((to, m)), storage, machine, DomainTimers()
+    )
+    node.start()
+    node.connected(2)
+    node.connected(3)
+    for _ in range(100):
+        clock.advance(0.05)
+        if any(isinstance(m, Prepare) for _, m in sent):
+            break
+    prepare = next(m for _, m in sent if isinstance(m, Prepare))
+    assert isinstance(prepare, Prepare)
+    # The honest promise first: the candidate then waits for 2 (it is connected).
+    honest = Promise(prepare.epoch, prepare.ballot, None, None, (), 0)
+    assert node.receive(3, honest) is None
+    assert node.view.epoch == 0
+    bad = Promise(prepare.epoch, prepare.ballot, None, None, ((_granted_entry("Nope"),),), 0)
+    why = node.receive(2, bad)
+    assert why is not None and "entries" in why
+    assert machine.engine.snapshot() == Engine(Clock()).snapshot()
+    assert node.view.epoch == 0
+    # It proposes from its own log and the honest promise; 3 accepts; installed.
+    for _ in range(100):
+        clock.advance(0.05)
+        if any(isinstance(m, Accept) for _, m in sent):
+            break
+    accept = next(m for _, m in sent if isinstance(m, Accept))
+    assert isinstance(accept, Accept) and accept.value.view.members == frozenset({1, 3})
+    node.receive(3, Accepted(accept.epoch, accept.ballot))
+    assert node.view.epoch == prepare.epoch

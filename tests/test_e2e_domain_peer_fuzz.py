@@ -145,7 +145,10 @@ def test_fuzzed_peer_messages_change_nothing(daemons: DaemonHarness) -> None:
     members, handles = serving_domain(daemons)
     first = members[0]
     key = domain_id([daemons.host(n) for n in (1, 2, 3)])
-    stats = fuzz_daemon(lambda: as_member(daemons, first, 3), key, FUZZ_COUNT, seed=10)
+    epoch = sinfo_domain(first)["epoch"]
+    stats = fuzz_daemon(
+        lambda: as_member(daemons, first, 3), key, FUZZ_COUNT, seed=10, epoch=lambda: epoch
+    )
     peers = {p["address"]: p for p in result(first, "sinfo")["peers"]}
     dropped, closes = peers["127.0.0.3"]["invalid"], peers["127.0.0.3"]["invalid_closes"]
     print(f"fuzz: sent {stats.sent}, daemon dropped {dropped} as invalid, closed {closes} links")

@@ -23,10 +23,11 @@ from hqnlsd.licensing.engine import SNAPSHOT_FORMAT
 from hqnlsd.licensing.events import EVENT_TYPES, EventError, Reason
 from hqnlsd.permits.format import MAX_LICENCES, MAX_UPDATE_MINUTES
 
-#: Integers and times are below this in magnitude: exact in a JSON double.
+#: Counters and sizes are below this: exact in a JSON double.
 SAFE_INT = 2**53
-#: Longest text field accepted in an event or snapshot.
-MAX_TEXT = 4096
+#: Longest text field accepted in an event or snapshot (far beyond any the engine
+#: makes: request fields are at most 256 characters; the bound keeps memory sane).
+MAX_TEXT = 65536
 
 Check = Callable[[object, str], None]
 
@@ -58,6 +59,10 @@ def _int_in(low: int, high: int) -> Check:
 
 
 _whole = _int_in(0, SAFE_INT)
+#: Numbers the engine does not bound itself (pid, uid, policy words): any 64-bit value.
+#: The validator must never be stricter than the engine, or a backup would refuse
+#: what its primary decided and replication would stall.
+_word = _int_in(0, 2**64)
 _count = _int_in(0, MAX_LICENCES + 1)
 _index = _int_in(1, 2 * MAX_LICENCES + 1)
 _id32 = _int_in(0, 2**32)
@@ -65,11 +70,15 @@ _level = _int_in(0, 9)
 
 
 def _number(value: object, where: str) -> None:
-    """A finite number below 2**53 in magnitude."""
+    """A finite number (JSON has no infinity; the engine makes none)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise _fail(where, f"must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or abs(value) >= SAFE_INT:
-        raise _fail(where, f"must be finite and below 2**53, not {_brief(value)}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range
+        finite = False
+    if not finite:
+        raise _fail(where, f"must be a finite number, not {_brief(value)}")
 
 
 def _text(value: object, where: str) -> None:
@@ -162,13 +171,13 @@ _product = _record(
         "publisher": _text,
         "product": _text,
         "version": _text,
-        "policy": _id32,
+        "policy": _word,
         "node_count": _count,
         "floating_count": _count,
         "start": _date,
         "expiry": _date,
         "update_minutes": _int_in(0, MAX_UPDATE_MINUTES + 1),
-        "data": _list_of(_int_in(-SAFE_INT + 1, SAFE_INT), 1024),
+        "data": _list_of(_int_in(-(2**63), 2**64), MAX_LICENCES + 1),
         "locked_nodes": _list_of(_locked_node, MAX_LICENCES),
     }
 )
@@ -186,8 +195,11 @@ _BY_ANNOTATION: dict[str, Check] = {
     "tuple[ProductPermit, ...]": _list_of(_product, 100_000),
 }
 
-#: Checkers for fields whose range is narrower than their type's.
+#: Checkers for fields whose range differs from their type's default.
 _BY_FIELD: dict[tuple[str, str], Check] = {
+    ("Granted", "pid"): _word,
+    ("Granted", "uid"): _optional(_word),
+    ("PolicyChanged", "flags"): _word,
     ("Granted", "address"): _address,
     ("Granted", "hostid"): _optional(_id32),
     ("Granted", "access"): _level,
@@ -235,7 +247,7 @@ def check_event_dict(data: object, where: str = "entry") -> None:
 
 _settings = _record(
     {
-        "flags": _optional(_whole),
+        "flags": _optional(_word),
         "crashout": _optional(_number),
         "timeout": _optional(_number),
         "counts": _optional(_pair(_count, _count)),
@@ -268,8 +280,8 @@ _holder = _record(
         "user": _text,
         "host": _text,
         "address": _address,
-        "pid": _whole,
-        "uid": _optional(_whole),
+        "pid": _word,
+        "uid": _optional(_word),
         "group": _optional(_text),
         "hostid": _optional(_id32),
         "client": _optional(_text),
