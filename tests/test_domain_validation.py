@@ -41,6 +41,7 @@ from hqnlsd.domain.view import Ballot, Value, View
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.results import Grant
 from tests.test_domain_adapter import RANKS, Domain, WallClock
+from tests.test_domain_peers import identified_link
 
 
 def bad_decided() -> Decided:
@@ -307,3 +308,31 @@ def test_a_promise_whose_entries_do_not_apply_is_dropped() -> None:
     assert isinstance(accept, Accept) and accept.value.view.members == frozenset({1, 3})
     node.receive(3, Accepted(accept.epoch, accept.ballot))
     assert node.view.epoch == prepare.epoch
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json\n",
+        b'{"t": "ping", "n": NaN}\n',
+        b'{"t": "m", "d": "D", "m": {"type": "ack", "epoch": 1, "sent_at": 1e400, '
+        b'"match": 0, "granted": true}}\n',
+        b"[" * 100_000 + b"\n",
+        b'{"t": {"deep": [1, 2]}}\n',
+        b'{"t": "ping", "n": [1]}\n',
+        b'{"t": "pong", "n": {"a": 1}}\n',
+        b'{"t": "m", "d": "D", "m": {"type": "decided", "value": {"view": {"epoch": '
+        + str(10**20).encode()
+        + b', "members": [1, 2, 7], "origin": null}, "state": null}}}\n',
+        b'{"t": "hello", "v": 1, "domains": {"D": 2}}\n',  # a second hello
+    ],
+)
+def test_bad_lines_are_reported_as_invalid_and_nothing_raises(raw: bytes) -> None:
+    """Lines a peer can send that are not valid: each one reported to the network's
+    rate-limited invalid handling (never a log line of its own, never an exception),
+    nothing delivered, the link kept."""
+    link, network, transport = identified_link()
+    link.dataReceived(b'{"t": "hello", "v": 1, "domains": {"D": 2}}\n')
+    link.dataReceived(raw)
+    assert network.delivered == [] and len(network.invalid) == 1, network.invalid
+    assert not transport.disconnecting

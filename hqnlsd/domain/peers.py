@@ -213,6 +213,7 @@ class PeerLink(Protocol):
         self._ping_sent: dict[int, float] = {}
         self._timer: Any = None
         self._closed = False
+        self._hello_seen = False
 
     # -- connection ----------------------------------------------------------------
 
@@ -308,10 +309,18 @@ class PeerLink(Protocol):
                 self.network._invalid(self, "ping.n: not a whole number")
         elif kind == "pong":
             number = payload.get("n")
-            sent = self._ping_sent.pop(number, None) if is_whole(number) else None
+            if not is_whole(number):
+                self.network._invalid(self, "pong.n: not a whole number")
+                return
+            sent = self._ping_sent.pop(number, None)
             if sent is not None:
                 self.network._rtt(self.peer, now - sent)
         elif kind == "hello":
+            if self._hello_seen:
+                # One hello per link: repeated ones would repeat its log lines.
+                self.network._invalid(self, "hello: a second hello on this link")
+                return
+            self._hello_seen = True
             self._hello(payload)
         elif kind == "call":
             self._call(payload)
