@@ -26,6 +26,7 @@ from hqnlsd.domain.messages import (
     Accepted,
     Append,
     Decided,
+    Message,
     Prepare,
     Promise,
     Refuse,
@@ -40,6 +41,7 @@ from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Ballot, Value, View
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.results import Grant
+from tests.sim.harness import SimSettings, Simulation
 from tests.test_domain_adapter import RANKS, Domain, WallClock
 from tests.test_domain_peers import identified_link
 
@@ -336,3 +338,27 @@ def test_bad_lines_are_reported_as_invalid_and_nothing_raises(raw: bytes) -> Non
     link.dataReceived(raw)
     assert network.delivered == [] and len(network.invalid) == 1, network.invalid
     assert not transport.disconnecting
+
+
+@pytest.mark.parametrize(("size", "seed"), [(3, 1), (3, 2), (4, 3), (5, 4)])
+def test_honest_members_never_send_an_invalid_message(
+    size: int, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation is never stricter than the protocol: in seeded simulation runs with
+    crashes, restarts, partitions, loss and drift, no message an honest member sends
+    is refused (a false refusal could stall a domain)."""
+    refused: list[str] = []
+    received: list[int] = []
+    original = DomainNode.receive
+
+    def receive(self: DomainNode, sender: int, message: Message) -> str | None:
+        why = original(self, sender, message)
+        received.append(1)
+        if why is not None:
+            refused.append(f"{self.rank} <- {sender}: {why}: {message!r}"[:300])
+        return why
+
+    monkeypatch.setattr(DomainNode, "receive", receive)
+    stats = Simulation(SimSettings(size=size, count=2, duration=150.0), seed).run()
+    assert stats.events > 1000 and stats.views > 2  # it did run
+    assert refused == [] and len(received) > 1000
