@@ -53,6 +53,10 @@ class FakeNetwork:
         self.seen: list[float] = []
         self.rtts: list[float] = []
         self.up: list[PeerLink] = []
+        self.invalid: list[str] = []
+
+    def _invalid(self, link: PeerLink, why: str, domain_id: str | None = None) -> None:
+        self.invalid.append(why)
 
     def _seen(self, address: Any, now: float) -> None:
         self.seen.append(now)

@@ -593,7 +593,12 @@ class AdminHandler:
                     "rank": info.rank,
                     "role": info.role.value,
                     "epoch": info.epoch,
-                    "view": [str(member.address_of[r]) for r in sorted(info.members)],
+                    # A rank this host's hosts file does not know (only a bug could
+                    # put one in a view: peer messages are validated) is shown, not fatal.
+                    "view": [
+                        str(member.address_of.get(r, f"unknown-rank-{r}"))
+                        for r in sorted(info.members)
+                    ],
                     "primary": str(primary) if primary is not None else None,
                     "primary_rank": info.primary,
                     "products": len(member.engine.served()),
@@ -604,7 +609,8 @@ class AdminHandler:
         return listed
 
     def _peer_list(self) -> list[dict[str, Any]]:
-        """Each peer link: up (ours), inbound (theirs), seconds since heard, round trip."""
+        """Each peer link: up (ours), inbound (theirs), seconds since heard, round trip,
+        messages dropped as invalid and links closed for them."""
         domains = self.root.domains
         if domains is None:
             return []
@@ -617,6 +623,8 @@ class AdminHandler:
                 "last_seen_ago": None if peer.last_seen is None else now - peer.last_seen,
                 "rtt": peer.rtt,
                 "connects": peer.connects,
+                "invalid": peer.invalid,
+                "invalid_closes": peer.invalid_closes,
             }
             for peer in domains.peers()
         ]

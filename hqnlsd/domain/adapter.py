@@ -40,10 +40,22 @@ from twisted.logger import Logger
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event, EventError, event_from_dict
 from hqnlsd.licensing.results import Denied, Outcome
+from hqnlsd.licensing.validate import check_event_dict, check_snapshot
 from hqnlsd.permits.model import ProductPermit
 from hqnlsd.status import Status
 
 R = TypeVar("R")
+
+
+class _NoClock:
+    """The clock of a scratch engine that only restores (it never decides)."""
+
+    def seconds(self) -> float:
+        """Never read by a restore."""
+        return 0.0
+
+
+_NO_CLOCK = _NoClock()
 
 
 class Submitter(Protocol):
@@ -86,17 +98,47 @@ class EngineMachine:
     # -- StateMachine (called by the node) ----------------------------------------
 
     def apply(self, entries: Sequence[object]) -> None:
-        """Apply one batch, unless it is the one `submit` already applied."""
-        self._since.append(entries)
+        """Apply one batch, unless it is the one `submit` already applied.
+
+        All or nothing: if an entry does not fit the state (`EventError`), the
+        engine is rebuilt as it was before the batch and the error is raised.
+        """
         if self._local_batches:
+            self._since.append(entries)
             self._local_batches -= 1
             return
-        for entry in entries:
-            self.engine.apply(event_of(entry))
+        applied = 0
+        try:
+            for entry in entries:
+                self.engine.apply(event_of(entry))
+                applied += 1
+        except EventError:
+            if applied:
+                self._replay()
+            raise
+        self._since.append(entries)
 
     def snapshot(self) -> object:
         """The engine's whole state, JSON-safe."""
         return self.engine.snapshot()
+
+    def check_snapshot(self, snapshot: object) -> None:
+        """Raise `EventError` unless ``snapshot`` is an engine snapshot that restores.
+
+        The form of every field is checked first (`hqnlsd.licensing.validate`),
+        then the snapshot is restored into a scratch engine (handles held twice,
+        indices outside or twice in a pool). Nothing here changes.
+        """
+        check_snapshot(snapshot)
+        assert isinstance(snapshot, Mapping)
+        Engine(_NO_CLOCK).restore(snapshot)
+
+    def check_batch(self, batch: Sequence[object]) -> None:
+        """Raise `EventError` unless every entry of ``batch`` is an event's dict form."""
+        if not isinstance(batch, Sequence) or isinstance(batch, str | bytes):
+            raise EventError(f"a batch is a list of events, not {type(batch).__name__}")
+        for number, entry in enumerate(batch):
+            check_event_dict(entry, f"entry {number}")
 
     def restore(self, snapshot: object) -> None:
         """Replace the engine's state with ``snapshot``.
@@ -173,12 +215,15 @@ class EngineMachine:
     def rebuild(self) -> None:
         """Make the engine what the node believes it is: base + batches since."""
         self.rebuilds += 1
+        self._replay()
+        self.log.info(
+            "domain state rebuilt after a refused submission ({count} batch(es) replayed)",
+            count=len(self._since),
+        )
+
+    def _replay(self) -> None:
         assert isinstance(self._base, Mapping)
         self.engine.restore(self._base)
         for batch in self._since:
             for entry in batch:
                 self.engine.apply(event_of(entry))
-        self.log.info(
-            "domain state rebuilt after a refused submission ({count} batch(es) replayed)",
-            count=len(self._since),
-        )

@@ -35,6 +35,7 @@ from hqnlsd.domain.messages import (
 from hqnlsd.domain.role import Role, RoleInfo
 from hqnlsd.domain.storage import DomainStorage
 from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.domain.validate import Facts, problem
 from hqnlsd.domain.view import Ballot, Batch, Value, View, initial_view
 
 #: Most batches sent to one member in one `Append`.
@@ -83,6 +84,20 @@ class StateMachine(Protocol):
 
     def restore(self, snapshot: object) -> None:
         """Replace the whole state with ``snapshot`` (from `snapshot`)."""
+
+    def check_snapshot(self, snapshot: object) -> None:
+        """Raise ValueError unless `restore` would accept ``snapshot`` (a peer's).
+
+        Changes nothing. Called before a snapshot from the network is stored.
+        """
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raise ValueError unless every entry of ``batch`` has a form `apply` takes.
+
+        Changes nothing. `apply` may still refuse a well-formed batch that does
+        not fit the state (raising ValueError): it must then leave the state as
+        it was before the batch.
+        """
 
 
 class NotServing(Exception):
@@ -203,6 +218,10 @@ class DomainNode:
         #: the state machine holds exactly base + this member's log (not a longer
         #: log a candidacy rebuilt it with)
         self._app_is_log = True
+        #: peer messages dropped as invalid since start (see `receive`)
+        self.invalid_count = 0
+        #: why the message being received was (partly) refused by the application
+        self._refused: str | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -326,10 +345,21 @@ class DomainNode:
                 self._primary_heard, self._now() - self.timers.election_timeout
             )
 
-    def receive(self, sender: int, message: Message) -> None:
-        """Handle ``message`` from member ``sender``."""
+    def receive(self, sender: int, message: Message) -> str | None:
+        """Handle ``message`` from member ``sender``.
+
+        A message that is not valid for this member (`hqnlsd.domain.validate`)
+        is dropped before it touches anything: returns what is wrong with it
+        (``"field: why"``, for the transport's rate-limited log) and counts it
+        in `invalid_count`. Returns None otherwise.
+        """
         if not self._running or sender not in self.domain or sender == self.rank:
-            return
+            return None
+        why = self._invalid(message)
+        if why is not None:
+            self.invalid_count += 1
+            return why
+        self._refused = None
         now = self._now()
         if now - self._last_heard.get(sender, -math.inf) > self.timers.peer_timeout:
             self._since[sender] = now
@@ -350,6 +380,24 @@ class DomainNode:
             self._on_refuse(sender, message, now)
         else:
             self._install(message.value, now)
+        return self._refused
+
+    def _invalid(self, message: Message) -> str | None:
+        """What makes a peer's ``message`` invalid here (see `receive`), or None."""
+        candidacy = self._candidacy
+        facts = Facts(
+            domain=self.domain,
+            epoch=self._view.epoch,
+            max_round=self._max_round,
+            log_length=len(self._entries),
+            is_primary=self._is_primary(),
+            candidacy=(
+                (candidacy.epoch, candidacy.ballot)
+                if candidacy is not None and candidacy.value is None
+                else None
+            ),
+        )
+        return problem(message, facts, self._app)
 
     def submit(self, entries: Sequence[object]) -> Deferred[None]:
         """Apply ``entries`` here and replicate them; fire once a quorum holds them.
@@ -668,9 +716,9 @@ class DomainNode:
         if append.start <= have:
             fresh = list(append.batches[have - append.start :])
             if fresh:
-                self._append(have, fresh)
-                for batch in fresh:
-                    self._app.apply(batch)
+                fresh = self._apply_fitting(fresh)
+                if fresh:
+                    self._append(have, fresh)
         self._grant_to = sender
         self._grant_until = now + self.timers.lease
         self._primary_heard = now
@@ -680,6 +728,19 @@ class DomainNode:
             # Acknowledge once durable (_flush); the latest Append's time is the
             # freshest lease grant, and its match covers the earlier ones.
             self._owed_ack = (sender, view.epoch, append.sent_at)
+
+    def _apply_fitting(self, batches: list[Batch]) -> list[Batch]:
+        """Apply ``batches`` in order up to the first the application refuses (a
+        well-formed batch that does not fit its state: it leaves the state as it
+        was); the ones applied. A refusal counts as an invalid message."""
+        for number, batch in enumerate(batches):
+            try:
+                self._app.apply(batch)
+            except ValueError as error:
+                self.invalid_count += 1
+                self._refused = f"batches: entry {number} does not apply: {str(error)[:160]}"
+                return batches[:number]
+        return batches
 
     def _position(self) -> int:
         """Live members of the view ranked below this one (not the primary)."""
@@ -785,8 +846,22 @@ class DomainNode:
             longest = max(candidacy.promises.values(), key=lambda p: p.length)
             if longest.length > len(self._entries) or not self._app_is_log:
                 self._app.restore(self._base)
-                for batch in (*self._entries[: longest.start], *longest.entries):
-                    self._app.apply(batch)
+                try:
+                    for batch in (*self._entries[: longest.start], *longest.entries):
+                        self._app.apply(batch)
+                except ValueError:
+                    # Entries that do not apply: drop that promise (an invalid
+                    # message) and wait for others; the state is our own log again.
+                    self.invalid_count += 1
+                    self._refused = "entries: a promise's entries do not apply"
+                    del candidacy.promises[
+                        next(r for r, p in candidacy.promises.items() if p is longest)
+                    ]
+                    self._app.restore(self._base)
+                    for batch in self._entries:
+                        self._app.apply(batch)
+                    self._app_is_log = True
+                    return
                 self._app_is_log = longest.length == len(self._entries)
             # else its own log is the longest, and its state machine holds just that.
             members = frozenset(

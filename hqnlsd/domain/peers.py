@@ -46,8 +46,10 @@ last seen, round-trip time) is kept for admin tools (`PeerNetwork.peers`).
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +66,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hqnlsd.domain.messages import Message, MessageError, decode, encode
+from hqnlsd.domain.view import brief, is_whole
 from hqnlsd.tls import (
     DomainCredentials,
     PeerNotRecognised,
@@ -79,6 +82,13 @@ PROTOCOL_VERSION = 1
 MAX_LINE = 64 * 1024 * 1024
 #: Default TCP port of the peer listener.
 DEFAULT_PEER_PORT = 1237
+#: Invalid input from one peer is logged at most once per this many seconds (the
+#: line names the field at fault and how many were dropped since the last line).
+INVALID_LOG_INTERVAL = 60.0
+#: This many invalid lines or messages from one peer within `INVALID_WINDOW`
+#: seconds close the link they arrived on (the peer reconnects by its backoff).
+INVALID_CLOSE_THRESHOLD = 20
+INVALID_WINDOW = 60.0
 
 Address = ipaddress.IPv4Address
 #: Domain id -> the rank of every member, by address (from this host's hosts file).
@@ -135,6 +145,10 @@ class PeerInfo:
     connects: int
     #: the domains this link serves (ids)
     domains: tuple[str, ...]
+    #: lines and messages from it dropped as invalid
+    invalid: int = 0
+    #: links from or to it closed for repeated invalid input
+    invalid_closes: int = 0
 
 
 @dataclass
@@ -146,6 +160,13 @@ class _PeerState:
     rtt: float | None = None
     connects: int = 0
     service: ClientService | None = None
+    #: invalid input: total, closes, when last logged, dropped since, recent times
+    invalid: int = 0
+    invalid_closes: int = 0
+    invalid_logged_at: float = -math.inf
+    invalid_unlogged: int = 0
+    invalid_closes_unlogged: int = 0
+    invalid_recent: collections.deque[float] = field(default_factory=collections.deque)
 
     def info(self, domains: tuple[str, ...]) -> PeerInfo:
         return PeerInfo(
@@ -156,7 +177,14 @@ class _PeerState:
             self.rtt,
             self.connects,
             domains,
+            self.invalid,
+            self.invalid_closes,
         )
+
+
+def _strict_constant(name: str) -> object:
+    """JSON's NaN and Infinity are not JSON: refuse them (`json.loads` takes them)."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _line(payload: Mapping[str, object]) -> bytes:
@@ -185,6 +213,7 @@ class PeerLink(Protocol):
         self._ping_sent: dict[int, float] = {}
         self._timer: Any = None
         self._closed = False
+        self._hello_seen = False
 
     # -- connection ----------------------------------------------------------------
 
@@ -264,27 +293,41 @@ class PeerLink(Protocol):
         self._last_line = now
         self.network._seen(self.peer, now)
         try:
-            payload = json.loads(line)
+            payload = json.loads(line, parse_constant=_strict_constant)
             kind = payload["t"] if isinstance(payload, dict) else None
-        except (ValueError, KeyError, TypeError):
-            self.log.warn("peer {peer}: dropped a line that is not JSON", peer=str(self.peer))
+        except (ValueError, KeyError, TypeError, RecursionError):
+            # RecursionError: nesting deeper than the JSON decoder's stack
+            self.network._invalid(self, "line: not a JSON object with a type")
             return
         if kind == "m":
             self._message(payload)
         elif kind == "ping":
-            self._write({"t": "pong", "n": payload.get("n")})
+            number = payload.get("n")
+            if is_whole(number):
+                self._write({"t": "pong", "n": number})
+            else:
+                self.network._invalid(self, "ping.n: not a whole number")
         elif kind == "pong":
-            sent = self._ping_sent.pop(payload.get("n"), None)
+            number = payload.get("n")
+            if not is_whole(number):
+                self.network._invalid(self, "pong.n: not a whole number")
+                return
+            sent = self._ping_sent.pop(number, None)
             if sent is not None:
                 self.network._rtt(self.peer, now - sent)
         elif kind == "hello":
+            if self._hello_seen:
+                # One hello per link: repeated ones would repeat its log lines.
+                self.network._invalid(self, "hello: a second hello on this link")
+                return
+            self._hello_seen = True
             self._hello(payload)
         elif kind == "call":
             self._call(payload)
         elif kind == "reply":
             self.network._replied(self.peer, payload)
         else:
-            self.log.warn("peer {peer}: unknown line type {kind!r}", peer=str(self.peer), kind=kind)
+            self.network._invalid(self, f"t: unknown line type {brief(kind)}")
 
     def _hello(self, payload: dict[str, Any]) -> None:
         if payload.get("v") != PROTOCOL_VERSION:
@@ -324,14 +367,11 @@ class PeerLink(Protocol):
         try:
             message = decode(payload.get("m"))
         except MessageError as error:
-            self.log.warn(
-                "peer {peer}: bad message for domain {domain}: {error}",
-                peer=str(self.peer),
-                domain=domain_id,
-                error=str(error),
-            )
+            self.network._invalid(self, f"{error.field}: {error}", domain_id)
             return
-        self.network._deliver(domain_id, self.peer, message)
+        why = self.network._deliver(domain_id, self.peer, message)
+        if why is not None:
+            self.network._invalid(self, why, domain_id)
 
     def _call(self, payload: dict[str, Any]) -> None:
         assert self.peer is not None
@@ -344,7 +384,7 @@ class PeerLink(Protocol):
         if not isinstance(body, dict):
             self._reply(number, PeerCallError("INTERNAL", "a call without a body"))
             return
-        self.network._answer_call(domain_id, self.peer, body).addBoth(
+        self.network._answer_call(domain_id, self.peer, body, self).addBoth(
             lambda outcome: self._reply(number, outcome)
         )
 
@@ -507,7 +547,8 @@ class PeerNetwork(MultiService):
     """The peer listener, one reconnecting link per peer, and their state.
 
     ``deliver(domain_id, address, message)`` is called for every message
-    received; ``link_changed(address, up)`` when our outgoing link to a peer
+    received, and returns what is invalid about it (None: nothing);
+    ``link_changed(address, up)`` when our outgoing link to a peer
     comes up or goes down (the domain nodes' ``connected``/``disconnected``).
     """
 
@@ -522,7 +563,7 @@ class PeerNetwork(MultiService):
         *,
         listen_port: int = DEFAULT_PEER_PORT,
         port_of: Callable[[Address], int | None] | None = None,
-        deliver: Callable[[str, Address, Message], None],
+        deliver: Callable[[str, Address, Message], str | None],
         link_changed: Callable[[Address, bool], None],
         timers: PeerTimers | None = None,
         check_source: bool = True,
@@ -663,18 +704,52 @@ class PeerNetwork(MultiService):
         if state is not None:
             state.rtt = rtt
 
-    def _deliver(self, domain_id: str, address: Address, message: Message) -> None:
+    def _deliver(self, domain_id: str, address: Address, message: Message) -> str | None:
+        """Hand ``message`` to the domain; what is invalid about it, or None."""
         try:
-            self._deliver_to(domain_id, address, message)
-        except Exception:
-            self.log.failure(
-                "domain {domain}: handling a message from {peer} failed",
-                domain=domain_id,
-                peer=str(address),
+            return self._deliver_to(domain_id, address, message)
+        except Exception as error:
+            # A bug, not the peer's fault as far as we know; logged at the rate of
+            # invalid input so that a peer cannot turn it into a flood of tracebacks.
+            return f"handling the message failed: {type(error).__name__}: {str(error)[:120]}"
+
+    def _invalid(self, link: PeerLink, why: str, domain_id: str | None = None) -> None:
+        """Input from ``link``'s peer was dropped as invalid: log it (at most once per
+        peer per `INVALID_LOG_INTERVAL`) and close the link after
+        `INVALID_CLOSE_THRESHOLD` of them within `INVALID_WINDOW`."""
+        state = self._peers.get(link.peer) if link.peer is not None else None
+        if state is None:
+            link.close()
+            return
+        now = self.clock.seconds()
+        state.invalid += 1
+        state.invalid_unlogged += 1
+        recent = state.invalid_recent
+        recent.append(now)
+        while recent and now - recent[0] > INVALID_WINDOW:
+            recent.popleft()
+        if len(recent) >= INVALID_CLOSE_THRESHOLD:
+            recent.clear()
+            state.invalid_closes += 1
+            state.invalid_closes_unlogged += 1
+            link.close()
+        if now - state.invalid_logged_at >= INVALID_LOG_INTERVAL:
+            self.log.warn(
+                "peer {peer}: dropped an invalid message{for_domain}: {why}; "
+                "{count} invalid message(s) dropped and {closes} link(s) closed for them "
+                "since the last report (at most one report a minute)",
+                peer=str(state.address),
+                for_domain="" if domain_id is None else f" for domain {domain_id}",
+                why=why[:200],
+                count=state.invalid_unlogged,
+                closes=state.invalid_closes_unlogged,
             )
+            state.invalid_logged_at = now
+            state.invalid_unlogged = 0
+            state.invalid_closes_unlogged = 0
 
     def _answer_call(
-        self, domain_id: str, address: Address, body: dict[str, Any]
+        self, domain_id: str, address: Address, body: dict[str, Any], link: PeerLink
     ) -> Deferred[dict[str, Any]]:
         handler = self.call_handler
         if handler is None:
@@ -684,8 +759,9 @@ class PeerNetwork(MultiService):
         except PeerCallError as error:
             return fail(error)
         except Exception as error:
-            self.log.failure("call from {peer} failed", peer=str(address))
-            return fail(PeerCallError("INTERNAL", f"the call failed: {error}"))
+            # A malformed call: dropped like any invalid input (rate-limited log).
+            self._invalid(link, f"call: {type(error).__name__}: {str(error)[:120]}", domain_id)
+            return fail(PeerCallError("INTERNAL", f"the call failed: {str(error)[:200]}"))
         if isinstance(result, Deferred):
             return result
         return succeed(result)

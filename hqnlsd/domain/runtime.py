@@ -150,17 +150,25 @@ class DomainMember:
             self.rank,
             frozenset(spec.ranks.values()),
             clock,
-            lambda to, message: send(spec.domain_id, self.address_of[to], message),
+            self._send,
             storage,
             self.machine,
             timers,
         )
+        self._send_to = send
         self._ready_epoch: int | None = None
         self.last_role: Role | None = None
         #: called with (domain id, events) once events submitted here are confirmed
         self.event_listeners: list[Callable[[str, Sequence[Event]], None]] = []
         #: times this member took over as primary (a fail-over or failback here)
         self.takeovers = 0
+
+    def _send(self, rank: int, message: Message) -> None:
+        """Send to member ``rank`` (a rank the hosts file does not know is skipped:
+        only a bug could make the node address one)."""
+        address = self.address_of.get(rank)
+        if address is not None:
+            self._send_to(self.spec.domain_id, address, message)
 
     def start(self) -> None:
         """Start the node from its storage."""
@@ -275,8 +283,8 @@ class DomainRoute:
         info = self.role()
         domain = self.domain_words()
         status = info.status or Status.NOTVERIFIED
-        if status is Status.TRY_SERVER and info.primary is not None:
-            address = self.member.address_of[info.primary]
+        address = None if info.primary is None else self.member.address_of.get(info.primary)
+        if status is Status.TRY_SERVER and info.primary is not None and address is not None:
             return Err.of(
                 status,
                 f"this server is a backup; ask the primary hqnserver{info.primary} at {address}",
@@ -456,7 +464,10 @@ class DomainRuntime(MultiService):
             status = refusal.status.name if refusal is not None else "NOTVERIFIED"
             why = refusal.msg if refusal is not None else "not verified"
             return fail(PeerCallError(status, f"the domain has no acting primary to ask ({why})"))
-        return self.network.call(domain_key, member.address_of[info.primary], body, timeout)
+        address = member.address_of.get(info.primary)
+        if address is None:
+            return fail(PeerCallError("NOTVERIFIED", f"no address known for rank {info.primary}"))
+        return self.network.call(domain_key, address, body, timeout)
 
     def primary_address(self, domain_key: str) -> Address | None:
         """The address of the acting primary of ``domain_key`` as this member knows it."""
@@ -538,13 +549,15 @@ class DomainRuntime(MultiService):
             raise PeerCallError("NOTVERIFIED", "this member takes no forwarded changes")
         return self.forwarded(domain_key, address, body)
 
-    def _deliver(self, domain_key: str, address: Address, message: Message) -> None:
+    def _deliver(self, domain_key: str, address: Address, message: Message) -> str | None:
+        """Hand a peer's message to its domain's node; what is invalid about it, or None."""
         member = self.members.get(domain_key)
         if member is None:
-            return
+            return None
         rank = member.spec.ranks.get(address)
-        if rank is not None:
-            member.node.receive(rank, message)
+        if rank is None:
+            return None
+        return member.node.receive(rank, message)
 
     def _link_changed(self, address: Address, up: bool) -> None:
         for key, member in self.members.items():

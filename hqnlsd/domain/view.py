@@ -12,9 +12,31 @@ transfer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
-from hqnlsd.domain.membership import validate_ranks
+from hqnlsd.domain.membership import MAX_RANK, validate_ranks
+
+#: Every integer of the domain protocol (epochs, rounds, counts) is below this:
+#: exact in a JSON number (a double) and in an SQLite INTEGER.
+SAFE_INT = 2**53
+
+
+def brief(value: object, limit: int = 40) -> str:
+    """At most ``limit`` characters about a peer's ``value``, without recursing into
+    containers (a peer's nesting can be deeper than ``repr`` can go)."""
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int of more digits than str() allows
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_whole(value: object, low: int = 0, high: int = SAFE_INT) -> TypeGuard[int]:
+    """True if ``value`` is an int (not a bool) with ``low <= value < high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
 
 #: An opaque, JSON-safe application state batch (a list of licence-engine events).
 Batch = tuple[object, ...]
@@ -37,14 +59,16 @@ class Ballot(NamedTuple):
     def from_json(cls, data: object) -> Ballot:
         """The ballot encoded by `to_json`.
 
-        @raise ValueError: if ``data`` is not a pair of integers.
+        @raise ValueError: if ``data`` is not a pair ``[round, rank]`` with
+            ``0 <= round < 2**53`` and a rank 1..20.
         """
         if (
             not isinstance(data, list)
             or len(data) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in data)
+            or not is_whole(data[0])
+            or not is_whole(data[1], 1, MAX_RANK + 1)
         ):
-            raise ValueError(f"not a ballot: {data!r}")
+            raise ValueError(f"not a ballot: {brief(data)}")
         return cls(int(data[0]), int(data[1]))
 
 
@@ -87,16 +111,19 @@ class View:
         @raise ValueError: if ``data`` is not a valid encoded view.
         """
         if not isinstance(data, dict):
-            raise ValueError(f"not a view: {data!r}")
+            raise ValueError(f"not a view: {brief(data)}")
         epoch = data.get("epoch")
         members = data.get("members")
         origin = data.get("origin")
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise ValueError(f"bad epoch in {data!r}")
-        if not isinstance(members, list) or not all(
-            isinstance(m, int) and not isinstance(m, bool) for m in members
+        if not is_whole(epoch):
+            raise ValueError(f"bad epoch {brief(epoch)} (0 <= epoch < 2**53)")
+        if (
+            not isinstance(members, list)
+            or len(members) > MAX_RANK
+            or not all(isinstance(m, int) and not isinstance(m, bool) for m in members)
+            or len(set(members)) != len(members)
         ):
-            raise ValueError(f"bad members in {data!r}")
+            raise ValueError(f"bad members {brief(members)}")
         return cls(epoch, frozenset(members), None if origin is None else Ballot.from_json(origin))
 
 
@@ -127,5 +154,5 @@ class Value:
         @raise ValueError: if ``data`` is not a valid encoded value.
         """
         if not isinstance(data, dict) or "view" not in data or "state" not in data:
-            raise ValueError(f"not a value: {data!r}")
+            raise ValueError(f"not a value: {brief(data)}")
         return cls(View.from_json(data["view"]), data["state"])

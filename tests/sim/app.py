@@ -43,6 +43,27 @@ class LicencePool:
             else:
                 raise ValueError(f"unknown entry {entry!r}")
 
+    def check_batch(self, batch: Sequence[object]) -> None:
+        """Raise ValueError unless every entry is ``[op, handle]`` with a known op."""
+        for entry in batch:
+            if (
+                not isinstance(entry, list | tuple)
+                or len(entry) != 2
+                or entry[0] not in ("grant", "release")
+                or not isinstance(entry[1], str)
+            ):
+                raise ValueError(f"not an entry: {type(entry).__name__}")
+
+    def check_snapshot(self, snapshot: object) -> None:
+        """Raise ValueError unless ``snapshot`` is ``{"held": [handle, ...]}``."""
+        if (
+            not isinstance(snapshot, dict)
+            or set(snapshot) != {"held"}
+            or not isinstance(snapshot["held"], list)
+            or not all(isinstance(handle, str) for handle in snapshot["held"])
+        ):
+            raise ValueError(f"not a pool snapshot: {type(snapshot).__name__}")
+
     def snapshot(self) -> object:
         """The held handles, JSON-safe."""
         return {"held": sorted(self.held)}
