@@ -382,3 +382,29 @@ def test_amnesia_survives_reopen_and_is_salvaged(tmp_path: Path) -> None:
         assert again.salvage(frozenset({1, 2, 3})) == (12, 30)
     finally:
         again.close()
+
+
+def test_a_corrupt_file_is_told_apart_and_set_aside(tmp_path: Path) -> None:
+    """A file SQLite cannot read is refused as corrupt (a locked or foreign one is
+    not), and set_aside renames it, WAL files included, deleting nothing."""
+    path = tmp_path / domain_file_name(DOMAIN_ID)
+    path.write_text("not a database at all\n" * 100, "utf-8")
+    with pytest.raises(DomainStoreError) as refused:
+        SqliteDomainStorage(path, DOMAIN_ID)
+    assert refused.value.corrupt
+    (tmp_path / (path.name + "-wal")).write_bytes(b"wal")  # as a crash may leave one
+    aside = SqliteDomainStorage.set_aside(path, "damaged-1")
+    assert aside.read_text("utf-8").startswith("not a database")
+    assert (tmp_path / (aside.name + "-wal")).read_bytes() == b"wal"
+    assert not path.exists()
+    fresh = SqliteDomainStorage(path, DOMAIN_ID)
+    try:
+        assert fresh.load() is None
+        with pytest.raises(DomainStoreError) as locked:
+            SqliteDomainStorage(path, DOMAIN_ID)
+        assert not locked.value.corrupt
+    finally:
+        fresh.close()
+    with pytest.raises(DomainStoreError) as foreign:
+        SqliteDomainStorage(path, "another domain")
+    assert not foreign.value.corrupt

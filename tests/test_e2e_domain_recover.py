@@ -62,6 +62,8 @@ DAMAGE: dict[str, dict[str, str]] = {
     "garbage json": {"view": "{this is not json", "base": "[1, 2"},
     # more digits than Python's json module will read (int max str digits)
     "huge integer": {"base": "[" + "9" * 5000 + "]"},
+    # the whole file overwritten: SQLite cannot even open it
+    "not a database": {"file": "this was a domain database once\n" * 200},
 }
 
 
@@ -83,7 +85,11 @@ def domain_db(daemons: DaemonHarness, daemon: Daemon) -> Path:  # noqa: F811
 
 
 def damage(path: Path, columns: dict[str, str]) -> None:
-    """Overwrite columns of the stored member row (the daemon is stopped)."""
+    """Overwrite columns of the stored member row, or the whole file (the daemon
+    is stopped)."""
+    if "file" in columns:
+        path.write_text(columns["file"], "utf-8")
+        return
     db = sqlite3.connect(str(path))
     try:
         for column, text in columns.items():
@@ -165,7 +171,11 @@ def test_damaged_domain_state_does_not_stop_the_daemon(
     assert log.count("state for this domain is damaged and was not used") == 1, third.log_tail()
 
 
-def test_recover_a_damaged_member_loses_no_licence(daemons: DaemonHarness) -> None:  # noqa: F811
+@pytest.mark.parametrize("kind", ["absurd view", "not a database"])
+def test_recover_a_damaged_member_loses_no_licence(
+    daemons: DaemonHarness,  # noqa: F811
+    kind: str,
+) -> None:
     """Three members grant licences; member 3's storage is damaged while it is
     stopped; it starts (serving its single-host product) with the domain reported
     damaged; ``recover`` readmits it; a SIGKILL of the primary afterwards loses
@@ -186,7 +196,7 @@ def test_recover_a_damaged_member_loses_no_licence(daemons: DaemonHarness) -> No
         ELECTION_BOUND,
     )
     third.terminate()
-    damage(domain_db(daemons, third), DAMAGE["absurd view"])
+    damage(domain_db(daemons, third), DAMAGE[kind])
     third.start_and_wait()
     assert is_grant(solo_request(third, "solo")), third.log_tail()
     assert sinfo_domain(third)["damaged"]
@@ -223,6 +233,8 @@ def test_recover_a_damaged_member_loses_no_licence(daemons: DaemonHarness) -> No
     )
     print(f"readmitted {took:.1f} s after the recover command")
     assert not sinfo_domain(third)["damaged"]
+    if kind == "not a database":  # set aside, never deleted
+        assert list(third.state_dir.glob(domain_db(daemons, third).name + ".damaged-*"))
     assert "no longer amnesiac" in third.log_text(), third.log_tail()
 
     # A failover now keeps every licence: hqnserver2 takes over with 3's help.

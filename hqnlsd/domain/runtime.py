@@ -53,8 +53,8 @@ from hqnlsd.domain.peers import (
     PeerTimers,
 )
 from hqnlsd.domain.role import Role, RoleInfo
-from hqnlsd.domain.sqlstore import SqliteDomainStorage
-from hqnlsd.domain.storage import Amnesia
+from hqnlsd.domain.sqlstore import DomainStoreError, SqliteDomainStorage, domain_file_name
+from hqnlsd.domain.storage import Amnesia, MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Ballot, initial_view
 from hqnlsd.licensing.engine import Engine, random_handle
@@ -154,11 +154,13 @@ class DomainMember:
         me: Address,
         clock: Any,
         engine: Engine,
-        storage: SqliteDomainStorage,
+        storage: SqliteDomainStorage | None,
         send: Callable[[str, Address, Message], None],
         timers: DomainTimers,
+        damaged: str | None = None,
     ) -> None:
-        """Build the (stopped) member; `start` starts its node."""
+        """Build the (stopped) member; `start` starts its node. Without ``storage``
+        (its file could not be opened: ``damaged`` says why) it never starts."""
         self.spec = spec
         self.rank = spec.ranks[me]
         self.address_of = {rank: address for address, rank in spec.ranks.items()}
@@ -170,7 +172,7 @@ class DomainMember:
             frozenset(spec.ranks.values()),
             clock,
             lambda to, message: send(spec.domain_id, self.address_of[to], message),
-            storage,
+            storage if storage is not None else MemoryStorage(),
             self.machine,
             timers,
         )
@@ -181,7 +183,7 @@ class DomainMember:
         #: times this member took over as primary (a fail-over or failback here)
         self.takeovers = 0
         #: why this member's stored state for the domain cannot be used (None: it can)
-        self.damaged: str | None = None
+        self.damaged = damaged
         #: while damaged: the highest epoch and ballot round peers' messages showed
         self.observed_epoch: int | None = None
         self.observed_round = 0
@@ -190,24 +192,30 @@ class DomainMember:
         """Start the node from its storage; if that cannot be loaded or restored,
         mark the member damaged (it then takes no part in the domain) instead of
         failing the daemon."""
+        if self.storage is None:
+            self._report_damage(self.damaged or "the domain database cannot be opened")
+            return
         blank = self.machine.snapshot()
         try:
             self.node.start()
         except Exception as error:
             self.node.stop()
             self.machine.restore(blank)  # no half-restored state in listings
-            reason = f"{type(error).__name__}: {error}"
-            if len(reason) > _REASON_CHARS:
-                reason = reason[: _REASON_CHARS - 3] + "..."
-            self.damaged = reason
-            self.log.error(
-                "domain {domain}: hqnserver{rank}'s stored state for this domain is damaged "
-                "and was not used ({reason}); this member takes no part in the domain until "
-                "an administrator runs 'hqn_lsa recover' (see README, server domains)",
-                domain=self.spec.domain_id,
-                rank=self.rank,
-                reason=reason,
-            )
+            self._report_damage(f"{type(error).__name__}: {error}")
+
+    def _report_damage(self, reason: str) -> None:
+        """Mark the member damaged and say so, once, at error level."""
+        if len(reason) > _REASON_CHARS:
+            reason = reason[: _REASON_CHARS - 3] + "..."
+        self.damaged = reason
+        self.log.error(
+            "domain {domain}: hqnserver{rank}'s stored state for this domain is damaged "
+            "and was not used ({reason}); this member takes no part in the domain until "
+            "an administrator runs 'hqn_lsa recover' (see README, server domains)",
+            domain=self.spec.domain_id,
+            rank=self.rank,
+            reason=reason,
+        )
 
     def observe(self, message: Message) -> None:
         """A peer's message while damaged: remember the highest epoch and round it shows
@@ -227,7 +235,8 @@ class DomainMember:
         except Exception:
             self.log.failure("domain {domain}: final write failed", domain=self.spec.domain_id)
         self.node.stop()
-        self.storage.close()
+        if self.storage is not None:
+            self.storage.close()
 
     def ensure_ready(self) -> bool:
         """True if serving; on the first call of a new view as primary, take over first."""
@@ -455,13 +464,24 @@ class DomainRuntime(MultiService):
                 continue
             if member is not None:
                 member.stop()
-            member = self._new_member(spec, SqliteDomainStorage.in_state_dir(self.state_dir, key))
+            try:
+                storage: SqliteDomainStorage | None = SqliteDomainStorage.in_state_dir(
+                    self.state_dir, key
+                )
+                damaged = None
+            except DomainStoreError as error:
+                if not error.corrupt:
+                    raise  # locked, unreadable, another domain's: fix the set-up
+                storage, damaged = None, str(error)
+            member = self._new_member(spec, storage, damaged)
             self.members[key] = member
             if self.running:
                 self._start_member(key, member)
         self.network.set_domains({key: spec.ranks for key, spec in wanted.items()})
 
-    def _new_member(self, spec: DomainSpec, storage: SqliteDomainStorage) -> DomainMember:
+    def _new_member(
+        self, spec: DomainSpec, storage: SqliteDomainStorage | None, damaged: str | None = None
+    ) -> DomainMember:
         member = DomainMember(
             spec,
             self.me,
@@ -470,6 +490,7 @@ class DomainRuntime(MultiService):
             storage,
             self.network.send,
             self.timers,
+            damaged,
         )
         member.event_listeners = self.event_listeners
         return member
@@ -501,10 +522,10 @@ class DomainRuntime(MultiService):
                 "this member's state for the domain is not damaged: nothing to recover"
             )
         ranks = frozenset(member.spec.ranks.values())
-        # The damaged member's storage opened fine (only its content is bad) and
-        # its node never started: the new member takes the same open database.
+        # The damaged member's node never started: the new member takes the same
+        # open database, or a new one if SQLite could not open the old.
         storage = member.storage
-        stored_epoch, stored_round = storage.salvage(ranks)
+        stored_epoch, stored_round = (None, 0) if storage is None else storage.salvage(ranks)
         observed = member.observed_epoch
         if stored_epoch is not None:
             # The stored view is the latest this member installed (views are
@@ -520,6 +541,13 @@ class DomainRuntime(MultiService):
                 "heard from yet; try again once a peer is connected (sinfo shows the links)"
             )
         amnesia = Amnesia(bound, max(stored_round, member.observed_round))
+        if storage is None:
+            path = self.state_dir / domain_file_name(key)
+            aside = SqliteDomainStorage.set_aside(path, f"damaged-{int(self.reactor.seconds())}")
+            self.log.warn(
+                "domain {domain}: the corrupt database was kept as {aside}", domain=key, aside=aside
+            )
+            storage = SqliteDomainStorage.in_state_dir(self.state_dir, key)
         fresh = self._new_member(member.spec, storage)
         storage.reset_amnesiac(initial_view(ranks), fresh.machine.snapshot(), amnesia)
         self.log.warn(

@@ -49,7 +49,20 @@ _SCHEMA = (
 
 
 class DomainStoreError(Exception):
-    """The domain database cannot be opened or used; the message says why."""
+    """The domain database cannot be opened or used; the message says why.
+
+    ``corrupt``: SQLite says the file is not a database or is malformed (its
+    content is damaged, as opposed to locked, unreadable or another domain's).
+    """
+
+    def __init__(self, message: str, corrupt: bool = False) -> None:
+        """The error, and whether the file's content is what is wrong."""
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+#: SQLite's names for a file whose content is damaged.
+_CORRUPT = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
 
 
 def domain_file_name(domain_id: str) -> str:
@@ -95,8 +108,21 @@ class SqliteDomainStorage:
             self._db.close()
             if isinstance(error, DomainStoreError):
                 raise
-            raise DomainStoreError(f"domain database {self.path}: {error}") from None
+            corrupt = getattr(error, "sqlite_errorname", "") in _CORRUPT
+            raise DomainStoreError(f"domain database {self.path}: {error}", corrupt) from None
         self.writes = 0
+
+    @staticmethod
+    def set_aside(path: Path, suffix: str) -> Path:
+        """Rename a corrupt database (and its WAL files) to ``NAME.SUFFIX``, never
+        deleting anything; the new name of the database."""
+        aside = path.with_name(f"{path.name}.{suffix}")
+        for extra in ("-wal", "-shm"):
+            companion = path.with_name(path.name + extra)
+            if companion.exists():
+                companion.rename(aside.with_name(aside.name + extra))
+        path.rename(aside)
+        return aside
 
     @classmethod
     def in_state_dir(cls, state_dir: str | Path, domain_id: str) -> SqliteDomainStorage:
