@@ -411,8 +411,7 @@ COMMANDS: tuple[Command, ...] = (
         "recover DOMAIN-NUMBER",
         "recover this server's damaged state for a server domain (sinfo numbers the "
         "domains and shows the damage): it restarts empty and rejoins safely",
-        asks="rewrites this server's stored state for that domain (nothing the domain "
-        "confirmed is lost: the other members hold it)",
+        asks="rewrites this server's stored state for that domain",
         request="recover",
         build=_recover,
     ),
