@@ -23,6 +23,7 @@ name                                     type       labels
 ``domain_role``                          gauge      ``domain`` (0 none, 1 backup, 2 primary)
 ``domain_epoch``                         gauge      ``domain``
 ``peers_up``                             gauge      ``domain``
+``domain_damaged``                       gauge      ``domain`` (1: stored state unusable)
 ``failovers_total``                      counter    ``domain``
 ``licences_permitted``                   gauge      ``publisher product version pool``
 ``licences_in_use``                      gauge      ``publisher product version pool``
@@ -266,6 +267,13 @@ class Metrics:
             ["domain"],
             registry=r,
         )
+        self._damaged = Gauge(
+            f"{PREFIX}_domain_damaged",
+            "1 while this daemon's stored state for a server domain cannot be used "
+            "(it takes no part in the domain until recovered), else 0.",
+            ["domain"],
+            registry=r,
+        )
         self._failovers = Counter(
             f"{PREFIX}_failovers",
             "Primary role changes seen in a domain.",
@@ -325,13 +333,17 @@ class Metrics:
         """This daemon is in touch with count peers of domain."""
         self._peers_up.labels(domain).set(count)
 
+    def set_domain_damaged(self, domain: str, reason: str | None) -> None:
+        """This daemon's stored state for domain is damaged (a reason) or fine (None)."""
+        self._damaged.labels(domain).set(0 if reason is None else 1)
+
     def failover(self, domain: str) -> None:
         """The primary role moved to another member of domain."""
         self._failovers.labels(domain).inc()
 
     def forget_domain(self, domain: str) -> None:
         """Drop every series of a domain no longer served (after a permit re-read)."""
-        for metric in (self._role, self._epoch, self._peers_up, self._failovers):
+        for metric in (self._role, self._epoch, self._peers_up, self._failovers, self._damaged):
             with contextlib.suppress(KeyError):
                 metric.remove(domain)
 

@@ -130,6 +130,7 @@ class HqnlsdService(MultiService):
         domains.event_listeners.append(lambda key, events: _count_events(self.metrics, events))
         domains.role_listeners.append(self._domain_role)
         domains.peer_listeners.append(self.metrics.set_peers_up)
+        domains.damage_listeners.append(self.metrics.set_domain_damaged)
         return domains
 
     def _licence_figures(self) -> list[Any]:

@@ -118,3 +118,79 @@ def test_sinfo_shows_domains_and_peer_links() -> None:
     ) in text
     peer_line = next(line for line in text.splitlines() if line.strip().startswith("10.0.0.1"))
     assert peer_line.split() == ["10.0.0.1", "up", "yes", "0.2s", "ago", "1.2", "ms", "1"]
+
+
+def test_sinfo_shows_a_damaged_domain_and_the_command_that_recovers_it() -> None:
+    """A damaged domain: its number, the reason and the exact recover command; an
+    amnesiac (recovered, not yet readmitted) member says so too."""
+    base = {
+        "version": "1",
+        "address": "10.0.0.3",
+        "unique_id_hex": "0x1",
+        "role": "member of 2 server domain(s): notverified, notverified",
+        "started": 0.0,
+        "now": 1.0,
+        "state_dir": "/s",
+        "journal_healthy": True,
+        "served": 1,
+        "held": 0,
+        "log_switches": "DEFAULT",
+        "permit_source": "-p",
+        "searched": [],
+        "search_problems": [],
+        "files": [],
+        "peers": [],
+    }
+    common = {"rank": 3, "epoch": 0, "view": [], "primary": None, "primary_rank": None}
+    domains = [
+        {
+            **common,
+            "number": 1,
+            "domain": "10.0.0.1 10.0.0.2 10.0.0.3",
+            "role": "damaged",
+            "damaged": "ValueError: bad view",
+            "amnesiac": None,
+            "products": 0,
+            "held": 0,
+        },
+        {
+            **common,
+            "number": 2,
+            "domain": "10.0.0.3 10.0.0.4",
+            "role": "notverified",
+            "damaged": None,
+            "amnesiac": 7,
+            "products": 1,
+            "held": 0,
+        },
+    ]
+    text = render("sinfo", {**base, "domains": domains})
+    assert (
+        "[1] domain 10.0.0.1 10.0.0.2 10.0.0.3: hqnserver3 here is DAMAGED: its stored state "
+        "for this domain cannot be used (ValueError: bad view); it takes no part in the domain "
+        "until you run: hqn_lsa -s 10.0.0.3 recover 1"
+    ) in text
+    assert "[2] domain 10.0.0.3 10.0.0.4: hqnserver3 here is NOTVERIFIED" in text
+    assert "AMNESIAC (recovered): votes again once a view after epoch 7 readmits it" in text
+    done = render(
+        "recover",
+        {"domain": "10.0.0.1 10.0.0.2 10.0.0.3", "rank": 3, "epoch_bound": 7, "damaged": None},
+    )
+    assert done.startswith("domain 10.0.0.1 10.0.0.2 10.0.0.3: hqnserver3 recovered")
+
+
+def test_recover_command_parses_and_asks_first() -> None:
+    """``recover N`` sends the domain number and asks for confirmation unless -y."""
+    from hqnlsd.admin.commands import UsageError, find, parse_command
+
+    planned = parse_command(["recover", "2"])
+    assert (planned.command.request, planned.args) == ("recover", {"domain": 2})
+    command = find("rc")
+    assert command is not None and command.name == "recover" and command.asks
+    assert not command.revokes
+    for words in (["recover"], ["recover", "x"], ["recover", "1", "2"]):
+        try:
+            parse_command(words)
+        except UsageError:
+            continue
+        raise AssertionError(f"{words} parsed")

@@ -442,3 +442,67 @@ def test_barrier_waits_for_everything_before_it() -> None:
     primary.barrier().addErrback(lost.append)
     sim.advance(3.5)
     assert len(lost) == 2 and all(isinstance(f.value, SubmitTimeout) for f in lost)
+
+
+def wiped_member_scenario(amnesiac: bool) -> Simulation:
+    """Member 3 is the only link between a commit quorum ({1, 3}) and the next
+    phase-1 quorum ({2, 3}); its storage is then wiped and it is recovered.
+
+    1 is primary of {1, 2, 3}; the link 1-2 is cut, so a grant commits on 1 and 3
+    only. 1 and 3 crash, 3 loses its storage and is recovered, 2 and 3 restart
+    together without 1 (a quorum of the view), and later 1 returns.
+    """
+    sim = simulation(3, timers=PATIENT)
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    sim.network.cut.add(frozenset((1, 2)))
+    sim.network.update_links()
+    handle = confirmed_grant(sim, 1)
+    assert handle in sim.confirmed
+    sim.crash(1)
+    sim.crash(3)
+    sim.wipe_and_recover(3, amnesiac=amnesiac)
+    sim.network.heal()
+    sim.restart(3)
+    sim.advance(10.0)  # 2 and 3 are a quorum of {1, 2, 3}: may they act?
+    # With amnesia they may not: 3 refuses to vote in the view it forgot.
+    assert sim.serving_member() is None
+    # The amnesia is durable: a restart does not end it.
+    sim.crash(3)
+    sim.restart(3)
+    assert sim.nodes[3].amnesia is not None
+    sim.advance(3.0)
+    assert sim.serving_member() is None
+    sim.restart(1)
+    full_view(sim)
+    return sim
+
+
+def test_wiped_member_recovered_as_amnesiac_loses_no_licence() -> None:
+    """A recovered (amnesiac) member refuses to vote in views it may have voted
+    in before it forgot, so 2 waits for 1; once 1 is back, the confirmed grant
+    is served and 3 is readmitted (no longer amnesiac) in a newer view."""
+    sim = wiped_member_scenario(amnesiac=True)
+    node = sim.nodes[3]
+    run_until(sim, lambda: node.amnesia is None and 3 in node.view.members, 20.0)
+    primary = full_view(sim)
+    assert sim.confirmed and sim.confirmed <= sim.apps[primary].held
+    stored = sim.storage[3].load()
+    assert stored is not None and stored.amnesia is None
+    assert any("wipe 3 (amnesiac" in line for line in sim.trace)
+
+
+def test_wiped_member_without_amnesia_loses_a_confirmed_licence() -> None:
+    """The same scenario with the member simply restarted afresh (its state file
+    deleted by hand): 2 and 3 decide a view without the grant, and the checker
+    sees a confirmed licence lost (so the passing test above is meaningful)."""
+    with pytest.raises(InvariantViolation, match="serves without confirmed grants"):
+        wiped_member_scenario(amnesiac=False)
+
+
+def test_amnesia_rule_is_what_saves_the_licence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation check: the member recovered as an amnesiac, but the node ignoring
+    the rule (it votes in the view it forgot): the checker sees the licence lost."""
+    monkeypatch.setattr(DomainNode, "_voteless", lambda self: False)
+    with pytest.raises(InvariantViolation, match="serves without confirmed grants"):
+        wiped_member_scenario(amnesiac=True)

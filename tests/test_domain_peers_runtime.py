@@ -299,6 +299,8 @@ class FakeMember:
         self.address_of = {rank: address for address, rank in SPEC.ranks.items()}
         self.info = RoleInfo(3, role, primary, 4, frozenset({1, 2, 3}))
         self.node = self
+        #: why the stored state is unusable (None: it is fine)
+        self.damaged: str | None = None
 
     def ensure_ready(self) -> bool:
         """Not serving."""
@@ -328,3 +330,28 @@ def test_refusals(role: Role, primary: int | None, status: Status, fields: dict[
         assert refusal.get(key) == value
     if not fields:
         assert refusal.get("n") is None
+
+
+def test_a_damaged_member_refuses_naming_the_recovery() -> None:
+    """A member whose stored domain state is damaged answers NOTVERIFIED, says why
+    and names the recovery command, whatever its node's role."""
+    member = FakeMember(Role.NOTVERIFIED, None)
+    member.damaged = "ValueError: bad view"
+    refusal = DomainRoute(member).refusal()  # type: ignore[arg-type]
+    assert refusal is not None and refusal.status is Status.NOTVERIFIED
+    assert "damaged" in (refusal.msg or "") and "hqn_lsa recover" in (refusal.msg or "")
+    assert refusal.get("domain") == "127.0.0.1 127.0.0.2 127.0.0.3"
+
+
+def test_proven_epoch_is_the_latest_epoch_a_message_shows_decided() -> None:
+    """Append/Ack of epoch e and Decided of e prove e; messages about deciding e
+    (Prepare, Accept, Promise, Accepted, Refuse) prove only e - 1."""
+    from hqnlsd.domain.messages import Ack, Append, Decided, Prepare, Refuse, RefuseReason
+    from hqnlsd.domain.runtime import proven_epoch
+    from hqnlsd.domain.view import Ballot, Value, View
+
+    assert proven_epoch(Append(5, 1.0, 0, (), 0)) == 5
+    assert proven_epoch(Ack(5, 1.0, 0, True)) == 5
+    assert proven_epoch(Decided(Value(View(7, frozenset({1, 2})), {}))) == 7
+    assert proven_epoch(Prepare(6, Ballot(3, 1), 0)) == 5
+    assert proven_epoch(Refuse(1, Ballot(1, 1), RefuseReason.BALLOT)) == 0

@@ -13,6 +13,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +24,7 @@ from hqnlsd.domain.sqlstore import (
     SqliteDomainStorage,
     domain_file_name,
 )
-from hqnlsd.domain.storage import DomainStorage, MemoryStorage
+from hqnlsd.domain.storage import Amnesia, DomainStorage, MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Ballot, Value, View
 from tests.sim.harness import SimSettings, Simulation
@@ -308,3 +309,102 @@ def test_simulated_domain_on_sqlite(tmp_path: Path) -> None:
     assert stats.recoveries
     assert stats.grants > 0
     assert simulation.reopened > 0, "members restarted from their files"
+
+
+# -- recovery: the amnesia record --------------------------------------------------
+
+
+def test_amnesia_survives_new_views_until_cleared(make_storage: Factory) -> None:
+    """The amnesia record is kept by save_view (only save_amnesia(None) ends it)."""
+    storage: Any = make_storage()
+    storage.save_view(View(1, frozenset({1, 2})), {"x": 1})
+    assert storage.load().amnesia is None
+    storage.save_amnesia(Amnesia(4, 9))
+    storage.save_view(View(2, frozenset({1, 2})), {"x": 2})
+    assert storage.load().amnesia == Amnesia(4, 9)
+    storage.save_amnesia(None)
+    assert storage.load().amnesia is None
+
+
+def test_reset_amnesiac_replaces_everything(make_storage: Factory) -> None:
+    """Recovery writes a view and state with no log and no acceptor state, amnesiac."""
+    storage: Any = make_storage()
+    storage.save_view(View(3, frozenset({1, 2, 3})), {"x": 1})
+    storage.append(0, [("a",)])
+    storage.save_accepted(Ballot(7, 2), Value(View(4, frozenset({2, 3})), {"x": 2}))
+    storage.reset_amnesiac(View(0, frozenset({1, 2, 3})), {"held": []}, Amnesia(3, 7))
+    durable = storage.load()
+    assert (durable.view.epoch, durable.base, durable.entries) == (0, {"held": []}, ())
+    assert (durable.promised, durable.accepted, durable.amnesia) == (None, None, Amnesia(3, 7))
+
+
+def damaged_store(tmp_path: Path, view: str, promised: str | None = None) -> SqliteDomainStorage:
+    """A store whose member row was overwritten with ``view`` (and ``promised``)."""
+    storage = SqliteDomainStorage.in_state_dir(tmp_path, DOMAIN_ID)
+    storage.save_view(View(2, frozenset({1, 2, 3})), {"held": []})
+    storage._db.execute("UPDATE member SET view = ?, promised = ? WHERE id = 1", (view, promised))
+    return storage
+
+
+@pytest.mark.parametrize(
+    ("view", "epoch"),
+    [
+        ('{"epoch": 6, "members": [1, 3], "origin": [4, 1]}', 6),
+        ("{not json", None),
+        ('{"epoch": 6, "members": [1, 7]}', None),  # a rank outside the domain
+        ('{"epoch": 100000000000000000000, "members": [1]}', None),  # no real epoch
+        ('{"epoch": "six", "members": [1]}', None),
+    ],
+)
+def test_salvage_believes_only_plausible_content(
+    tmp_path: Path, view: str, epoch: int | None
+) -> None:
+    """salvage reads the stored epoch only from a valid view of this domain, and
+    the highest readable ballot round from anywhere; it never raises."""
+    storage = damaged_store(tmp_path, view, promised="[9, 2]")
+    try:
+        assert storage.salvage(frozenset({1, 2, 3})) == (epoch, 9)
+    finally:
+        storage.close()
+
+
+def test_amnesia_survives_reopen_and_is_salvaged(tmp_path: Path) -> None:
+    """The amnesia record is in the file (meta table): a restart keeps it, and a
+    later salvage of the same file counts its epoch and round."""
+    storage = SqliteDomainStorage.in_state_dir(tmp_path, DOMAIN_ID)
+    storage.reset_amnesiac(View(0, frozenset({1, 2, 3})), {"held": []}, Amnesia(12, 30))
+    storage.close()
+    again = SqliteDomainStorage.in_state_dir(tmp_path, DOMAIN_ID)
+    try:
+        durable = again.load()
+        assert durable is not None and durable.amnesia == Amnesia(12, 30)
+        again._db.execute("UPDATE member SET view = 'garbage' WHERE id = 1")
+        assert again.salvage(frozenset({1, 2, 3})) == (12, 30)
+    finally:
+        again.close()
+
+
+def test_a_corrupt_file_is_told_apart_and_set_aside(tmp_path: Path) -> None:
+    """A file SQLite cannot read is refused as corrupt (a locked or foreign one is
+    not), and set_aside renames it, WAL files included, deleting nothing."""
+    path = tmp_path / domain_file_name(DOMAIN_ID)
+    path.write_text("not a database at all\n" * 100, "utf-8")
+    with pytest.raises(DomainStoreError) as refused:
+        SqliteDomainStorage(path, DOMAIN_ID)
+    assert refused.value.corrupt
+    (tmp_path / (path.name + "-wal")).write_bytes(b"wal")  # as a crash may leave one
+    aside = SqliteDomainStorage.set_aside(path, "damaged-1")
+    assert aside.read_text("utf-8").startswith("not a database")
+    assert (tmp_path / (aside.name + "-wal")).read_bytes() == b"wal"
+    assert not path.exists()
+    fresh = SqliteDomainStorage(path, DOMAIN_ID)
+    try:
+        assert fresh.load() is None
+        with pytest.raises(DomainStoreError) as locked:
+            SqliteDomainStorage(path, DOMAIN_ID)
+        assert not locked.value.corrupt
+    finally:
+        fresh.close()
+    with pytest.raises(DomainStoreError) as foreign:
+        SqliteDomainStorage(path, "another domain")
+    assert not foreign.value.corrupt

@@ -179,6 +179,9 @@ def test_invalid_messages_change_nothing(message: object) -> None:
 class _FakeNode:
     """A node whose view names rank 7, which the hosts file does not know."""
 
+    #: not recovering from damaged state
+    amnesia = None
+
     def role(self) -> RoleInfo:
         """A backup of a view with an unknown rank."""
         return RoleInfo(2, Role.BACKUP, 7, 9, frozenset({2, 7}))
@@ -195,6 +198,7 @@ def test_sinfo_domain_list_survives_an_unknown_rank() -> None:
         spec=SimpleNamespace(addresses=tuple(address_of.values())),
         engine=Engine(Clock()),
         takeovers=0,
+        damaged=None,
     )
     handler = AdminHandler.__new__(AdminHandler)
     handler.root = SimpleNamespace(domains=SimpleNamespace(members={"d": member}))  # type: ignore[assignment]

@@ -141,3 +141,16 @@ def test_metrics_count_the_domains_this_member_is_primary_of(tmp_path: Path) -> 
     for listener in service.domains.peer_listeners:
         listener("D", 2)
     assert b'hqnlsd_peers_up{domain="D"} 2.0' in service.metrics.exposition()[0]
+
+
+def test_metrics_show_a_damaged_domain(tmp_path: Path) -> None:
+    """hqnlsd_domain_damaged follows the runtime's damage reports (1 damaged, 0 fine)."""
+    config = parse([*base_args(tmp_path), *tls_args(tmp_path)]).config
+    service = HqnlsdService(config, MemoryReactorClock())
+    assert service.domains is not None
+    for listener in service.domains.damage_listeners:
+        listener("D", "ValueError: bad view")
+    assert b'hqnlsd_domain_damaged{domain="D"} 1.0' in service.metrics.exposition()[0]
+    for listener in service.domains.damage_listeners:
+        listener("D", None)
+    assert b'hqnlsd_domain_damaged{domain="D"} 0.0' in service.metrics.exposition()[0]

@@ -32,6 +32,8 @@ class Command:
     kind: str = "server"
     #: Takes licences back: asks for confirmation unless -y.
     revokes: bool = False
+    #: What else makes it ask for confirmation unless -y (e.g. "rewrites ..."): "" for nothing.
+    asks: str = ""
     #: The admin protocol command it sends (server commands).
     request: str = ""
     build: Callable[[Sequence[str]], dict[str, Any]] | None = None
@@ -189,6 +191,13 @@ def _access(name: str, who: str) -> Callable[[Sequence[str]], dict[str, Any]]:
         return {"product": product, who: rest[0], "level": _int(rest[1], "level", usage)}
 
     return build
+
+
+def _recover(words: Sequence[str]) -> dict[str, Any]:
+    usage = "recover DOMAIN-NUMBER (the domain's number in sinfo)"
+    if len(words) != 1:
+        raise UsageError(usage)
+    return {"domain": _int(words[0], "domain number", usage)}
 
 
 def _loglevel(words: Sequence[str]) -> dict[str, Any]:
@@ -395,6 +404,16 @@ COMMANDS: tuple[Command, ...] = (
         revokes=True,
         request="reinit",
         build=_none("reinit"),
+    ),
+    Command(
+        "recover",
+        "rc",
+        "recover DOMAIN-NUMBER",
+        "recover this server's damaged state for a server domain (sinfo numbers the "
+        "domains and shows the damage): it restarts empty and rejoins safely",
+        asks="rewrites this server's stored state for that domain",
+        request="recover",
+        build=_recover,
     ),
     Command(
         "id",

@@ -77,11 +77,12 @@ CHANGES = frozenset(
         "remgacc",
         "reinit",
         "loglevel",
+        "recover",
     }
 )
 
 #: Changes a member forwards to the acting primary of a domain product's domain.
-FORWARDED = CHANGES - {"loglevel"}
+FORWARDED = CHANGES - {"loglevel", "recover"}
 
 _POLICY_WORD = re.compile(r"^([A-Za-z]+)([+-]?)$")
 _NUMBER = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
@@ -238,6 +239,7 @@ class AdminHandler:
             "addgacc": self._addgacc,
             "remgacc": self._remgacc,
             "reinit": self._reinit,
+            "recover": self._recover,
         }
 
     @property
@@ -583,15 +585,19 @@ class AdminHandler:
         domains = self.root.domains
         if domains is None:
             return []
-        listed = []
+        listed: list[dict[str, Any]] = []
         for _key, member in sorted(domains.members.items()):
             info = member.node.role()
             primary = member.address_of.get(info.primary) if info.primary else None
+            amnesia = member.node.amnesia
             listed.append(
                 {
+                    "number": len(listed) + 1,
                     "domain": " ".join(str(a) for a in member.spec.addresses),
                     "rank": info.rank,
-                    "role": info.role.value,
+                    "role": "damaged" if member.damaged is not None else info.role.value,
+                    "damaged": member.damaged,
+                    "amnesiac": amnesia.epoch if amnesia is not None else None,
                     "epoch": info.epoch,
                     # A rank this host's hosts file does not know (only a bug could
                     # put one in a view: peer messages are validated) is shown, not fatal.
@@ -607,6 +613,31 @@ class AdminHandler:
                 }
             )
         return listed
+
+    def _recover(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """Recover this member of a domain whose stored state is damaged (the domain's
+        number in sinfo): see `DomainRuntime.recover` and docs/domains.md."""
+        from hqnlsd.domain.runtime import RecoveryRefused
+
+        domains = self.root.domains
+        keys = sorted(domains.members) if domains is not None else []
+        number = _integer(args, "domain", "domain number")
+        if not 1 <= number <= len(keys) or domains is None:
+            raise AdminError(
+                wire.BAD_REQUEST,
+                f"no server domain number {number} here (sinfo numbers them 1..{len(keys)})",
+            )
+        try:
+            answer = domains.recover(keys[number - 1])
+        except RecoveryRefused as error:
+            raise AdminError(wire.NOT_AVAILABLE, str(error)) from None
+        self.log.warn(
+            "admin {who}: recover domain {domain}: amnesiac up to epoch {epoch}",
+            who=who,
+            domain=answer["domain"],
+            epoch=answer["epoch_bound"],
+        )
+        return answer
 
     def _peer_list(self) -> list[dict[str, Any]]:
         """Each peer link: up (ours), inbound (theirs), seconds since heard, round trip,

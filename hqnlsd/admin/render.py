@@ -102,10 +102,25 @@ def _domains_and_peers(result: dict[str, Any]) -> list[str]:
         primary = (
             f"primary hqnserver{d['primary_rank']} {d['primary']}" if d["primary"] else "no primary"
         )
+        number = f"[{d['number']}] " if d.get("number") else ""
+        if d.get("damaged"):
+            lines.append(
+                f"{number}domain {d['domain']}: hqnserver{d['rank']} here is DAMAGED: its "
+                f"stored state for this domain cannot be used ({d['damaged']}); it takes no "
+                f"part in the domain until you run: hqn_lsa -s {result.get('address')} "
+                f"recover {d.get('number', '?')}"
+            )
+            continue
+        amnesiac = (
+            f"; AMNESIAC (recovered): votes again once a view after epoch {d['amnesiac']} "
+            "readmits it"
+            if d.get("amnesiac") is not None
+            else ""
+        )
         lines.append(
-            f"domain {d['domain']}: hqnserver{d['rank']} here is {d['role'].upper()}, "
+            f"{number}domain {d['domain']}: hqnserver{d['rank']} here is {d['role'].upper()}, "
             f"epoch {d['epoch']}, view {' '.join(d['view']) or '-'}, {primary}; "
-            f"{d['products']} product(s), {d['held']} licence(s) held"
+            f"{d['products']} product(s), {d['held']} licence(s) held{amnesiac}"
         )
     peers = result.get("peers", [])
     if peers:
@@ -289,6 +304,17 @@ def _reinit(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _recover(result: dict[str, Any]) -> str:
+    text = (
+        f"domain {result['domain']}: hqnserver{result['rank']} recovered; it starts empty and "
+        f"takes part again once a view after epoch {result['epoch_bound']} readmits it "
+        "(sinfo shows when)"
+    )
+    if result.get("damaged"):
+        text += f"; but its state is still damaged: {result['damaged']}"
+    return text
+
+
 _RENDERERS: dict[str, Any] = {
     "sinfo": _sinfo,
     "listhqn": _listhqn,
@@ -302,4 +328,5 @@ _RENDERERS: dict[str, Any] = {
     "id": _id,
     "lk": _lk,
     "reinit": _reinit,
+    "recover": _recover,
 }

@@ -33,7 +33,7 @@ from hqnlsd.domain.messages import (
     RefuseReason,
 )
 from hqnlsd.domain.role import Role, RoleInfo
-from hqnlsd.domain.storage import DomainStorage
+from hqnlsd.domain.storage import Amnesia, DomainStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.validate import Facts, problem
 from hqnlsd.domain.view import Ballot, Batch, Value, View, initial_view
@@ -187,6 +187,8 @@ class DomainNode:
         self._entries: list[Batch] = []
         self._promised: Ballot | None = None
         self._accepted: tuple[Ballot, Value] | None = None
+        #: set while this member is a recovered amnesiac (docs/domains.md)
+        self._amnesia: Amnesia | None = None
         # volatile state
         self._max_round = 0
         self._quarantine_until = -math.inf
@@ -239,20 +241,29 @@ class DomainNode:
             self._base = self._app.snapshot()
             self._storage.save_view(self._view, self._base)
         else:
+            # Restore first: a stored state that cannot be restored raises and
+            # leaves this node as it was (stopped, epoch 0), not half-loaded.
+            if not durable.view.members <= self.domain or not durable.view.members:
+                raise ValueError(
+                    f"the stored view names ranks {sorted(durable.view.members)} "
+                    f"outside the domain {sorted(self.domain)}"
+                )
+            self._app.restore(durable.base)
+            for batch in durable.entries:
+                self._app.apply(batch)
             self._view = durable.view
             self._base = durable.base
             self._entries = list(durable.entries)
             self._promised = durable.promised
             self._accepted = durable.accepted
-            self._app.restore(self._base)
-            for batch in self._entries:
-                self._app.apply(batch)
+            self._amnesia = durable.amnesia
             if self._view.epoch > 0 and self._view.primary != self.rank:
                 self._quarantine_until = now + self.timers.lease
         self._max_round = max(
             [0]
             + [b.round for b in (self._promised, self._view.origin) if b is not None]
             + ([self._accepted[0].round] if self._accepted is not None else [])
+            + ([self._amnesia.round] if self._amnesia is not None else [])
         )
         self._primary_heard = now
         self._installed_at = now
@@ -291,6 +302,11 @@ class DomainNode:
         return self._view
 
     @property
+    def amnesia(self) -> Amnesia | None:
+        """Set while this member is a recovered amnesiac that has not been readmitted."""
+        return self._amnesia
+
+    @property
     def log_length(self) -> int:
         """How many batches this member holds in its current view's log."""
         return len(self._entries)
@@ -310,7 +326,7 @@ class DomainNode:
         now = self._now()
         view = self._view
         known = view.primary if view.epoch > 0 else None
-        if view.epoch == 0 or self.rank not in view.members:
+        if view.epoch == 0 or self.rank not in view.members or self._amnesia is not None:
             role = Role.NOTVERIFIED
         elif self._candidacy is not None or self._promised is not None:
             role, known = Role.TAKEOVER, None
@@ -543,6 +559,7 @@ class DomainNode:
             and self._view.primary == self.rank
             and self._promised is None
             and self._candidacy is None
+            and self._amnesia is None
         )
 
     def _serving(self, now: float) -> bool:
@@ -707,6 +724,7 @@ class DomainNode:
             self.rank not in view.members
             or self._promised is not None
             or self._candidacy is not None
+            or self._voteless()
         ):
             # Having promised a candidate, a member never again helps the old
             # view commit: that is what lets the candidate see every commit.
@@ -753,8 +771,8 @@ class DomainNode:
 
     def _stand_time(self) -> float:
         """The earliest time this member may stand for the next view."""
-        if self.rank not in self._view.members:
-            return math.inf  # not verified: only the primary can admit it
+        if self.rank not in self._view.members or self._amnesia is not None:
+            return math.inf  # not verified, or amnesiac: only the primary can admit it
         silent_enough = (
             self._primary_heard
             + self.timers.election_timeout
@@ -762,6 +780,12 @@ class DomainNode:
         )
         grant = self._grant_until if self._grant_to is not None else -math.inf
         return max(self._backoff_until, self._quarantine_until, grant, silent_enough)
+
+    def _voteless(self) -> bool:
+        """An amnesiac member of its installed view: it may have forgotten entries
+        it acknowledged, or promises it made, in this view (invariant I2), so it
+        neither promises, accepts nor acknowledges here."""
+        return self._amnesia is not None and self.rank in self._view.members
 
     def _may_stand(self, now: float) -> bool:
         return now >= self._stand_time()
@@ -946,6 +970,8 @@ class DomainNode:
     def _refusal(self, sender: int, epoch: int, ballot: Ballot, now: float) -> Refuse | None:
         if self._promised is not None and ballot < self._promised:
             return Refuse(epoch, ballot, RefuseReason.BALLOT, promised=self._promised)
+        if self._voteless():
+            return Refuse(epoch, ballot, RefuseReason.QUARANTINE, wait=self.timers.lease)
         if now < self._quarantine_until:
             return Refuse(epoch, ballot, RefuseReason.QUARANTINE, wait=self._quarantine_until - now)
         if self._grant_to is not None and self._grant_to != sender and now < self._grant_until:
@@ -995,6 +1021,12 @@ class DomainNode:
         if self._serving(now):
             self._send(sender, Refuse(accept.epoch, accept.ballot, RefuseReason.LEASE))
             return
+        if self._voteless():
+            wait = self.timers.lease
+            self._send(
+                sender, Refuse(accept.epoch, accept.ballot, RefuseReason.QUARANTINE, wait=wait)
+            )
+            return
         self._promise_to(accept.ballot, now, persist=False)
         self._accepted = (accept.ballot, accept.value)
         self._sync()
@@ -1028,7 +1060,18 @@ class DomainNode:
         # The new view's state replaces the log: entries not yet written need not be.
         self._unsynced = None
         self._owed_ack = None
+        amnesia = self._amnesia
         self._storage.save_view(view, value.state)
+        if amnesia is not None and self.rank in view.members and view.epoch > amnesia.epoch:
+            # A view newer than any this member could have voted in before it
+            # forgot: it knows everything a member of this view must know.
+            self._amnesia = None
+            self._storage.save_amnesia(None)
+            self.log.info(
+                "domain {rank}: readmitted in epoch {epoch}; no longer amnesiac",
+                rank=self.rank,
+                epoch=view.epoch,
+            )
         self._view = view
         self._base = value.state
         self._entries = []

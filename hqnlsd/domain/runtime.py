@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 
 from hqnlsd.domain.adapter import EngineMachine
 from hqnlsd.domain.clock import ReactorMonotonicClock
-from hqnlsd.domain.messages import Message
+from hqnlsd.domain.messages import Ack, Append, Decided, Message
 from hqnlsd.domain.node import DomainNode, NotServing, OutcomeUnknown
 from hqnlsd.domain.peers import (
     DEFAULT_PEER_PORT,
@@ -53,8 +53,10 @@ from hqnlsd.domain.peers import (
     PeerTimers,
 )
 from hqnlsd.domain.role import Role, RoleInfo
-from hqnlsd.domain.sqlstore import SqliteDomainStorage
+from hqnlsd.domain.sqlstore import DomainStoreError, SqliteDomainStorage, domain_file_name
+from hqnlsd.domain.storage import Amnesia, MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.domain.view import Ballot, initial_view
 from hqnlsd.licensing.engine import Engine, random_handle
 from hqnlsd.licensing.events import Event
 from hqnlsd.permits.model import HostId, ProductPermit
@@ -64,6 +66,23 @@ from hqnlsd.status import Status
 from hqnlsd.tls import DomainCredentials
 
 Address = ipaddress.IPv4Address
+
+#: The longest damage reason shown to clients and in sinfo.
+_REASON_CHARS = 300
+
+
+def proven_epoch(message: Message) -> int:
+    """The highest epoch ``message`` shows was decided (a member speaks of epoch
+    *e + 1* only once it has installed *e*)."""
+    if isinstance(message, Decided):
+        return message.value.view.epoch
+    if isinstance(message, (Append, Ack)):
+        return message.epoch
+    return max(0, message.epoch - 1)
+
+
+class RecoveryRefused(Exception):
+    """``recover`` cannot run now; the message says why and what to do."""
 
 
 def domain_id(servers: Iterable[HostId]) -> str:
@@ -135,11 +154,13 @@ class DomainMember:
         me: Address,
         clock: Any,
         engine: Engine,
-        storage: SqliteDomainStorage,
+        storage: SqliteDomainStorage | None,
         send: Callable[[str, Address, Message], None],
         timers: DomainTimers,
+        damaged: str | None = None,
     ) -> None:
-        """Build the (stopped) member; `start` starts its node."""
+        """Build the (stopped) member; `start` starts its node. Without ``storage``
+        (its file could not be opened: ``damaged`` says why) it never starts."""
         self.spec = spec
         self.rank = spec.ranks[me]
         self.address_of = {rank: address for address, rank in spec.ranks.items()}
@@ -151,7 +172,7 @@ class DomainMember:
             frozenset(spec.ranks.values()),
             clock,
             self._send,
-            storage,
+            storage if storage is not None else MemoryStorage(),
             self.machine,
             timers,
         )
@@ -162,6 +183,11 @@ class DomainMember:
         self.event_listeners: list[Callable[[str, Sequence[Event]], None]] = []
         #: times this member took over as primary (a fail-over or failback here)
         self.takeovers = 0
+        #: why this member's stored state for the domain cannot be used (None: it can)
+        self.damaged = damaged
+        #: while damaged: the highest epoch and ballot round peers' messages showed
+        self.observed_epoch: int | None = None
+        self.observed_round = 0
 
     def _send(self, rank: int, message: Message) -> None:
         """Send to member ``rank`` (a rank the hosts file does not know is skipped:
@@ -171,8 +197,44 @@ class DomainMember:
             self._send_to(self.spec.domain_id, address, message)
 
     def start(self) -> None:
-        """Start the node from its storage."""
-        self.node.start()
+        """Start the node from its storage; if that cannot be loaded or restored,
+        mark the member damaged (it then takes no part in the domain) instead of
+        failing the daemon."""
+        if self.storage is None:
+            self._report_damage(self.damaged or "the domain database cannot be opened")
+            return
+        blank = self.machine.snapshot()
+        try:
+            self.node.start()
+        except Exception as error:
+            self.node.stop()
+            self.machine.restore(blank)  # no half-restored state in listings
+            self._report_damage(f"{type(error).__name__}: {error}")
+
+    def _report_damage(self, reason: str) -> None:
+        """Mark the member damaged and say so, once, at error level."""
+        if len(reason) > _REASON_CHARS:
+            reason = reason[: _REASON_CHARS - 3] + "..."
+        self.damaged = reason
+        self.log.error(
+            "domain {domain}: hqnserver{rank}'s stored state for this domain is damaged "
+            "and was not used ({reason}); this member takes no part in the domain until "
+            "an administrator runs 'hqn_lsa recover' (see README, server domains)",
+            domain=self.spec.domain_id,
+            rank=self.rank,
+            reason=reason,
+        )
+
+    def observe(self, message: Message) -> None:
+        """A peer's message while damaged: remember the highest epoch and round it shows
+        (the recovery's bound on what this member may have voted in)."""
+        epoch = proven_epoch(message)
+        self.observed_epoch = epoch if self.observed_epoch is None else max(
+            self.observed_epoch, epoch
+        )
+        for value in vars(message).values():
+            if isinstance(value, Ballot):
+                self.observed_round = max(self.observed_round, value.round)
 
     def stop(self) -> None:
         """Write what is pending, stop the node (waiting submissions fail), close the storage."""
@@ -181,7 +243,8 @@ class DomainMember:
         except Exception:
             self.log.failure("domain {domain}: final write failed", domain=self.spec.domain_id)
         self.node.stop()
-        self.storage.close()
+        if self.storage is not None:
+            self.storage.close()
 
     def ensure_ready(self) -> bool:
         """True if serving; on the first call of a new view as primary, take over first."""
@@ -282,6 +345,13 @@ class DomainRoute:
             return None
         info = self.role()
         domain = self.domain_words()
+        if self.member.damaged is not None:
+            return Err.of(
+                Status.NOTVERIFIED,
+                "this member's stored state for this domain is damaged; try another member "
+                "(an administrator recovers it with 'hqn_lsa recover')",
+                domain=domain,
+            )
         status = info.status or Status.NOTVERIFIED
         address = None if info.primary is None else self.member.address_of.get(info.primary)
         if status is Status.TRY_SERVER and info.primary is not None and address is not None:
@@ -378,6 +448,8 @@ class DomainRuntime(MultiService):
         self.event_listeners: list[Callable[[str, Sequence[Event]], None]] = []
         #: called with (domain id, how many other members our links reach) on link changes
         self.peer_listeners: list[Callable[[str, int], None]] = []
+        #: called with (domain id, damage reason or None) when a member starts or recovers
+        self.damage_listeners: list[Callable[[str, str | None], None]] = []
         #: runs a change a member forwarded to this (acting primary) member:
         #: (domain id, the caller's address, body) -> reply body or a Deferred of it;
         #: raise `PeerCallError` to refuse. Set by the admin layer.
@@ -406,20 +478,111 @@ class DomainRuntime(MultiService):
                 continue
             if member is not None:
                 member.stop()
-            member = DomainMember(
-                spec,
-                self.me,
-                self.clock,
-                self._engine_factory(key),
-                SqliteDomainStorage.in_state_dir(self.state_dir, key),
-                self.network.send,
-                self.timers,
-            )
-            member.event_listeners = self.event_listeners
+            try:
+                storage: SqliteDomainStorage | None = SqliteDomainStorage.in_state_dir(
+                    self.state_dir, key
+                )
+                damaged = None
+            except DomainStoreError as error:
+                if not error.corrupt:
+                    raise  # locked, unreadable, another domain's: fix the set-up
+                storage, damaged = None, str(error)
+            member = self._new_member(spec, storage, damaged)
             self.members[key] = member
             if self.running:
-                member.start()
+                self._start_member(key, member)
         self.network.set_domains({key: spec.ranks for key, spec in wanted.items()})
+
+    def _new_member(
+        self, spec: DomainSpec, storage: SqliteDomainStorage | None, damaged: str | None = None
+    ) -> DomainMember:
+        member = DomainMember(
+            spec,
+            self.me,
+            self.clock,
+            self._engine_factory(spec.domain_id),
+            storage,
+            self.network.send,
+            self.timers,
+            damaged,
+        )
+        member.event_listeners = self.event_listeners
+        return member
+
+    def _start_member(self, key: str, member: DomainMember) -> None:
+        member.start()
+        for listener in self.damage_listeners:
+            listener(key, member.damaged)
+
+    def recover(self, key: str) -> dict[str, Any]:
+        """Recover this member of domain ``key`` whose stored state is damaged.
+
+        Its storage is rewritten, in one transaction, to an empty log and state
+        marked *amnesiac* (`Amnesia`) up to the highest epoch it can have voted
+        in: the stored view's epoch if it can still be read, and every epoch
+        peers showed while it was damaged. Its promises need no keeping: an
+        amnesiac votes only once readmitted in a view above that bound, for
+        epochs it never promised anything in (docs/domains.md). Then the member
+        starts again.
+
+        @raise RecoveryRefused: the domain is not served here, its state is not
+            damaged, or no bound on its epoch is known yet (no peer heard from).
+        """
+        member = self.members.get(key)
+        if member is None:
+            raise RecoveryRefused(f"no domain {key} is served here")
+        if member.damaged is None:
+            raise RecoveryRefused(
+                "this member's state for the domain is not damaged: nothing to recover"
+            )
+        ranks = frozenset(member.spec.ranks.values())
+        # The damaged member's node never started: the new member takes the same
+        # open database, or a new one if SQLite could not open the old.
+        storage = member.storage
+        stored_epoch, stored_round = (None, 0) if storage is None else storage.salvage(ranks)
+        observed = member.observed_epoch
+        if stored_epoch is not None:
+            # The stored view is the latest this member installed (views are
+            # written before they are acted on): an exact bound.
+            bound = stored_epoch if observed is None else max(stored_epoch, observed)
+        elif observed is not None:
+            # Unreadable: the peers' latest epoch, plus one for a view this member
+            # may have decided and installed before any peer learnt of it.
+            bound = observed + 1
+        else:
+            raise RecoveryRefused(
+                "the stored epoch cannot be read and no peer of the domain has been "
+                "heard from yet; try again once a peer is connected (sinfo shows the links)"
+            )
+        amnesia = Amnesia(bound, max(stored_round, member.observed_round))
+        if storage is None:
+            path = self.state_dir / domain_file_name(key)
+            aside = SqliteDomainStorage.set_aside(path, f"damaged-{int(self.reactor.seconds())}")
+            self.log.warn(
+                "domain {domain}: the corrupt database was kept as {aside}", domain=key, aside=aside
+            )
+            storage = SqliteDomainStorage.in_state_dir(self.state_dir, key)
+        fresh = self._new_member(member.spec, storage)
+        storage.reset_amnesiac(initial_view(ranks), fresh.machine.snapshot(), amnesia)
+        self.log.warn(
+            "domain {domain}: hqnserver{rank} recovered by an administrator: empty state, "
+            "amnesiac up to epoch {epoch} (ballot round {round}); it votes again once a "
+            "later view readmits it",
+            domain=key,
+            rank=member.rank,
+            epoch=amnesia.epoch,
+            round=amnesia.round,
+        )
+        self.members[key] = fresh
+        if self.running:
+            self._start_member(key, fresh)
+        return {
+            "domain": " ".join(str(a) for a in fresh.spec.addresses),
+            "rank": fresh.rank,
+            "epoch_bound": amnesia.epoch,
+            "round": amnesia.round,
+            "damaged": fresh.damaged,
+        }
 
     # -- queries for the dispatcher and admin tools -----------------------------------
 
@@ -499,8 +662,8 @@ class DomainRuntime(MultiService):
     def startService(self) -> None:
         """Start the peer links, then every domain node, then the role watch."""
         super().startService()
-        for member in self.members.values():
-            member.start()
+        for key, member in self.members.items():
+            self._start_member(key, member)
         self._watch_call = self.clock.callLater(self.timers.tick, self._watch)
 
     def stopService(self) -> Deferred[None] | None:
@@ -556,6 +719,9 @@ class DomainRuntime(MultiService):
             return None
         rank = member.spec.ranks.get(address)
         if rank is None:
+            return None
+        if member.damaged is not None:
+            member.observe(message)  # no votes: only learn how far the domain has got
             return None
         return member.node.receive(rank, message)
 

@@ -25,11 +25,16 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hqnlsd.domain.storage import Durable
+from hqnlsd.domain.storage import Amnesia, Durable
 from hqnlsd.domain.view import Ballot, Batch, Value, View
+
+#: Largest epoch or ballot round believed when salvaging a damaged file: real
+#: ones grow by one per view change, so anything beyond JSON's safe integers is
+#: damage, not history.
+_PLAUSIBLE = 2**53
 
 #: Version of the schema below.
 SCHEMA_VERSION = 1
@@ -44,7 +49,20 @@ _SCHEMA = (
 
 
 class DomainStoreError(Exception):
-    """The domain database cannot be opened or used; the message says why."""
+    """The domain database cannot be opened or used; the message says why.
+
+    ``corrupt``: SQLite says the file is not a database or is malformed (its
+    content is damaged, as opposed to locked, unreadable or another domain's).
+    """
+
+    def __init__(self, message: str, corrupt: bool = False) -> None:
+        """The error, and whether the file's content is what is wrong."""
+        super().__init__(message)
+        self.corrupt = corrupt
+
+
+#: SQLite's names for a file whose content is damaged.
+_CORRUPT = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
 
 
 def domain_file_name(domain_id: str) -> str:
@@ -90,8 +108,21 @@ class SqliteDomainStorage:
             self._db.close()
             if isinstance(error, DomainStoreError):
                 raise
-            raise DomainStoreError(f"domain database {self.path}: {error}") from None
+            corrupt = getattr(error, "sqlite_errorname", "") in _CORRUPT
+            raise DomainStoreError(f"domain database {self.path}: {error}", corrupt) from None
         self.writes = 0
+
+    @staticmethod
+    def set_aside(path: Path, suffix: str) -> Path:
+        """Rename a corrupt database (and its WAL files) to ``NAME.SUFFIX``, never
+        deleting anything; the new name of the database."""
+        aside = path.with_name(f"{path.name}.{suffix}")
+        for extra in ("-wal", "-shm"):
+            companion = path.with_name(path.name + extra)
+            if companion.exists():
+                companion.rename(aside.with_name(aside.name + extra))
+        path.rename(aside)
+        return aside
 
     @classmethod
     def in_state_dir(cls, state_dir: str | Path, domain_id: str) -> SqliteDomainStorage:
@@ -116,12 +147,14 @@ class SqliteDomainStorage:
         if accepted is not None:
             ballot, value = json.loads(accepted)
             accepted_pair = (Ballot.from_json(ballot), Value.from_json(value))
+        amnesia = self._meta("amnesia")
         return Durable(
             view=View.from_json(json.loads(view)),
             base=json.loads(base),
             entries=tuple(tuple(batch) for batch in batches),
             promised=None if promised is None else Ballot.from_json(json.loads(promised)),
             accepted=accepted_pair,
+            amnesia=None if amnesia is None else Amnesia.from_json(json.loads(amnesia)),
         )
 
     def save_view(self, view: View, base: object) -> None:
@@ -134,6 +167,64 @@ class SqliteDomainStorage:
                 (view_text, base_text),
             )
             self._db.execute("DELETE FROM entries")
+
+    def save_amnesia(self, amnesia: Amnesia | None) -> None:
+        """See `DomainStorage.save_amnesia` (kept in the ``meta`` table)."""
+        with self._transaction():
+            self._require()
+            self._set_amnesia(amnesia)
+
+    def reset_amnesiac(self, view: View, base: object, amnesia: Amnesia) -> None:
+        """Recovery: replace everything by ``view``/``base``, no log, no acceptor
+        state, with the amnesia record, in one transaction."""
+        view_text, base_text = _dumps(view.to_json()), _dumps(base)
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO member (id, view, base, promised, accepted)"
+                " VALUES (1, ?, ?, NULL, NULL)",
+                (view_text, base_text),
+            )
+            self._db.execute("DELETE FROM entries")
+            self._set_amnesia(amnesia)
+
+    def salvage(self, domain: frozenset[int]) -> tuple[int | None, int]:
+        """What can still be believed of a damaged store: the epoch of the stored
+        view (None if it cannot be read, names ranks outside ``domain``, or is
+        beyond any real epoch), and the highest ballot round readable anywhere
+        in it (0 if none). Never raises for bad content."""
+        epochs: list[int] = []
+        rounds: list[int] = []
+        row = self._db.execute(
+            "SELECT view, promised, accepted FROM member WHERE id = 1"
+        ).fetchone()
+        view_text, promised, accepted = row if row is not None else (None, None, None)
+        view = _salvage(lambda: View.from_json(json.loads(str(view_text))))
+        epoch = None
+        if (
+            isinstance(view, View)
+            and view.members
+            and view.members <= domain
+            and 0 <= view.epoch < _PLAUSIBLE
+        ):
+            epoch = view.epoch
+            if view.origin is not None:
+                rounds.append(view.origin.round)
+        ballot = _salvage(lambda: Ballot.from_json(json.loads(str(promised))))
+        if isinstance(ballot, Ballot):
+            rounds.append(ballot.round)
+        pair = _salvage(lambda: json.loads(str(accepted)))
+        if isinstance(pair, list) and pair:
+            ballot = _salvage(lambda: Ballot.from_json(pair[0]))
+            if isinstance(ballot, Ballot):
+                rounds.append(ballot.round)
+        amnesia = _salvage(lambda: Amnesia.from_json(json.loads(self._meta("amnesia") or "")))
+        if isinstance(amnesia, Amnesia) and amnesia.epoch < _PLAUSIBLE:
+            epochs.append(amnesia.epoch)
+            rounds.append(amnesia.round)
+        if epoch is not None:
+            epochs.append(epoch)
+        plausible = [r for r in rounds if 0 <= r < _PLAUSIBLE]
+        return (max(epochs) if epochs else None), max(plausible, default=0)
 
     def save_promise(self, promised: Ballot) -> None:
         """See `DomainStorage.save_promise`."""
@@ -169,6 +260,19 @@ class SqliteDomainStorage:
         """Close the database (releases the exclusive lock)."""
         self._db.close()
 
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_amnesia(self, amnesia: Amnesia | None) -> None:
+        if amnesia is None:
+            self._db.execute("DELETE FROM meta WHERE key = 'amnesia'")
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('amnesia', ?)",
+                (_dumps(amnesia.to_json()),),
+            )
+
     def _require(self) -> None:
         row = self._db.execute("SELECT 1 FROM member WHERE id = 1").fetchone()
         if row is None:
@@ -195,6 +299,14 @@ class SqliteDomainStorage:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self)
+
+
+def _salvage(read: Callable[[], object]) -> object:
+    """``read()``, or None if the damaged content makes it fail in any way."""
+    try:
+        return read()
+    except Exception:
+        return None
 
 
 class _Transaction:

@@ -21,13 +21,46 @@ from hqnlsd.domain.view import Ballot, Batch, Value, View
 
 
 @dataclass(frozen=True)
+class Amnesia:
+    """A member that lost (part of) its domain state and was recovered (docs/domains.md).
+
+    Until it installs a view that includes it with an epoch above ``epoch`` it
+    never promises, accepts or grants as a member, never stands and is never
+    primary: it may have forgotten log entries it acknowledged or promises it
+    made in any view up to ``epoch`` (an upper bound of the last epoch it could
+    have installed). ``round``: the highest ballot round it is known to have
+    seen, kept so that its own ballots stay above it.
+    """
+
+    epoch: int
+    round: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        """The JSON form."""
+        return {"epoch": self.epoch, "round": self.round}
+
+    @classmethod
+    def from_json(cls, data: object) -> Amnesia:
+        """The amnesia encoded by `to_json`; ValueError if it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError(f"not an amnesia record: {data!r}")
+        epoch, round_ = data.get("epoch"), data.get("round", 0)
+        for value in (epoch, round_):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"not an amnesia record: {data!r}")
+        assert isinstance(epoch, int) and isinstance(round_, int)
+        return cls(epoch, round_)
+
+
+@dataclass(frozen=True)
 class Durable:
     """Everything a member has persisted.
 
     ``view``/``base``: the latest view this member installed and the state it
     started from. ``entries``: the batches this member accepted from the view's
     primary, in order. ``promised``/``accepted``: this member's Paxos acceptor
-    state for epoch ``view.epoch + 1``.
+    state for epoch ``view.epoch + 1``. ``amnesia``: set while this member is a
+    recovered amnesiac (`Amnesia`); it survives `save_view`.
     """
 
     view: View
@@ -35,6 +68,7 @@ class Durable:
     entries: tuple[Batch, ...] = ()
     promised: Ballot | None = None
     accepted: tuple[Ballot, Value] | None = None
+    amnesia: Amnesia | None = None
 
 
 class DomainStorage(Protocol):
@@ -44,7 +78,11 @@ class DomainStorage(Protocol):
         """Everything persisted, or None if this member never stored anything."""
 
     def save_view(self, view: View, base: object) -> None:
-        """Install ``view`` starting from ``base``: clear entries and acceptor state."""
+        """Install ``view`` starting from ``base``: clear entries and acceptor state
+        (not the amnesia record)."""
+
+    def save_amnesia(self, amnesia: Amnesia | None) -> None:
+        """Record (or, with None, clear) this member's amnesia (`Amnesia`)."""
 
     def save_promise(self, promised: Ballot) -> None:
         """Record a promise for the next epoch at ``promised``."""
@@ -86,6 +124,7 @@ class MemoryStorage:
         promised = data["promised"]
         accepted = data["accepted"]
         entries = data["entries"]
+        amnesia = data.get("amnesia")
         assert isinstance(entries, list)
         return Durable(
             view=View.from_json(data["view"]),
@@ -95,16 +134,37 @@ class MemoryStorage:
             accepted=None
             if accepted is None
             else (Ballot.from_json(accepted[0]), Value.from_json(accepted[1])),
+            amnesia=None if amnesia is None else Amnesia.from_json(amnesia),
         )
 
     def save_view(self, view: View, base: object) -> None:
         """See `DomainStorage.save_view`."""
+        amnesia = None if self._data is None else self._data.get("amnesia")
         self._data = {
             "view": view.to_json(),
             "base": _json_copy(base),
             "entries": [],
             "promised": None,
             "accepted": None,
+            "amnesia": amnesia,
+        }
+        self.writes += 1
+
+    def save_amnesia(self, amnesia: Amnesia | None) -> None:
+        """See `DomainStorage.save_amnesia`."""
+        self._require()["amnesia"] = None if amnesia is None else amnesia.to_json()
+        self.writes += 1
+
+    def reset_amnesiac(self, view: View, base: object, amnesia: Amnesia) -> None:
+        """Recovery: replace everything by ``view``/``base`` with no log and no
+        acceptor state, as an amnesiac (one write)."""
+        self._data = {
+            "view": view.to_json(),
+            "base": _json_copy(base),
+            "entries": [],
+            "promised": None,
+            "accepted": None,
+            "amnesia": amnesia.to_json(),
         }
         self.writes += 1
 

@@ -280,18 +280,19 @@ class Session:
                 self._answer(target, "id", answer, many=len(words) > 1)
 
     def _confirm(self, planned: Planned, targets: Sequence[Target]) -> bool:
-        if self.yes or not planned.command.revokes:
+        if self.yes or not (planned.command.revokes or planned.command.asks):
             return True
         what = " ".join([planned.command.name, *planned.words])
         where = ", ".join(map(str, targets))
+        does = planned.command.asks or "revokes licences"
         if not self.can_ask:
             self.fail(
-                f"'{what}' revokes licences on {where}; there is no terminal to ask for "
+                f"'{what}' {does} on {where}; there is no terminal to ask for "
                 "confirmation: add -y to run it",
                 command=planned.command.name,
             )
             return False
-        reply = input(f"'{what}' revokes licences on {where}. Continue? [y/N] ")
+        reply = input(f"'{what}' {does} on {where}. Continue? [y/N] ")
         if reply.strip().lower() in ("y", "yes"):
             return True
         self.say("not done")
@@ -377,6 +378,8 @@ def help_text(name: str | None = None) -> str:
         if command is None:
             return f"no command {name!r}"
         extra = " (asks first unless -y: it revokes licences)" if command.revokes else ""
+        if command.asks:
+            extra = f" (asks first unless -y: it {command.asks})"
         return f"{command.usage}\n  short name: {command.short}\n  {command.help}{extra}"
     rows = []
     for command in catalogue.COMMANDS:

@@ -26,9 +26,9 @@ from twisted.python.failure import Failure
 
 from hqnlsd.domain.membership import is_quorum
 from hqnlsd.domain.node import DomainNode
-from hqnlsd.domain.storage import MemoryStorage
+from hqnlsd.domain.storage import Amnesia, MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
-from hqnlsd.domain.view import Ballot
+from hqnlsd.domain.view import Ballot, initial_view
 from tests.sim.app import LicencePool
 from tests.sim.network import SimNetwork, SkewedClock
 
@@ -54,6 +54,9 @@ class SimSettings:
     timers: DomainTimers = field(default_factory=DomainTimers)
     #: the real rate error of the simulated clocks (by default the timers' bound)
     clock_drift: float | None = None
+    #: some crashes also lose the member's state and log, and it is recovered as an
+    #: amnesiac (off by default: the schedules of the other settings stay as they were)
+    wipes: bool = False
 
     @property
     def drift(self) -> float:
@@ -72,6 +75,8 @@ class Stats:
     views: int = 0
     failovers: list[float] = field(default_factory=list)
     recoveries: list[float] = field(default_factory=list)
+    #: liveness phases skipped because amnesiac members were needed for a quorum
+    blocked: int = 0
 
 
 class Simulation:
@@ -140,7 +145,10 @@ class Simulation:
         alive = sorted(self.nodes)
         dead = sorted(self.ranks - set(self.nodes))
         if action == "crash" and alive:
-            self.crash(rng.choice(alive))
+            rank = rng.choice(alive)
+            self.crash(rank)
+            if self.settings.wipes and rng.random() < 0.25:
+                self.wipe_and_recover(rank)
         elif action == "restart" and dead:
             self.restart(rng.choice(dead))
         elif action == "bounce" and alive:
@@ -194,6 +202,12 @@ class Simulation:
             self.restart(rank)
         start = self.clock.seconds()
         primary = self.wait_for_primary(self.settings.liveness_bound)
+        if primary is None and self.blocked_by_amnesia():
+            # Expected: the members that remember are no quorum of the last view,
+            # and what only the forgetful ones held may be gone; waiting is safe.
+            self.note("liveness: blocked by amnesiac members (expected), skipped")
+            self.stats.blocked += 1
+            return
         if primary is None:
             self.fail(f"no primary within {self.settings.liveness_bound}s of a full heal")
         self.stats.recoveries.append(self.clock.seconds() - start)
@@ -226,6 +240,13 @@ class Simulation:
         self.stats.failovers.append(self.clock.seconds() - start)
         assert successor is not None
         self.confirm_operation(successor)
+
+    def blocked_by_amnesia(self) -> bool:
+        """True if the latest view's members that are not amnesiac are no quorum of it."""
+        latest = max(self.nodes.values(), key=lambda node: node.view.epoch).view
+        amnesiacs = {rank for rank, node in self.nodes.items() if node.amnesia is not None}
+        voters = set(self.nodes) - amnesiacs
+        return bool(amnesiacs & latest.members) and not is_quorum(latest.members, voters)
 
     def wait_for_primary(self, bound: float) -> int | None:
         """Run until some member serves (its rank) or ``bound`` passes (None)."""
@@ -290,6 +311,33 @@ class Simulation:
         self.apps[rank] = app
         node.start()
         self.network.attach(rank, node)
+
+    def wipe_and_recover(self, rank: int, amnesiac: bool = True) -> None:
+        """Member ``rank`` (crashed) lost its storage; an admin recovers it.
+
+        With ``amnesiac`` it is recovered as the daemon's ``recover`` does: empty
+        log and state, marked amnesiac up to the highest epoch it can have
+        voted in: its stored view's epoch (readable: only its state and log
+        were lost) and the epochs its running peers are at (what the daemon
+        observes from their messages while the member is damaged). Without, it
+        is simply started afresh: the unsafe "delete the state file" that the
+        amnesia rule exists to forbid.
+        """
+        if rank in self.nodes:
+            raise ValueError(f"member {rank} must be crashed before its storage is wiped")
+        old = self.storage[rank].load()
+        storage = MemoryStorage()
+        if amnesiac:
+            epochs = [node.view.epoch for node in self.nodes.values()]
+            if old is not None:
+                epochs.append(old.view.epoch)
+                if old.amnesia is not None:
+                    epochs.append(old.amnesia.epoch)
+            observed = max(epochs, default=0)
+            empty = LicencePool(self.settings.count).snapshot()
+            storage.reset_amnesiac(initial_view(self.ranks), empty, Amnesia(observed))
+        self.note(f"wipe {rank} ({'amnesiac' if amnesiac else 'fresh'} recovery)")
+        self.storage[rank] = storage
 
     # -- clients -----------------------------------------------------------
 
