@@ -23,7 +23,7 @@ from tests.test_e2e_domain import (
     make_domain,
     request,
 )
-from tests.test_e2e_domain_admin import result
+from tests.test_e2e_domain_admin import lsa, result
 
 pytestmark = pytest.mark.e2e
 
@@ -133,6 +133,9 @@ def test_restarted_member_is_admitted_fast_and_a_lonely_survivor_names_the_missi
         {"rank": 1, "address": "127.0.0.1"},
         {"rank": 2, "address": "127.0.0.2"},
     ], info
+    text = lsa(third, "-sinfo")
+    assert "hqnserver3 here is LOSTMASTER" in text, text
+    assert "waiting for hqnserver1 at 127.0.0.1, hqnserver2 at 127.0.0.2" in text, text
 
 
 def test_primary_dies_just_after_a_member_restarts(daemons: DaemonHarness) -> None:  # noqa: F811
