@@ -557,3 +557,22 @@ def test_cut_off_primary_and_lonely_starter_name_the_missing() -> None:
     sim.crash(primary)
     seen = watch_statuses(sim, 3, 4.0)
     assert Status.NEW_MASTER in seen
+
+
+def test_member_restarted_outside_the_view_is_admitted_within_two_seconds() -> None:
+    """A member whose stored view already leaves it out (it learned it was dropped,
+    then crashed) granted nothing in that view, so its restart quarantine must not
+    make it refuse the view change that admits it."""
+    sim = simulation(3)
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    sim.network.partition([{1, 2}, {3}])
+    run_until(sim, lambda: sim.nodes[1].view.members == frozenset({1, 2}), 5.0)
+    sim.network.heal()
+    run_until(sim, lambda: sim.nodes[3].view == sim.nodes[1].view, 2.0)
+    sim.crash(3)
+    assert 3 not in sim.storage[3].load().view.members  # type: ignore[union-attr]
+    sim.advance(12.0)  # long enough for the flap window to pass
+    sim.restart(3)
+    took = run_until(sim, admitted(sim, 3), 2.0)
+    print(f"admitted {took:.3f} s after the restart")

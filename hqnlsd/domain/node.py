@@ -213,7 +213,8 @@ class DomainNode:
 
         A member that restarts in a view whose primary is someone else may have
         granted that primary a lease it no longer remembers: it promises nothing
-        to a candidate for one lease period (the quarantine).
+        to a candidate for one lease period (the quarantine). Installing a newer
+        view ends it (see `_install`).
         """
         now = self._now()
         durable = self._storage.load()
@@ -230,7 +231,13 @@ class DomainNode:
             self._app.restore(self._base)
             for batch in self._entries:
                 self._app.apply(batch)
-            if self._view.epoch > 0 and self._view.primary != self.rank:
+            # (Not if the stored view leaves this member out: it granted nothing
+            # in that view, and grants made in older views are void.)
+            if (
+                self._view.epoch > 0
+                and self._view.primary != self.rank
+                and self.rank in self._view.members
+            ):
                 self._quarantine_until = now + self.timers.lease
         self._max_round = max(
             [0]
