@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Failover time and domain throughput of hqnlsd (issue 4), with real daemons on loopback.
+"""Failover time, admission time and domain throughput of hqnlsd, with real daemons on loopback.
 
-Two figures, everything measured against real ``twistd -n hqnlsd`` processes
+Three figures, everything measured against real ``twistd -n hqnlsd`` processes
 started by the end-to-end harness (``tests/daemons.py``) on 127.0.0.1-3:
 
 1. **throughput**: REQUEST+RELEASE pairs per second from the load generator of
@@ -9,8 +9,17 @@ started by the end-to-end harness (``tests/daemons.py``) on 127.0.0.1-3:
    ``--seconds``) against (a) a single-host daemon (a permit with one server)
    and (b) the primary of a three-member domain (mutual TLS between members,
    every grant and release replicated to the view before the client is
-   answered), one after the other in the same run; prints both and the ratio.
-2. **failover time**: ``--runs`` times, a fresh three-member domain (new state
+   answered), one after the other in the same run; prints both and the ratio, and the
+   count of *refused* requests: every ERR answer to a REQUEST that is not a
+   licence decision (``NEW_MASTER``, ``NOTVERIFIED``, ``LOSTMASTER``,
+   ``TRY_SERVER``...; a decision is a status of the NO_LICENCE or NOT_PERMITTED
+   class, such as ``NOLICENCES``) and every ERR answer to a RELEASE.
+2. **admission time**: in each failover run's domain, before the failover,
+   SIGKILL hqnserver3, wait until the primary has dropped it from its view
+   (``sinfo`` on hqnserver1's admin socket), start it again; the time runs from
+   its first ``PING`` answer to its admission (``sinfo`` on it shows it a backup
+   in a newer view than the one that dropped it). Prints each run and the median.
+3. **failover time**: ``--runs`` times, a fresh three-member domain (new state
    directories, new domain CA, new ports) with the default timers; once
    hqnserver1 grants and both backups redirect to it, SIGKILL hqnserver1 and
    hammer hqnserver2 and hqnserver3 with REQUESTs (a new ``client=`` token each,
@@ -57,10 +66,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import checkout  # the load generator of bench/checkout.py
+from hqnlsd.admin.client import AdminClient, AdminClientError
 from hqnlsd.admin.service import SOCKET_NAME
 from hqnlsd.permits.model import ProductPermit
 from hqnlsd.protocols import wire
-from hqnlsd.status import Status
+from hqnlsd.status import Standard, Status
 from tests.daemons import (
     Daemon,
     DaemonError,
@@ -85,6 +95,8 @@ FAILOVER_BOUND = 30.0
 PROBE_TIMEOUT = 10.0
 #: Pause between two readiness polls (each poll is a bounded client call).
 READY_POLL = 0.05
+#: Pause between two admission polls (each an admin ``sinfo``: the figure's resolution).
+ADMISSION_POLL = 0.02
 #: The longest path an AF_UNIX socket may have (Linux: 108 bytes with the NUL);
 #: each daemon's admin socket is STATE_DIR/admin.sock, deep in the work tree.
 MAX_UNIX_PATH = 107
@@ -104,16 +116,19 @@ class BenchFailure(Exception):
 
 @dataclasses.dataclass
 class FailoverRun:
-    """One failover measurement."""
+    """One failover measurement (and the admission measured before it)."""
 
     seconds: float
     granted_by: str
     requests: int
     replies: collections.Counter[str]
+    #: seconds from the restarted hqnserver3's first PING answer to its admission
+    admission: float
 
     def as_dict(self) -> dict[str, Any]:
         """The run as JSON-ready data."""
         return {
+            "admission_seconds": round(self.admission, 4),
             "seconds": round(self.seconds, 4),
             "granted_by": self.granted_by,
             "requests": self.requests,
@@ -325,6 +340,31 @@ def throughput(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: Status classes of a licence decision: a legitimate denial, not a refusal.
+DECISIONS = frozenset({Standard.NO_LICENCE, Standard.NOT_PERMITTED})
+
+
+def refused(result: dict[str, Any]) -> dict[str, int]:
+    """The refused requests of a churn result, by ``VERB STATUS``: every REQUEST
+    denial that is not a licence decision, and every failed RELEASE."""
+    counts: dict[str, int] = {}
+    for name, count in sorted(result["denials"].items()):
+        if Status[name].standard not in DECISIONS:
+            counts[f"REQUEST {name}"] = count
+    for name, count in sorted(result["release_errors"].items()):
+        counts[f"RELEASE {name}"] = count
+    return counts
+
+
+def describe_refused(result: dict[str, Any]) -> str:
+    """``0`` or ``N (REQUEST NEW_MASTER n, ...)``."""
+    counts = refused(result)
+    total = sum(counts.values())
+    if not total:
+        return "0"
+    return f"{total} (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+
+
 def describe_load(result: dict[str, Any]) -> str:
     """One line's worth of a churn result."""
     text = (
@@ -414,11 +454,61 @@ class Prober:
             self.done.wait(self.poll)
 
 
+def domain_of(daemon: Daemon) -> dict[str, Any]:
+    """The domain as ``sinfo`` on ``daemon``'s admin socket shows it (role, epoch, view...)."""
+    try:
+        client = AdminClient.unix(daemon.state_dir / SOCKET_NAME, timeout=PROBE_TIMEOUT)
+        try:
+            answer = client.call("sinfo", {})
+        finally:
+            client.close()
+    except (OSError, AdminClientError) as error:
+        raise BenchFailure(f"sinfo on {daemon.name}: {error}") from None
+    if not answer.get("ok"):
+        raise BenchFailure(f"sinfo on {daemon.name} failed: {answer}")
+    (domain,) = answer["result"]["domains"]
+    return dict(domain)
+
+
+def admission(members: list[Daemon]) -> float:
+    """SIGKILL hqnserver3, wait until hqnserver1 has dropped it from its view, start it
+    again: the seconds from its first PING answer to its admission (``sinfo`` on it
+    shows it a backup in a view newer than the one that dropped it: right after the
+    restart it shows its stored, older view); then wait until hqnserver1 grants again."""
+    first, _, third = members
+    third.kill()
+    deadline = time.monotonic() + ELECTION_BOUND
+    while third.address in (dropped := domain_of(first))["view"]:
+        if time.monotonic() >= deadline:
+            raise BenchFailure(f"{first.name} did not drop {third.name} within {ELECTION_BOUND} s")
+        time.sleep(READY_POLL)
+    third.start()
+    third.wait_ready(ELECTION_BOUND)
+    answered = time.monotonic()
+    deadline = answered + ELECTION_BOUND
+    while True:
+        info = domain_of(third)
+        if (
+            info["role"] == "backup"
+            and third.address in info["view"]
+            and info["epoch"] > dropped["epoch"]
+        ):
+            break
+        if time.monotonic() >= deadline:
+            raise BenchFailure(f"restarted {third.name} not admitted within {ELECTION_BOUND} s")
+        time.sleep(ADMISSION_POLL)
+    admitted = time.monotonic() - answered
+    wait_reply("hqnserver1 grants again", first, "admitted", is_grant, ELECTION_BOUND)
+    return admitted
+
+
 def failover_once(root: Path, run: int, args: argparse.Namespace) -> FailoverRun:
-    """One fresh domain: SIGKILL its primary, time the first grant by a survivor."""
+    """One fresh domain: time the admission of a restarted member, then SIGKILL the
+    primary and time the first grant by a survivor."""
     with harness(root / f"run{run}") as daemons:
         members = domain_members(daemons, FAILOVER_LICENCES)
         start_domain(daemons, members)
+        admitted = admission(members)
         first, *survivors = members
         go, done, lock = threading.Event(), threading.Event(), threading.Lock()
         grants: list[tuple[float, str]] = []
@@ -456,6 +546,7 @@ def failover_once(root: Path, run: int, args: argparse.Namespace) -> FailoverRun
             granted_by=granted_by,
             requests=sum(prober.requests for prober in probers),
             replies=replies,
+            admission=admitted,
         )
 
 
@@ -464,7 +555,7 @@ def describe_run(run: FailoverRun) -> str:
     seen = ", ".join(f"{k} {v}" for k, v in sorted(run.replies.items()))
     return (
         f"{run.seconds:.3f} s from SIGKILL of hqnserver1 to OK from {run.granted_by} "
-        f"({run.requests} requests: {seen})"
+        f"({run.requests} requests: {seen}); admission {run.admission:.3f} s"
     )
 
 
@@ -521,6 +612,12 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     print(f"throughput single host:         {describe_load(load['single'])}")
     print(f"throughput 3-member domain:     {describe_load(load['domain'])}")
     print(f"throughput ratio domain/single: {load['ratio']:.3f}")
+    print(f"refused requests single host:   {describe_refused(load['single'])}")
+    print(f"refused requests 3-member domain: {describe_refused(load['domain'])}")
+    load["refused"] = {
+        "single": sum(refused(load["single"]).values()),
+        "domain": sum(refused(load["domain"]).values()),
+    }
     sys.stdout.flush()
 
     runs = []
@@ -540,6 +637,17 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         f"(min {summary['min']:.3f} s, max {summary['max']:.3f} s) over {plural(len(runs), 'run')}"
     )
     results["failover"] = {"runs": [r.as_dict() for r in runs], **summary}
+    admissions = [r.admission for r in runs]
+    results["admission"] = {
+        "median": round(statistics.median(admissions), 4),
+        "min": round(min(admissions), 4),
+        "max": round(max(admissions), 4),
+    }
+    print(
+        f"admission median {results['admission']['median']:.3f} s "
+        f"(min {results['admission']['min']:.3f} s, max {results['admission']['max']:.3f} s) "
+        f"over {plural(len(runs), 'run')}: restarted hqnserver3, first PING answer to admission"
+    )
     return results
 
 

@@ -322,8 +322,14 @@ class LineClient:
 # -- daemon processes -----------------------------------------------------------------
 
 
+#: Signals held while a daemon process is created (see `Daemon.start`).
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the test runner dies (Linux only)."""
+    """In the child, before exec: take the signals `Daemon.start` held (the mask is
+    inherited), and get SIGKILL when the test runner dies (Linux only)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
@@ -423,15 +429,22 @@ class Daemon:
         with open(self.log_path, "ab") as log:
             log.write(f"==== start {self.starts}: {' '.join(self.argv)}\n".encode())
             log.flush()
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=self.workdir,
-                env=daemon_environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
+            # A SIGINT/SIGTERM handler that raises (bench/failover.py's) could
+            # otherwise fire inside Popen, after the fork: the child would run on,
+            # unrecorded, and `cleanup` would not kill it.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+            try:
+                self.process = subprocess.Popen(
+                    self.argv,
+                    cwd=self.workdir,
+                    env=daemon_environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> Daemon:

@@ -194,3 +194,48 @@ def test_recover_command_parses_and_asks_first() -> None:
         except UsageError:
             continue
         raise AssertionError(f"{words} parsed")
+
+
+def test_sinfo_names_the_members_a_domain_waits_for() -> None:
+    """sinfo of a member that reaches no quorum of its view says whom it waits for."""
+    domain = {
+        "domain": "10.0.0.1 10.0.0.2 10.0.0.3",
+        "rank": 3,
+        "role": "lostmaster",
+        "epoch": 3,
+        "view": ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+        "primary": "10.0.0.1",
+        "primary_rank": 1,
+        "waiting": [{"rank": 1, "address": "10.0.0.1"}, {"rank": 2, "address": "10.0.0.2"}],
+        "products": 1,
+        "held": 0,
+        "takeovers": 0,
+    }
+    info = {
+        "version": "1",
+        "address": "10.0.0.3",
+        "unique_id_hex": "0x1",
+        "role": "member of 1 server domain(s): lostmaster",
+        "started": 0.0,
+        "now": 1.0,
+        "state_dir": "/s",
+        "journal_healthy": True,
+        "served": 0,
+        "held": 0,
+        "log_switches": "DEFAULT",
+        "permit_source": "-p",
+        "searched": [],
+        "search_problems": [],
+        "files": [],
+        "domains": [domain],
+        "peers": [],
+    }
+    lines = render("sinfo", info).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("domain 10.0.0.1"))
+    assert "hqnserver3 here is LOSTMASTER" in lines[at]
+    assert lines[at + 1] == (
+        "  waiting for hqnserver1 at 10.0.0.1, hqnserver2 at 10.0.0.2: this member reaches "
+        "no quorum of its view, so the domain cannot elect a primary until they are back"
+    )
+    quiet = render("sinfo", {**info, "domains": [{**domain, "waiting": []}]})
+    assert "waiting for" not in quiet

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "bench" / "failover.py"
-#: The smoke run (1 failover run, 1 s of load per target) takes about 12 s.
-SMOKE_TIMEOUT = 38.0
+#: The smoke run (1 failover run with its admission measurement, 1 s of load per
+#: target) takes about 30 s on a busy 2-CPU machine.
+SMOKE_TIMEOUT = 90.0
 #: How long the script may take to start its first daemon, or to exit after a signal.
 SIGNAL_BOUND = 20.0
 NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
@@ -121,6 +122,14 @@ def test_smoke_run_prints_positive_figures(workdir: Path) -> None:
     median, low, high = figure(
         rf"^failover median {NUMBER} s \(min {NUMBER} s, max {NUMBER} s\) over 1 run$", out
     )
+    (run_admission,) = figure(r"^failover run 1/1: .*; admission " + NUMBER + " s$", out)
+    admission = figure(
+        rf"^admission median {NUMBER} s \(min {NUMBER} s, max {NUMBER} s\) over 1 run: ", out
+    )
+    assert run_admission > 0 and admission == [pytest.approx(run_admission, abs=0.0011)] * 3
+    for target in ("single host", "3-member domain"):
+        (count,) = figure(rf"^refused requests {target}: +(\d+)", out)
+        assert count >= 0
     for value in (single_rate, domain_rate, ratio, run_seconds, median, low, high):
         assert value > 0, out
     # One run: the same figure, printed from the run (full precision) and from the
@@ -137,6 +146,9 @@ def test_smoke_run_prints_positive_figures(workdir: Path) -> None:
     assert run["granted_by"] in ("hqnserver2", "hqnserver3"), run
     assert run["replies"].get("OK") == 1, run
     assert data["failover"]["median"] == pytest.approx(run_seconds, abs=0.001)
+    assert run["admission_seconds"] == pytest.approx(run_admission, abs=0.001)
+    assert data["admission"]["median"] == pytest.approx(run_admission, abs=0.001)
+    assert set(data["throughput"]["refused"]) == {"single", "domain"}
     assert data["machine"]["cpus"] >= 1
     assert processes_naming(workdir) == [], "daemons left running"
 

@@ -506,3 +506,165 @@ def test_amnesia_rule_is_what_saves_the_licence(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(DomainNode, "_voteless", lambda self: False)
     with pytest.raises(InvariantViolation, match="serves without confirmed grants"):
         wiped_member_scenario(amnesiac=True)
+
+
+def drop_and_restart(sim: Simulation, rank: int) -> None:
+    """Crash member ``rank``, run until the primary has dropped it from its view
+    (and a little longer, as a real daemon takes a moment to start), restart it."""
+    sim.crash(rank)
+    run_until(sim, lambda: sim.nodes[1].view.members == sim.ranks - {rank}, 5.0)
+    sim.advance(1.5)
+    sim.restart(rank)
+
+
+def admitted(sim: Simulation, rank: int) -> Callable[[], bool]:
+    """True once ``rank`` is a backup in a view its primary serves in."""
+
+    def check() -> bool:
+        serving = sim.serving_member()
+        return (
+            serving is not None
+            and rank in sim.nodes[serving].view.members
+            and sim.nodes[rank].role().role is Role.BACKUP
+        )
+
+    return check
+
+
+def test_restarted_member_is_admitted_within_two_seconds() -> None:
+    """A member that restarts after the primary dropped it is a backup in a served view
+    within 2 s of starting (default timers): no settle wait for a clean restart, and
+    its restart quarantine does not make it refuse the view that admits it."""
+    sim = simulation(3)
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    drop_and_restart(sim, 3)
+    took = run_until(sim, admitted(sim, 3), 2.0)
+    print(f"admitted {took:.3f} s after the restart")
+
+
+def test_a_flapping_member_still_waits_to_settle() -> None:
+    """A member that dies again soon after its admission is admitted again only after
+    answering for `settle`: a flapping member cannot make the view change at its pace."""
+    timers = DomainTimers()
+    sim = simulation(3, timers=timers)
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    drop_and_restart(sim, 3)
+    run_until(sim, admitted(sim, 3), 2.0)
+    drop_and_restart(sim, 3)
+    sim.advance(timers.settle * 0.9)
+    assert 3 not in sim.nodes[1].view.members
+    took = run_until(sim, admitted(sim, 3), 5.0)
+    assert took > timers.settle * 0.1
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_primary_dies_just_after_a_member_restarts(size: int) -> None:
+    """The issue's scenario: the view has lost a member (3 members: {1, 2}; 2 members:
+    {1}); it restarts, and 2 s after it answers the primary dies. The survivors are
+    a quorum of the domain: a primary must serve again within the fail-over bound
+    (before, the restarted member was still outside the view and nothing served)."""
+    sim = simulation(size)
+    start(sim, sim.ranks)
+    full_view(sim)
+    drop_and_restart(sim, size)
+    sim.advance(2.0)
+    sim.crash(1)
+    if size == 2:
+        # {2} alone is no quorum of {1, 2}: the tie-break keeps the domain waiting.
+        sim.advance(5.0)
+        assert sim.serving_member() is None
+        return
+    run_until(sim, lambda: sim.serving_member() is not None, 5.0)
+
+
+def watch_statuses(sim: Simulation, rank: int, seconds: float) -> set[Status | None]:
+    """Every status ``rank`` would answer during ``seconds`` of simulated time."""
+    seen: set[Status | None] = set()
+    end = sim.clock.seconds() + seconds
+    while sim.clock.seconds() < end:
+        seen.add(sim.nodes[rank].role().status)
+        sim.advance(0.01)
+    return seen
+
+
+def test_survivor_without_a_quorum_says_whom_it_waits_for() -> None:
+    """Two of three members die: the survivor cannot elect, so it never says NEW_MASTER
+    ("a take-over is in progress"): it says LOSTMASTER, naming the members it waits for."""
+    sim = simulation(3)
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    sim.crash(1)
+    sim.crash(2)
+    assert watch_statuses(sim, 3, 10.0) == {Status.LOSTMASTER}
+    info = sim.nodes[3].role()
+    assert (info.role, info.waiting) == (Role.LOSTMASTER, frozenset({1, 2}))
+    sim.restart(2)
+    run_until(sim, lambda: sim.serving_member() == 2, 6.0)
+    assert sim.nodes[3].role().waiting == frozenset()
+
+
+def test_two_member_view_without_its_first_waits_for_it() -> None:
+    """In a view of {1, 2}, member 2 alone can never elect: LOSTMASTER waiting for 1; a
+    member outside that view says NOTVERIFIED, waiting for 1 too."""
+    sim = simulation(3)
+    start(sim, {1, 2})
+    run_until(
+        sim,
+        lambda: sim.serving_member() == 1 and sim.nodes[2].role().role is Role.BACKUP,
+        5.0,
+    )
+    sim.crash(1)
+    start(sim, {3})
+    # An Append 1 sent just before it died may still arrive: 2 then believes in
+    # its primary for one election timeout (TRY_SERVER), never in a take-over.
+    assert Status.NEW_MASTER not in watch_statuses(sim, 2, 1.5)
+    assert watch_statuses(sim, 2, 8.0) == {Status.LOSTMASTER}
+    info = sim.nodes[2].role()
+    assert (info.role, info.waiting) == (Role.LOSTMASTER, frozenset({1}))
+    outside = sim.nodes[3].role()
+    assert (outside.role, outside.waiting) == (Role.NOTVERIFIED, frozenset({1}))
+
+
+def test_cut_off_primary_and_lonely_starter_name_the_missing() -> None:
+    """A primary cut off from both backups says NOTVERIFIED waiting for them; the one
+    member up of a fresh domain waits for the others; a take-over that can complete
+    still says NEW_MASTER (with nobody to wait for)."""
+    sim = simulation(3)
+    start(sim, {1})
+    sim.advance(3.0)
+    info = sim.nodes[1].role()
+    assert (info.role, info.waiting) == (Role.NOTVERIFIED, frozenset({2, 3}))
+    start(sim, {2, 3})
+    full_view(sim)
+    sim.network.partition([{1}, {2, 3}])
+    seen = watch_statuses(sim, 1, 6.0)
+    assert Status.NEW_MASTER not in seen
+    info = sim.nodes[1].role()
+    assert (info.role, info.waiting) == (Role.NOTVERIFIED, frozenset({2, 3}))
+    assert sim.serving_member() == 2
+    sim.network.heal()
+    primary = full_view(sim)
+    sim.crash(primary)
+    seen = watch_statuses(sim, 3, 4.0)
+    assert Status.NEW_MASTER in seen
+
+
+def test_member_restarted_outside_the_view_is_admitted_within_two_seconds() -> None:
+    """A member whose stored view already leaves it out (it learned it was dropped,
+    then crashed) granted nothing in that view, so its restart quarantine must not
+    make it refuse the view change that admits it."""
+    sim = simulation(3)
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    sim.network.partition([{1, 2}, {3}])
+    run_until(sim, lambda: sim.nodes[1].view.members == frozenset({1, 2}), 5.0)
+    sim.network.heal()
+    run_until(sim, lambda: sim.nodes[3].view == sim.nodes[1].view, 2.0)
+    sim.crash(3)
+    assert 3 not in sim.storage[3].load().view.members  # type: ignore[union-attr]
+    sim.advance(12.0)  # long enough for the flap window to pass
+    sim.restart(3)
+    took = run_until(sim, admitted(sim, 3), 2.0)
+    print(f"admitted {took:.3f} s after the restart")

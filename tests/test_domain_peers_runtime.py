@@ -293,11 +293,13 @@ def test_domains_from_catalogue() -> None:
 class FakeMember:
     """What a `DomainRoute` reads of a member, with a chosen role."""
 
-    def __init__(self, role: Role, primary: int | None) -> None:
+    def __init__(
+        self, role: Role, primary: int | None, waiting: frozenset[int] = frozenset()
+    ) -> None:
         """A member of SPEC that does not serve, in ``role``."""
         self.spec = SPEC
         self.address_of = {rank: address for address, rank in SPEC.ranks.items()}
-        self.info = RoleInfo(3, role, primary, 4, frozenset({1, 2, 3}))
+        self.info = RoleInfo(3, role, primary, 4, frozenset({1, 2, 3}), waiting)
         self.node = self
         #: why the stored state is unusable (None: it is fine)
         self.damaged: str | None = None
@@ -355,3 +357,45 @@ def test_proven_epoch_is_the_latest_epoch_a_message_shows_decided() -> None:
     assert proven_epoch(Decided(Value(View(7, frozenset({1, 2})), {}))) == 7
     assert proven_epoch(Prepare(6, Ballot(3, 1), 0)) == 5
     assert proven_epoch(Refuse(1, Ballot(1, 1), RefuseReason.BALLOT)) == 0
+
+
+@pytest.mark.parametrize(
+    ("role", "waiting", "status", "text"),
+    [
+        (
+            Role.LOSTMASTER,
+            frozenset({1, 2}),
+            Status.LOSTMASTER,
+            "this backup lost its primary and the domain cannot elect another until it "
+            "reaches hqnserver1 at 127.0.0.1 and hqnserver2 at 127.0.0.2",
+        ),
+        (
+            Role.NOTVERIFIED,
+            frozenset({2}),
+            Status.NOTVERIFIED,
+            "this server cannot be verified by its domain until it reaches "
+            "hqnserver2 at 127.0.0.2",
+        ),
+        (
+            Role.LOSTMASTER,
+            frozenset(),
+            Status.LOSTMASTER,
+            "this backup lost its primary; a take-over will follow",
+        ),
+        (
+            Role.TAKEOVER,
+            frozenset(),
+            Status.NEW_MASTER,
+            "a new primary is taking over; try again in a moment",
+        ),
+    ],
+)
+def test_refusal_names_the_members_the_domain_waits_for(
+    role: Role, waiting: frozenset[int], status: Status, text: str
+) -> None:
+    """While no view change can complete the refusal says which members (rank and
+    address) the domain waits for; otherwise the usual words."""
+    refusal = DomainRoute(FakeMember(role, None, waiting)).refusal()  # type: ignore[arg-type]
+    assert refusal is not None
+    assert (refusal.status, refusal.msg) == (status, text)
+    assert refusal.get("domain") == "127.0.0.1 127.0.0.2 127.0.0.3"

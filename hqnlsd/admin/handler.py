@@ -581,7 +581,8 @@ class AdminHandler:
         return f"member of {len(roles)} server domain(s): {', '.join(roles)}"
 
     def _domain_list(self) -> list[dict[str, Any]]:
-        """Each multi-host domain: this member's rank and role, the view, the primary."""
+        """Each multi-host domain: this member's rank and role, the view, the primary,
+        and the members it waits for (if it reaches no quorum of its view)."""
         domains = self.root.domains
         if domains is None:
             return []
@@ -607,6 +608,11 @@ class AdminHandler:
                     ],
                     "primary": str(primary) if primary is not None else None,
                     "primary_rank": info.primary,
+                    # the members it waits for: no view change can complete without them
+                    "waiting": [
+                        {"rank": rank, "address": str(member.address_of[rank])}
+                        for rank in sorted(info.waiting)
+                    ],
                     "products": len(member.engine.served()),
                     "held": member.engine.held_count(),
                     "takeovers": member.takeovers,

@@ -122,6 +122,12 @@ def _domains_and_peers(result: dict[str, Any]) -> list[str]:
             f"epoch {d['epoch']}, view {' '.join(d['view']) or '-'}, {primary}; "
             f"{d['products']} product(s), {d['held']} licence(s) held{amnesiac}"
         )
+        waiting = [f"hqnserver{w['rank']} at {w['address']}" for w in d.get("waiting") or []]
+        if waiting:
+            lines.append(
+                f"  waiting for {', '.join(waiting)}: this member reaches no quorum of its "
+                "view, so the domain cannot elect a primary until they are back"
+            )
     peers = result.get("peers", [])
     if peers:
         rows = [

@@ -211,6 +211,8 @@ class DomainNode:
         self._commit = 0
         self._pending: list[_Pending] = []
         self._drain: tuple[float, frozenset[int]] | None = None
+        #: when this primary last stood to admit each member (flap damping)
+        self._admitted: dict[int, float] = {}
         # group commit: entries from _unsynced on are applied and sent but not yet
         # durable here; _flush writes them all at once at the end of the turn
         self._unsynced: int | None = None
@@ -232,7 +234,8 @@ class DomainNode:
 
         A member that restarts in a view whose primary is someone else may have
         granted that primary a lease it no longer remembers: it promises nothing
-        to a candidate for one lease period (the quarantine).
+        to a candidate for one lease period (the quarantine). Installing a newer
+        view ends it (see `_install`).
         """
         now = self._now()
         durable = self._storage.load()
@@ -257,7 +260,13 @@ class DomainNode:
             self._promised = durable.promised
             self._accepted = durable.accepted
             self._amnesia = durable.amnesia
-            if self._view.epoch > 0 and self._view.primary != self.rank:
+            # (Not if the stored view leaves this member out: it granted nothing
+            # in that view, and grants made in older views are void.)
+            if (
+                self._view.epoch > 0
+                and self._view.primary != self.rank
+                and self.rank in self._view.members
+            ):
                 self._quarantine_until = now + self.timers.lease
         self._max_round = max(
             [0]
@@ -322,7 +331,13 @@ class DomainNode:
         return self.role().primary
 
     def role(self) -> RoleInfo:
-        """This member's role now (see `Role`)."""
+        """This member's role now (see `Role`).
+
+        A member that reaches no quorum of its view cannot complete a take-over,
+        so it never says TAKEOVER (clients would hear "a new primary is taking
+        over" for as long as the domain waits): a backup says LOSTMASTER and a
+        primary NOTVERIFIED, and ``waiting`` names the members it waits for.
+        """
         now = self._now()
         view = self._view
         known = view.primary if view.epoch > 0 else None
@@ -341,7 +356,23 @@ class DomainNode:
             role = Role.BACKUP
         else:
             role = Role.LOSTMASTER
-        return RoleInfo(self.rank, role, known, view.epoch, view.members)
+        waiting: frozenset[int] = frozenset()
+        if role in (Role.TAKEOVER, Role.LOSTMASTER, Role.NOTVERIFIED):
+            waiting = self._unreachable()
+        if role is Role.TAKEOVER and waiting:
+            role = Role.NOTVERIFIED if view.primary == self.rank else Role.LOSTMASTER
+        return RoleInfo(self.rank, role, known, view.epoch, view.members, waiting)
+
+    def _unreachable(self) -> frozenset[int]:
+        """The members of the view this member cannot reach, if those it can are no
+        quorum of the view (no view change can complete); else empty.
+
+        Reach is the transport's word (`connected`): a take-over needs to send to a
+        quorum, and a peer link that hears nothing for its ping timeout drops.
+        """
+        members = self._view.members
+        reached = {r for r in members if r == self.rank or r in self._connected}
+        return frozenset() if is_quorum(members, reached) else members - reached
 
     # -- inputs ------------------------------------------------------------
 
@@ -580,6 +611,8 @@ class DomainNode:
         if now - self._installed_at < self.timers.settle:
             return
         desired = self._desired_members(now)
+        for rank in desired - self._view.members:
+            self._admitted[rank] = now
         if (
             desired != self._view.members
             or self._stale
@@ -619,11 +652,19 @@ class DomainNode:
             and now - self._last_heard.get(r, -math.inf) <= self.timers.peer_timeout
         }
         keep = alive & self._view.members
+        # A member joins once it answers at the current epoch. Waiting `settle`
+        # for it protects the view from a flapping member (each admission and
+        # each removal is a view change); only a member admitted within
+        # `flap_window` has to prove itself that way, so a clean restart is
+        # admitted at once.
         join = {
             r
             for r in alive - self._view.members
-            if now - self._since.get(r, now) >= self.timers.settle
-            and self._peer_epoch.get(r) == self._view.epoch
+            if self._peer_epoch.get(r) == self._view.epoch
+            and (
+                now - self._since.get(r, now) >= self.timers.settle
+                or now - self._admitted.get(r, -math.inf) > self.timers.flap_window
+            )
         }
         return frozenset({self.rank} | keep | join)
 
@@ -1087,6 +1128,10 @@ class DomainNode:
         # decided, which needed a quorum whose grants had all run out.
         self._grant_to = None
         self._grant_until = -math.inf
+        # So are the grants a restart made this member forget (the quarantine's
+        # reason): they were all made in views older than this one. Without this,
+        # a restarted member would refuse the very view change that admits it.
+        self._quarantine_until = -math.inf
         self._primary_heard = now
         self._installed_at = now
         self._match = {}

@@ -2,7 +2,9 @@
 
 Topology: every member listens on its peer port (bound to its own address) and
 keeps one outgoing link to every other member of the domains it shares with
-it, with a `ClientService` that reconnects with `backoffPolicy`. A member sends
+it, with a `ClientService` that reconnects with `backoffPolicy`; when a peer
+whose link we are backing off from reaches us (it restarted), we dial it at
+once with a fresh backoff, so that it is heard without delay. A member sends
 its domain messages on its *outgoing* link to the addressee and receives on
 any link, so each direction of a pair has its own TCP connection and nothing
 has to decide who dials whom. One link serves every domain two hosts share.
@@ -167,6 +169,8 @@ class _PeerState:
     invalid_unlogged: int = 0
     invalid_closes_unlogged: int = 0
     invalid_recent: collections.deque[float] = field(default_factory=collections.deque)
+    #: our dialler is waiting out a reconnection delay (no dial in progress)
+    backing_off: bool = False
 
     def info(self, domains: tuple[str, ...]) -> PeerInfo:
         return PeerInfo(
@@ -495,6 +499,9 @@ class _PeerEndpoint:
         self.address = address
 
     def connect(self, factory: Any) -> Deferred[Any]:
+        state = self.network._peers.get(self.address)
+        if state is not None:
+            state.backing_off = False
         port = self.network.port_of(self.address)
         if port is None:
             return fail(ConnectionRefusedError(f"no peer port known for {self.address}"))
@@ -615,17 +622,30 @@ class PeerNetwork(MultiService):
         for address in sorted(wanted - set(self._peers)):
             state = _PeerState(address)
             self._peers[address] = state
-            service = ClientService(
-                _PeerEndpoint(self, address),
-                _LinkFactory(self, address),
-                retryPolicy=backoffPolicy(
-                    initialDelay=self.timers.retry_initial, maxDelay=self.timers.retry_max
-                ),
-                clock=self.reactor,
-            )
-            service.setName(f"peer-{address}")
-            state.service = service
-            service.setServiceParent(self)
+            self._dial(state)
+
+    def _dial(self, state: _PeerState) -> None:
+        """Keep a link to the peer of ``state``: a new dialler with a fresh backoff."""
+        address = state.address
+        policy = backoffPolicy(
+            initialDelay=self.timers.retry_initial, maxDelay=self.timers.retry_max
+        )
+
+        def retry_delay(attempt: int) -> float:
+            # Called as the dialler starts waiting; the next dial clears it.
+            state.backing_off = True
+            return policy(attempt)
+
+        service = ClientService(
+            _PeerEndpoint(self, address),
+            _LinkFactory(self, address),
+            retryPolicy=retry_delay,
+            clock=self.reactor,
+        )
+        service.setName(f"peer-{address}")
+        state.service = service
+        state.backing_off = False
+        service.setServiceParent(self)
 
     def member_addresses(self) -> set[Address]:
         """Every member address of every domain served here."""
@@ -805,6 +825,13 @@ class PeerNetwork(MultiService):
             link.close()
             return
         state.inbound.add(link)
+        if state.outbound is None and state.backing_off and state.service is not None:
+            # The peer is up (it just reached us, typically after a restart): dial
+            # it now rather than after our backoff (up to retry_max plus jitter),
+            # so that the domain hears it, and can admit it, at once.
+            self.log.info("peer {peer} reached us: dialling it now", peer=str(link.peer))
+            state.service.disownServiceParent()
+            self._dial(state)
 
     def _outbound_up(self, link: PeerLink) -> None:
         assert link.peer is not None

@@ -15,9 +15,11 @@ class Role(enum.Enum):
     PRIMARY = "primary"
     #: a verified backup whose primary is alive: redirect clients to it
     BACKUP = "backup"
-    #: a take-over (or hand-over) is in progress, here or at a candidate
+    #: a take-over (or hand-over) is in progress, here or at a candidate, and can
+    #: complete: this member reaches a quorum of its view
     TAKEOVER = "takeover"
-    #: a backup whose primary went silent, no take-over yet
+    #: a backup whose primary went silent, no take-over yet (or none can complete
+    #: until the members in ``RoleInfo.waiting`` are back)
     LOSTMASTER = "lostmaster"
     #: not (or no longer) verified: not in a view, or a primary without a quorum
     NOTVERIFIED = "notverified"
@@ -38,6 +40,9 @@ class RoleInfo:
 
     ``primary``: the rank clients should try (``TRY_SERVER n=primary``), if
     known. ``epoch``/``members``: the view this member installed.
+    ``waiting``: when the members this member reaches are no quorum of its view
+    (so no view change can complete), the members of the view it cannot reach:
+    the domain waits for them. Empty otherwise.
     """
 
     rank: int
@@ -45,6 +50,7 @@ class RoleInfo:
     primary: int | None
     epoch: int
     members: frozenset[int]
+    waiting: frozenset[int] = frozenset()
 
     @property
     def can_serve(self) -> bool:

@@ -339,8 +339,23 @@ class DomainRoute:
         """The domain's addresses in rank order, for ``domain="..."``."""
         return " ".join(str(address) for address in self.member.spec.addresses)
 
+    def waiting_words(self, info: RoleInfo) -> str:
+        """The members ``info`` waits for: ``hqnserver1 at 127.0.0.1 and hqnserver2 at ...``."""
+        names = [
+            f"hqnserver{rank} at {self.member.address_of[rank]}"
+            for rank in sorted(info.waiting)
+            if rank in self.member.address_of
+        ]
+        if len(names) < 2:
+            return "".join(names)
+        return ", ".join(names[:-1]) + " and " + names[-1]
+
     def refusal(self) -> Err | None:
-        """The answer when this member may not grant, or None if it serves."""
+        """The answer when this member may not grant, or None if it serves.
+
+        While no view change can complete (``RoleInfo.waiting``), the message
+        names the members the domain waits for.
+        """
         if self.can_serve:
             return None
         info = self.role()
@@ -369,6 +384,15 @@ class DomainRoute:
         text = messages.get(
             status, "this server has not been verified by its domain; try another member"
         )
+        if info.waiting:
+            # No take-over can complete: say so, and who is missing.
+            missing = self.waiting_words(info)
+            text = (
+                f"this backup lost its primary and the domain cannot elect another "
+                f"until it reaches {missing}"
+                if status is Status.LOSTMASTER
+                else f"this server cannot be verified by its domain until it reaches {missing}"
+            )
         return Err.of(
             status if status is not Status.TRY_SERVER else Status.NOTVERIFIED,
             text,

@@ -44,6 +44,10 @@ class DomainTimers:
     #: how long a member must be answering before the primary admits it (or
     #: hands over to it, if it ranks lower) and after a view change before the next
     settle: float = 1.0
+    #: a member admitted less than this long ago is *flapping*: it must answer for
+    #: `settle` before it is admitted again; any other (a clean restart) is
+    #: admitted as soon as it answers at the current epoch
+    flap_window: float = 10.0
     #: how long the primary waits for in-flight entries before a hand-over
     drain_timeout: float = 1.0
     #: how long a submission may wait for its quorum before it fails
