@@ -330,6 +330,73 @@ def test_compaction_pauses_service_for_round_trips_not_ticks() -> None:
     assert paused < 0.05, f"compaction stopped service for {paused:.3f}s"
 
 
+def closed_loop(sim: Simulation, clients: int, seconds: float) -> tuple[dict[str, int], int]:
+    """``clients`` closed-loop clients grant then release at member 1 for ``seconds``.
+
+    Each client sends its next operation as soon as the last one was answered.
+    Returns the answers by kind (``ok``, ``not serving``: refused, ``unknown``:
+    an unknown outcome, ``denied``) and how many views member 1 went through.
+    """
+    answers = {"ok": 0, "not serving": 0, "unknown": 0, "denied": 0}
+    holding: dict[int, str | None] = dict.fromkeys(range(clients))
+    outcomes: dict[int, list[str]] = {}
+    epoch = sim.nodes[1].view.epoch
+
+    def next_operation(client: int) -> None:
+        outcome: list[str] = []
+        outcomes[client] = outcome
+        handle = holding[client]
+        if handle is None:
+            holding[client] = sim.grant(1, outcome)
+        else:
+            sim.release(1, handle, outcome)
+
+    for client in range(clients):
+        next_operation(client)
+    end = sim.clock.seconds() + seconds
+    while sim.clock.seconds() < end:
+        sim.advance(0.001)
+        for client, outcome in list(outcomes.items()):
+            if not outcome:
+                continue
+            answers[outcome[0]] += 1
+            # Released, or a grant that did not happen: the next operation is a grant.
+            if outcome[0] == "ok":
+                finished = holding[client] in sim.released
+            else:
+                finished = holding[client] not in sim.confirmed
+            if finished:
+                holding[client] = None
+            next_operation(client)
+    return answers, sim.nodes[1].view.epoch - epoch
+
+
+def compaction_loop() -> tuple[dict[str, int], int]:
+    """Closed-loop clients through a 3-member primary that compacts every 6 entries."""
+    sim = simulation(3, timers=DomainTimers(max_entries=6))
+    sim.network.min_delay, sim.network.max_delay = 0.0005, 0.002
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    return closed_loop(sim, clients=3, seconds=8.0)
+
+
+def test_compaction_never_refuses_a_client() -> None:
+    """Clients of a primary that compacts its log over and over are never refused and
+    never told an unknown outcome: their commands wait out each hand-over (`held`)."""
+    answers, views = compaction_loop()
+    assert views >= 5, f"only {views} compactions"
+    assert answers["ok"] > 500
+    assert answers["not serving"] == answers["unknown"] == answers["denied"] == 0, answers
+
+
+def test_compaction_without_holding_refuses_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same loop, with holding switched off, is refused (the test above can fail)."""
+    monkeypatch.setattr(DomainNode, "held", lambda self: None)
+    answers, views = compaction_loop()
+    assert views >= 5
+    assert answers["not serving"] > 0, answers
+
+
 #: The primary never drops a silent member from its view here, so that only its
 #: lease (not a voluntary step-down) stands between it and a successor.
 PATIENT = DomainTimers(peer_timeout=60.0)

@@ -297,6 +297,14 @@ class DomainRoute:
             domain=domain,
         )
 
+    def held(self) -> Deferred[bool] | None:
+        """Wait while this member only hands over to itself (see `DomainNode.held`).
+
+        None: answer `refusal` now. Else run the command again when the Deferred
+        fires (True: it serves again; False: answer the refusal of that moment).
+        """
+        return self.member.node.held()
+
     def submit(self, events: Sequence[Event]) -> Deferred[None]:
         """Replicate ``events`` (already applied by the engine command that made them).
 
