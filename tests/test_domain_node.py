@@ -397,6 +397,48 @@ def test_compaction_without_holding_refuses_clients(monkeypatch: pytest.MonkeyPa
     assert answers["not serving"] > 0, answers
 
 
+def slow_compaction() -> Simulation:
+    """Three members, 50 ms links, and a primary that has just begun a compaction."""
+    sim = simulation(3, timers=DomainTimers(max_entries=4))
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    sim.network.min_delay = sim.network.max_delay = 0.05
+    for _ in range(2):
+        handle = confirmed_grant(sim, 1)
+        sim.release(1, handle)
+        run_until(sim, lambda h=handle: h in sim.released, 2.0)  # type: ignore[misc]
+    run_until(sim, lambda: not sim.nodes[1].can_serve, 5.0)
+    return sim
+
+
+def test_held_commands_are_let_go_when_the_hand_over_fails() -> None:
+    """A primary cut off during its compaction fires its held commands with False
+    (answer the refusal of that moment), within the hold bound, having decided nothing."""
+    sim = slow_compaction()
+    node = sim.nodes[1]
+    waiting = node.held()
+    assert waiting is not None, "a compaction holds commands"
+    results: list[bool] = []
+    waiting.addCallback(results.append)
+    sim.network.partition([{1}, {2, 3}])
+    timers = node.timers
+    bound = timers.drain_timeout + timers.candidacy_timeout + timers.lease + 2 * timers.tick
+    run_until(sim, lambda: bool(results), bound)
+    assert results == [False] and not node.can_serve
+    assert node.held() is None, "no longer handing over to itself: refuse at once"
+
+
+def test_backups_send_clients_to_a_primary_handing_over_to_itself() -> None:
+    """A backup that promised its own primary's ballot (a compaction) redirects
+    clients to that primary (which holds them), rather than answering NEW_MASTER."""
+    sim = slow_compaction()
+    backup = sim.nodes[2]
+    run_until(sim, lambda: backup._promised is not None, 2.0)
+    info = backup.role()
+    assert (info.role, info.primary, info.status) == (Role.BACKUP, 1, Status.TRY_SERVER)
+    run_until(sim, lambda: sim.nodes[1].can_serve, 5.0)
+
+
 #: The primary never drops a silent member from its view here, so that only its
 #: lease (not a voluntary step-down) stands between it and a successor.
 PATIENT = DomainTimers(peer_timeout=60.0)

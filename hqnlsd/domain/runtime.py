@@ -11,8 +11,10 @@ For the client dispatcher, `route` (by product) and `route_for_handle` give a
 `DomainRoute`: ``can_serve``; ``refusal()`` (the ``ERR`` to answer when this
 member may not grant: ``TRY_SERVER n=RANK addr=ADDRESS``, ``NEW_MASTER``,
 ``LOSTMASTER`` or ``NOTVERIFIED``, each with the domain's addresses); the
-domain's ``engine`` to decide with; and ``submit(events)`` whose Deferred to
-await before answering (a grant is confirmed only once a quorum holds it).
+domain's ``engine`` to decide with; ``submit(events)`` whose Deferred to
+await before answering (a grant is confirmed only once a quorum holds it); and
+``held()``, to wait out a hand-over of this member to itself (a log compaction)
+instead of refusing.
 
 A domain is identified by its server section (`domain_id`: the members'
 addresses and unique ids), so permits with the same servers share one domain,
