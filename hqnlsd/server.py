@@ -183,6 +183,9 @@ class LicenceServer:
 
     def dispatch(self, command: wire.DispatchedCommand, peer: Any) -> Reply | Deferred[Reply]:
         """Answer one client command (the protocol's `Dispatcher` interface)."""
+        waiting = self._held(command, peer)
+        if waiting is not None:
+            return waiting
         if isinstance(command, wire.Request):
             names = (command.publisher, command.product, command.version)
             return self._signed(command, names, self._request(command, peer))
@@ -206,6 +209,33 @@ class LicenceServer:
             )
             return Ok.of()
         return Err.of(Status.UNKNOWN_COMMAND, f"{type(command).__name__} is not served here")
+
+    def _held(self, command: wire.DispatchedCommand, peer: Any) -> Deferred[Reply] | None:
+        """Hold a command for a domain whose primary (this member) hands over to itself.
+
+        A log compaction, or admitting or dropping a higher-ranked member, keeps
+        this member primary but stops it deciding for a few round trips: the
+        command waits (`DomainRoute.held`, bounded in number and time) and is
+        dispatched again, in arrival order, the moment it serves again, instead
+        of being refused with NEW_MASTER. None: dispatch it now.
+        """
+        if self.domains is None:
+            return None
+        route: DomainRoute | None = None
+        if isinstance(command, wire.Request | wire.Users):
+            route = self.domains.route(command.publisher, command.product)
+        elif isinstance(command, wire.Update | wire.Release | wire.Query):
+            route = self.domains.route_for_handle(command.handle)
+        if route is None or route.refusal() is None:
+            return None
+        waiting = route.held()
+        if waiting is None:
+            return None
+
+        def again(_: bool) -> Reply | Deferred[Reply]:
+            return self.dispatch(command, peer)
+
+        return waiting.addCallback(again)
 
     def _signed(
         self,

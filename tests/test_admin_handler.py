@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from hqnlsd.admin.handler import AdminError, AdminHandler, parse_policy
+from hqnlsd.admin.handler import AdminError, AdminHandler, _Forward, _Target, parse_policy
 from hqnlsd.config import DaemonConfig
 from hqnlsd.licensing.events import Revoked
 from hqnlsd.licensing.policy import Policy
@@ -312,3 +312,52 @@ def test_parse_policy_refuses_bad_text(text: str) -> None:
     """Unknown names, foreign lock bits and over-long numbers are ILLEGAL."""
     with pytest.raises(AdminError):
         parse_policy(text, 0x1, 0x1)
+
+
+class _HandingOver:
+    """A domain route whose member hands over to itself: every change is held."""
+
+    domain_id = "the domain"
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred[bool]] = []
+
+    def held(self) -> Deferred[bool]:
+        """Hold (as `DomainRoute.held` does during a compaction)."""
+        waiter: Deferred[bool] = Deferred()
+        self.waiting.append(waiter)
+        return waiter
+
+
+@pytest.mark.parametrize("forwarded", [False, True])
+def test_a_change_waits_out_a_hand_over_to_this_member(tmp_path: Path, forwarded: bool) -> None:
+    """A change on a domain product while this member hands over to itself (a log
+    compaction) waits and runs once it serves again, instead of being refused or
+    forwarded; a change another member forwarded keeps its domain check on the rerun."""
+    write_site(tmp_path)
+    rig = Rig(tmp_path)
+    route = _HandingOver()
+    target = _Target(rig.root.engine, route, "Test Publisher", "Widget")  # type: ignore[arg-type]
+    seen: list[str | None] = []
+
+    def change(args: Any, who: str) -> dict[str, Any]:
+        seen.append(rig.handler._forwarded_domain)
+        if len(seen) == 1:
+            raise _Forward(target)  # not serving yet
+        return {"changed": who}
+
+    rig.handler._commands["timeout"] = change
+    outcome: list[Any] = []
+    if forwarded:
+        body = {"command": "timeout", "args": {}, "who": "admin"}
+        rig.handler.handle_forwarded(
+            "the domain", ipaddress.IPv4Address("127.0.0.2"), body
+        ).addBoth(outcome.append)
+    else:
+        maybeDeferred(rig.handler.handle, "timeout", {}, "admin").addBoth(outcome.append)
+    assert outcome == [] and len(route.waiting) == 1
+    route.waiting[0].callback(True)
+    assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
+    expected = "the domain" if forwarded else None
+    assert seen == [expected, expected]
+    assert rig.handler._forwarded_domain is None

@@ -330,6 +330,115 @@ def test_compaction_pauses_service_for_round_trips_not_ticks() -> None:
     assert paused < 0.05, f"compaction stopped service for {paused:.3f}s"
 
 
+def closed_loop(sim: Simulation, clients: int, seconds: float) -> tuple[dict[str, int], int]:
+    """``clients`` closed-loop clients grant then release at member 1 for ``seconds``.
+
+    Each client sends its next operation as soon as the last one was answered.
+    Returns the answers by kind (``ok``, ``not serving``: refused, ``unknown``:
+    an unknown outcome, ``denied``) and how many views member 1 went through.
+    """
+    answers = {"ok": 0, "not serving": 0, "unknown": 0, "denied": 0}
+    holding: dict[int, str | None] = dict.fromkeys(range(clients))
+    outcomes: dict[int, list[str]] = {}
+    epoch = sim.nodes[1].view.epoch
+
+    def next_operation(client: int) -> None:
+        outcome: list[str] = []
+        outcomes[client] = outcome
+        handle = holding[client]
+        if handle is None:
+            holding[client] = sim.grant(1, outcome)
+        else:
+            sim.release(1, handle, outcome)
+
+    for client in range(clients):
+        next_operation(client)
+    end = sim.clock.seconds() + seconds
+    while sim.clock.seconds() < end:
+        sim.advance(0.001)
+        for client, outcome in list(outcomes.items()):
+            if not outcome:
+                continue
+            answers[outcome[0]] += 1
+            # Released, or a grant that did not happen: the next operation is a grant.
+            if outcome[0] == "ok":
+                finished = holding[client] in sim.released
+            else:
+                finished = holding[client] not in sim.confirmed
+            if finished:
+                holding[client] = None
+            next_operation(client)
+    return answers, sim.nodes[1].view.epoch - epoch
+
+
+def compaction_loop() -> tuple[dict[str, int], int]:
+    """Closed-loop clients through a 3-member primary that compacts every 6 entries."""
+    sim = simulation(3, timers=DomainTimers(max_entries=6))
+    sim.network.min_delay, sim.network.max_delay = 0.0005, 0.002
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    return closed_loop(sim, clients=3, seconds=8.0)
+
+
+def test_compaction_never_refuses_a_client() -> None:
+    """Clients of a primary that compacts its log over and over are never refused and
+    never told an unknown outcome: their commands wait out each hand-over (`held`)."""
+    answers, views = compaction_loop()
+    assert views >= 5, f"only {views} compactions"
+    assert answers["ok"] > 500
+    assert answers["not serving"] == answers["unknown"] == answers["denied"] == 0, answers
+
+
+def test_compaction_without_holding_refuses_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same loop, with holding switched off, is refused (the test above can fail)."""
+    monkeypatch.setattr(DomainNode, "held", lambda self: None)
+    answers, views = compaction_loop()
+    assert views >= 5
+    assert answers["not serving"] > 0, answers
+
+
+def slow_compaction() -> Simulation:
+    """Three members, 50 ms links, and a primary that has just begun a compaction."""
+    sim = simulation(3, timers=DomainTimers(max_entries=4))
+    start(sim, {1, 2, 3})
+    full_view(sim)
+    sim.network.min_delay = sim.network.max_delay = 0.05
+    for _ in range(2):
+        handle = confirmed_grant(sim, 1)
+        sim.release(1, handle)
+        run_until(sim, lambda h=handle: h in sim.released, 2.0)  # type: ignore[misc]
+    run_until(sim, lambda: not sim.nodes[1].can_serve, 5.0)
+    return sim
+
+
+def test_held_commands_are_let_go_when_the_hand_over_fails() -> None:
+    """A primary cut off during its compaction fires its held commands with False
+    (answer the refusal of that moment), within the hold bound, having decided nothing."""
+    sim = slow_compaction()
+    node = sim.nodes[1]
+    waiting = node.held()
+    assert waiting is not None, "a compaction holds commands"
+    results: list[bool] = []
+    waiting.addCallback(results.append)
+    sim.network.partition([{1}, {2, 3}])
+    timers = node.timers
+    bound = timers.drain_timeout + timers.candidacy_timeout + timers.lease + 2 * timers.tick
+    run_until(sim, lambda: bool(results), bound)
+    assert results == [False] and not node.can_serve
+    assert node.held() is None, "no longer handing over to itself: refuse at once"
+
+
+def test_backups_send_clients_to_a_primary_handing_over_to_itself() -> None:
+    """A backup that promised its own primary's ballot (a compaction) redirects
+    clients to that primary (which holds them), rather than answering NEW_MASTER."""
+    sim = slow_compaction()
+    backup = sim.nodes[2]
+    run_until(sim, lambda: backup._promised is not None, 2.0)
+    info = backup.role()
+    assert (info.role, info.primary, info.status) == (Role.BACKUP, 1, Status.TRY_SERVER)
+    run_until(sim, lambda: sim.nodes[1].can_serve, 5.0)
+
+
 #: The primary never drops a silent member from its view here, so that only its
 #: lease (not a voluntary step-down) stands between it and a successor.
 PATIENT = DomainTimers(peer_timeout=60.0)

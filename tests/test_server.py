@@ -778,10 +778,20 @@ class FakeRoute:
         self.engine.load_products([product("Shared", floating_count=5)])
         self.refused = refusal
         self.submitted: list[tuple[Sequence[Any], Deferred[None]]] = []
+        #: set to hold commands (as `DomainRoute.held` does during a hand-over to itself)
+        self.waiting: list[Deferred[bool]] | None = None
 
     def refusal(self) -> Err | None:
         """The configured refusal (None: this member serves)."""
         return self.refused
+
+    def held(self) -> Deferred[bool] | None:
+        """A Deferred per held command when `waiting` is set, else None (refuse)."""
+        if self.waiting is None:
+            return None
+        waiter: Deferred[bool] = Deferred()
+        self.waiting.append(waiter)
+        return waiter
 
     def domain_words(self) -> str:
         """The domain's addresses, as the runtime gives them."""
@@ -924,3 +934,58 @@ def test_domain_handles_are_routed(domain_rig: DomainRig) -> None:
     released = result_of(answer)
     assert isinstance(released, Ok), released
     assert route.engine.held_count() == 0 and rig.engine.held_count() == 1
+
+
+def test_domain_commands_wait_out_a_hand_over_to_this_member(domain_rig: DomainRig) -> None:
+    """While the primary hands over to itself (a compaction), REQUEST, UPDATE, RELEASE
+    and USERS wait instead of being refused; they are decided in arrival order once it
+    serves again, and answered with the refusal of that moment if the hand-over fails."""
+    rig, route, _ = domain_rig
+    granted = rig.server.dispatch(request(product="Shared", client="first"), PEER)
+    assert isinstance(granted, Deferred)
+    route.submitted.pop()[1].callback(None)
+    route.refused = Err.of(Status.NEW_MASTER, "taking over")
+    route.waiting = []
+    answers: list[list[Any]] = [[], [], [], []]
+    for command, answered in zip(
+        (
+            request(product="Shared", client="second"),
+            wire.Update("D1"),
+            wire.Release("D1"),
+            wire.Users("Harlequin", "Shared", "8.0"),
+        ),
+        answers,
+        strict=True,
+    ):
+        answer = rig.server.dispatch(command, PEER)
+        assert isinstance(answer, Deferred), answer
+        answer.addBoth(answered.append)
+    assert len(route.waiting) == 4 and answers == [[], [], [], []] and route.submitted == []
+    assert route.engine.held_count() == 1, "nothing is decided while held"
+    route.refused = None
+    for waiter in route.waiting:
+        waiter.callback(True)
+    # The REQUEST is decided first (D2), then the UPDATE and the RELEASE of D1.
+    assert any(isinstance(e, Granted) for e in route.submitted[0][0])
+    assert any(isinstance(e, Released) for e in route.submitted[-1][0])
+    for _, done in route.submitted:
+        done.callback(None)
+    (request_reply,), (update_reply,), (release_reply,), (users_reply,) = answers
+    assert isinstance(request_reply, Ok) and request_reply.get("handle") == "D2", request_reply
+    assert isinstance(update_reply, Ok) and update_reply.get("handle") == "D1", update_reply
+    assert isinstance(release_reply, Ok) and release_reply.get("handle") == "D1", release_reply
+    assert isinstance(users_reply, Listing), users_reply
+    # A hand-over that fails: the held command gets the refusal of that moment.
+    route.refused = Err.of(Status.NEW_MASTER, "taking over")
+    route.waiting = []
+    failed = rig.server.dispatch(request(product="Shared", client="third"), PEER)
+    assert isinstance(failed, Deferred)
+    (waiter,) = route.waiting
+    route.refused = Err.of(Status.TRY_SERVER, "backup", n=2, addr="127.0.0.2")
+    route.waiting = None
+    outcome: list[Any] = []
+    failed.addBoth(outcome.append)
+    waiter.callback(False)
+    (refused,) = outcome
+    assert isinstance(refused, Err) and refused.status is Status.TRY_SERVER, refused
+    assert route.engine.held_count() == 1, "the failed hold decided nothing"

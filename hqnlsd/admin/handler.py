@@ -260,6 +260,9 @@ class AdminHandler:
         try:
             return method(args, who)
         except _Forward as forward:
+            held = self._held(command, args, who, forward.target)
+            if held is not None:
+                return held
             if self._forwarded_domain is not None:
                 raise self._not_primary(forward.target) from None
             return self._forward(command, args, who, forward.target)
@@ -319,6 +322,25 @@ class AdminHandler:
             return failure
 
         return done.addCallbacks(answered, refused)
+
+    def _held(
+        self, command: str, args: Mapping[str, Any], who: str, target: _Target
+    ) -> Deferred[Any] | None:
+        """Run a change again once this member serves again, if it only hands over to
+        itself (a log compaction, an admission: `DomainRoute.held`); None if not."""
+        waiting = target.route.held() if target.route is not None else None
+        if waiting is None:
+            return None
+        forwarded = self._forwarded_domain
+
+        def again(_: bool) -> Any:
+            self._forwarded_domain = forwarded
+            try:
+                return self.handle(command, args, who)
+            finally:
+                self._forwarded_domain = None
+
+        return waiting.addCallback(again)
 
     def _not_primary(self, target: _Target) -> AdminError:
         refusal = target.route.refusal() if target.route is not None else None

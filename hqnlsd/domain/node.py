@@ -41,6 +41,10 @@ from hqnlsd.domain.view import Ballot, Batch, Value, View, initial_view
 #: Most batches sent to one member in one `Append`.
 _MAX_BATCHES_PER_APPEND = 256
 
+#: Most client commands held at once while the primary hands over to itself
+#: (see `DomainNode.held`); beyond that they are refused as before.
+MAX_HELD = 1000
+
 
 class Timer(Protocol):
     """A scheduled call (`twisted.internet.interfaces.IDelayedCall`)."""
@@ -213,6 +217,9 @@ class DomainNode:
         self._drain: tuple[float, frozenset[int]] | None = None
         #: when this primary last stood to admit each member (flap damping)
         self._admitted: dict[int, float] = {}
+        #: while handing over to a view it stays primary of: when holding ends
+        self._hold_until: float | None = None
+        self._held: list[Deferred[bool]] = []
         # group commit: entries from _unsynced on are applied and sent but not yet
         # durable here; _flush writes them all at once at the end of the turn
         self._unsynced: int | None = None
@@ -296,6 +303,7 @@ class DomainNode:
         self._owed_ack = None
         self._candidacy = None
         self._fail_pending(AuthorityLost(f"member {self.rank} stopped"))
+        self._wake()
 
     def flush(self) -> None:
         """Write now what group commit would write at the end of this turn (a clean
@@ -343,6 +351,15 @@ class DomainNode:
         known = view.primary if view.epoch > 0 else None
         if view.epoch == 0 or self.rank not in view.members or self._amnesia is not None:
             role = Role.NOTVERIFIED
+        elif (
+            self._candidacy is None
+            and self._promised is not None
+            and self._promised.rank == view.primary != self.rank
+            and now - self._primary_heard < self.timers.election_timeout
+        ):
+            # It promised its own primary, which is handing over (a compaction or an
+            # admission): clients go on to that primary, which holds their commands.
+            role = Role.BACKUP
         elif self._candidacy is not None or self._promised is not None:
             role, known = Role.TAKEOVER, None
         elif view.primary == self.rank:
@@ -427,6 +444,7 @@ class DomainNode:
             self._on_refuse(sender, message, now)
         else:
             self._install(message.value, now)
+        self._wake()
         return self._refused
 
     def _invalid(self, message: Message) -> str | None:
@@ -489,6 +507,56 @@ class DomainNode:
         )
         return deferred
 
+    def held(self) -> Deferred[bool] | None:
+        """Wait for this member to serve again, if it is only handing over to itself.
+
+        While the primary changes to a view it stays primary of (a log
+        compaction, or admitting or dropping higher-ranked members) it may not
+        decide for a moment: a client command that arrives then should wait
+        rather than be refused. Returns None when that is not the case (the
+        caller answers its refusal as usual) or when `MAX_HELD` commands already
+        wait; else a Deferred that fires, in the order asked, with True the
+        moment this member serves again (decide the command then, in that
+        callback) or False if the hand-over failed or did not finish in time
+        (the caller answers the refusal of that moment). Nothing is decided
+        while held, so holding changes no invariant.
+        """
+        now = self._now()
+        if self._serving(now) or not self._handing_over(now) or len(self._held) >= MAX_HELD:
+            return None
+        waiter: Deferred[bool] = Deferred()
+        self._held.append(waiter)
+        return waiter
+
+    def _handing_over(self, now: float) -> bool:
+        """True while a hand-over to a view this member stays primary of is on track."""
+        if not self._running or self._hold_until is None or now >= self._hold_until:
+            return False
+        if self._drain is not None:
+            return True
+        candidacy = self._candidacy
+        if candidacy is not None:
+            return candidacy.handover
+        # Its own new view installed: acquiring the new view's lease.
+        return self._is_primary()
+
+    def _wake(self) -> None:
+        """Release the held commands once serving again, or once the hand-over failed.
+
+        Called at the end of every input (message, timer, group write), never in
+        the middle of one, so the commands run against a consistent member.
+        """
+        if self._hold_until is None:
+            return
+        now = self._now()
+        serving = self._serving(now)
+        if not serving and self._handing_over(now):
+            return
+        self._hold_until = None
+        held, self._held = self._held, []
+        for waiter in held:
+            waiter.callback(serving)
+
     # -- group commit ------------------------------------------------------
 
     def _append(self, start: int, batches: Sequence[Batch]) -> None:
@@ -541,6 +609,7 @@ class DomainNode:
         self._advance_commit()
         if self._pending and self._is_primary():
             self._send_appends(self._now())
+        self._wake()
 
     # -- time --------------------------------------------------------------
 
@@ -573,6 +642,7 @@ class DomainNode:
                 # starts the moment the last lease granted here runs out.
                 delay = min(delay, max(0.001, self._stand_time() - now))
             self._tick_call = self._clock.callLater(delay, self._tick)
+        self._wake()
 
     def _expire_pending(self, now: float) -> None:
         expired = [p for p in self._pending if p.deadline <= now]
@@ -628,6 +698,13 @@ class DomainNode:
                 desired=sorted(desired),
             )
             self._drain = (now, desired)
+            if min(desired) == self.rank:
+                # It stays primary: clients wait (`held`) instead of being refused,
+                # for at most a drain, a candidacy and a new lease.
+                timers = self.timers
+                self._hold_until = (
+                    now + timers.drain_timeout + timers.candidacy_timeout + timers.lease
+                )
             self._end_drain(now)
 
     def _end_drain(self, now: float) -> None:

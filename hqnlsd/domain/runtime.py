@@ -11,8 +11,10 @@ For the client dispatcher, `route` (by product) and `route_for_handle` give a
 `DomainRoute`: ``can_serve``; ``refusal()`` (the ``ERR`` to answer when this
 member may not grant: ``TRY_SERVER n=RANK addr=ADDRESS``, ``NEW_MASTER``,
 ``LOSTMASTER`` or ``NOTVERIFIED``, each with the domain's addresses); the
-domain's ``engine`` to decide with; and ``submit(events)`` whose Deferred to
-await before answering (a grant is confirmed only once a quorum holds it).
+domain's ``engine`` to decide with; ``submit(events)`` whose Deferred to
+await before answering (a grant is confirmed only once a quorum holds it); and
+``held()``, to wait out a hand-over of this member to itself (a log compaction)
+instead of refusing.
 
 A domain is identified by its server section (`domain_id`: the members'
 addresses and unique ids), so permits with the same servers share one domain,
@@ -398,6 +400,14 @@ class DomainRoute:
             text,
             domain=domain,
         )
+
+    def held(self) -> Deferred[bool] | None:
+        """Wait while this member only hands over to itself (see `DomainNode.held`).
+
+        None: answer `refusal` now. Else run the command again when the Deferred
+        fires (True: it serves again; False: answer the refusal of that moment).
+        """
+        return self.member.node.held()
 
     def submit(self, events: Sequence[Event]) -> Deferred[None]:
         """Replicate ``events`` (already applied by the engine command that made them).

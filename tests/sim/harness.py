@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
@@ -72,6 +73,10 @@ class Stats:
     grants: int = 0
     releases: int = 0
     unknown: int = 0
+    #: client operations refused at once (`NotServing`: the member did not serve)
+    refused: int = 0
+    #: client operations held while their primary handed over to itself
+    held: int = 0
     views: int = 0
     failovers: list[float] = field(default_factory=list)
     recoveries: list[float] = field(default_factory=list)
@@ -354,26 +359,47 @@ class Simulation:
         """A client asks member ``rank`` for a licence (a new handle)."""
         self._handles += 1
         handle = f"h{self._handles}"
+        self._grant(rank, handle, outcome)
+        return handle
+
+    def _grant(self, rank: int, handle: str, outcome: list[str] | None) -> None:
         node = self.nodes.get(rank)
         if node is None or not node.can_serve:
+            if self._held(node, lambda: self._grant(rank, handle, outcome)):
+                self.note(f"grant {handle} at {rank}: held")
+                return
             self.note(f"grant {handle} at {rank}: not serving")
+            self.stats.refused += 1
             if outcome is not None:
                 outcome.append("not serving")
-            return handle
+            return
         entries = self.apps[rank].decide_grant(handle)
         if entries is None:
             self.note(f"grant {handle} at {rank}: no licence free")
             if outcome is not None:
                 outcome.append("denied")
-            return handle
+            return
         self.note(f"grant {handle} at {rank}")
         self.follow(node.submit(entries), handle, granted=True, outcome=outcome)
-        return handle
+
+    def _held(self, node: DomainNode | None, retry: Callable[[], None]) -> bool:
+        """Hold a client operation as the daemon's dispatcher does (`DomainNode.held`):
+        run ``retry`` when the member serves again or gives up; False: not held."""
+        waiting = node.held() if node is not None else None
+        if waiting is None:
+            return False
+        self.stats.held += 1
+        waiting.addCallback(lambda _: retry())
+        return True
 
     def release(self, rank: int, handle: str, outcome: list[str] | None = None) -> None:
         """A client releases ``handle`` at member ``rank``."""
         node = self.nodes.get(rank)
         if node is None or not node.can_serve:
+            if self._held(node, lambda: self.release(rank, handle, outcome)):
+                self.note(f"release {handle} at {rank}: held")
+                return
+            self.stats.refused += 1
             if outcome is not None:
                 outcome.append("not serving")
             return
