@@ -38,8 +38,18 @@ from the core is a violation too. A violation is printed with the shortest
 action trace that reaches it (breadth first), replayed from the start to make
 sure it reproduces.
 
-Run ``python -m tests.sim.explore --members 3 --depth 8``; ``--help`` lists the
-bounds, scenarios and mutations (deliberate bugs the explorer must catch).
+The starting states (``--scenario``) are reached by a scripted fair run (oldest
+message first, else the earliest timer), itself checked: ``boot`` (everyone
+just started, epoch 0); ``serving`` (hqnserver1 serves every member, one
+licence confirmed, nothing in flight); ``isolated`` (the primary cut off from
+everyone, a backup has just stood); ``contested`` (only the link 1-2 cut, 2
+has just stood while 3 is still bound to 1); ``restarted`` (2 stood and was
+refused, then 3 crashed and restarted: its quarantine); ``promised`` (as
+isolated, until 3 has promised, then the link 1-3 heals); ``split`` (the lower
+half of the members cut from the upper half until one of the upper stands).
+
+Run ``python -m tests.sim.explore --members 3 --depth 7``; ``--help`` lists the
+bounds and the mutations (deliberate bugs the explorer must catch).
 """
 
 from __future__ import annotations
@@ -985,6 +995,8 @@ class Result:
     prefix: int = 0
     violation: str | None = None
     trace: list[Action] = field(default_factory=list)
+    #: how many times each kind of action was tried
+    kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -1000,6 +1012,7 @@ class Result:
             f"pruned(in-flight bound)={self.pruned} depth reached={self.depth_reached} "
             f"{'complete' if self.complete else 'STOPPED at --max-states'}",
             f"time={self.seconds:.1f}s states/s={self.rate:.0f}",
+            "actions tried: " + ", ".join(f"{k}={n}" for k, n in sorted(self.kinds.items())),
         ]
         if self.violation is None:
             lines.append("no violation")
@@ -1070,6 +1083,7 @@ def explore(
                     child = pickle.loads(blob)
                     apply(child, action)
                     result.states += 1
+                    result.kinds[action[0]] = result.kinds.get(action[0], 0) + 1
                     key = child.digest()
                     if key in parent:
                         continue
