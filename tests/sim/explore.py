@@ -6,13 +6,16 @@ its JSON wire form, as the peer links carry it), the set of cut links, and what
 clients were told. From a starting state (a *scenario*) the explorer tries every
 action in every reachable state, breadth first, up to a depth:
 
-- ``deliver``: hand one in-flight message to its receiver (removing it);
+- ``deliver``: hand the oldest in-flight message of a link to its receiver
+  (a peer link is one ordered stream; ``--reorder`` delivers any);
 - ``dup``: hand it over and keep it in flight (a duplicate);
-- ``drop``: lose it;
-- ``fire``: run a member's earliest timer (tick, group-commit flush, a retry);
-  the shared time moves to that timer's deadline if it is later than now, so any
-  member's timer may run late, and messages arrive at the instant of the latest
-  event (no delay: that is the tightest case for the lease arithmetic);
+- ``drop``: lose it (off by default: for safety, never delivering a message
+  reaches every state a drop does, except against the in-flight bound);
+- ``fire``: run a member's next timer (tick, group-commit flush, a retry) that
+  is due, or if none is due the earliest, moving the shared time to its
+  deadline (``--late-timers``: any member's, so others' run late). Messages
+  arrive at the instant of the latest event (no delay: the tightest case for
+  the lease arithmetic);
 - ``crash``: the member stops, keeping only its storage; messages to it are lost
   (its connections are reset), messages it sent still arrive;
 - ``restart``: it starts again from its storage (its monotonic clock continues,
