@@ -61,8 +61,11 @@ Usage (from the repository root)::
     python bench/chaos.py --members 3 --seed 1 --schedules 5 --duration 30 [--json]
 
 Schedule k of a run uses seed ``S + k``; a failing schedule is replayed with
-``--seed S+k --schedules 1`` (the faults and client choices are the same; the
-daemons' timing is not, so a race may need a few tries). Exit status: 0 when no
+``--seed S+k --schedules 1``: each fault step draws from its own generator
+(seed, step number), so the kinds, pauses and targets of the faults repeat,
+except where a step depends on the live state (who is primary now, which
+members are down after an earlier step) or on timing; the daemons' timing does
+not repeat, so a race may need a few tries. Exit status: 0 when no
 schedule found a violation, 1 when one did, 2 on bad arguments. Every wait is
 bounded; every daemon is SIGCONTed and killed at the end, also on Ctrl-C.
 """
@@ -153,6 +156,9 @@ class ChaosConfig:
     availability_bound: float = 8.0
     #: pause between two faults: uniform in this range (seconds)
     pause: tuple[float, float] = (1.0, 3.0)
+    #: include calm steps (10-14 s without faults: availability windows); short
+    #: schedules leave them out so that their seconds go to faults
+    calm: bool = True
 
 
 @dataclasses.dataclass
@@ -557,7 +563,12 @@ class Nemesis:
     def run(self, until: float) -> None:
         """Inject faults until the history's clock reaches ``until``."""
         self.until = until
+        steps = 0
         while self.history.now() < until:
+            # A fresh generator per step: a step whose choices depended on the
+            # live state (who is primary) does not shift the draws of later ones.
+            steps += 1
+            self.rng = random.Random(f"{self.config.seed}-nemesis-{steps}")
             self.step()
             pause = self.rng.uniform(*self.config.pause)
             time.sleep(max(0.0, min(pause, until - self.history.now())))
@@ -578,17 +589,20 @@ class Nemesis:
         choices.append(("partition", 2.5))
         if not c.down and not c.stopped:
             choices.append(("storm", 0.7))
-        choices.append(("calm", 0.8))
+        if self.config.calm:
+            choices.append(("calm", 0.8))
         kinds, weights = zip(*choices, strict=True)
         kind = self.rng.choices(kinds, weights)[0]
         getattr(self, "do_" + kind.replace("-", "_"))()
 
     def do_cont(self) -> None:
+        """SIGCONT a stopped member."""
         rank = self.rng.choice(sorted(self.cluster.stopped))
         self.cluster.cont(rank)
         self.log("sigcont", f"SIGCONT hqnserver{rank}")
 
     def do_restart(self) -> None:
+        """Restart a member that is down; wait (bounded) until it answers."""
         rank = self.rng.choice(sorted(self.cluster.down))
         self.log("restart", f"restart hqnserver{rank}")
         self.cluster.start(rank)
@@ -596,16 +610,19 @@ class Nemesis:
             self.log("", f"hqnserver{rank} answers again")
 
     def do_heal(self) -> None:
+        """End every cut."""
         self.cluster.heal()
         self.log("heal", "heal every cut")
 
     def do_kill(self) -> None:
+        """SIGKILL any member still running (stopped ones too)."""
         candidates = [r for r in self.cluster.ranks if r not in self.cluster.down]
         rank = self.rng.choice(candidates)
         self.cluster.kill(rank)
         self.log("sigkill", f"SIGKILL hqnserver{rank}")
 
     def do_kill_primary(self) -> None:
+        """SIGKILL the member serving now (a random one if none serves)."""
         primary = self.cluster.primary(self.rng)
         if primary is None:
             self.log("", "kill-primary: no member serves now; SIGKILL a random one instead")
@@ -615,6 +632,7 @@ class Nemesis:
         self.log("sigkill-primary", f"SIGKILL the primary hqnserver{primary}")
 
     def do_stop(self) -> None:
+        """SIGSTOP a member: the primary half of the time."""
         up = self.cluster.up()
         primary = self.cluster.primary(self.rng) if self.rng.random() < 0.5 else None
         rank = primary if primary is not None else self.rng.choice(up)
@@ -622,6 +640,7 @@ class Nemesis:
         self.log("sigstop", f"SIGSTOP hqnserver{rank}" + (" (primary)" if primary else ""))
 
     def do_partition(self) -> None:
+        """Cut the network in one of the shapes of the module docstring."""
         c = self.cluster
         ranks = c.ranks
         loud = self.rng.random() < 0.25
@@ -1043,6 +1062,14 @@ def availability(history: History, size: int, bound: float, end: float) -> dict[
     for start, until in stable_majority(history.timeline, size, bound, end):
         eligible.update(range(math.ceil(start), math.floor(until)))  # whole buckets inside
     hits = len(eligible & served)
+    # What clients were told in the eligible seconds nobody was served: with an
+    # honest domain, NOTVERIFIED / LOSTMASTER (waiting for members), not NEW_MASTER.
+    told: collections.Counter[str] = collections.Counter(
+        attempt.answer
+        for op in history.operations
+        for attempt in op.attempts
+        if int(attempt.completed) in eligible - served
+    )
     longest = gap = 0
     previous = None
     for bucket in sorted(eligible):
@@ -1056,6 +1083,7 @@ def availability(history: History, size: int, bound: float, end: float) -> dict[
         "served_seconds": hits,
         "fraction": round(hits / len(eligible), 4) if eligible else None,
         "longest_unserved_seconds": longest,
+        "unserved_answers": dict(told),
     }
 
 
@@ -1098,7 +1126,9 @@ class ScheduleResult:
             f"  operations: {ops} ({self.sessions} sessions, {self.attempts} attempts)",
             f"  availability: {fraction} ({avail['served_seconds']} of "
             f"{avail['eligible_seconds']} s with a majority connected >= "
-            f"{c.availability_bound:g} s; longest unserved {avail['longest_unserved_seconds']} s)",
+            f"{c.availability_bound:g} s; longest unserved {avail['longest_unserved_seconds']} s"
+            + (f"; told then: {avail['unserved_answers']}" if avail["unserved_answers"] else "")
+            + ")",
             "  end: converged in "
             + ("NEVER" if self.converge_seconds is None else f"{self.converge_seconds:.1f} s")
             + f", primary hqnserver{self.final_primary}, {self.final_listed} licences listed",
@@ -1279,6 +1309,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds the clients run after the final convergence")
     parser.add_argument("--availability-bound", type=float, default=8.0,
                         help="seconds a majority must be connected before a bucket counts")
+    parser.add_argument("--no-calm", action="store_true",
+                        help="no calm steps (short schedules: every second to faults)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the daemons' trees here (short path: AF_UNIX sockets)")
     parser.add_argument("--log", action="store_true", help="print every nemesis action")
@@ -1301,6 +1333,7 @@ def config_of(args: argparse.Namespace, seed: int) -> ChaosConfig:
         count=args.count if args.count is not None else args.members,
         quiet=args.quiet,
         availability_bound=args.availability_bound,
+        calm=not args.no_calm,
     )
 
 

@@ -167,3 +167,4 @@ def test_availability_counts_only_stable_majorities() -> None:
     assert figures["eligible_seconds"] == 2 + 12
     assert figures["served_seconds"] == 2
     assert figures["longest_unserved_seconds"] == 10  # 30..39; 9 alone does not join them
+    assert figures["unserved_answers"] == {"NEW_MASTER": 1, "timeout": 1}

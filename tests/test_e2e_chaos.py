@@ -10,8 +10,10 @@ no confirmed licence lost, no released licence back, no handle held by two
 tokens, and the domain serving again after the heal. Any violation fails the
 test with the seed, the trace and the faults just before it.
 
-The schedules are short so that CI runs them in a couple of minutes;
-``python bench/chaos.py --schedules K --duration D`` runs many and longer ones.
+The schedules are short so that CI runs them in a couple of minutes, and
+leave out the calm steps (availability windows) so that every second goes to
+faults; ``python bench/chaos.py --schedules K --duration D`` runs many and
+longer ones, with calm steps and the availability figure.
 """
 
 from __future__ import annotations
@@ -40,15 +42,25 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+#: (members, seed). Without calm steps, the first fault steps of these seeds are
+#: (as drawn; a step that depends on the live state may differ):
+#: 105: SIGSTOP of the primary, primary killed, restart, the primary isolated;
+#: 128: the primary isolated, a restart storm, a one-way cut, the primary isolated;
+#: 116 (5 members): two primaries killed, SIGSTOP, restarts, the primary isolated.
+SCHEDULES = [(3, 105), (3, 128), (5, 116)]
+
+
 @pytest.mark.parametrize(
     ("members", "seed"),
-    [(3, 101), (3, 102), (5, 103)],
-    ids=["3-members-seed-101", "3-members-seed-102", "5-members-seed-103"],
+    SCHEDULES,
+    ids=[f"{members}-members-seed-{seed}" for members, seed in SCHEDULES],
 )
 def test_chaos_schedule_keeps_every_promise(workdir: Path, members: int, seed: int) -> None:
     """One seeded schedule: faults happen, clients get licences, and the checker
     finds no violation (a failure prints the replay command and the trace)."""
-    config = ChaosConfig(members=members, seed=seed, duration=DURATION, count=members)
+    config = ChaosConfig(
+        members=members, seed=seed, duration=DURATION, count=members, calm=False
+    )
     result = run_schedule(config, workdir / f"s{seed}")
     print(result.summary())
     print("nemesis log:\n" + result.nemesis_text())
