@@ -36,7 +36,21 @@ has a gap); `heal()` ends the partition and closes every such connection on
 both sides, so the ends reconnect at once, through the proxy, and those new
 connections are forwarded. `partition` may be called again to change the
 groups: connections that cross the new cut are severed, earlier severed ones
-stay severed. Every control call (`partition`, `heal`, `stats`, `close`) takes
+stay severed.
+
+Other shapes (`cut(pairs)`): a set of *directed* host pairs ``(A, B)``, "what
+A sends to B is lost", on top of the groups. Both directions of a pair cut: as
+a partition. Only one: a **one-way** cut. An existing connection between A and
+B keeps forwarding what B sends and silently drops what A sends (an end whose
+sending direction is cut that closes has its side closed, unseen by the other
+end); a new connection between them is black-holed (its handshake could not
+complete). Any subset of pairs can be cut, so cuts need not be transitive (A-B
+cut while both still reach C).
+
+``loud=True`` (either call) makes the cut *visible*: connections across it are
+reset (both ends, RST) instead of severed, and new ones are reset as soon as
+they are accepted, as a network that answers with ICMP unreachable or a
+firewall that rejects would. Every control call (`partition`, `heal`, `stats`, `close`) takes
 effect in the proxy thread before it returns: once `partition` has returned
 no byte crosses the cut.
 
@@ -136,6 +150,9 @@ class _Connection:
         self.connected = False
         self.connect_deadline = 0.0
         self.severed = False
+        #: one-way cuts: what the caller (up) / the target (down) sends is dropped
+        self.mute_up = False
+        self.mute_down = False
         self.to_up = bytearray()
         self.to_down = bytearray()
         self.eof_down = False
@@ -177,6 +194,8 @@ class FaultProxy:
         self._connections: set[_Connection] = set()
         self._registered: dict[socket.socket, int] = {}
         self._groups: dict[str, int] | None = None
+        self._drops: frozenset[tuple[str, str]] = frozenset()
+        self._loud = False
         self._stats: Stats = {}
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stopping = False
@@ -229,8 +248,9 @@ class FaultProxy:
     ) -> None:
         self.close()
 
-    def partition(self, groups: Iterable[Iterable[str]]) -> None:
-        """Cut every link between hosts of different groups (or in no group)."""
+    def partition(self, groups: Iterable[Iterable[str]], *, loud: bool = False) -> None:
+        """Cut every link between hosts of different groups (or in no group);
+        ``loud``: reset connections across the cut rather than sever them."""
         group_of: dict[str, int] = {}
         for index, group in enumerate(groups):
             for address in group:
@@ -238,7 +258,15 @@ class FaultProxy:
                 if host in group_of:
                     raise ValueError(f"{host} is in more than one group")
                 group_of[host] = index
-        self._call(lambda: self._partition(group_of))
+        self._call(lambda: self._partition(group_of, loud))
+
+    def cut(self, pairs: Iterable[tuple[str, str]], *, loud: bool = False) -> None:
+        """Also lose what A sends to B, for every ``(A, B)`` of ``pairs`` (directed;
+        replaces the pairs of an earlier `cut`, keeps the groups of `partition`)."""
+        drops = frozenset(
+            (loopback_address(source), loopback_address(target)) for source, target in pairs
+        )
+        self._call(lambda: self._cut(drops, loud))
 
     def heal(self) -> None:
         """End the partition; close every severed and black-holed connection."""
@@ -334,11 +362,20 @@ class FaultProxy:
     def _link(self, link: tuple[str, str]) -> LinkStats:
         return self._stats.setdefault(link, LinkStats())
 
-    def _is_cut(self, caller: str, target: str) -> bool:
-        if self._groups is None or caller == target:
+    def _sends_lost(self, source: str, target: str) -> bool:
+        """What ``source`` sends to ``target`` is lost (a group split or a directed cut)."""
+        if source == target:
             return False
-        group = self._groups.get(caller)
+        if (source, target) in self._drops:
+            return True
+        if self._groups is None:
+            return False
+        group = self._groups.get(source)
         return group is None or group != self._groups.get(target)
+
+    def _is_cut(self, caller: str, target: str) -> bool:
+        """Some direction between the two hosts is cut: no new connection completes."""
+        return self._sends_lost(caller, target) or self._sends_lost(target, caller)
 
     def _accept(self, listener: socket.socket) -> None:
         target = self._listeners[listener]
@@ -356,6 +393,12 @@ class FaultProxy:
                 down.close()
                 continue
             if len(self._connections) >= self.max_connections:
+                down.close()
+                continue
+            if self._loud and self._is_cut(caller, target[0]):
+                self._link((caller, target[0])).black_holed += 1
+                with contextlib.suppress(OSError):
+                    down.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 down.close()
                 continue
             connection = _Connection(caller, target, down)
@@ -418,7 +461,7 @@ class FaultProxy:
     def _read(self, connection: _Connection, sock: socket.socket) -> None:
         data = sock.recv(CHUNK)
         from_down = sock is connection.down
-        if connection.severed:
+        if connection.severed or (connection.mute_up if from_down else connection.mute_down):
             if data:
                 self._link(connection.link).bytes_dropped += len(data)
             else:
@@ -534,10 +577,37 @@ class FaultProxy:
         connection.down = connection.up = None
         self._connections.discard(connection)
 
-    def _partition(self, group_of: dict[str, int]) -> None:
+    def _partition(self, group_of: dict[str, int], loud: bool = False) -> None:
         self._groups = group_of
+        self._apply_cuts(loud)
+
+    def _cut(self, drops: frozenset[tuple[str, str]], loud: bool) -> None:
+        self._drops = drops
+        self._apply_cuts(loud)
+
+    def _apply_cuts(self, loud: bool) -> None:
+        """Sever (or reset, when loud) connections cut both ways; mute one-way ones."""
+        self._loud = loud
         for connection in list(self._connections):
             if connection.severed or not self._is_cut(*connection.link):
+                continue
+            if loud:
+                self._link(connection.link).severed += 1
+                self._close(connection, reset=True)
+                continue
+            caller, target = connection.link
+            up_lost = self._sends_lost(caller, target)
+            down_lost = self._sends_lost(target, caller)
+            if not (up_lost and down_lost):
+                if up_lost and not connection.mute_up:
+                    connection.mute_up = True
+                    connection.to_up.clear()
+                    self._link(connection.link).severed += 1
+                if down_lost and not connection.mute_down:
+                    connection.mute_down = True
+                    connection.to_down.clear()
+                    self._link(connection.link).severed += 1
+                self._update(connection)
                 continue
             connection.severed = True
             connection.to_up.clear()
@@ -551,8 +621,10 @@ class FaultProxy:
 
     def _heal(self) -> None:
         self._groups = None
+        self._drops = frozenset()
+        self._loud = False
         for connection in list(self._connections):
-            if connection.severed:
+            if connection.severed or connection.mute_up or connection.mute_down:
                 self._close(connection)
 
     def _close_sockets(self) -> None:

@@ -336,6 +336,56 @@ def test_heal_closes_severed_connections_and_forwards_new_ones(
     assert proxy.open_connections() == 1
 
 
+def test_one_way_cut_forwards_one_direction_and_drops_the_other(
+    proxy: FaultProxy, other_server: Server, sockets: list[socket.socket]
+) -> None:
+    """``cut([(A, B)])``: what the caller A sends is dropped, what B sends still
+    arrives; a new connection between them is black-holed; heal closes the muted one."""
+    client, conn = connected_pair(sockets, proxy, other_server, 1)
+    proxy.cut([(CALLER, OTHER_SERVER)])
+    client.sendall(b"lost")
+    eventually(
+        "the proxy dropped the caller's bytes",
+        lambda: link(proxy, CALLER, OTHER_SERVER).bytes_dropped == len(b"lost"),
+    )
+    assert nothing_to_read(conn)
+    conn.sendall(b"still arrives")
+    assert receive_exactly(client, 13) == b"still arrives"
+    dial(sockets, proxy, 1)
+    eventually("black-holed", lambda: link(proxy, CALLER, OTHER_SERVER).black_holed == 1)
+    assert not other_server.has_pending()
+    proxy.heal()
+    assert closed_by_peer(client)
+    assert closed_by_peer(conn)
+
+
+def test_cut_of_one_pair_is_not_transitive(
+    proxy: FaultProxy, server: Server, other_server: Server, sockets: list[socket.socket]
+) -> None:
+    """A pair cut both ways leaves the caller's links to other hosts alone."""
+    cut_client, cut_conn = connected_pair(sockets, proxy, other_server, 1)
+    proxy.cut([(CALLER, OTHER_SERVER), (OTHER_SERVER, CALLER)])
+    cut_client.sendall(b"x")
+    eventually("dropped", lambda: link(proxy, CALLER, OTHER_SERVER).bytes_dropped == 1)
+    assert nothing_to_read(cut_conn)
+    client, conn = connected_pair(sockets, proxy, server, 0)
+    client.sendall(b"fine")
+    assert receive_exactly(conn, 4) == b"fine"
+
+
+def test_loud_partition_resets_connections_across_the_cut(
+    proxy: FaultProxy, other_server: Server, sockets: list[socket.socket]
+) -> None:
+    """``loud=True``: both ends of a connection across the cut are told at once, and
+    a new connection across it is reset."""
+    client, conn = connected_pair(sockets, proxy, other_server, 1)
+    proxy.partition([[CALLER], [OTHER_SERVER]], loud=True)
+    assert closed_by_peer(client)
+    assert closed_by_peer(conn)
+    assert closed_at_once(sockets, proxy, 1)
+    assert not other_server.has_pending()
+
+
 def test_a_refused_upstream_closes_the_caller(server: Server, sockets: list[socket.socket]) -> None:
     """Nothing listening behind the proxy: the caller's connection is closed."""
     with socket.socket() as probe:
