@@ -149,11 +149,21 @@ def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:
     assert domain_product(first)["floating_used"] == 0
 
     # The usage reports record the role changes and the domain's grants (on the primary).
+    # A view change (the restarted member admitted again) passes through takeover
+    # and back: wait, bounded, for each member's role record to settle.
+    def last_role(daemon: Daemon) -> Ok:
+        roles = [r["role"] for r in usage_records(daemon) if r["event"] == "role"]
+        return Ok.of(role=roles[-1] if roles else "")
+
+    for daemon, role in ((first, "primary"), (second, "backup")):
+        wait_for(
+            f"the last role record of {daemon.name} says {role}",
+            lambda daemon=daemon: last_role(daemon),
+            lambda reply, role=role: reply.get("role") == role,
+            ELECTION_BOUND,
+        )
     first_usage = usage_records(first)
-    roles = [r for r in first_usage if r["event"] == "role"]
-    assert roles and roles[-1]["role"] == "primary", roles
     assert any(r["event"] == "grant" and r.get("handle") == handle for r in first_usage)
-    assert [r["role"] for r in usage_records(second) if r["event"] == "role"][-1] == "backup"
 
     # hqn_lsa's text on the backup: where the product is served, where a change was made.
     text = lsa(second, "-listp")
