@@ -305,7 +305,11 @@ class HqnlsdService(MultiService):
         """Periodic work; logs its own errors so one failure never stops the timer."""
         try:
             assert self.journal is not None
-            self.journal.submit(self.engine.expire().events)
+            self.journal.submit(self.engine.expire().events).addErrback(
+                lambda failure: self.log.failure(
+                    "housekeeping: journal commit failed (the events stay queued)", failure
+                )
+            )
         except Exception:
             self.log.failure("housekeeping failed")
         if self.domains is not None:
