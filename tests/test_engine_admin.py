@@ -361,3 +361,31 @@ def test_reload_keeps_holders_only_if_pools_fit(field: str) -> None:
     changes: dict[str, Any] = {field: 2}
     engine.load_products([dataclasses.replace(base, **changes)])
     assert is_lost(engine, held.handle, "permit-changed")
+
+
+# -- the manual's policy locks (MNEM!) and conversions (issue 11) ------------------------------
+
+
+def test_admin_lock_fixes_a_flag_until_the_permit_is_re_read() -> None:
+    """policy MNEM!: the flag is locked by the administrator; a later change of it is
+    refused by the engine, other flags still change; a re-read of the permit (even an
+    unchanged one) unlocks it; the lock survives a snapshot and restore."""
+    engine, clock = make_engine()
+    done(engine.set_policy(*KEY, int(Policy.GRAB | Policy.UVIS), lock=int(Policy.UVIS)))
+    assert engine.status()[0].admin_locks == int(Policy.UVIS)
+    message = refused(engine.set_policy(*KEY, int(Policy.GRAB)))
+    assert "UVIS" in message and "locked" in message
+    done(engine.set_policy(*KEY, int(Policy.GRAB | Policy.UVIS | Policy.TIML)))
+    copy = Engine(clock, lambda: "x", today=utc_day)
+    copy.restore(engine.snapshot())
+    assert copy.status()[0].admin_locks == int(Policy.UVIS)
+    reread = engine.load_products((make_permit(),))
+    assert reread.events, "a re-read with admin locks in force must record their end"
+    assert engine.status()[0].admin_locks == 0
+    done(engine.set_policy(*KEY, int(Policy.GRAB)))
+
+
+def test_admin_lock_of_an_unknown_bit_is_refused() -> None:
+    """A lock of a bit no flag has is ILLEGAL and changes nothing."""
+    engine, _ = make_engine()
+    refused(engine.set_policy(*KEY, int(Policy.GRAB), lock=1 << 12))

@@ -122,8 +122,42 @@ def _product_and(
     return build
 
 
+#: What each policy flag does, for ``policy`` without arguments.
+POLICY_MEANINGS: dict[str, str] = {
+    "GRAB": "free a licence not updated within the crashout time, at the next request",
+    "ONPN": "one floating licence per machine; locked nodes: one per listing",
+    "TIML": "a licence may be held at most the timeout while others are waiting",
+    "LKNL": "as TIML, but locked nodes are exempt",
+    "LKNF": "locked nodes may not take floating licences",
+    "LKPR": "locked-node users take priority over floating users",
+    "UVIS": "applications may list the current users",
+    "USRL": "named users (adduser) get guaranteed licences",
+    "ACCL": "per-user / per-group access levels 0..8 (adduacc, addgacc)",
+}
+
+
+def policy_table() -> str:
+    """``policy`` without arguments: every policy, its mnemonic and bit, and the words."""
+    lines = ["policies (mnemonic, bit, meaning):"]
+    for index, flag in enumerate(Policy):
+        name = flag.name or "?"
+        meaning = POLICY_MEANINGS.get(name, "")
+        lines.append(f"  {name:<5} 0x{int(flag):03x}  bit {index:<2} {meaning}")
+    lines.append(
+        "policy PRODUCT MNEM turns a policy on, MNEM- turns it off, MNEM! locks it as it "
+        "is until the permit is re-read; policy PRODUCT VALUE sets the whole word. Changes "
+        "to locked policies (by the publisher or with !) are ignored, and the reply says so."
+    )
+    return "\n".join(lines)
+
+
+_POLICY_USAGE = "policy [PRODUCT [VALUE | MNEM | MNEM- | MNEM! ...]]"
+
+
 def _policy(words: Sequence[str]) -> dict[str, Any]:
-    product, rest = _product(words, "policy PRODUCT [VALUE | FLAG ... | FLAG+ FLAG- ...]")
+    if not words:
+        return {"list": True}
+    product, rest = _product(words, _POLICY_USAGE)
     return {"product": product, "value": " ".join(rest) or None}
 
 
@@ -259,8 +293,10 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "policy",
         "p",
-        "policy PRODUCT [VALUE | FLAG ... | FLAG+ FLAG- ...]",
-        "show or set the policy flags (flags locked by the publisher cannot change)",
+        _POLICY_USAGE,
+        "no arguments: list the policies and mnemonics; PRODUCT: show its policies; "
+        "MNEM turns one on, MNEM- off, MNEM! locks it until the permit is re-read "
+        "(changes to locked policies are ignored); VALUE sets the whole word",
         request="policy",
         build=_policy,
     ),

@@ -84,7 +84,7 @@ CHANGES = frozenset(
 #: Changes a member forwards to the acting primary of a domain product's domain.
 FORWARDED = CHANGES - {"loglevel", "recover"}
 
-_POLICY_WORD = re.compile(r"^([A-Za-z]+)([+-]?)$")
+_POLICY_WORD = re.compile(r"^([A-Za-z]+)([+!-]?)$")
 _NUMBER = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
 
 
@@ -124,17 +124,37 @@ class _Forward(Exception):
         self.target = target
 
 
-def parse_policy(text: str, current: int, locks: int) -> int:
-    """The policy flags after ``policy`` text, relative to ``current`` flags.
+@dataclass(frozen=True)
+class PolicyPlan:
+    """What ``policy`` words do: the flags after them, the flags they lock
+    (``MNEM!``), and the flags whose change was ignored because they are locked."""
 
-    A number (``0x41``, ``65``) is the whole word: its low 16 bits are the flags;
-    its high 16 bits, if any, must be the publisher's locks as they are. Names
-    (``GRAB UVIS``) set exactly those flags when none has a sign; ``NAME+`` and
-    ``NAME-`` turn one flag on or off and keep the others. Raises AdminError.
+    flags: int
+    lock: int
+    ignored: list[str]
+
+
+def plan_policy(text: str, current: int, locks: int, admin_locks: int = 0) -> PolicyPlan:
+    """The manual's ``policy p [val | mnemonic[-|!] ...]``, relative to ``current`` flags.
+
+    A number (``0x41``, ``65``) replaces the whole word except the locked flags; its
+    high 16 bits, if any, must be the publisher's locks as they are. ``MNEM`` turns a
+    flag on (``MNEM+`` too), ``MNEM-`` off, ``MNEM!`` locks it as it is until the
+    permit is re-read. Changes to a flag locked by the publisher (``locks``) or the
+    administrator (``admin_locks``, or an earlier ``!`` in the same words) are
+    ignored and named in ``ignored``. Raises AdminError for a bad word.
     """
     words = text.replace(",", " ").split()
     if not words:
         raise AdminError("ILLEGAL", "policy: give a number or flag names")
+    frozen = locks | admin_locks
+    ignored: list[str] = []
+
+    def note(bits: int) -> None:
+        for flag in Policy:
+            if bits & int(flag) and flag.name and flag.name not in ignored:
+                ignored.append(flag.name)
+
     if len(words) == 1 and _NUMBER.match(words[0]):
         number = int(words[0], 0)
         if number >> 32:
@@ -146,9 +166,10 @@ def parse_policy(text: str, current: int, locks: int) -> int:
                 f"policy {words[0]}: the high 16 bits are the publisher's locks "
                 f"(0x{locks:04x} for this product) and cannot be changed",
             )
-        return number & 0xFFFF
-    signed = any(word.endswith(("+", "-")) for word in words)
-    flags = current if signed else 0
+        wanted = number & 0xFFFF & KNOWN_FLAGS
+        note((wanted ^ current) & frozen)
+        return PolicyPlan((wanted & ~frozen) | (current & frozen), 0, ignored)
+    flags, lock = current, 0
     known = {flag.name: int(flag) for flag in Policy if flag.name}
     for word in words:
         match = _POLICY_WORD.match(word)
@@ -156,14 +177,29 @@ def parse_policy(text: str, current: int, locks: int) -> int:
         if match is None or name not in known:
             raise AdminError(
                 "ILLEGAL",
-                f"policy: {word!r} is not a policy flag; flags: {' '.join(known)} "
-                "(NAME+ turns one on, NAME- off; bare names set exactly those)",
+                f"policy: {word!r} is not a policy word; flags: {' '.join(known)} "
+                "(NAME turns one on, NAME- off, NAME! locks it until the permit is re-read)",
             )
-        if match.group(2) == "-":
-            flags &= ~known[name]
-        else:
-            flags |= known[name]
-    return flags & KNOWN_FLAGS
+        bit, sign = known[name], match.group(2)
+        if sign == "!":
+            lock |= bit & ~locks
+            continue
+        wanted = flags & ~bit if sign == "-" else flags | bit
+        if (wanted ^ flags) & (frozen | lock):
+            note(bit)
+            continue
+        flags = wanted
+    return PolicyPlan(flags & KNOWN_FLAGS, lock & ~admin_locks, ignored)
+
+
+def parse_policy(text: str, current: int, locks: int) -> int:
+    """The policy flags after ``policy`` text (see `plan_policy`), relative to ``current``."""
+    return plan_policy(text, current, locks).flags
+
+
+def _names(flags: int) -> list[str]:
+    """The names of the policy flags set in ``flags``."""
+    return [flag.name for flag in Policy if flags & int(flag) and flag.name]
 
 
 def _status_dict(index: int, status: ProductStatus) -> dict[str, Any]:
@@ -174,6 +210,7 @@ def _status_dict(index: int, status: ProductStatus) -> dict[str, Any]:
         "version": status.version,
         "policy": status.policy,
         "policy_text": describe(status.policy),
+        "admin_locked": _names(status.admin_locks),
         "node_count": status.node_count,
         "floating_count": status.floating_count,
         "locked_used": status.locked_used,
@@ -787,15 +824,29 @@ class AdminHandler:
         target = self._product(args, change=not query)
         status = self._current(target)
         if query:
-            return {"policy": status.policy, "policy_text": describe(status.policy)}
+            return {
+                "policy": status.policy,
+                "policy_text": describe(status.policy),
+                "admin_locked": _names(status.admin_locks),
+            }
         if not isinstance(value, str):
             raise AdminError(wire.BAD_REQUEST, "the policy value must be text")
-        flags = parse_policy(value, status.policy & 0xFFFF, status.policy >> 16)
-        outcome = target.engine.set_policy(target.publisher, target.product, flags)
+        plan = plan_policy(
+            value, status.policy & 0xFFFF, status.policy >> 16, status.admin_locks
+        )
+        outcome = target.engine.set_policy(
+            target.publisher, target.product, plan.flags, plan.lock
+        )
 
         def add_word(answer: dict[str, Any]) -> dict[str, Any]:
-            word = self._current(target).policy
-            answer.update(policy=word, policy_text=describe(word))
+            now = self._current(target)
+            answer.update(
+                policy=now.policy,
+                policy_text=describe(now.policy),
+                admin_locked=_names(now.admin_locks),
+                locked=_names(plan.lock),
+                ignored=plan.ignored,
+            )
             return answer
 
         return self._change(target, outcome, "policy", who).addCallback(add_word)

@@ -260,7 +260,13 @@ def _listu(result: dict[str, Any]) -> str:
 
 def _policy(result: dict[str, Any]) -> str:
     text = f"policy 0x{result['policy']:x}: {result['policy_text']}"
-    return f"{result['message']}; {text}" if "message" in result else text
+    if result.get("admin_locked"):
+        text += f" admin-locked:{','.join(result['admin_locked'])}"
+    if "message" in result:
+        text = f"{result['message']}; {text}"
+    if result.get("ignored"):
+        text += f"\nignored (locked): {' '.join(result['ignored'])}"
+    return text
 
 
 def _setting(name: str) -> Any:
@@ -322,6 +328,7 @@ def _recover(result: dict[str, Any]) -> str:
 
 
 _RENDERERS: dict[str, Any] = {
+    "policies": lambda result: str(result["text"]),
     "sinfo": _sinfo,
     "listhqn": _listhqn,
     "listp": _listp,

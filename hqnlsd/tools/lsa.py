@@ -231,6 +231,10 @@ class Session:
     def run(self, planned: Planned) -> None:
         """Run one parsed command."""
         command = planned.command
+        if command.name == "policy" and planned.args.get("list"):
+            # The manual's `policy` alone: the policies and mnemonics, answered here.
+            self._show(None, "policies", {"text": catalogue.policy_table()})
+            return
         if command.kind == "setting":
             self._setting(planned)
         elif command.kind == "local":

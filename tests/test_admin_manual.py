@@ -1,0 +1,116 @@
+"""``hqn_lsa`` commands as the original manual describes them (issue 11): parsing in
+`hqnlsd.admin.commands` and the handler on a real engine and journal (`task.Clock`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hqnlsd.admin.commands import parse_command, policy_table
+from hqnlsd.admin.handler import AdminError, plan_policy
+from hqnlsd.admin.render import render
+from hqnlsd.licensing.policy import Policy
+from tests.test_admin_handler import WIDGET, Rig, write_site
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A started daemon core with two products (Widget: GRAB, 3 floating; Gadget: 1+2)."""
+    write_site(tmp_path)
+    made = Rig(tmp_path)
+    yield made
+    made.stop()
+
+
+def policy_of(rig: Rig, index: int = 1) -> int:
+    """The low 16 bits (flags) of product ``index``'s policy word."""
+    return int(rig.product(index)["policy"]) & 0xFFFF
+
+
+# -- 1. policy: MNEM turns on, MNEM- off, MNEM! locks; locked changes are ignored --------------
+
+
+def test_bare_mnemonic_turns_one_flag_on_and_keeps_the_others(rig: Rig) -> None:
+    """`policy p TIML` on a GRAB UVIS product gives GRAB TIML UVIS (it used to give TIML)."""
+    rig.call("policy", product=WIDGET, value="UVIS")
+    rig.call("policy", product=WIDGET, value="TIML")
+    assert policy_of(rig) == int(Policy.GRAB | Policy.TIML | Policy.UVIS)
+    rig.call("policy", product=WIDGET, value="GRAB-")
+    assert policy_of(rig) == int(Policy.TIML | Policy.UVIS)
+
+
+def test_bang_locks_a_flag_until_the_permit_is_re_read(rig: Rig) -> None:
+    """`policy p UVIS!` locks UVIS: `UVIS-` is then ignored (the reply says so) while
+    other words still apply; a re-read of the permits (SIGHUP) unlocks it."""
+    answer = rig.call("policy", product=WIDGET, value="UVIS UVIS!")
+    assert answer["locked"] == ["UVIS"]
+    answer = rig.call("policy", product=WIDGET, value="UVIS- TIML")
+    assert answer["ignored"] == ["UVIS"]
+    assert "ignored" in render("policy", answer) and "UVIS" in render("policy", answer)
+    assert policy_of(rig) == int(Policy.GRAB | Policy.TIML | Policy.UVIS)
+    assert "UVIS" in rig.product(1)["admin_locked"]
+    rig.root.reload()
+    rig.clock.advance(0)
+    assert rig.product(1)["admin_locked"] == []
+    rig.call("policy", product=WIDGET, value="UVIS-")
+    assert policy_of(rig) == int(Policy.GRAB | Policy.TIML)
+
+
+def test_publisher_locked_flag_change_is_ignored_and_said(tmp_path: Path) -> None:
+    """A change to a flag the publisher locked is ignored, not refused: the other words
+    apply and the reply names the ignored flag."""
+    write_site(tmp_path, policy=int(Policy.GRAB) | int(Policy.GRAB) << 16)
+    locked = Rig(tmp_path)
+    try:
+        answer = locked.call("policy", product={"index": 1}, value="GRAB- UVIS")
+        assert answer["ignored"] == ["GRAB"]
+        assert answer["policy"] == 0x10041
+        answer = locked.call("policy", product={"index": 1}, value="0x0")
+        assert answer["ignored"] == ["GRAB"] and answer["policy"] == 0x10001
+    finally:
+        locked.stop()
+
+
+@pytest.mark.parametrize(
+    ("text", "current", "locks", "admin", "flags", "lock", "ignored"),
+    [
+        ("TIML", 0x41, 0, 0, 0x45, 0, []),
+        ("TIML-", 0x45, 0, 0, 0x41, 0, []),
+        ("TIML!", 0x45, 0, 0, 0x45, 0x4, []),
+        ("GRAB- UVIS", 0x1, 0x1, 0, 0x41, 0, ["GRAB"]),
+        ("UVIS-", 0x41, 0, 0x40, 0x41, 0, ["UVIS"]),
+        ("UVIS! UVIS-", 0x41, 0, 0, 0x41, 0x40, ["UVIS"]),
+        ("0x4", 0x41, 0, 0x40, 0x44, 0, ["UVIS"]),
+        ("GRAB", 0x1, 0, 0, 0x1, 0, []),
+    ],
+)
+def test_plan_policy(
+    text: str, current: int, locks: int, admin: int, flags: int, lock: int, ignored: list[str]
+) -> None:
+    """The manual's policy words, relative to the current flags and both kinds of lock."""
+    plan = plan_policy(text, current, locks, admin)
+    assert (plan.flags, plan.lock, plan.ignored) == (flags, lock, ignored)
+
+
+@pytest.mark.parametrize("text", ["FOO", "TIML?", "TIML!-", "0x20041"])
+def test_plan_policy_refuses_bad_words(text: str) -> None:
+    """Unknown names and suffixes, and foreign lock bits, are ILLEGAL."""
+    with pytest.raises(AdminError):
+        plan_policy(text, 0x1, 0x1, 0)
+
+
+def test_policy_without_arguments_lists_every_policy_and_mnemonic() -> None:
+    """`policy` alone is answered by hqn_lsa itself: every flag, its bit and meaning."""
+    planned = parse_command(["policy"])
+    assert planned.command.kind == "local" or planned.args == {"list": True}
+    text = policy_table()
+    for flag in Policy:
+        assert flag.name is not None and flag.name in text
+    assert "MNEM!" in text
+
+
+def test_policy_with_a_product_only_shows_it() -> None:
+    """`policy 1` asks for the product's flags (no value)."""
+    assert parse_command(["policy", "1"]).args == {"product": {"index": 1}, "value": None}
