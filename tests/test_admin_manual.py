@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hqnlsd.admin.commands import parse_command, policy_table
+from hqnlsd.admin.commands import UsageError, parse_command, policy_table
 from hqnlsd.admin.handler import AdminError, plan_policy
 from hqnlsd.admin.render import render
 from hqnlsd.licensing.policy import Policy
@@ -114,3 +114,33 @@ def test_policy_without_arguments_lists_every_policy_and_mnemonic() -> None:
 def test_policy_with_a_product_only_shows_it() -> None:
     """`policy 1` asks for the product's flags (no value)."""
     assert parse_command(["policy", "1"]).args == {"product": {"index": 1}, "value": None}
+
+
+# -- 2. crashout / timeout: a bare number is minutes ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("word", "seconds"),
+    [("10", 600.0), ("1.5", 90.0), ("10m", 600.0), ("90s", 90.0), ("1h", 3600.0), ("2H", 7200.0)],
+)
+def test_times_are_minutes_unless_a_unit_is_given(word: str, seconds: float) -> None:
+    """`crashout p 10` and `timeout p 10` mean 10 minutes, as in the manual; 90s, 10m, 1h."""
+    assert parse_command(["crashout", "1", word]).args == {
+        "product": {"index": 1},
+        "seconds": seconds,
+    }
+    assert parse_command(["t", "1", word]).args["seconds"] == seconds
+
+
+@pytest.mark.parametrize("word", ["ten", "10x", "-5", ""])
+def test_bad_times_are_refused(word: str) -> None:
+    """Anything but a number with an optional s/m/h unit is a usage error."""
+    with pytest.raises(UsageError):
+        parse_command(["timeout", "1", word])
+
+
+def test_timeout_in_minutes_reaches_the_engine_and_listp(rig: Rig) -> None:
+    """`timeout 1 10` sets 600 s; listp+ shows it as 10m."""
+    rig.call("timeout", **parse_command(["timeout", "1", "10"]).args)
+    assert rig.product(1)["timeout"] == 600.0
+    assert "10m" in render("listp+", rig.call("listp"))

@@ -71,14 +71,18 @@ def _int(word: str, what: str, usage: str) -> int:
 
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smh]?)$", re.IGNORECASE)
-_UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: A bare number is minutes, as the manual's ``crashout p t`` and ``timeout p t``.
+_UNIT = {"": 60.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(word: str) -> float:
-    """Seconds of ``90``, ``90s``, ``5m`` or ``2h``; UsageError otherwise."""
+    """Seconds of ``10`` (minutes, as in the manual), ``10m``, ``90s`` or ``2h``;
+    UsageError otherwise."""
     match = _DURATION.match(word.strip())
     if match is None:
-        raise UsageError(f"{word!r} is not a time: give seconds (90), minutes (5m) or hours (2h)")
+        raise UsageError(
+            f"{word!r} is not a time: give minutes (10 or 10m), seconds (90s) or hours (2h)"
+        )
     return float(match.group(1)) * _UNIT[match.group(2).lower()]
 
 
@@ -162,7 +166,7 @@ def _policy(words: Sequence[str]) -> dict[str, Any]:
 
 
 def _seconds(what: str) -> Callable[[Sequence[str]], dict[str, Any]]:
-    usage = f"{what} PRODUCT [SECONDS | 5m | 1h | default]"
+    usage = f"{what} PRODUCT [MINUTES | 10m | 90s | 1h | default]"
 
     def build(words: Sequence[str]) -> dict[str, Any]:
         product, rest = _product(words, usage)
@@ -311,16 +315,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "crashout",
         "c",
-        "crashout PRODUCT [SECONDS | 5m | 1h | default]",
-        "show or set the GRAB crashout time",
+        "crashout PRODUCT [MINUTES | 10m | 90s | 1h | default]",
+        "show or set the GRAB crashout time (a bare number is minutes)",
         request="crashout",
         build=_seconds("crashout"),
     ),
     Command(
         "timeout",
         "t",
-        "timeout PRODUCT [SECONDS | 5m | 1h | default]",
-        "show or set the TIML / LKNL timeout",
+        "timeout PRODUCT [MINUTES | 10m | 90s | 1h | default]",
+        "show or set the TIML / LKNL timeout (a bare number is minutes)",
         request="timeout",
         build=_seconds("timeout"),
     ),
