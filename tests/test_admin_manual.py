@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +145,67 @@ def test_timeout_in_minutes_reaches_the_engine_and_listp(rig: Rig) -> None:
     rig.call("timeout", **parse_command(["timeout", "1", "10"]).args)
     assert rig.product(1)["timeout"] == 600.0
     assert "10m" in render("listp+", rig.call("listp"))
+
+
+# -- 3. several items per command -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "requests"),
+    [
+        (["kill", "1", "2", "3"], [{"index": 2}, {"index": 3}]),
+        (["kill", "abcdef0123"], [{"handle": "abcdef0123"}]),
+        (
+            ["n+", "2", "10.0.0.9", "0x7", "10.0.0.10", "8"],
+            [
+                {"address": "10.0.0.9", "unique_id": 7},
+                {"address": "10.0.0.10", "unique_id": 8},
+            ],
+        ),
+        (["n-", "2", "10.0.0.9", "10.0.0.10"], [{"address": "10.0.0.9"}, {"address": "10.0.0.10"}]),
+        (["e+", "1", "boxa", "boxb"], [{"host": "boxa"}, {"host": "boxb"}]),
+        (["e-", "1", "boxa", "boxb"], [{"host": "boxa"}, {"host": "boxb"}]),
+        (["ul+", "1", "ann", "bob"], [{"user": "ann"}, {"user": "bob"}]),
+        (["ul-", "1", "ann", "bob"], [{"user": "ann"}, {"user": "bob"}]),
+        (
+            ["ua+", "1", "ann", "3", "bob", "4"],
+            [{"user": "ann", "level": 3}, {"user": "bob", "level": 4}],
+        ),
+        (["ua-", "1", "ann", "bob"], [{"user": "ann"}, {"user": "bob"}]),
+        (
+            ["ga+", "1", "staff", "2", "ops", "5"],
+            [{"group": "staff", "level": 2}, {"group": "ops", "level": 5}],
+        ),
+        (["ga-", "1", "staff", "ops"], [{"group": "staff"}, {"group": "ops"}]),
+    ],
+)
+def test_commands_take_several_items(words: list[str], requests: list[dict[str, Any]]) -> None:
+    """The manual's `k p n [n ...]`, `n+ p host hostid [host hostid ...]`, `n- p host
+    [host ...]`, `e+`/`e-`, `ul+`/`ul-`, `ua+ p user lev [user lev ...]` and the others:
+    one request per item, each naming the product."""
+    planned = parse_command(words)
+    product = {"index": int(words[1])} if words[1].isdigit() else None
+    expected = [
+        {**({"product": product} if product and "handle" not in r else {}), **r} for r in requests
+    ]
+    if words[0] == "kill" and len(words) > 2:
+        expected = [{"product": {"index": 1}, "index": r["index"]} for r in requests]
+    assert list(planned.requests) == expected
+    assert planned.args == expected[0]
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["kill", "1"],
+        ["kill", "1", "x"],
+        ["n+", "2"],
+        ["ua+", "1", "ann"],
+        ["ua+", "1", "ann", "3", "bob"],
+        ["e+", "1"],
+    ],
+)
+def test_incomplete_item_lists_are_usage_errors(words: list[str]) -> None:
+    """A missing host, level or licence number is refused before anything is sent."""
+    with pytest.raises(UsageError):
+        parse_command(words)

@@ -36,7 +36,8 @@ class Command:
     asks: str = ""
     #: The admin protocol command it sends (server commands).
     request: str = ""
-    build: Callable[[Sequence[str]], dict[str, Any]] | None = None
+    #: Words to request arguments: one dict, or one per item (several items).
+    build: Callable[[Sequence[str]], dict[str, Any] | list[dict[str, Any]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,9 @@ class Planned:
     command: Command
     args: dict[str, Any]
     words: tuple[str, ...]
+    #: One request per item for the commands that take several (``kill p n [n ...]``):
+    #: sent in order; ``args`` is the first.
+    requests: tuple[dict[str, Any], ...] = ()
 
 
 def _product(words: Sequence[str], usage: str) -> tuple[dict[str, Any], list[str]]:
@@ -107,25 +111,6 @@ def _product_only(
     return build
 
 
-def _product_and(
-    usage: str, *names: str, optional: Sequence[str] = ()
-) -> Callable[[Sequence[str]], dict[str, Any]]:
-    def build(words: Sequence[str]) -> dict[str, Any]:
-        product, rest = _product(words, usage)
-        args: dict[str, Any] = {"product": product}
-        for name in names:
-            if not rest:
-                raise UsageError(f"missing {name.upper()}: {usage}")
-            args[name] = rest.pop(0)
-        for name in optional:
-            if rest:
-                args[name] = rest.pop(0)
-        _no_more(rest, usage)
-        return args
-
-    return build
-
-
 #: What each policy flag does, for ``policy`` without arguments.
 POLICY_MEANINGS: dict[str, str] = {
     "GRAB": "free a licence not updated within the crashout time, at the next request",
@@ -181,27 +166,55 @@ def _seconds(what: str) -> Callable[[Sequence[str]], dict[str, Any]]:
     return build
 
 
-def _kill(words: Sequence[str]) -> dict[str, Any]:
-    usage = "kill HANDLE | kill PRODUCT LICENCE-NUMBER"
-    if len(words) == 1:
-        return {"handle": words[0]}
+def _is_number(word: str) -> bool:
+    try:
+        int(word, 0)
+    except ValueError:
+        return False
+    return True
+
+
+def _kill(words: Sequence[str]) -> list[dict[str, Any]]:
+    usage = "kill PRODUCT LICENCE-NUMBER [LICENCE-NUMBER ...] | kill HANDLE [HANDLE ...]"
+    if words and not any(_is_number(word) for word in words):
+        # No licence number anywhere: handles (a product name always ends in numbers).
+        return [{"handle": word} for word in words]
     product, rest = _product(words, usage)
-    if len(rest) != 1:
-        raise UsageError(usage)
-    return {"product": product, "index": _int(rest[0], "licence number", usage)}
+    if not rest:
+        raise UsageError(f"give the licence number(s) from listu: {usage}")
+    return [
+        {"product": product, "index": _int(word, "licence number", usage)} for word in rest
+    ]
 
 
-def _node(name: str) -> Callable[[Sequence[str]], dict[str, Any]]:
-    usage = f"{name} PRODUCT ADDRESS [UNIQUE-ID]"
+def _node(name: str) -> Callable[[Sequence[str]], list[dict[str, Any]]]:
+    usage = f"{name} PRODUCT HOST [HOSTID] [HOST [HOSTID] ...]"
 
-    def build(words: Sequence[str]) -> dict[str, Any]:
+    def build(words: Sequence[str]) -> list[dict[str, Any]]:
         product, rest = _product(words, usage)
-        if not 1 <= len(rest) <= 2:
-            raise UsageError(usage)
-        args: dict[str, Any] = {"product": product, "address": rest[0]}
-        if len(rest) == 2:
-            args["unique_id"] = _int(rest[1], "unique id", usage)
-        return args
+        if not rest:
+            raise UsageError(f"name the host(s): {usage}")
+        items: list[dict[str, Any]] = []
+        for word in rest:
+            if items and "unique_id" not in items[-1] and _is_number(word):
+                items[-1]["unique_id"] = _int(word, "unique id", usage)
+                continue
+            if _is_number(word):
+                raise UsageError(f"{word!r} is a unique id without a host: {usage}")
+            items.append({"product": product, "address": word})
+        return items
+
+    return build
+
+
+def _items(name: str, key: str) -> Callable[[Sequence[str]], list[dict[str, Any]]]:
+    usage = f"{name} PRODUCT {key.upper()} [{key.upper()} ...]"
+
+    def build(words: Sequence[str]) -> list[dict[str, Any]]:
+        product, rest = _product(words, usage)
+        if not rest:
+            raise UsageError(f"name the {key}(s): {usage}")
+        return [{"product": product, key: word} for word in rest]
 
     return build
 
@@ -219,14 +232,17 @@ def _count(name: str) -> Callable[[Sequence[str]], dict[str, Any]]:
     return build
 
 
-def _access(name: str, who: str) -> Callable[[Sequence[str]], dict[str, Any]]:
-    usage = f"{name} PRODUCT {who.upper()} LEVEL(0..8)"
+def _access(name: str, who: str) -> Callable[[Sequence[str]], list[dict[str, Any]]]:
+    usage = f"{name} PRODUCT {who.upper()} LEVEL(0..8) [{who.upper()} LEVEL ...]"
 
-    def build(words: Sequence[str]) -> dict[str, Any]:
+    def build(words: Sequence[str]) -> list[dict[str, Any]]:
         product, rest = _product(words, usage)
-        if len(rest) != 2:
+        if not rest or len(rest) % 2:
             raise UsageError(usage)
-        return {"product": product, who: rest[0], "level": _int(rest[1], "level", usage)}
+        return [
+            {"product": product, who: rest[i], "level": _int(rest[i + 1], "level", usage)}
+            for i in range(0, len(rest), 2)
+        ]
 
     return build
 
@@ -331,8 +347,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "kill",
         "k",
-        "kill HANDLE | kill PRODUCT LICENCE-NUMBER",
-        "take a licence back (its holder gets LOSTLICENCE)",
+        "kill PRODUCT N [N ...] | kill HANDLE [HANDLE ...]",
+        "take licences back by their numbers in listu (holders get LOSTLICENCE)",
         revokes=True,
         request="kill",
         build=_kill,
@@ -340,16 +356,18 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "addnode",
         "n+",
-        "addnode PRODUCT ADDRESS [UNIQUE-ID]",
-        "list a locked node",
+        "addnode PRODUCT HOST HOSTID [HOST HOSTID ...]",
+        "add hosts (IPv4 address and unique id, see id; 0 or none: any id) to the "
+        "locked-node list",
         request="addnode",
         build=_node("addnode"),
     ),
     Command(
         "rmnode",
         "n-",
-        "rmnode PRODUCT ADDRESS [UNIQUE-ID]",
-        "remove a locked node (revokes the product's licences)",
+        "rmnode PRODUCT HOST [HOSTID] [HOST ...]",
+        "remove hosts added with addnode from the locked-node list (revokes the "
+        "product's licences)",
         revokes=True,
         request="rmnode",
         build=_node("rmnode"),
@@ -375,66 +393,66 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "exhost",
         "e+",
-        "exhost PRODUCT HOST",
-        "refuse the product to a host (name or address)",
+        "exhost PRODUCT HOST [HOST ...]",
+        "refuse the product to hosts (names or addresses)",
         request="exhost",
-        build=_product_and("exhost PRODUCT HOST", "host"),
+        build=_items("exhost", "host"),
     ),
     Command(
         "unexhost",
         "e-",
-        "unexhost PRODUCT HOST",
-        "readmit an excluded host",
+        "unexhost PRODUCT HOST [HOST ...]",
+        "readmit excluded hosts",
         request="unexhost",
-        build=_product_and("unexhost PRODUCT HOST", "host"),
+        build=_items("unexhost", "host"),
     ),
     Command(
         "adduser",
         "ul+",
-        "adduser PRODUCT USER",
-        "name a user (policy USRL)",
+        "adduser PRODUCT USER [USER ...]",
+        "give users a guaranteed licence (policy USRL)",
         request="adduser",
-        build=_product_and("adduser PRODUCT USER", "user"),
+        build=_items("adduser", "user"),
     ),
     Command(
         "remuser",
         "ul-",
-        "remuser PRODUCT USER",
-        "stop naming a user",
+        "remuser PRODUCT USER [USER ...]",
+        "take users off the USRL list",
         request="remuser",
-        build=_product_and("remuser PRODUCT USER", "user"),
+        build=_items("remuser", "user"),
     ),
     Command(
         "adduacc",
         "ua+",
-        "adduacc PRODUCT USER LEVEL",
-        "give a user an access level 0..8 (policy ACCL)",
+        "adduacc PRODUCT USER LEVEL [USER LEVEL ...]",
+        "give users an access level 0..8 (policy ACCL)",
         request="adduacc",
         build=_access("adduacc", "user"),
     ),
     Command(
         "remuacc",
         "ua-",
-        "remuacc PRODUCT USER",
-        "remove a user's access level",
+        "remuacc PRODUCT USER [USER ...]",
+        "remove users' access levels",
         request="remuacc",
-        build=_product_and("remuacc PRODUCT USER", "user"),
+        build=_items("remuacc", "user"),
     ),
     Command(
         "addgacc",
         "ga+",
-        "addgacc PRODUCT GROUP LEVEL",
-        "give a group an access level 0..8",
+        "addgacc PRODUCT GROUP LEVEL [GROUP LEVEL ...]",
+        "give groups an access level 0..8 (policy ACCL)",
         request="addgacc",
         build=_access("addgacc", "group"),
     ),
     Command(
         "remgacc",
         "ga-",
-        "remgacc PRODUCT GROUP",
-        "remove a group's access level",
+        "remgacc PRODUCT GROUP [GROUP ...]",
+        "remove groups' access levels",
         request="remgacc",
-        build=_product_and("remgacc PRODUCT GROUP", "group"),
+        build=_items("remgacc", "group"),
     ),
     Command(
         "reinit",
@@ -498,10 +516,11 @@ def parse_command(words: Sequence[str]) -> Planned:
     if command is None:
         raise UsageError(f"unknown command {words[0]!r}; 'help' lists the commands")
     rest = tuple(words[1:])
-    args: dict[str, Any] = {}
+    built: dict[str, Any] | list[dict[str, Any]] = {}
     if command.build is not None:
-        args = command.build(rest)
-    return Planned(command, args, rest)
+        built = command.build(rest)
+    requests = tuple(built) if isinstance(built, list) else (built,)
+    return Planned(command, requests[0], rest, requests)
 
 
 def lock_meaning(words: Sequence[str]) -> dict[str, Any]:

@@ -313,13 +313,15 @@ class Session:
         if not self._confirm(planned, targets):
             return
         for target in targets:
-            try:
-                answer = self.connect(target).call(planned.command.request, planned.args)
-            except AdminClientError as error:
-                self.clients.pop(str(target), None)
-                self.fail(str(error), command=planned.command.name, server=str(target))
-                continue
-            self._answer(target, planned.command.name, answer, many=len(targets) > 1)
+            # Several items (kill p n n ...): one request each, in order, on each server.
+            for args in planned.requests or (planned.args,):
+                try:
+                    answer = self.connect(target).call(planned.command.request, args)
+                except AdminClientError as error:
+                    self.clients.pop(str(target), None)
+                    self.fail(str(error), command=planned.command.name, server=str(target))
+                    break
+                self._answer(target, planned.command.name, answer, many=len(targets) > 1)
 
     def _answer(self, target: Target, name: str, answer: dict[str, Any], *, many: bool) -> None:
         if not answer.get("ok"):
