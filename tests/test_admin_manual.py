@@ -209,3 +209,24 @@ def test_incomplete_item_lists_are_usage_errors(words: list[str]) -> None:
     """A missing host, level or licence number is refused before anything is sent."""
     with pytest.raises(UsageError):
         parse_command(words)
+
+
+# -- 4. ltof / rmnode: only what ftol / addnode made -----------------------------------------
+
+
+def test_ltof_and_rmnode_refuse_the_permits_own_and_change_nothing(rig: Rig) -> None:
+    """Gadget's permit has 1 node-locked licence: ltof of it is refused, and so is rmnode
+    of a host the permit lists; nothing changes and no licence is revoked."""
+    held = rig.grant("Gadget")
+    before = rig.call("listp")
+    error = rig.refused("ltof", product={"index": 2}, count=1)
+    assert error.name == "ILLEGAL" and "ftol" in error.message
+    error = rig.refused("rmnode", product={"index": 2}, address="10.0.0.77")
+    assert error.name == "ILLEGAL" and "addnode" in error.message
+    assert rig.call("listp") == before
+    assert rig.root.engine.update(held.handle).result.__class__.__name__ == "UpdateAck"
+    rig.call("ftol", product={"index": 2}, count=1)
+    rig.call("ltof", product={"index": 2}, count=1)
+    rig.call("addnode", product={"index": 2}, address="10.0.0.9", unique_id=7)
+    rig.call("rmnode", product={"index": 2}, address="10.0.0.9")
+    assert rig.product(2)["node_count"] == 1 and rig.product(2)["locked_nodes"] == []

@@ -895,9 +895,14 @@ class AdminHandler:
     def _node(self, args: Mapping[str, Any], who: str, *, add: bool) -> Any:
         target = self._product(args)
         address = _text(args, "address", "locked node's IPv4 address")
-        unique_id = _integer(args, "unique_id", "unique id", 0)
-        method = target.engine.add_node if add else target.engine.remove_node
-        outcome = method(target.publisher, target.product, address, unique_id)
+        engine = target.engine
+        if add:
+            unique_id = _integer(args, "unique_id", "unique id", 0)
+            outcome = engine.add_node(target.publisher, target.product, address, unique_id)
+        else:
+            # rmnode HOST without an id: the host's listing that addnode added.
+            given = _integer(args, "unique_id", "unique id") if "unique_id" in args else None
+            outcome = engine.remove_node(target.publisher, target.product, address, given)
         return self._change(target, outcome, "addnode" if add else "rmnode", who)
 
     def _addnode(self, args: Mapping[str, Any], who: str) -> Any:

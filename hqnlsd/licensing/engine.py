@@ -517,17 +517,30 @@ class Engine:
         )
 
     def remove_node(
-        self, publisher: str, product: str, address: str, unique_id: int = 0
+        self, publisher: str, product: str, address: str, unique_id: int | None = 0
     ) -> Outcome[AdminDone | Denied]:
-        """Remove one listing of a locked node; revokes the product's licences."""
+        """Remove one listing of a locked node that ``addnode`` added (never one of the
+        permit's own); ``unique_id`` None: the host's last added listing, whatever its
+        id. Revokes the product's licences."""
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        node = _node(address, unique_id)
+        node = _node(address, 0 if unique_id is None else unique_id)
         if isinstance(node, Denied):
             return Outcome(node)
-        if node not in state.locked_nodes:
-            return _illegal(f"{node[0]} 0x{node[1]:08x} is not a locked node of {_name(state)}")
+        added = list(state.locked_nodes)
+        for own in [(str(host.address), host.unique_id) for host in state.permit.locked_nodes]:
+            if own in added:
+                added.remove(own)
+        if unique_id is None:
+            ids = [listing for listing in added if listing[0] == node[0]]
+            node = ids[-1] if ids else node
+        if node not in added:
+            listed = "listed by the permit" if node in state.locked_nodes else "not listed"
+            return _illegal(
+                f"{node[0]} 0x{node[1]:08x} is {listed} as a locked node of {_name(state)}: "
+                "only hosts added with addnode can be removed"
+            )
         return self._admin(
             LockedNodeRemoved(publisher, product, *node),
             f"locked node {node[0]} removed",
@@ -561,10 +574,11 @@ class Engine:
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        if not 1 <= count <= state.node_count:
+        converted = max(0, state.node_count - state.permit.node_count)
+        if not 1 <= count <= converted:
             return _illegal(
-                f"{_name(state)} has {state.node_count} node-locked licence(s); "
-                f"cannot make {count} floating"
+                f"{_name(state)} has {converted} node-locked licence(s) made by ftol; "
+                f"cannot make {count} floating (only licences converted by ftol can be)"
             )
         return self._admin(
             PoolsResized(
