@@ -13,7 +13,8 @@ from hqnlsd.admin.commands import UsageError, parse_command, policy_table
 from hqnlsd.admin.handler import AdminError, plan_policy
 from hqnlsd.admin.render import render
 from hqnlsd.licensing.policy import Policy
-from tests.test_admin_handler import WIDGET, Rig, write_site
+from tests.daemons import Publisher, make_permit, product_permit
+from tests.test_admin_handler import ME, WIDGET, Rig, write_site
 
 
 @pytest.fixture
@@ -230,3 +231,50 @@ def test_ltof_and_rmnode_refuse_the_permits_own_and_change_nothing(rig: Rig) -> 
     rig.call("addnode", product={"index": 2}, address="10.0.0.9", unique_id=7)
     rig.call("rmnode", product={"index": 2}, address="10.0.0.9")
     assert rig.product(2)["node_count"] == 1 and rig.product(2)["locked_nodes"] == []
+
+
+# -- 5. listp PRODUCT; product numbers stable across re-reads --------------------------------
+
+
+def rewrite_permit(rig: Rig, *products: str) -> None:
+    """Replace the site's permit by one of these products and re-read (SIGHUP)."""
+    for old in (rig.tmp_path / "keys").iterdir():
+        old.unlink()  # a fresh publisher key: the re-read takes the new .pub too
+    publisher = Publisher.create(rig.tmp_path / "keys")
+    permit = make_permit([ME], [product_permit(name) for name in products])
+    publisher.write_permit(rig.tmp_path / "permits" / "test-hqn.permit", permit)
+    rig.root.reload()
+    rig.clock.advance(0)
+
+
+def numbers(rig: Rig) -> dict[str, int]:
+    """Product name -> number, as listp shows them."""
+    return {p["product"]: p["index"] for p in rig.call("listp")["products"]}
+
+
+def test_product_numbers_stay_stable_across_re_reads(rig: Rig) -> None:
+    """Widget is 1 and Gadget 2; with Widget gone, Gadget stays 2 and `p 1` hits nothing;
+    a new product gets a new number; Widget back gets 1 again."""
+    assert numbers(rig) == {"Widget": 1, "Gadget": 2}
+    rewrite_permit(rig, "Gadget")
+    assert numbers(rig) == {"Gadget": 2}
+    error = rig.refused("policy", product={"index": 1}, value="UVIS")
+    assert error.name == "BADPRODUCT"
+    assert rig.call("listp", product={"index": 2})["products"][0]["product"] == "Gadget"
+    rewrite_permit(rig, "Gizmo", "Gadget")
+    assert numbers(rig) == {"Gadget": 2, "Gizmo": 3}
+    rewrite_permit(rig, "Gadget", "Widget", "Gizmo")
+    assert numbers(rig) == {"Widget": 1, "Gadget": 2, "Gizmo": 3}
+    assert [p["index"] for p in rig.call("listp")["products"]] == [1, 2, 3]
+
+
+def test_listp_of_one_product_gives_its_full_details(rig: Rig) -> None:
+    """`listp p`: only that product, with the full details (as listp+ shows them)."""
+    planned = parse_command(["listp", "2"])
+    assert planned.args == {"product": {"index": 2}}
+    answer = rig.call("listp", **planned.args)
+    assert [p["product"] for p in answer["products"]] == ["Gadget"]
+    text = render("listp+", answer)
+    assert "Gadget" in text and "Widget" not in text
+    assert "crashout" in text and "timeout" in text and "locked nodes" in text
+    assert parse_command(["lp"]).args == {}

@@ -287,10 +287,11 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "listp",
         "lp",
-        "listp",
-        "list the products served, with licences used / total",
+        "listp [PRODUCT]",
+        "list the products served, with licences used / total; with PRODUCT: its "
+        "full details (as listp+) on every connected server",
         request="listp",
-        build=_none("listp"),
+        build=_product_only("listp [PRODUCT]", optional=True),
     ),
     Command(
         "listp+",

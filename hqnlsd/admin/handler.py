@@ -251,6 +251,9 @@ class AdminHandler:
         self.root = root
         #: the domain a forwarded command came for, while it runs (see handle_forwarded)
         self._forwarded_domain: str | None = None
+        #: Product numbers (listp), kept while the daemon runs: a product keeps its
+        #: number across re-reads, and a number is never given to another product.
+        self._numbers: dict[tuple[str, str, str], int] = {}
         self.started = root.reactor.seconds()
         self._commands: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
             "id": self._id,
@@ -393,9 +396,14 @@ class AdminHandler:
     def _engine(self) -> Any:
         return self.root.engine
 
-    def _statuses(self) -> list[tuple[ProductStatus, DomainRoute | None]]:
-        """Every product listed here, numbered from 1 in this order: this daemon's own,
-        then each domain's (by domain id)."""
+    def _statuses(self) -> list[tuple[int, ProductStatus, DomainRoute | None]]:
+        """Every product listed here with its number, in number order.
+
+        Numbers are given from 1 in the order first seen (this daemon's own products,
+        then each domain's by domain id) and kept while the daemon runs, so ``p 1``
+        names the same product after a re-read; a product that is no longer served
+        keeps its number for when it comes back, and no other product gets it.
+        """
         listed: list[tuple[ProductStatus, DomainRoute | None]] = [
             (status, None) for status in self._engine.status()
         ]
@@ -406,7 +414,14 @@ class AdminHandler:
             for _key, member in sorted(domains.members.items()):
                 route = DomainRoute(member)
                 listed.extend((status, route) for status in member.engine.status())
-        return listed
+        numbered = []
+        for status, route in listed:
+            key = (route.domain_id if route is not None else "", status.publisher, status.product)
+            number = self._numbers.get(key)
+            if number is None:
+                number = self._numbers[key] = len(self._numbers) + 1
+            numbered.append((number, status, route))
+        return sorted(numbered, key=lambda entry: entry[0])
 
     def _domain_fields(self, route: DomainRoute | None) -> dict[str, Any]:
         """A listed product's domain, role here and primary (None: this daemon's own)."""
@@ -448,7 +463,6 @@ class AdminHandler:
     def _find_product(self, args: Mapping[str, Any]) -> _Target:
         ref = args.get("product")
         listed = self._statuses()
-        statuses = [status for status, _ in listed]
         if not isinstance(ref, Mapping):
             raise AdminError(
                 wire.BAD_REQUEST,
@@ -458,20 +472,21 @@ class AdminHandler:
             index = ref["index"]
             if isinstance(index, bool) or not isinstance(index, int):
                 raise AdminError(wire.BAD_REQUEST, "a product number must be a whole number")
-            if not 1 <= index <= len(statuses):
-                raise AdminError(
-                    "BADPRODUCT",
-                    f"there is no product {index}: this server serves {len(statuses)} "
-                    "product(s); listp shows their numbers",
-                )
-            chosen, where = listed[index - 1]
-            return self._target(chosen.publisher, chosen.product, where)
+            for number, chosen, where in listed:
+                if number == index:
+                    return self._target(chosen.publisher, chosen.product, where)
+            raise AdminError(
+                "BADPRODUCT",
+                f"there is no product {index} here: this server serves {len(listed)} "
+                "product(s); listp shows their numbers (they stay as they are when the "
+                "permits are re-read)",
+            )
         publisher, product = ref.get("publisher"), ref.get("product")
         if not isinstance(publisher, str) or not isinstance(product, str):
             raise AdminError(wire.BAD_REQUEST, "name a product: PUBLISHER PRODUCT")
         if self._engine.product(publisher, product) is not None:
             return self._target(publisher, product, None)
-        for status, where in listed:
+        for _number, status, where in listed:
             if where is not None and (status.publisher, status.product) == (publisher, product):
                 return self._target(publisher, product, where)
         domains = self.root.domains
@@ -744,24 +759,34 @@ class AdminHandler:
         return {"hosts_file": str(path), "servers": servers}
 
     def _listp(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """Every product, or (``listp p``) the one named, with all its details."""
+        statuses = self._statuses()
+        if args.get("product") is not None:
+            statuses = self._only(statuses, self._product(args, change=False))
         return {
             "products": [
                 {**_status_dict(index, status), **self._domain_fields(route)}
-                for index, (status, route) in enumerate(self._statuses(), start=1)
+                for index, status, route in statuses
             ]
         }
 
+    @staticmethod
+    def _only(
+        statuses: list[tuple[int, ProductStatus, DomainRoute | None]], wanted: _Target
+    ) -> list[tuple[int, ProductStatus, DomainRoute | None]]:
+        return [
+            (index, status, route)
+            for index, status, route in statuses
+            if (status.publisher, status.product) == (wanted.publisher, wanted.product)
+            and (route is None) == (wanted.route is None)
+        ]
+
     def _listu(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
-        statuses = list(enumerate(self._statuses(), start=1))
+        statuses = self._statuses()
         if args.get("product") is not None:
-            wanted = self._product(args, change=False)
-            statuses = [
-                (i, (s, r))
-                for i, (s, r) in statuses
-                if (s.publisher, s.product) == (wanted.publisher, wanted.product)
-            ]
+            statuses = self._only(statuses, self._product(args, change=False))
         products = []
-        for index, (status, route) in statuses:
+        for index, status, route in statuses:
             engine = route.engine if route is not None else self._engine
             found = engine.holders(status.publisher, status.product)
             holders = [] if isinstance(found, Denied) else found

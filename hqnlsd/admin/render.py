@@ -198,13 +198,19 @@ def _listp_plus(result: dict[str, Any]) -> str:
         nodes = ", ".join(f"{address} 0x{uid:08x}" for address, uid in p["locked_nodes"])
         users = ", ".join(f"{name}={level}" for name, level in p["user_access"].items())
         groups = ", ".join(f"{name}={level}" for name, level in p["group_access"].items())
+        admin_locked = p.get("admin_locked") or []
+        policy = f"0x{p['policy']:x} ({p['policy_text']})"
+        if admin_locked:
+            policy += f" admin-locked until the permit is re-read: {' '.join(admin_locked)}"
         fields = [
-            ("policy", f"0x{p['policy']:x} ({p['policy_text']})"),
+            ("policy", policy),
             (
                 "licences",
-                f"locked {p['locked_used']}/{p['node_count']}, "
-                f"floating {p['floating_used']}/{p['floating_count']}",
+                f"node-locked {p['node_count'] - p['locked_used']} left of {p['node_count']}, "
+                f"floating {p['floating_count'] - p['floating_used']} left of "
+                f"{p['floating_count']}",
             ),
+            ("served by", _where(p)),
             ("dates", f"{p['start']} .. {p['expiry']}"),
             ("update period", duration(p["period"])),
             ("crashout", duration(p["crashout"])),

@@ -321,7 +321,10 @@ class Session:
                     self.clients.pop(str(target), None)
                     self.fail(str(error), command=planned.command.name, server=str(target))
                     break
-                self._answer(target, planned.command.name, answer, many=len(targets) > 1)
+                name = planned.command.name
+                if name == "listp" and "product" in args:
+                    name = "listp+"  # listp PRODUCT: the full details of that one
+                self._answer(target, name, answer, many=len(targets) > 1)
 
     def _answer(self, target: Target, name: str, answer: dict[str, Any], *, many: bool) -> None:
         if not answer.get("ok"):
