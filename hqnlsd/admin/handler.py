@@ -414,13 +414,13 @@ class AdminHandler:
             for _key, member in sorted(domains.members.items()):
                 route = DomainRoute(member)
                 listed.extend((status, route) for status in member.engine.status())
-        numbered = []
-        for status, route in listed:
-            key = (route.domain_id if route is not None else "", status.publisher, status.product)
+        numbered: list[tuple[int, ProductStatus, DomainRoute | None]] = []
+        for status, where in listed:
+            key = (where.domain_id if where is not None else "", status.publisher, status.product)
             number = self._numbers.get(key)
             if number is None:
                 number = self._numbers[key] = len(self._numbers) + 1
-            numbered.append((number, status, route))
+            numbered.append((number, status, where))
         return sorted(numbered, key=lambda entry: entry[0])
 
     def _domain_fields(self, route: DomainRoute | None) -> dict[str, Any]:
