@@ -278,3 +278,42 @@ def test_listp_of_one_product_gives_its_full_details(rig: Rig) -> None:
     assert "Gadget" in text and "Widget" not in text
     assert "crashout" in text and "timeout" in text and "locked nodes" in text
     assert parse_command(["lp"]).args == {}
+
+
+# -- 6. lk LOCK checks a typed lock string ----------------------------------------------------
+
+GOOD_LOCK = "0123456789abcdef " + "A" * 85 + "Q"
+
+
+def test_lk_accepts_a_well_formed_lock_string() -> None:
+    """`lk "LOCK: KEYID SIGNATURE"` (or without LOCK:) says the lock is well formed."""
+    from hqnlsd.admin.commands import check_lock
+
+    for words in (GOOD_LOCK.split(), ["LOCK:", *GOOD_LOCK.split()], [f"LOCK: {GOOD_LOCK}"]):
+        answer = check_lock(words)
+        assert answer["problems"] == [] and answer["key_id"] == "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("0123456789abcdeg " + "A" * 85 + "Q", "key id"),
+        ("0123456789abcde " + "A" * 85 + "Q", "key id"),
+        ("0123456789abcdef " + "A" * 84 + "Q", "86"),
+        ("0123456789abcdef " + "A" * 40 + "+" + "A" * 44 + "Q", "'+'"),
+        ("0123456789abcdef " + "A" * 85 + "B", "canonical"),
+        ("0123456789abcdef", "two"),
+    ],
+)
+def test_lk_names_what_is_wrong_with_a_typed_lock(text: str, says: str) -> None:
+    """A mistyped lock is named precisely (which part, which character)."""
+    from hqnlsd.admin.commands import check_lock
+
+    problems = check_lock(text.split())["problems"]
+    assert problems and any(says in problem for problem in problems), problems
+
+
+def test_policy_word_decoding_stays_available_as_pw() -> None:
+    """The old lk (decoding a policy word) is `policyword` / `pw`."""
+    assert parse_command(["pw", "0x10041"]).command.name == "policyword"
+    assert parse_command(["lk", "x"]).command.name == "lk"

@@ -8,6 +8,8 @@ command's words into a `Planned` request; `UsageError` says what is wrong.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
@@ -484,8 +486,15 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "lk",
         "lk",
-        "lk WORD ...",
-        "what a policy word means: lk 0x10041 -> GRAB UVIS locked:GRAB; lk GRAB UVIS -> 0x41",
+        'lk "LOCK: KEYID SIGNATURE"',
+        "check that a permit lock string was typed correctly (quote it for the shell)",
+        kind="local",
+    ),
+    Command(
+        "policyword",
+        "pw",
+        "policyword WORD ...",
+        "what a policy word means: pw 0x10041 -> GRAB UVIS locked:GRAB; pw GRAB UVIS -> 0x41",
         kind="local",
     ),
     Command(
@@ -524,10 +533,61 @@ def parse_command(words: Sequence[str]) -> Planned:
     return Planned(command, requests[0], rest, requests)
 
 
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+#: An Ed25519 signature (64 bytes) in base64url without padding.
+SIGNATURE_CHARS = 86
+
+
+def check_lock(words: Sequence[str]) -> dict[str, Any]:
+    """``lk``: whether a typed permit lock string (``LOCK: KEYID SIGNATURE``) is well
+    formed: a 16-hex-digit key id and an 86-character base64url Ed25519 signature in
+    its one canonical spelling. ``problems`` names each fault (empty: well formed).
+    Only the form is checked; the permit's own check (hqn_mp check) verifies it."""
+    fields = " ".join(words).split()
+    if fields and fields[0].upper() in ("LOCK:", "LOCK"):
+        fields = fields[1:]
+    problems: list[str] = []
+    if len(fields) != 2:
+        problems.append(
+            f"a lock is two fields, KEYID and SIGNATURE, not {len(fields)} "
+            '(quote it for the shell: lk "LOCK: ...")'
+        )
+        return {"key_id": None, "problems": problems}
+    key_id, signature = fields
+    if not _KEY_ID.match(key_id):
+        bad = [c for c in key_id if c not in "0123456789abcdef"]
+        why = f"has {bad[0]!r}" if bad else f"has {len(key_id)} characters"
+        problems.append(f"the key id {key_id!r} must be 16 lower-case hex digits; it {why}")
+    if not _B64URL.match(signature):
+        position = next(i for i, c in enumerate(signature) if not _B64URL.match(c))
+        problems.append(
+            f"the signature has {signature[position]!r} at character {position + 1}: only "
+            "A-Z a-z 0-9 - _ occur in it"
+        )
+    elif len(signature) != SIGNATURE_CHARS:
+        problems.append(
+            f"the signature has {len(signature)} characters; it has {SIGNATURE_CHARS}"
+        )
+    else:
+        try:
+            raw = base64.urlsafe_b64decode(signature + "==")
+        except (binascii.Error, ValueError):  # pragma: no cover - the checks above rule it out
+            raw = b""
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != signature:
+            problems.append(
+                "the signature's last character is not its canonical spelling "
+                "(a typing error in the last character)"
+            )
+    return {"key_id": key_id if not problems else None, "problems": problems}
+
+
 def lock_meaning(words: Sequence[str]) -> dict[str, Any]:
-    """``lk``: a policy word's flags and locks, or the word of flag names."""
+    """``policyword``: a policy word's flags and locks, or the word of flag names."""
     if not words:
-        raise UsageError("lk WORD ...: give a policy word (0x10041) or flag names (GRAB UVIS)")
+        raise UsageError(
+            "policyword WORD ...: give a policy word (0x10041) or flag names (GRAB UVIS)"
+        )
     known = {flag.name: int(flag) for flag in Policy if flag.name}
     if len(words) == 1 and re.match(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$", words[0]):
         word = int(words[0], 0)

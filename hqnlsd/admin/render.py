@@ -345,7 +345,8 @@ _RENDERERS: dict[str, Any] = {
     "timeout": _setting("timeout"),
     "loglevel": _loglevel,
     "id": _id,
-    "lk": _lk,
+    "policyword": _lk,
+    "lk": lambda result: f"lock well formed (key id {result['key_id']})",
     "reinit": _reinit,
     "recover": _recover,
 }

@@ -36,7 +36,13 @@ from typing import Any, TextIO
 
 from hqnlsd.admin import commands as catalogue
 from hqnlsd.admin.client import AdminClient, AdminClientError
-from hqnlsd.admin.commands import Planned, UsageError, lock_meaning, parse_command
+from hqnlsd.admin.commands import (
+    Planned,
+    UsageError,
+    check_lock,
+    lock_meaning,
+    parse_command,
+)
 from hqnlsd.admin.render import render
 from hqnlsd.admin.service import DEFAULT_TLS_PORT, SOCKET_NAME
 from hqnlsd.config import DEFAULT_HOSTS_FILE, DEFAULT_STATE_DIR
@@ -268,8 +274,14 @@ class Session:
         name, words = planned.command.name, planned.words
         if name == "help":
             self.say(help_text(words[0] if words else None))
+        elif name == "policyword":
+            self._show(None, "policyword", lock_meaning(words))
         elif name == "lk":
-            self._show(None, "lk", lock_meaning(words))
+            checked = check_lock(words)
+            if checked["problems"]:
+                self.fail("lock string: " + "; ".join(checked["problems"]), command="lk")
+            else:
+                self._show(None, "lk", checked)
         elif name == "id":
             if not words:
                 self._show(None, "id", local_identity())
