@@ -317,3 +317,62 @@ def test_policy_word_decoding_stays_available_as_pw() -> None:
     """The old lk (decoding a policy word) is `policyword` / `pw`."""
     assert parse_command(["pw", "0x10041"]).command.name == "policyword"
     assert parse_command(["lk", "x"]).command.name == "lk"
+
+
+# -- 7. the smaller ones -----------------------------------------------------------------------
+
+
+def test_listu_shows_each_holders_access_level(rig: Rig) -> None:
+    """listu has an access-level column: the user's level, else the group's, else 8."""
+    rig.call("policy", product=WIDGET, value="ACCL")
+    rig.call("adduacc", product=WIDGET, user="jo", level=3)
+    rig.grant(user="jo")
+    rig.grant(user="ann")
+    answer = rig.call("listu", product=WIDGET)
+    levels = {h["user"]: h["access"] for h in answer["products"][0]["holders"]}
+    assert levels == {"jo": 3, "ann": 8}
+    text = render("listu", answer)
+    assert "access" in text.splitlines()[1]
+
+
+def test_access_levels_while_accl_is_off_are_kept_with_a_warning(rig: Rig) -> None:
+    """ua+ / ga+ while ACCL is off are stored, and the reply warns that they do nothing
+    until ACCL is turned on; with ACCL on there is no warning."""
+    answer = rig.call("adduacc", product=WIDGET, user="jo", level=3)
+    assert "ACCL is off" in answer["message"]
+    answer = rig.call("addgacc", product=WIDGET, group="staff", level=2)
+    assert "ACCL is off" in answer["message"]
+    rig.call("policy", product=WIDGET, value="ACCL")
+    assert "ACCL" not in rig.call("adduacc", product=WIDGET, user="jo", level=4)["message"]
+    assert "USRL is off" in rig.call("adduser", product=WIDGET, user="jo")["message"]
+
+
+@pytest.mark.parametrize(
+    ("words", "text"),
+    [
+        (["lg", "5"], "PRODUCT"),
+        (["lg", "10-"], "EXTERR-"),
+        (["lg", "1", "11+"], "WARNING DOMAIN+"),
+        (["lg", "exterr-", "0x3"], "exterr- 0x3"),
+    ],
+)
+def test_loglevel_numbers_are_switch_numbers(words: list[str], text: str) -> None:
+    """`lg 5` turns on switch 5 (PRODUCT; the original numbers them from 1), `10-` turns
+    EXTERR off; a hex word stays a whole mask."""
+    assert parse_command(words).args == {"text": text}
+
+
+def test_loglevel_number_out_of_range_is_a_usage_error() -> None:
+    """There are eleven switches."""
+    with pytest.raises(UsageError):
+        parse_command(["lg", "12"])
+
+
+def test_loglevel_without_arguments_lists_every_switch_with_its_state(rig: Rig) -> None:
+    """`lg` alone: each switch (number, name) with this server's state, and the presets."""
+    answer = rig.call("loglevel")
+    text = render("loglevel", answer)
+    for name in ("WARNING", "EXTERR", "DOMAIN", "presets"):
+        assert name in text
+    assert any("EXTERR" in line and "on" in line.split() for line in text.splitlines())
+    assert any("DOMAIN" in line and "off" in line.split() for line in text.splitlines())

@@ -256,8 +256,40 @@ def _recover(words: Sequence[str]) -> dict[str, Any]:
     return {"domain": _int(words[0], "domain number", usage)}
 
 
+#: The original's log switches by number (1 = WARNING ... 11 = DOMAIN).
+SWITCH_NUMBERS: tuple[str, ...] = (
+    "WARNING",
+    "INFO",
+    "ADMIN",
+    "LICENSE",
+    "PRODUCT",
+    "HOSTNAME",
+    "HOSTADDR",
+    "USERNAME",
+    "UID",
+    "EXTERR",
+    "DOMAIN",
+)
+_SWITCH_NUMBER = re.compile(r"^([0-9]+)([+-]?)$")
+
+
 def _loglevel(words: Sequence[str]) -> dict[str, Any]:
-    return {"text": " ".join(words)}
+    """Switch numbers (``lg 5``, ``lg 10-``) are the original's switch numbers, not a
+    mask; names, presets and hex masks (``0x3``) go to the daemon as they are."""
+    out = []
+    for word in words:
+        match = _SWITCH_NUMBER.match(word)
+        if match is None:
+            out.append(word)
+            continue
+        number = int(match.group(1))
+        if not 1 <= number <= len(SWITCH_NUMBERS):
+            raise UsageError(
+                f"loglevel {word}: switches are numbered 1 to {len(SWITCH_NUMBERS)} "
+                "(lg alone lists them); a whole mask is written in hex (0x3)"
+            )
+        out.append(SWITCH_NUMBERS[number - 1] + match.group(2))
+    return {"text": " ".join(out)}
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -326,8 +358,10 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "loglevel",
         "lg",
-        "loglevel [SWITCH+ SWITCH- PRESET ...]",
-        'show or change the log switches (e.g. exterr-, full, "license+ product-")',
+        "loglevel [SWITCH | SWITCH- | N | N- | PRESET ...]",
+        "no arguments: list the switches and each server's state; otherwise turn each "
+        'named (or numbered) switch on, or off with -; a preset replaces the setting '
+        '(e.g. exterr-, 10-, full, "license product-")',
         request="loglevel",
         build=_loglevel,
     ),

@@ -44,7 +44,9 @@ from hqnlsd.identity import HostsTable, format_unique_id
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.policy import KNOWN_FLAGS, Policy, describe
 from hqnlsd.licensing.results import AdminDone, Denied, Outcome, ProductStatus
-from hqnlsd.logging.switches import LogLevelError, preset_name
+from hqnlsd.licensing.settings import FULL_ACCESS
+from hqnlsd.logging.switches import PRESETS, LogLevelError, Switch, preset_name
+from hqnlsd.logging.switches import describe as describe_switches
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address
@@ -195,6 +197,15 @@ def plan_policy(text: str, current: int, locks: int, admin_locks: int = 0) -> Po
 def parse_policy(text: str, current: int, locks: int) -> int:
     """The policy flags after ``policy`` text (see `plan_policy`), relative to ``current``."""
     return plan_policy(text, current, locks).flags
+
+
+def _access_level(status: ProductStatus, user: str, group: str | None) -> int:
+    """A holder's access level now: the user's entry, else the group's, else full (8)."""
+    users, groups = dict(status.user_access), dict(status.group_access)
+    level = users.get(user)
+    if level is None and group is not None:
+        level = groups.get(group)
+    return FULL_ACCESS if level is None else level
 
 
 def _names(flags: int) -> list[str]:
@@ -808,6 +819,7 @@ class AdminHandler:
                             "pid": holder.pid,
                             "uid": holder.uid,
                             "group": holder.group,
+                            "access": _access_level(status, holder.user, holder.group),
                             "granted": holder.granted,
                             "last_update": holder.last_update,
                         }
@@ -972,7 +984,19 @@ class AdminHandler:
         return self._named(args, who, "unexhost", "host", "host name or address")
 
     def _adduser(self, args: Mapping[str, Any], who: str) -> Any:
-        return self._named(args, who, "adduser", "user", "user name")
+        done = self._named(args, who, "adduser", "user", "user name")
+        return done.addCallback(self._warn_off, self._product(args), Policy.USRL, "named users")
+
+    def _warn_off(
+        self, answer: dict[str, Any], target: _Target, flag: Policy, what: str
+    ) -> dict[str, Any]:
+        """Add a warning to ``answer`` if the policy that makes the change matter is off."""
+        if not self._current(target).policy & int(flag):
+            answer["message"] = (
+                f"{answer['message']} (warning: policy {flag.name} is off, so {what} have "
+                f"no effect until it is turned on: policy PRODUCT {flag.name})"
+            )
+        return answer
 
     def _remuser(self, args: Mapping[str, Any], who: str) -> Any:
         return self._named(args, who, "remuser", "user", "user name")
@@ -991,7 +1015,8 @@ class AdminHandler:
         engine = target.engine
         method = engine.set_group_access if group else engine.set_user_access
         outcome = method(target.publisher, target.product, name, level)
-        return self._change(target, outcome, "addgacc" if group else "adduacc", who)
+        done = self._change(target, outcome, "addgacc" if group else "adduacc", who)
+        return done.addCallback(self._warn_off, target, Policy.ACCL, "access levels")
 
     def _adduacc(self, args: Mapping[str, Any], who: str) -> Any:
         return self._access(args, who, group=False)
@@ -1023,7 +1048,20 @@ class AdminHandler:
                 text=text,
                 switches=now,
             )
-        return {"switches": now, "preset": preset_name(switches.value)}
+        value = int(switches.value)
+        listed = [
+            {"number": bit + 1, "name": switch.name, "on": bool(value & int(switch))}
+            for bit, switch in enumerate(Switch)
+        ]
+        presets = {name: describe_switches(preset) for name, preset in PRESETS.items()}
+        return {
+            "switches": now,
+            "preset": preset_name(switches.value),
+            "list": listed,
+            "presets": presets,
+            # lg alone: the manual lists every switch with this server's state
+            "listing": not text.split(),
+        }
 
     def _reinit(self, args: Mapping[str, Any], who: str) -> Any:
         """Revoke every licence, forget the admin settings, re-read the permits.

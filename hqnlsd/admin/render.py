@@ -242,6 +242,7 @@ def _listu(result: dict[str, Any]) -> str:
                     h["host"],
                     h["address"],
                     h["pid"],
+                    h.get("access", "-"),
                     local_time(h["granted"]),
                     local_time(h["last_update"]),
                     h["handle"],
@@ -256,6 +257,7 @@ def _listu(result: dict[str, Any]) -> str:
                 "host",
                 "address",
                 "pid",
+                "access",
                 "since",
                 "last update",
                 "handle",
@@ -285,11 +287,19 @@ def _setting(name: str) -> Any:
 
 def _loglevel(result: dict[str, Any]) -> str:
     preset = f" (preset {result['preset']})" if result.get("preset") else ""
-    return f"log switches: {result['switches']}{preset}"
+    text = f"log switches: {result['switches']}{preset}"
+    if "list" not in result or not result.get("listing"):
+        return text
+    rows = [[s["number"], s["name"], "on" if s["on"] else "off"] for s in result["list"]]
+    lines = [text, *("  " + line for line in table(["#", "switch", "state"], rows).splitlines())]
+    lines.append("presets:")
+    lines.extend(f"  {name:<8} {switches}" for name, switches in result["presets"].items())
+    return "\n".join(lines)
 
 
 def _id(result: dict[str, Any]) -> str:
-    return f"{result['address']}  {result['unique_id_hex']}"
+    text = f"{result['address']}  {result['unique_id_hex']}"
+    return f"{result['who']}: {text}" if result.get("who") else text
 
 
 def _lk(result: dict[str, Any]) -> str:

@@ -284,7 +284,26 @@ class Session:
                 self._show(None, "lk", checked)
         elif name == "id":
             if not words:
-                self._show(None, "id", local_identity())
+                # The manual: this machine, and the connected server(s).
+                self._show(None, "id", {**local_identity(), "who": "this machine"})
+                try:
+                    targets = self.targets if self.targets is not None else self.default_targets()
+                except AdminClientError as error:
+                    # No server is no failure here: id is how an admin gets this
+                    # machine's unique id before any daemon runs.
+                    print(f"hqn_lsa: id: no server connected ({error})", file=self.err)
+                    return
+                if self.targets is None:
+                    self.targets = targets
+                for target in targets:
+                    try:
+                        answer = self.connect(target).call("id", {})
+                    except AdminClientError as error:
+                        self.fail(str(error), command="id", server=str(target))
+                        continue
+                    if answer.get("ok") and isinstance(answer.get("result"), dict):
+                        answer["result"]["who"] = f"server {target.name}"
+                    self._answer(target, "id", answer, many=False)
                 return
             for word in words:
                 target = self.resolve(word)
