@@ -376,3 +376,53 @@ def test_loglevel_without_arguments_lists_every_switch_with_its_state(rig: Rig) 
         assert name in text
     assert any("EXTERR" in line and "on" in line.split() for line in text.splitlines())
     assert any("DOMAIN" in line and "off" in line.split() for line in text.splitlines())
+
+
+# -- 8. reread and down (what lmutil / rlmutil users expect) --------------------------------
+
+
+def test_reread_reads_new_permits_and_keeps_licences(rig: Rig) -> None:
+    """`reread`, like SIGHUP: a new product is served, a held licence of an unchanged
+    product is kept (reinit would revoke it)."""
+    held = rig.grant()
+    permits = rig.tmp_path / "permits" / "test-hqn.permit"
+    text = permits.read_text("utf-8")
+    for old in (rig.tmp_path / "keys").iterdir():
+        old.unlink()
+    publisher = Publisher.create(rig.tmp_path / "keys")
+    permit = make_permit(
+        [ME],
+        [
+            product_permit("Widget", floating_count=3),
+            product_permit("Gadget", node_count=1, floating_count=2),
+            product_permit("Gizmo"),
+        ],
+    )
+    publisher.write_permit(permits, permit)
+    assert permits.read_text("utf-8") != text
+    answer = rig.call("reread")
+    assert answer["revoked"] == 0 and answer["served"] == 3
+    assert "Gizmo" in numbers(rig)
+    assert rig.root.engine.update(held.handle).result.__class__.__name__ == "UpdateAck"
+
+
+def test_down_is_refused_over_tls_and_stops_the_daemon_locally(rig: Rig) -> None:
+    """`down` stops the daemon when asked on its own machine (the admin socket); from a
+    remote admin (TLS) it is refused and nothing stops."""
+    stopped: list[bool] = []
+    rig.clock.stop = lambda: stopped.append(True)  # type: ignore[attr-defined]
+    outcome: list[Any] = []
+    from twisted.internet.defer import maybeDeferred
+
+    maybeDeferred(
+        rig.handler.handle, "down", {}, "alice (TLS, sha256 0)", local=False
+    ).addBoth(outcome.append)
+    rig.clock.advance(1)
+    assert isinstance(outcome[0].value, AdminError) and "remote" in outcome[0].value.message
+    assert stopped == []
+    answer = rig.call("down")
+    assert "stopping" in answer["message"]
+    rig.clock.advance(1)
+    assert stopped == [True]
+    planned = parse_command(["down"])
+    assert planned.command.asks

@@ -501,6 +501,24 @@ COMMANDS: tuple[Command, ...] = (
         build=_none("reinit"),
     ),
     Command(
+        "reread",
+        "rr",
+        "reread",
+        "re-read the configuration file and the permits as SIGHUP does: products whose "
+        "permits did not change keep their licences (unlike reinit)",
+        request="reread",
+        build=_none("reread"),
+    ),
+    Command(
+        "down",
+        "down",
+        "down",
+        "stop the daemon (on its own machine only; refused over TLS)",
+        asks="stops the daemon",
+        request="down",
+        build=_none("down"),
+    ),
+    Command(
         "recover",
         "rc",
         "recover DOMAIN-NUMBER",

@@ -291,15 +291,25 @@ class AdminHandler:
             "remgacc": self._remgacc,
             "reinit": self._reinit,
             "recover": self._recover,
+            "reread": self._reread,
+            "down": self._down,
         }
+        #: Whether the command running now came through the local admin socket.
+        self._local = True
 
     @property
     def commands(self) -> tuple[str, ...]:
         """The command names this handler answers."""
         return tuple(self._commands)
 
-    def handle(self, command: str, args: Mapping[str, Any], who: str) -> Any:
-        """Run one command; its result, or a Deferred of it; AdminError if refused."""
+    def handle(
+        self, command: str, args: Mapping[str, Any], who: str, *, local: bool = True
+    ) -> Any:
+        """Run one command; its result, or a Deferred of it; AdminError if refused.
+
+        ``local``: asked through the local admin socket (False: remote, over TLS).
+        """
+        self._local = local
         method = self._commands.get(command)
         if method is None:
             raise AdminError(
@@ -382,12 +392,12 @@ class AdminHandler:
         waiting = target.route.held() if target.route is not None else None
         if waiting is None:
             return None
-        forwarded = self._forwarded_domain
+        forwarded, local = self._forwarded_domain, self._local
 
         def again(_: bool) -> Any:
             self._forwarded_domain = forwarded
             try:
-                return self.handle(command, args, who)
+                return self.handle(command, args, who, local=local)
             finally:
                 self._forwarded_domain = None
 
@@ -1062,6 +1072,54 @@ class AdminHandler:
             # lg alone: the manual lists every switch with this server's state
             "listing": not text.split(),
         }
+
+    def _reread(self, args: Mapping[str, Any], who: str) -> Any:
+        """Re-read the configuration file and the permits as SIGHUP does: products whose
+        permits did not change keep their licences (unlike reinit)."""
+        root = self.root
+        server = root.server
+        assert server is not None
+        before = self._engine.held_count()
+        root.reload()
+        assert root.journal is not None
+        # The re-read's events are submitted by reload; an empty submit answers after them.
+        done: Deferred[Any] = root.journal.submit([])
+
+        def answered(_: object) -> dict[str, Any]:
+            served = len(self._engine.served())
+            revoked = max(0, before - self._engine.held_count())
+            message = (
+                f"configuration and permits re-read; {served} product(s) served; "
+                f"{revoked} licence(s) revoked (only of products whose permits changed)"
+            )
+            self.log.info(
+                "admin {who}: reread: {message}", log_switch="ADMIN", who=who, message=message
+            )
+            return {
+                "message": message,
+                "served": served,
+                "revoked": revoked,
+                "errors": [str(error) for error in server.catalogue.errors],
+            }
+
+        return done.addCallback(answered)
+
+    def _down(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """Stop the daemon (as SIGTERM: listeners stop, the journal is flushed); only
+        through the local admin socket."""
+        if not self._local:
+            raise AdminError(
+                wire.NOT_AVAILABLE,
+                "down is refused for a remote administrator: stop the daemon on its own "
+                "machine (hqn_lsa -down there, or its service manager)",
+            )
+        stop = getattr(self.root.reactor, "stop", None)
+        if stop is None:
+            raise AdminError(wire.NOT_AVAILABLE, "this daemon cannot be stopped from here")
+        self.log.warn("admin {who}: down: stopping the daemon", who=who)
+        # After the answer is written: the reactor's shutdown stops every service.
+        self.root.reactor.callLater(0.2, stop)
+        return {"message": f"stopping the daemon on {self.root.me.address}"}
 
     def _reinit(self, args: Mapping[str, Any], who: str) -> Any:
         """Revoke every licence, forget the admin settings, re-read the permits.

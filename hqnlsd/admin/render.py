@@ -358,5 +358,6 @@ _RENDERERS: dict[str, Any] = {
     "policyword": _lk,
     "lk": lambda result: f"lock well formed (key id {result['key_id']})",
     "reinit": _reinit,
+    "reread": _reinit,
     "recover": _recover,
 }
