@@ -156,6 +156,7 @@ def test_timeout_in_minutes_reaches_the_engine_and_listp(rig: Rig) -> None:
     [
         (["kill", "1", "2", "3"], [{"index": 2}, {"index": 3}]),
         (["kill", "abcdef0123"], [{"handle": "abcdef0123"}]),
+        (["kill", "1234567890123456"], [{"handle": "1234567890123456"}]),
         (
             ["n+", "2", "10.0.0.9", "0x7", "10.0.0.10", "8"],
             [

@@ -176,10 +176,15 @@ def _is_number(word: str) -> bool:
     return True
 
 
+_HANDLE = re.compile(r"^[0-9a-f]{16}$")
+
+
 def _kill(words: Sequence[str]) -> list[dict[str, Any]]:
     usage = "kill PRODUCT LICENCE-NUMBER [LICENCE-NUMBER ...] | kill HANDLE [HANDLE ...]"
-    if words and not any(_is_number(word) for word in words):
-        # No licence number anywhere: handles (a product name always ends in numbers).
+    if words and all(
+        not _is_number(word) or _HANDLE.match(word) is not None for word in words
+    ):
+        # No licence number anywhere: handles (16 hex digits, even if all are digits).
         return [{"handle": word} for word in words]
     product, rest = _product(words, usage)
     if not rest:
