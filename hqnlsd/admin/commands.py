@@ -427,7 +427,8 @@ COMMANDS: tuple[Command, ...] = (
         "ltof",
         "l",
         "ltof PRODUCT [COUNT]",
-        "make node-locked licences floating (revokes the product's licences)",
+        "make licences that ftol converted floating again, never the permit's own "
+        "node-locked ones (revokes the product's licences)",
         revokes=True,
         request="ltof",
         build=_count("ltof"),
