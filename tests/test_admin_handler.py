@@ -253,12 +253,13 @@ def test_unknown_product_is_refused_and_changes_nothing(rig: Rig) -> None:
 
 
 def test_locked_policy_flag_cannot_change(tmp_path: Path) -> None:
-    """A flag locked by the publisher cannot be changed (ILLEGAL, naming the flag)."""
+    """A flag locked by the publisher cannot be changed: the change is ignored and the
+    answer names the flag (the manual; it used to be refused as ILLEGAL)."""
     write_site(tmp_path, policy=int(Policy.GRAB) | int(Policy.GRAB) << 16)
     locked = Rig(tmp_path)
     try:
-        error = locked.refused("policy", product={"index": 1}, value="GRAB-")
-        assert error.name == "ILLEGAL" and "GRAB" in error.message
+        answer = locked.call("policy", product={"index": 1}, value="GRAB-")
+        assert answer["ignored"] == ["GRAB"] and answer["policy"] == 0x10001
         assert locked.call("policy", product={"index": 1}, value="UVIS+")["policy"] == (0x10041)
     finally:
         locked.stop()

@@ -188,9 +188,11 @@ def test_addnode_makes_a_host_a_locked_node() -> None:
 
 
 def test_rmnode_revokes_the_products_licences() -> None:
-    """rmnode removes one listing and revokes every licence of the product."""
-    nodes = (HostId(ipaddress.IPv4Address("10.0.0.5"), 0),)
-    engine, _ = make_engine(make_permit(node_count=1, floating_count=1, locked_nodes=nodes))
+    """rmnode removes one listing and revokes every licence of the product.
+
+    (The listing is added with addnode first: the manual lets rmnode remove only those.)"""
+    engine, _ = make_engine(make_permit(node_count=1, floating_count=1))
+    done(engine.add_node(*KEY, "10.0.0.5"))
     locked = grant(engine, "10.0.0.5")
     floating = grant(engine, "10.0.0.6")
     result = done(engine.remove_node(*KEY, "10.0.0.5"))
@@ -361,3 +363,61 @@ def test_reload_keeps_holders_only_if_pools_fit(field: str) -> None:
     changes: dict[str, Any] = {field: 2}
     engine.load_products([dataclasses.replace(base, **changes)])
     assert is_lost(engine, held.handle, "permit-changed")
+
+
+# -- the manual's policy locks (MNEM!) and conversions (issue 11) ------------------------------
+
+
+def test_admin_lock_fixes_a_flag_until_the_permit_is_re_read() -> None:
+    """policy MNEM!: the flag is locked by the administrator; a later change of it is
+    refused by the engine, other flags still change; a re-read of the permit (even an
+    unchanged one) unlocks it; the lock survives a snapshot and restore."""
+    engine, clock = make_engine()
+    done(engine.set_policy(*KEY, int(Policy.GRAB | Policy.UVIS), lock=int(Policy.UVIS)))
+    assert engine.status()[0].admin_locks == int(Policy.UVIS)
+    message = refused(engine.set_policy(*KEY, int(Policy.GRAB)))
+    assert "UVIS" in message and "locked" in message
+    done(engine.set_policy(*KEY, int(Policy.GRAB | Policy.UVIS | Policy.TIML)))
+    copy = Engine(clock, lambda: "x", today=utc_day)
+    copy.restore(engine.snapshot())
+    assert copy.status()[0].admin_locks == int(Policy.UVIS)
+    reread = engine.load_products((make_permit(),))
+    assert reread.events, "a re-read with admin locks in force must record their end"
+    assert engine.status()[0].admin_locks == 0
+    done(engine.set_policy(*KEY, int(Policy.GRAB)))
+
+
+def test_admin_lock_of_an_unknown_bit_is_refused() -> None:
+    """A lock of a bit no flag has is ILLEGAL and changes nothing."""
+    engine, _ = make_engine()
+    refused(engine.set_policy(*KEY, int(Policy.GRAB), lock=1 << 12))
+
+
+def test_ltof_converts_only_licences_ftol_made_node_locked() -> None:
+    """ltof may turn back only licences that ftol converted: the permit's own node-locked
+    licences stay node-locked (ILLEGAL, nothing changed)."""
+    nodes = (HostId(ipaddress.IPv4Address("10.0.0.5"), 0),)
+    engine, _ = make_engine(make_permit(node_count=1, floating_count=2, locked_nodes=nodes))
+    message = refused(engine.locked_to_float(*KEY, 1))
+    assert "ftol" in message
+    done(engine.float_to_locked(*KEY, 2))
+    refused(engine.locked_to_float(*KEY, 3))
+    done(engine.locked_to_float(*KEY, 2))
+    status = engine.status()[0]
+    assert (status.node_count, status.floating_count) == (1, 2)
+
+
+def test_rmnode_removes_only_hosts_addnode_added() -> None:
+    """rmnode may remove only listings added with addnode, never the permit's own;
+    without a unique id it removes the host's added listing whatever its id."""
+    nodes = (HostId(ipaddress.IPv4Address("10.0.0.5"), 0),)
+    engine, _ = make_engine(make_permit(node_count=1, floating_count=1, locked_nodes=nodes))
+    message = refused(engine.remove_node(*KEY, "10.0.0.5"))
+    assert "addnode" in message
+    done(engine.add_node(*KEY, "10.0.0.5", 0))
+    done(engine.add_node(*KEY, "10.0.0.9", 7))
+    done(engine.remove_node(*KEY, "10.0.0.5"))
+    assert engine.status()[0].locked_nodes == (("10.0.0.5", 0), ("10.0.0.9", 7))
+    refused(engine.remove_node(*KEY, "10.0.0.5"))
+    done(engine.remove_node(*KEY, "10.0.0.9", None))
+    assert engine.status()[0].locked_nodes == (("10.0.0.5", 0),)

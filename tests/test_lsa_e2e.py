@@ -144,11 +144,12 @@ class LsaEndToEnd(unittest.TestCase):
     def test_file_mode_and_json(self) -> Any:
         """A command file; --json gives one JSON object per answer."""
         script = self.tmp / "commands"
-        script.write_text('adduser "Test Publisher" Widget boss\nlistp+\nlk 0x10041\n')
+        # pw (policyword) decodes a policy word; lk checks a lock string (the manual's lk).
+        script.write_text('adduser "Test Publisher" Widget boss\nlistp+\npw 0x10041\n')
         done = yield self.lsa("--json", str(script))
         self.assertEqual(done.returncode, 0, done.stderr)
         records = [json.loads(line) for line in done.stdout.splitlines()]
-        self.assertEqual([r["command"] for r in records], ["adduser", "listp+", "lk"])
+        self.assertEqual([r["command"] for r in records], ["adduser", "listp+", "policyword"])
         self.assertEqual(records[1]["result"]["products"][0]["named_users"], ["boss"])
         self.assertEqual(records[2]["result"]["text"], "GRAB UVIS locked:GRAB")
 

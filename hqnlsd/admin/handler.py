@@ -44,7 +44,9 @@ from hqnlsd.identity import HostsTable, format_unique_id
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.policy import KNOWN_FLAGS, Policy, describe
 from hqnlsd.licensing.results import AdminDone, Denied, Outcome, ProductStatus
-from hqnlsd.logging.switches import LogLevelError, preset_name
+from hqnlsd.licensing.settings import FULL_ACCESS
+from hqnlsd.logging.switches import PRESETS, LogLevelError, Switch, preset_name
+from hqnlsd.logging.switches import describe as describe_switches
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address
@@ -84,7 +86,7 @@ CHANGES = frozenset(
 #: Changes a member forwards to the acting primary of a domain product's domain.
 FORWARDED = CHANGES - {"loglevel", "recover"}
 
-_POLICY_WORD = re.compile(r"^([A-Za-z]+)([+-]?)$")
+_POLICY_WORD = re.compile(r"^([A-Za-z]+)([+!-]?)$")
 _NUMBER = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)$")
 
 
@@ -124,17 +126,37 @@ class _Forward(Exception):
         self.target = target
 
 
-def parse_policy(text: str, current: int, locks: int) -> int:
-    """The policy flags after ``policy`` text, relative to ``current`` flags.
+@dataclass(frozen=True)
+class PolicyPlan:
+    """What ``policy`` words do: the flags after them, the flags they lock
+    (``MNEM!``), and the flags whose change was ignored because they are locked."""
 
-    A number (``0x41``, ``65``) is the whole word: its low 16 bits are the flags;
-    its high 16 bits, if any, must be the publisher's locks as they are. Names
-    (``GRAB UVIS``) set exactly those flags when none has a sign; ``NAME+`` and
-    ``NAME-`` turn one flag on or off and keep the others. Raises AdminError.
+    flags: int
+    lock: int
+    ignored: list[str]
+
+
+def plan_policy(text: str, current: int, locks: int, admin_locks: int = 0) -> PolicyPlan:
+    """The manual's ``policy p [val | mnemonic[-|!] ...]``, relative to ``current`` flags.
+
+    A number (``0x41``, ``65``) replaces the whole word except the locked flags; its
+    high 16 bits, if any, must be the publisher's locks as they are. ``MNEM`` turns a
+    flag on (``MNEM+`` too), ``MNEM-`` off, ``MNEM!`` locks it as it is until the
+    permit is re-read. Changes to a flag locked by the publisher (``locks``) or the
+    administrator (``admin_locks``, or an earlier ``!`` in the same words) are
+    ignored and named in ``ignored``. Raises AdminError for a bad word.
     """
     words = text.replace(",", " ").split()
     if not words:
         raise AdminError("ILLEGAL", "policy: give a number or flag names")
+    frozen = locks | admin_locks
+    ignored: list[str] = []
+
+    def note(bits: int) -> None:
+        for flag in Policy:
+            if bits & int(flag) and flag.name and flag.name not in ignored:
+                ignored.append(flag.name)
+
     if len(words) == 1 and _NUMBER.match(words[0]):
         number = int(words[0], 0)
         if number >> 32:
@@ -146,9 +168,10 @@ def parse_policy(text: str, current: int, locks: int) -> int:
                 f"policy {words[0]}: the high 16 bits are the publisher's locks "
                 f"(0x{locks:04x} for this product) and cannot be changed",
             )
-        return number & 0xFFFF
-    signed = any(word.endswith(("+", "-")) for word in words)
-    flags = current if signed else 0
+        wanted = number & 0xFFFF & KNOWN_FLAGS
+        note((wanted ^ current) & frozen)
+        return PolicyPlan((wanted & ~frozen) | (current & frozen), 0, ignored)
+    flags, lock = current, 0
     known = {flag.name: int(flag) for flag in Policy if flag.name}
     for word in words:
         match = _POLICY_WORD.match(word)
@@ -156,14 +179,38 @@ def parse_policy(text: str, current: int, locks: int) -> int:
         if match is None or name not in known:
             raise AdminError(
                 "ILLEGAL",
-                f"policy: {word!r} is not a policy flag; flags: {' '.join(known)} "
-                "(NAME+ turns one on, NAME- off; bare names set exactly those)",
+                f"policy: {word!r} is not a policy word; flags: {' '.join(known)} "
+                "(NAME turns one on, NAME- off, NAME! locks it until the permit is re-read)",
             )
-        if match.group(2) == "-":
-            flags &= ~known[name]
-        else:
-            flags |= known[name]
-    return flags & KNOWN_FLAGS
+        bit, sign = known[name], match.group(2)
+        if sign == "!":
+            lock |= bit & ~locks
+            continue
+        wanted = flags & ~bit if sign == "-" else flags | bit
+        if (wanted ^ flags) & (frozen | lock):
+            note(bit)
+            continue
+        flags = wanted
+    return PolicyPlan(flags & KNOWN_FLAGS, lock & ~admin_locks, ignored)
+
+
+def parse_policy(text: str, current: int, locks: int) -> int:
+    """The policy flags after ``policy`` text (see `plan_policy`), relative to ``current``."""
+    return plan_policy(text, current, locks).flags
+
+
+def _access_level(status: ProductStatus, user: str, group: str | None) -> int:
+    """A holder's access level now: the user's entry, else the group's, else full (8)."""
+    users, groups = dict(status.user_access), dict(status.group_access)
+    level = users.get(user)
+    if level is None and group is not None:
+        level = groups.get(group)
+    return FULL_ACCESS if level is None else level
+
+
+def _names(flags: int) -> list[str]:
+    """The names of the policy flags set in ``flags``."""
+    return [flag.name for flag in Policy if flags & int(flag) and flag.name]
 
 
 def _status_dict(index: int, status: ProductStatus) -> dict[str, Any]:
@@ -174,6 +221,7 @@ def _status_dict(index: int, status: ProductStatus) -> dict[str, Any]:
         "version": status.version,
         "policy": status.policy,
         "policy_text": describe(status.policy),
+        "admin_locked": _names(status.admin_locks),
         "node_count": status.node_count,
         "floating_count": status.floating_count,
         "locked_used": status.locked_used,
@@ -214,6 +262,9 @@ class AdminHandler:
         self.root = root
         #: the domain a forwarded command came for, while it runs (see handle_forwarded)
         self._forwarded_domain: str | None = None
+        #: Product numbers (listp), kept while the daemon runs: a product keeps its
+        #: number across re-reads, and a number is never given to another product.
+        self._numbers: dict[tuple[str, str, str], int] = {}
         self.started = root.reactor.seconds()
         self._commands: dict[str, Callable[[Mapping[str, Any], str], Any]] = {
             "id": self._id,
@@ -240,15 +291,25 @@ class AdminHandler:
             "remgacc": self._remgacc,
             "reinit": self._reinit,
             "recover": self._recover,
+            "reread": self._reread,
+            "down": self._down,
         }
+        #: Whether the command running now came through the local admin socket.
+        self._local = True
 
     @property
     def commands(self) -> tuple[str, ...]:
         """The command names this handler answers."""
         return tuple(self._commands)
 
-    def handle(self, command: str, args: Mapping[str, Any], who: str) -> Any:
-        """Run one command; its result, or a Deferred of it; AdminError if refused."""
+    def handle(
+        self, command: str, args: Mapping[str, Any], who: str, *, local: bool = True
+    ) -> Any:
+        """Run one command; its result, or a Deferred of it; AdminError if refused.
+
+        ``local``: asked through the local admin socket (False: remote, over TLS).
+        """
+        self._local = local
         method = self._commands.get(command)
         if method is None:
             raise AdminError(
@@ -331,12 +392,12 @@ class AdminHandler:
         waiting = target.route.held() if target.route is not None else None
         if waiting is None:
             return None
-        forwarded = self._forwarded_domain
+        forwarded, local = self._forwarded_domain, self._local
 
         def again(_: bool) -> Any:
             self._forwarded_domain = forwarded
             try:
-                return self.handle(command, args, who)
+                return self.handle(command, args, who, local=local)
             finally:
                 self._forwarded_domain = None
 
@@ -356,9 +417,14 @@ class AdminHandler:
     def _engine(self) -> Any:
         return self.root.engine
 
-    def _statuses(self) -> list[tuple[ProductStatus, DomainRoute | None]]:
-        """Every product listed here, numbered from 1 in this order: this daemon's own,
-        then each domain's (by domain id)."""
+    def _statuses(self) -> list[tuple[int, ProductStatus, DomainRoute | None]]:
+        """Every product listed here with its number, in number order.
+
+        Numbers are given from 1 in the order first seen (this daemon's own products,
+        then each domain's by domain id) and kept while the daemon runs, so ``p 1``
+        names the same product after a re-read; a product that is no longer served
+        keeps its number for when it comes back, and no other product gets it.
+        """
         listed: list[tuple[ProductStatus, DomainRoute | None]] = [
             (status, None) for status in self._engine.status()
         ]
@@ -369,7 +435,14 @@ class AdminHandler:
             for _key, member in sorted(domains.members.items()):
                 route = DomainRoute(member)
                 listed.extend((status, route) for status in member.engine.status())
-        return listed
+        numbered: list[tuple[int, ProductStatus, DomainRoute | None]] = []
+        for status, where in listed:
+            key = (where.domain_id if where is not None else "", status.publisher, status.product)
+            number = self._numbers.get(key)
+            if number is None:
+                number = self._numbers[key] = len(self._numbers) + 1
+            numbered.append((number, status, where))
+        return sorted(numbered, key=lambda entry: entry[0])
 
     def _domain_fields(self, route: DomainRoute | None) -> dict[str, Any]:
         """A listed product's domain, role here and primary (None: this daemon's own)."""
@@ -411,7 +484,6 @@ class AdminHandler:
     def _find_product(self, args: Mapping[str, Any]) -> _Target:
         ref = args.get("product")
         listed = self._statuses()
-        statuses = [status for status, _ in listed]
         if not isinstance(ref, Mapping):
             raise AdminError(
                 wire.BAD_REQUEST,
@@ -421,20 +493,21 @@ class AdminHandler:
             index = ref["index"]
             if isinstance(index, bool) or not isinstance(index, int):
                 raise AdminError(wire.BAD_REQUEST, "a product number must be a whole number")
-            if not 1 <= index <= len(statuses):
-                raise AdminError(
-                    "BADPRODUCT",
-                    f"there is no product {index}: this server serves {len(statuses)} "
-                    "product(s); listp shows their numbers",
-                )
-            chosen, where = listed[index - 1]
-            return self._target(chosen.publisher, chosen.product, where)
+            for number, chosen, where in listed:
+                if number == index:
+                    return self._target(chosen.publisher, chosen.product, where)
+            raise AdminError(
+                "BADPRODUCT",
+                f"there is no product {index} here: this server serves {len(listed)} "
+                "product(s); listp shows their numbers (they stay as they are when the "
+                "permits are re-read)",
+            )
         publisher, product = ref.get("publisher"), ref.get("product")
         if not isinstance(publisher, str) or not isinstance(product, str):
             raise AdminError(wire.BAD_REQUEST, "name a product: PUBLISHER PRODUCT")
         if self._engine.product(publisher, product) is not None:
             return self._target(publisher, product, None)
-        for status, where in listed:
+        for _number, status, where in listed:
             if where is not None and (status.publisher, status.product) == (publisher, product):
                 return self._target(publisher, product, where)
         domains = self.root.domains
@@ -707,24 +780,34 @@ class AdminHandler:
         return {"hosts_file": str(path), "servers": servers}
 
     def _listp(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """Every product, or (``listp p``) the one named, with all its details."""
+        statuses = self._statuses()
+        if args.get("product") is not None:
+            statuses = self._only(statuses, self._product(args, change=False))
         return {
             "products": [
                 {**_status_dict(index, status), **self._domain_fields(route)}
-                for index, (status, route) in enumerate(self._statuses(), start=1)
+                for index, status, route in statuses
             ]
         }
 
+    @staticmethod
+    def _only(
+        statuses: list[tuple[int, ProductStatus, DomainRoute | None]], wanted: _Target
+    ) -> list[tuple[int, ProductStatus, DomainRoute | None]]:
+        return [
+            (index, status, route)
+            for index, status, route in statuses
+            if (status.publisher, status.product) == (wanted.publisher, wanted.product)
+            and (route is None) == (wanted.route is None)
+        ]
+
     def _listu(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
-        statuses = list(enumerate(self._statuses(), start=1))
+        statuses = self._statuses()
         if args.get("product") is not None:
-            wanted = self._product(args, change=False)
-            statuses = [
-                (i, (s, r))
-                for i, (s, r) in statuses
-                if (s.publisher, s.product) == (wanted.publisher, wanted.product)
-            ]
+            statuses = self._only(statuses, self._product(args, change=False))
         products = []
-        for index, (status, route) in statuses:
+        for index, status, route in statuses:
             engine = route.engine if route is not None else self._engine
             found = engine.holders(status.publisher, status.product)
             holders = [] if isinstance(found, Denied) else found
@@ -746,6 +829,7 @@ class AdminHandler:
                             "pid": holder.pid,
                             "uid": holder.uid,
                             "group": holder.group,
+                            "access": _access_level(status, holder.user, holder.group),
                             "granted": holder.granted,
                             "last_update": holder.last_update,
                         }
@@ -787,15 +871,29 @@ class AdminHandler:
         target = self._product(args, change=not query)
         status = self._current(target)
         if query:
-            return {"policy": status.policy, "policy_text": describe(status.policy)}
+            return {
+                "policy": status.policy,
+                "policy_text": describe(status.policy),
+                "admin_locked": _names(status.admin_locks),
+            }
         if not isinstance(value, str):
             raise AdminError(wire.BAD_REQUEST, "the policy value must be text")
-        flags = parse_policy(value, status.policy & 0xFFFF, status.policy >> 16)
-        outcome = target.engine.set_policy(target.publisher, target.product, flags)
+        plan = plan_policy(
+            value, status.policy & 0xFFFF, status.policy >> 16, status.admin_locks
+        )
+        outcome = target.engine.set_policy(
+            target.publisher, target.product, plan.flags, plan.lock
+        )
 
         def add_word(answer: dict[str, Any]) -> dict[str, Any]:
-            word = self._current(target).policy
-            answer.update(policy=word, policy_text=describe(word))
+            now = self._current(target)
+            answer.update(
+                policy=now.policy,
+                policy_text=describe(now.policy),
+                admin_locked=_names(now.admin_locks),
+                locked=_names(plan.lock),
+                ignored=plan.ignored,
+            )
             return answer
 
         return self._change(target, outcome, "policy", who).addCallback(add_word)
@@ -844,9 +942,14 @@ class AdminHandler:
     def _node(self, args: Mapping[str, Any], who: str, *, add: bool) -> Any:
         target = self._product(args)
         address = _text(args, "address", "locked node's IPv4 address")
-        unique_id = _integer(args, "unique_id", "unique id", 0)
-        method = target.engine.add_node if add else target.engine.remove_node
-        outcome = method(target.publisher, target.product, address, unique_id)
+        engine = target.engine
+        if add:
+            unique_id = _integer(args, "unique_id", "unique id", 0)
+            outcome = engine.add_node(target.publisher, target.product, address, unique_id)
+        else:
+            # rmnode HOST without an id: the host's listing that addnode added.
+            given = _integer(args, "unique_id", "unique id") if "unique_id" in args else None
+            outcome = engine.remove_node(target.publisher, target.product, address, given)
         return self._change(target, outcome, "addnode" if add else "rmnode", who)
 
     def _addnode(self, args: Mapping[str, Any], who: str) -> Any:
@@ -891,7 +994,19 @@ class AdminHandler:
         return self._named(args, who, "unexhost", "host", "host name or address")
 
     def _adduser(self, args: Mapping[str, Any], who: str) -> Any:
-        return self._named(args, who, "adduser", "user", "user name")
+        done = self._named(args, who, "adduser", "user", "user name")
+        return done.addCallback(self._warn_off, self._product(args), Policy.USRL, "named users")
+
+    def _warn_off(
+        self, answer: dict[str, Any], target: _Target, flag: Policy, what: str
+    ) -> dict[str, Any]:
+        """Add a warning to ``answer`` if the policy that makes the change matter is off."""
+        if not self._current(target).policy & int(flag):
+            answer["message"] = (
+                f"{answer['message']} (warning: policy {flag.name} is off, so {what} have "
+                f"no effect until it is turned on: policy PRODUCT {flag.name})"
+            )
+        return answer
 
     def _remuser(self, args: Mapping[str, Any], who: str) -> Any:
         return self._named(args, who, "remuser", "user", "user name")
@@ -910,7 +1025,8 @@ class AdminHandler:
         engine = target.engine
         method = engine.set_group_access if group else engine.set_user_access
         outcome = method(target.publisher, target.product, name, level)
-        return self._change(target, outcome, "addgacc" if group else "adduacc", who)
+        done = self._change(target, outcome, "addgacc" if group else "adduacc", who)
+        return done.addCallback(self._warn_off, target, Policy.ACCL, "access levels")
 
     def _adduacc(self, args: Mapping[str, Any], who: str) -> Any:
         return self._access(args, who, group=False)
@@ -942,7 +1058,68 @@ class AdminHandler:
                 text=text,
                 switches=now,
             )
-        return {"switches": now, "preset": preset_name(switches.value)}
+        value = int(switches.value)
+        listed = [
+            {"number": bit + 1, "name": switch.name, "on": bool(value & int(switch))}
+            for bit, switch in enumerate(Switch)
+        ]
+        presets = {name: describe_switches(preset) for name, preset in PRESETS.items()}
+        return {
+            "switches": now,
+            "preset": preset_name(switches.value),
+            "list": listed,
+            "presets": presets,
+            # lg alone: the manual lists every switch with this server's state
+            "listing": not text.split(),
+        }
+
+    def _reread(self, args: Mapping[str, Any], who: str) -> Any:
+        """Re-read the configuration file and the permits as SIGHUP does: products whose
+        permits did not change keep their licences (unlike reinit)."""
+        root = self.root
+        server = root.server
+        assert server is not None
+        before = self._engine.held_count()
+        root.reload()
+        assert root.journal is not None
+        # The re-read's events are submitted by reload; an empty submit answers after them.
+        done: Deferred[Any] = root.journal.submit([])
+
+        def answered(_: object) -> dict[str, Any]:
+            served = len(self._engine.served())
+            revoked = max(0, before - self._engine.held_count())
+            message = (
+                f"configuration and permits re-read; {served} product(s) served; "
+                f"{revoked} licence(s) revoked (only of products whose permits changed)"
+            )
+            self.log.info(
+                "admin {who}: reread: {message}", log_switch="ADMIN", who=who, message=message
+            )
+            return {
+                "message": message,
+                "served": served,
+                "revoked": revoked,
+                "errors": [str(error) for error in server.catalogue.errors],
+            }
+
+        return done.addCallback(answered)
+
+    def _down(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """Stop the daemon (as SIGTERM: listeners stop, the journal is flushed); only
+        through the local admin socket."""
+        if not self._local:
+            raise AdminError(
+                wire.NOT_AVAILABLE,
+                "down is refused for a remote administrator: stop the daemon on its own "
+                "machine (hqn_lsa -down there, or its service manager)",
+            )
+        stop = getattr(self.root.reactor, "stop", None)
+        if stop is None:
+            raise AdminError(wire.NOT_AVAILABLE, "this daemon cannot be stopped from here")
+        self.log.warn("admin {who}: down: stopping the daemon", who=who)
+        # After the answer is written: the reactor's shutdown stops every service.
+        self.root.reactor.callLater(0.2, stop)
+        return {"message": f"stopping the daemon on {self.root.me.address}"}
 
     def _reinit(self, args: Mapping[str, Any], who: str) -> Any:
         """Revoke every licence, forget the admin settings, re-read the permits.

@@ -55,6 +55,8 @@ class AdminProtocol(LineOnlyReceiver):
     def __init__(self, handler: AdminHandler) -> None:
         self.handler = handler
         self.who = "local"
+        #: Through the local admin socket (False over TLS: some commands are refused).
+        self.local = True
         self.authorised = False
         self._queue: list[bytes] = []
         self._busy = False
@@ -139,7 +141,7 @@ class AdminProtocol(LineOnlyReceiver):
         except wire.WireError as error:
             self._answer(wire.error(error.name, error.message, request_id))
             return
-        answer = maybeDeferred(self.handler.handle, command, args, self.who)
+        answer = maybeDeferred(self.handler.handle, command, args, self.who, local=self.local)
         answer.addCallbacks(
             lambda result: wire.ok(result, request_id),
             lambda failure: self._failed(failure, request_id, command),
@@ -186,6 +188,7 @@ class TLSAdminProtocol(AdminProtocol):
             )
             return
         self.who = f"{peer} (TLS, sha256 {peer.fingerprint[:16]})"
+        self.local = False
         self.authorise()
 
     def _refuse(self, message: str) -> None:

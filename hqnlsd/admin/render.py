@@ -198,13 +198,19 @@ def _listp_plus(result: dict[str, Any]) -> str:
         nodes = ", ".join(f"{address} 0x{uid:08x}" for address, uid in p["locked_nodes"])
         users = ", ".join(f"{name}={level}" for name, level in p["user_access"].items())
         groups = ", ".join(f"{name}={level}" for name, level in p["group_access"].items())
+        admin_locked = p.get("admin_locked") or []
+        policy = f"0x{p['policy']:x} ({p['policy_text']})"
+        if admin_locked:
+            policy += f" admin-locked until the permit is re-read: {' '.join(admin_locked)}"
         fields = [
-            ("policy", f"0x{p['policy']:x} ({p['policy_text']})"),
+            ("policy", policy),
             (
                 "licences",
-                f"locked {p['locked_used']}/{p['node_count']}, "
-                f"floating {p['floating_used']}/{p['floating_count']}",
+                f"node-locked {p['node_count'] - p['locked_used']} left of {p['node_count']}, "
+                f"floating {p['floating_count'] - p['floating_used']} left of "
+                f"{p['floating_count']}",
             ),
+            ("served by", _where(p)),
             ("dates", f"{p['start']} .. {p['expiry']}"),
             ("update period", duration(p["period"])),
             ("crashout", duration(p["crashout"])),
@@ -236,6 +242,7 @@ def _listu(result: dict[str, Any]) -> str:
                     h["host"],
                     h["address"],
                     h["pid"],
+                    h.get("access", "-"),
                     local_time(h["granted"]),
                     local_time(h["last_update"]),
                     h["handle"],
@@ -250,6 +257,7 @@ def _listu(result: dict[str, Any]) -> str:
                 "host",
                 "address",
                 "pid",
+                "access",
                 "since",
                 "last update",
                 "handle",
@@ -260,7 +268,13 @@ def _listu(result: dict[str, Any]) -> str:
 
 def _policy(result: dict[str, Any]) -> str:
     text = f"policy 0x{result['policy']:x}: {result['policy_text']}"
-    return f"{result['message']}; {text}" if "message" in result else text
+    if result.get("admin_locked"):
+        text += f" admin-locked:{','.join(result['admin_locked'])}"
+    if "message" in result:
+        text = f"{result['message']}; {text}"
+    if result.get("ignored"):
+        text += f"\nignored (locked): {' '.join(result['ignored'])}"
+    return text
 
 
 def _setting(name: str) -> Any:
@@ -273,11 +287,19 @@ def _setting(name: str) -> Any:
 
 def _loglevel(result: dict[str, Any]) -> str:
     preset = f" (preset {result['preset']})" if result.get("preset") else ""
-    return f"log switches: {result['switches']}{preset}"
+    text = f"log switches: {result['switches']}{preset}"
+    if "list" not in result or not result.get("listing"):
+        return text
+    rows = [[s["number"], s["name"], "on" if s["on"] else "off"] for s in result["list"]]
+    lines = [text, *("  " + line for line in table(["#", "switch", "state"], rows).splitlines())]
+    lines.append("presets:")
+    lines.extend(f"  {name:<8} {switches}" for name, switches in result["presets"].items())
+    return "\n".join(lines)
 
 
 def _id(result: dict[str, Any]) -> str:
-    return f"{result['address']}  {result['unique_id_hex']}"
+    text = f"{result['address']}  {result['unique_id_hex']}"
+    return f"{result['who']}: {text}" if result.get("who") else text
 
 
 def _lk(result: dict[str, Any]) -> str:
@@ -322,6 +344,7 @@ def _recover(result: dict[str, Any]) -> str:
 
 
 _RENDERERS: dict[str, Any] = {
+    "policies": lambda result: str(result["text"]),
     "sinfo": _sinfo,
     "listhqn": _listhqn,
     "listp": _listp,
@@ -332,7 +355,9 @@ _RENDERERS: dict[str, Any] = {
     "timeout": _setting("timeout"),
     "loglevel": _loglevel,
     "id": _id,
-    "lk": _lk,
+    "policyword": _lk,
+    "lk": lambda result: f"lock well formed (key id {result['key_id']})",
     "reinit": _reinit,
+    "reread": _reinit,
     "recover": _recover,
 }

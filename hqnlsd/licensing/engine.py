@@ -66,6 +66,7 @@ from hqnlsd.licensing.events import (
     NamedUserAdded,
     NamedUserRemoved,
     PolicyChanged,
+    PolicyLocked,
     PoolsResized,
     ProductsLoaded,
     Reason,
@@ -175,6 +176,7 @@ class Engine:
             HoldersRefreshed: self._apply_refreshed,  # type: ignore[dict-item]
             ProductsLoaded: self._apply_loaded,  # type: ignore[dict-item]
             PolicyChanged: self._apply_policy,  # type: ignore[dict-item]
+            PolicyLocked: self._apply_policy_locked,  # type: ignore[dict-item]
             CrashoutChanged: self._apply_crashout,  # type: ignore[dict-item]
             TimeoutChanged: self._apply_timeout,  # type: ignore[dict-item]
             LockedNodeAdded: self._apply_node_added,  # type: ignore[dict-item]
@@ -215,7 +217,9 @@ class Engine:
             elif not _keeps_holders(state, replacement):
                 revoked += self._revoke_all(state, Reason.PERMIT_CHANGED, now, batch)
         loaded = ProductsLoaded(tuple(chosen.values()))
-        if batch or self._served_permits() != loaded.products:
+        # Re-reading a permit ends the administrator's locks (policy MNEM!): record it.
+        admin_locked = any(state.settings.locks for state in self._products.values())
+        if batch or admin_locked or self._served_permits() != loaded.products:
             self._emit(loaded, batch)
         message = f"{len(chosen)} product(s) served"
         if revoked:
@@ -367,6 +371,7 @@ class Engine:
                     named_users=tuple(sorted(settings.named_users)),
                     user_access=tuple(sorted(settings.user_access.items())),
                     group_access=tuple(sorted(settings.group_access.items())),
+                    admin_locks=settings.locks,
                 )
             )
         return out
@@ -416,18 +421,39 @@ class Engine:
     # Administration (hqn_lsa)
     # ======================================================================
 
-    def set_policy(self, publisher: str, product: str, flags: int) -> Outcome[AdminDone | Denied]:
-        """Set the policy flags (low 16 bits); refuse to change a publisher-locked flag."""
+    def set_policy(
+        self, publisher: str, product: str, flags: int, lock: int = 0
+    ) -> Outcome[AdminDone | Denied]:
+        """Set the policy flags (low 16 bits), then lock the flags of ``lock`` until the
+        permit is re-read (``policy p MNEM!``); refuse to change a flag locked by the
+        publisher or, earlier, by the administrator."""
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
         if flags < 0 or flags & ~KNOWN_FLAGS:
             return _illegal(f"policy 0x{flags:x} has bits this server does not know")
+        if lock < 0 or lock & ~KNOWN_FLAGS:
+            return _illegal(f"policy lock 0x{lock:x} has bits this server does not know")
         changed_locked = (flags ^ state.flags) & state.locks
         if changed_locked:
             names = describe(changed_locked).split(" locked:")[0]
             return _illegal(f"policy flag(s) {names} of {_name(state)} are locked by the publisher")
-        return self._admin(PolicyChanged(publisher, product, flags), f"policy {describe(flags)}")
+        changed_locked = (flags ^ state.flags) & state.settings.locks
+        if changed_locked:
+            names = describe(changed_locked)
+            return _illegal(
+                f"policy flag(s) {names} of {_name(state)} are locked by the administrator "
+                "until the permit is re-read"
+            )
+        message = f"policy {describe(flags)}"
+        new_locks = state.settings.locks | lock
+        if new_locks == state.settings.locks:
+            return self._admin(PolicyChanged(publisher, product, flags), message)
+        batch: list[Event] = []
+        self._emit(PolicyChanged(publisher, product, flags), batch)
+        self._emit(PolicyLocked(publisher, product, new_locks), batch)
+        message += f"; locked until the permit is re-read: {describe(new_locks)}"
+        return Outcome(AdminDone(message, 0), tuple(batch))
 
     def set_crashout(
         self, publisher: str, product: str, seconds: float | None
@@ -491,17 +517,30 @@ class Engine:
         )
 
     def remove_node(
-        self, publisher: str, product: str, address: str, unique_id: int = 0
+        self, publisher: str, product: str, address: str, unique_id: int | None = 0
     ) -> Outcome[AdminDone | Denied]:
-        """Remove one listing of a locked node; revokes the product's licences."""
+        """Remove one listing of a locked node that ``addnode`` added (never one of the
+        permit's own); ``unique_id`` None: the host's last added listing, whatever its
+        id. Revokes the product's licences."""
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        node = _node(address, unique_id)
+        node = _node(address, 0 if unique_id is None else unique_id)
         if isinstance(node, Denied):
             return Outcome(node)
-        if node not in state.locked_nodes:
-            return _illegal(f"{node[0]} 0x{node[1]:08x} is not a locked node of {_name(state)}")
+        added = list(state.locked_nodes)
+        for own in [(str(host.address), host.unique_id) for host in state.permit.locked_nodes]:
+            if own in added:
+                added.remove(own)
+        if unique_id is None:
+            ids = [listing for listing in added if listing[0] == node[0]]
+            node = ids[-1] if ids else node
+        if node not in added:
+            listed = "listed by the permit" if node in state.locked_nodes else "not listed"
+            return _illegal(
+                f"{node[0]} 0x{node[1]:08x} is {listed} as a locked node of {_name(state)}: "
+                "only hosts added with addnode can be removed"
+            )
         return self._admin(
             LockedNodeRemoved(publisher, product, *node),
             f"locked node {node[0]} removed",
@@ -535,10 +574,11 @@ class Engine:
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        if not 1 <= count <= state.node_count:
+        converted = max(0, state.node_count - state.permit.node_count)
+        if not 1 <= count <= converted:
             return _illegal(
-                f"{_name(state)} has {state.node_count} node-locked licence(s); "
-                f"cannot make {count} floating"
+                f"{_name(state)} has {converted} node-locked licence(s) made by ftol; "
+                f"cannot make {count} floating (only licences converted by ftol can be)"
             )
         return self._admin(
             PoolsResized(
@@ -1115,6 +1155,8 @@ class Engine:
         products: dict[ProductKey, ProductState] = {}
         for key, permit in wanted.items():
             state = self._products.get(key)
+            if state is not None:
+                state.settings.locks = 0  # the permit is re-read: admin locks end
             if state is None:
                 state = ProductState(permit, ProductSettings())
             elif state.permit != permit:
@@ -1136,6 +1178,9 @@ class Engine:
 
     def _apply_policy(self, event: PolicyChanged) -> None:
         self._state(event.publisher, event.product).settings.flags = event.flags & KNOWN_FLAGS
+
+    def _apply_policy_locked(self, event: PolicyLocked) -> None:
+        self._state(event.publisher, event.product).settings.locks = event.locks & KNOWN_FLAGS
 
     def _apply_crashout(self, event: CrashoutChanged) -> None:
         self._state(event.publisher, event.product).settings.crashout = event.seconds

@@ -255,6 +255,17 @@ class PolicyChanged(Event):
 
 @_register
 @dataclasses.dataclass(frozen=True, slots=True)
+class PolicyLocked(Event):
+    """The administrator locked these policy flags (``policy p MNEM!``) until the
+    product's permit is re-read: ``locks`` is every admin-locked flag now."""
+
+    publisher: str
+    product: str
+    locks: int
+
+
+@_register
+@dataclasses.dataclass(frozen=True, slots=True)
 class CrashoutChanged(Event):
     """The product's crashout time, in seconds (None: the default, 3 update periods)."""
 
@@ -371,6 +382,7 @@ class GroupAccessSet(Event):
 #: Events that change a product's administrative settings, by type.
 ADMIN_EVENTS: tuple[type[Event], ...] = (
     PolicyChanged,
+    PolicyLocked,
     CrashoutChanged,
     TimeoutChanged,
     LockedNodeAdded,

@@ -153,6 +153,8 @@ class ProductStatus:
     named_users: tuple[str, ...]
     user_access: tuple[tuple[str, int], ...]
     group_access: tuple[tuple[str, int], ...]
+    #: Flags the administrator locked until the permit is re-read (``policy p MNEM!``).
+    admin_locks: int = 0
 
     @property
     def total(self) -> int:

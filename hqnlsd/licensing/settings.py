@@ -33,6 +33,8 @@ class ProductSettings:
     """The administrator's settings for one product; None means "as the permit says"."""
 
     flags: int | None = None
+    #: Flags the administrator locked (``policy p MNEM!``) until the permit is re-read.
+    locks: int = 0
     crashout: float | None = None
     timeout: float | None = None
     counts: tuple[int, int] | None = None  # (node-locked, floating) after ftol / ltof
@@ -46,6 +48,7 @@ class ProductSettings:
         """JSON-safe form, in a canonical order (sets sorted)."""
         return {
             "flags": self.flags,
+            "locks": self.locks,
             "crashout": self.crashout,
             "timeout": self.timeout,
             "counts": None if self.counts is None else list(self.counts),
@@ -67,6 +70,7 @@ class ProductSettings:
         nodes = data.get("locked_nodes")
         return cls(
             flags=None if data.get("flags") is None else int(data["flags"]) & KNOWN_FLAGS,
+            locks=int(data.get("locks") or 0) & KNOWN_FLAGS,
             crashout=None if data.get("crashout") is None else float(data["crashout"]),
             timeout=None if data.get("timeout") is None else float(data["timeout"]),
             counts=None if counts is None else (int(counts[0]), int(counts[1])),

@@ -200,6 +200,7 @@ _BY_FIELD: dict[tuple[str, str], Check] = {
     ("Granted", "pid"): _word,
     ("Granted", "uid"): _optional(_word),
     ("PolicyChanged", "flags"): _word,
+    ("PolicyLocked", "locks"): _word,
     ("Granted", "address"): _address,
     ("Granted", "hostid"): _optional(_id32),
     ("Granted", "access"): _level,
@@ -248,6 +249,7 @@ def check_event_dict(data: object, where: str = "entry") -> None:
 _settings = _record(
     {
         "flags": _optional(_word),
+        "locks": _word,
         "crashout": _optional(_number),
         "timeout": _optional(_number),
         "counts": _optional(_pair(_count, _count)),
@@ -258,7 +260,15 @@ _settings = _record(
         "group_access": lambda value, where: _mapping(value, where),
     },
     optional=frozenset(
-        {"excluded", "named_users", "user_access", "group_access", "counts", "locked_nodes"}
+        {
+            "excluded",
+            "named_users",
+            "user_access",
+            "group_access",
+            "counts",
+            "locked_nodes",
+            "locks",
+        }
     ),
 )
 

@@ -36,7 +36,13 @@ from typing import Any, TextIO
 
 from hqnlsd.admin import commands as catalogue
 from hqnlsd.admin.client import AdminClient, AdminClientError
-from hqnlsd.admin.commands import Planned, UsageError, lock_meaning, parse_command
+from hqnlsd.admin.commands import (
+    Planned,
+    UsageError,
+    check_lock,
+    lock_meaning,
+    parse_command,
+)
 from hqnlsd.admin.render import render
 from hqnlsd.admin.service import DEFAULT_TLS_PORT, SOCKET_NAME
 from hqnlsd.config import DEFAULT_HOSTS_FILE, DEFAULT_STATE_DIR
@@ -231,6 +237,10 @@ class Session:
     def run(self, planned: Planned) -> None:
         """Run one parsed command."""
         command = planned.command
+        if command.name == "policy" and planned.args.get("list"):
+            # The manual's `policy` alone: the policies and mnemonics, answered here.
+            self._show(None, "policies", {"text": catalogue.policy_table()})
+            return
         if command.kind == "setting":
             self._setting(planned)
         elif command.kind == "local":
@@ -264,11 +274,36 @@ class Session:
         name, words = planned.command.name, planned.words
         if name == "help":
             self.say(help_text(words[0] if words else None))
+        elif name == "policyword":
+            self._show(None, "policyword", lock_meaning(words))
         elif name == "lk":
-            self._show(None, "lk", lock_meaning(words))
+            checked = check_lock(words)
+            if checked["problems"]:
+                self.fail("lock string: " + "; ".join(checked["problems"]), command="lk")
+            else:
+                self._show(None, "lk", checked)
         elif name == "id":
             if not words:
-                self._show(None, "id", local_identity())
+                # The manual: this machine, and the connected server(s).
+                self._show(None, "id", {**local_identity(), "who": "this machine"})
+                try:
+                    targets = self.targets if self.targets is not None else self.default_targets()
+                except AdminClientError as error:
+                    # No server is no failure here: id is how an admin gets this
+                    # machine's unique id before any daemon runs.
+                    print(f"hqn_lsa: id: no server connected ({error})", file=self.err)
+                    return
+                if self.targets is None:
+                    self.targets = targets
+                for target in targets:
+                    try:
+                        answer = self.connect(target).call("id", {})
+                    except AdminClientError as error:
+                        self.fail(str(error), command="id", server=str(target))
+                        continue
+                    if answer.get("ok") and isinstance(answer.get("result"), dict):
+                        answer["result"]["who"] = f"server {target.name}"
+                    self._answer(target, "id", answer, many=False)
                 return
             for word in words:
                 target = self.resolve(word)
@@ -309,13 +344,18 @@ class Session:
         if not self._confirm(planned, targets):
             return
         for target in targets:
-            try:
-                answer = self.connect(target).call(planned.command.request, planned.args)
-            except AdminClientError as error:
-                self.clients.pop(str(target), None)
-                self.fail(str(error), command=planned.command.name, server=str(target))
-                continue
-            self._answer(target, planned.command.name, answer, many=len(targets) > 1)
+            # Several items (kill p n n ...): one request each, in order, on each server.
+            for args in planned.requests or (planned.args,):
+                try:
+                    answer = self.connect(target).call(planned.command.request, args)
+                except AdminClientError as error:
+                    self.clients.pop(str(target), None)
+                    self.fail(str(error), command=planned.command.name, server=str(target))
+                    break
+                name = planned.command.name
+                if name == "listp" and "product" in args:
+                    name = "listp+"  # listp PRODUCT: the full details of that one
+                self._answer(target, name, answer, many=len(targets) > 1)
 
     def _answer(self, target: Target, name: str, answer: dict[str, Any], *, many: bool) -> None:
         if not answer.get("ok"):
