@@ -25,13 +25,18 @@ ROOT_RUNTIME_DIR = Path("/run/hqnlsd")
 def default_runtime_dir(environ: Mapping[str, str], euid: int | None = None) -> Path:
     """The runtime directory daemons publish their admin sockets in, and hqn_lsa reads.
 
-    ``/run/hqnlsd`` for root; otherwise ``$XDG_RUNTIME_DIR/hqnlsd`` (the user's
-    private runtime directory), or ``/tmp/hqnlsd-UID`` where there is none (both
-    sides check its owner and mode before trusting it).
+    ``/run/hqnlsd`` for root; otherwise the service's own ``$RUNTIME_DIRECTORY``
+    (systemd's ``RuntimeDirectory=hqnlsd``: ``/run/hqnlsd`` for a service user),
+    ``$XDG_RUNTIME_DIR/hqnlsd`` (the user's private runtime directory), or
+    ``/tmp/hqnlsd-UID`` where there is none (both sides check its owner and mode
+    before trusting it).
     """
     uid = os.geteuid() if euid is None else euid
     if uid == 0:
         return ROOT_RUNTIME_DIR
+    service = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if service and os.path.isabs(service):
+        return Path(service)
     base = environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isabs(base):
         return Path(base) / "hqnlsd"

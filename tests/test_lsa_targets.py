@@ -144,10 +144,13 @@ def test_runtime_socket_names_and_client_port() -> None:
 
 
 def test_default_runtime_dir() -> None:
-    """root: /run/hqnlsd; a user: $XDG_RUNTIME_DIR/hqnlsd, else /tmp/hqnlsd-UID."""
+    """root: /run/hqnlsd; a service user: systemd's $RUNTIME_DIRECTORY; a user:
+    $XDG_RUNTIME_DIR/hqnlsd, else /tmp/hqnlsd-UID."""
     assert default_runtime_dir({}, 0) == Path("/run/hqnlsd")
     assert default_runtime_dir({"XDG_RUNTIME_DIR": "/run/user/5"}, 5) == Path("/run/user/5/hqnlsd")
     assert default_runtime_dir({}, 5) == Path("/tmp/hqnlsd-5")
+    service = {"RUNTIME_DIRECTORY": "/run/hqnlsd", "XDG_RUNTIME_DIR": "/run/user/5"}
+    assert default_runtime_dir(service, 5) == Path("/run/hqnlsd")
 
 
 def test_is_local_address() -> None:
@@ -207,7 +210,12 @@ def test_runtime_dir_trust(tmp_path: Path) -> None:
     assert os.stat(grouped).st_mode & 0o777 == 0o750
     assert lsa.trusted_runtime_dir(made, explicit=False) == os.geteuid()
     if os.geteuid() == 0:
+        # Another user's directory: trusted in a directory only root may change (as
+        # systemd's RuntimeDirectory=hqnlsd for a service user), not in one like /tmp.
         os.chown(made, 65534, -1)
+        os.chmod(made.parent, 0o755)
+        assert lsa.trusted_runtime_dir(made, explicit=False) == 65534
+        os.chmod(made.parent, 0o1777)
         with pytest.raises(AdminClientError, match="not by you or root"):
             lsa.trusted_runtime_dir(made, explicit=False)
         assert lsa.trusted_runtime_dir(made, explicit=True) == 65534

@@ -175,3 +175,27 @@ def test_server_fans_out_and_the_prompt_shows_it(
     assert done.returncode == 1
     assert "hqnserver3" in done.stderr
     assert switches(harness, first) == before
+
+
+def test_a_killed_daemon_is_not_reached_and_is_found_again_after_restart(
+    site: tuple[DaemonHarness, Daemon, Daemon],
+) -> None:
+    """SIGKILL leaves hqnserver2's published socket behind: -s 2 fails naming it (exit 1)
+    and the default search passes it by; restarted, it publishes again and -s 2 finds it."""
+    harness, first, second = site
+    second.kill()
+    assert (harness.runtime_dir / f"127.0.0.2:{second.port}.sock").exists()
+    before = switches(harness, first)
+    done = lsa(harness, "-s", "2", "-lg", "exterr-")
+    assert done.returncode == 1
+    assert "hqnserver2 (127.0.0.2)" in done.stderr, done.stderr
+    assert switches(harness, first) == before
+    hosts = harness.root / "hosts-dead-first"
+    hosts.write_text("127.0.0.2 hqnserver1\n127.0.0.1 hqnserver2\n")
+    done = lsa(harness, "-lp", hosts=hosts)
+    assert done.returncode == 0, done.stderr
+    assert "Alpha" in done.stdout
+    second.start_and_wait()
+    done = lsa(harness, "-s", "2", "-lp")
+    assert done.returncode == 0, done.stderr
+    assert "Beta" in done.stdout and "Alpha" not in done.stdout

@@ -164,7 +164,8 @@ def trusted_runtime_dir(path: Path, *, explicit: bool) -> int:
 
     Raise AdminClientError unless it is a real directory (no symlink) that
     neither group nor others may write to; the default directory must also be
-    ours or root's (``/tmp/hqnlsd-UID`` could be made by anyone).
+    ours or root's, or sit in a directory only root may change (``/run/hqnlsd``
+    of a service user: root made it; ``/tmp/hqnlsd-UID`` could be anyone's).
     """
     try:
         info = os.lstat(path)
@@ -182,12 +183,21 @@ def trusted_runtime_dir(path: Path, *, explicit: bool) -> int:
             f"runtime directory {path}: mode {stat.S_IMODE(info.st_mode):03o} lets others "
             "put sockets in it; not trusted"
         )
-    if not explicit and info.st_uid not in (0, os.geteuid()):
+    if not explicit and info.st_uid not in (0, os.geteuid()) and not _root_only(path.parent):
         raise AdminClientError(
             f"runtime directory {path}: owned by uid {info.st_uid}, not by you or root; "
             "not trusted (name it with --runtime-dir if it is right)"
         )
     return info.st_uid
+
+
+def _root_only(directory: Path) -> bool:
+    """True if only root may create or rename entries in ``directory``."""
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and not info.st_mode & 0o022
 
 
 def published_sockets(
@@ -334,13 +344,17 @@ class Session:
         named = label if label == where else f"{label} ({where})"
         live: list[Target] = []
         notes: list[str] = []
-        owner: int | None = None
         try:
             owner = trusted_runtime_dir(self.runtime_dir, explicit=self.runtime_explicit)
+            published = published_sockets(self.runtime_dir, owner, address, port)
         except AdminClientError as error:
             notes.append(str(error))
-        if owner is not None:
-            for path, _, number in published_sockets(self.runtime_dir, owner, address, port):
+        else:
+            if not published:
+                notes.append(
+                    f"no daemon publishes an admin socket for {where} in {self.runtime_dir}"
+                )
+            for path, _, number in published:
                 target = Target(label, path=path, address=address, client_port=number)
                 try:
                     self.connect(target)
@@ -366,10 +380,6 @@ class Session:
             except AdminClientError as error:
                 notes.append(str(error))
         if is_local_address(address):
-            if owner is not None:
-                notes.insert(
-                    0, f"no daemon publishes an admin socket for {where} in {self.runtime_dir}"
-                )
             raise AdminClientError(f"{named}: no hqnlsd daemon there: " + "; ".join(notes))
         target = Target(label, address=address, port=self.tls_port, client_port=port)
         self.connect(target)  # its errors name the target
