@@ -18,6 +18,47 @@ DEFAULT_PUBLISHER_KEYS = Path("/etc/hqnlsd/publishers")
 DEFAULT_HOSTS_FILE = Path("/etc/hosts")
 #: TCP port of the server-domain peer listener (`hqnlsd.domain.peers.DEFAULT_PEER_PORT`).
 DEFAULT_PEER_PORT = 1237
+#: Where root's daemons publish their admin sockets, one per daemon address.
+ROOT_RUNTIME_DIR = Path("/run/hqnlsd")
+
+
+def default_runtime_dir(environ: Mapping[str, str], euid: int | None = None) -> Path:
+    """The runtime directory daemons publish their admin sockets in, and hqn_lsa reads.
+
+    ``/run/hqnlsd`` for root; otherwise the service's own ``$RUNTIME_DIRECTORY``
+    (systemd's ``RuntimeDirectory=hqnlsd``: ``/run/hqnlsd`` for a service user),
+    ``$XDG_RUNTIME_DIR/hqnlsd`` (the user's private runtime directory), or
+    ``/tmp/hqnlsd-UID`` where there is none (both sides check its owner and mode
+    before trusting it).
+    """
+    uid = os.geteuid() if euid is None else euid
+    if uid == 0:
+        return ROOT_RUNTIME_DIR
+    service = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if service and os.path.isabs(service):
+        return Path(service)
+    base = environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isabs(base):
+        return Path(base) / "hqnlsd"
+    return Path(f"/tmp/hqnlsd-{uid}")
+
+
+def runtime_socket_name(address: ipaddress.IPv4Address | str, port: int | None) -> str:
+    """The file name a daemon publishes its admin socket under: ``ADDRESS:PORT.sock``.
+
+    The port (of the client listener) tells apart several daemons on one address;
+    a daemon whose client listener has no TCP port publishes ``ADDRESS.sock``.
+    """
+    return f"{address}:{port}.sock" if port is not None else f"{address}.sock"
+
+
+def client_port(listen: str) -> int | None:
+    """The TCP port of a client listener description (``tcp:1236:...``), else None."""
+    kind, _, rest = listen.partition(":")
+    number = rest.split(":", 1)[0]
+    if kind.lower() in ("tcp", "ssl") and number.isdigit():
+        return int(number)
+    return None
 
 
 class ConfigError(ValueError):
@@ -45,6 +86,9 @@ class DaemonConfig:
     admin_socket: Path | None = None
     admin_socket_mode: int = 0o660
     admin_socket_group: str | None = None
+    #: Where the admin socket is also published as ``ADDRESS:PORT.sock`` for
+    #: hqn_lsa to find this daemon by its address (None: not published).
+    runtime_dir: Path | None = None
     #: Remote admin over mutual TLS (strports), and the domain TLS files it uses.
     admin_tls: str | None = None
     domain_ca: Path | None = None
@@ -85,6 +129,7 @@ class DaemonConfig:
         admin_socket: str | None = None,
         admin_socket_mode: str | None = None,
         admin_socket_group: str | None = None,
+        runtime_dir: str | None = None,
         admin_tls: str | None = None,
         domain_tls: tuple[str | None, str | None, str | None] = (None, None, None),
         server_keys: str | None = None,
@@ -151,6 +196,16 @@ class DaemonConfig:
                 f"--admin-socket-mode {socket_mode:03o} would let every local user administer "
                 "the server; use 660 (owner and group) or 600"
             )
+        env = dict(os.environ if environ is None else environ)
+        off = runtime_dir is not None and runtime_dir.lower() in ("off", "none", "")
+        if socket_path is None or off:
+            runtime: Path | None = None
+        elif runtime_dir is None:
+            runtime = default_runtime_dir(env)
+        elif not os.path.isabs(runtime_dir):
+            raise ConfigError(f"--runtime-dir {runtime_dir!r}: give an absolute path, or 'off'")
+        else:
+            runtime = Path(runtime_dir)
         tls_files = [Path(name) if name else None for name in domain_tls]
         if any(tls_files) and not all(tls_files):
             raise ConfigError("give all of --domain-ca, --domain-cert and --domain-key, or none")
@@ -186,7 +241,7 @@ class DaemonConfig:
             state_dir=state,
             publisher_keys=keys,
             domain_logging=domain_logging,
-            environ=dict(os.environ if environ is None else environ),
+            environ=env,
             manhole_listen=manhole or None,
             manhole_keys=manhole_key_file,
             metrics_listen=metrics or None,
@@ -195,6 +250,7 @@ class DaemonConfig:
             admin_socket=socket_path,
             admin_socket_mode=socket_mode,
             admin_socket_group=admin_socket_group or None,
+            runtime_dir=runtime,
             admin_tls=admin_tls or None,
             domain_ca=tls_files[0],
             domain_cert=tls_files[1],

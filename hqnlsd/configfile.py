@@ -222,6 +222,11 @@ _TABLES: dict[str, tuple[_Key, ...]] = {
         _Key("socket", "admin-socket", _path('a socket path such as "/run/hqnlsd/admin.sock"')),
         _Key("socket-mode", "admin-socket-mode", _string('an octal file mode such as "660"')),
         _Key("socket-group", "admin-socket-group", _string('a group name such as "hqnadmin"')),
+        _Key(
+            "runtime-dir",
+            "runtime-dir",
+            _string('an absolute directory path such as "/run/hqnlsd", or "off"'),
+        ),
         _Key("tls-listen", "admin-tls", _port_or_description(_LISTEN.format(port=1238))),
     ),
     "domain": (

@@ -415,7 +415,7 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
 
 def _add_admin_services(root: HqnlsdService, config: DaemonConfig, reactor: Any) -> None:
     """The admin listeners: the local socket (file permissions), and TLS if asked."""
-    from hqnlsd.admin.service import make_admin_services
+    from hqnlsd.admin.service import make_admin_services, runtime_socket_path
     from hqnlsd.tls import DomainCredentials, TLSConfigError
 
     credentials = None
@@ -433,6 +433,7 @@ def _add_admin_services(root: HqnlsdService, config: DaemonConfig, reactor: Any)
             socket_path=config.admin_socket,
             socket_mode=config.admin_socket_mode,
             socket_group=config.admin_socket_group,
+            runtime_socket=runtime_socket_path(config),
             tls_listen=config.admin_tls,
             tls_credentials=credentials,
             reactor=reactor,

@@ -103,6 +103,14 @@ class Options(usage.Options):
         ["admin-socket-mode", None, None, "Octal mode of the admin socket [default: 660]."],
         ["admin-socket-group", None, None, "Group that owns the admin socket."],
         [
+            "runtime-dir",
+            None,
+            None,
+            "Directory where the admin socket is also published as ADDRESS:PORT.sock, "
+            "so that hqn_lsa -s ADDRESS finds this daemon [default: /run/hqnlsd as root, "
+            "else $XDG_RUNTIME_DIR/hqnlsd; 'off' for none].",
+        ],
+        [
             "admin-tls",
             None,
             None,
@@ -173,6 +181,7 @@ def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
         admin_socket=text("admin-socket"),
         admin_socket_mode=text("admin-socket-mode"),
         admin_socket_group=text("admin-socket-group"),
+        runtime_dir=text("runtime-dir"),
         admin_tls=text("admin-tls"),
         domain_tls=(text("domain-ca"), text("domain-cert"), text("domain-key")),
         server_keys=text("server-keys"),

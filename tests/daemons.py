@@ -371,6 +371,7 @@ class Daemon:
         publisher_keys: Path,
         hosts_file: Path,
         extra_args: Sequence[str] = (),
+        runtime_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -381,6 +382,8 @@ class Daemon:
         self.publisher_keys = publisher_keys
         self.hosts_file = hosts_file
         self.extra_args = tuple(extra_args)
+        #: Where the daemon publishes its admin socket (the test's own, never /run/hqnlsd).
+        self.runtime_dir = runtime_dir
         self.log_path = workdir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -406,6 +409,8 @@ class Daemon:
         ]
         if self.permit_dirs:
             args += ["-p", ":".join(str(d) for d in self.permit_dirs)]
+        if self.runtime_dir is not None:
+            args += ["--runtime-dir", str(self.runtime_dir)]
         return args + list(self.extra_args)
 
     @property
@@ -564,8 +569,9 @@ class DaemonHarness:
     """The temporary tree of one test and every daemon started in it (see module docstring).
 
     ``root/keys`` holds the publisher key pair, ``root/permits`` the shared permit
-    directory, ``root/hosts`` the hosts file, ``root/NAME/`` each daemon's state
-    directory (``state``) and log (``NAME.log``).
+    directory, ``root/hosts`` the hosts file, ``root/run`` the runtime directory
+    where every daemon publishes its admin socket, ``root/NAME/`` each daemon's
+    state directory (``state``) and log (``NAME.log``).
     """
 
     def __init__(self, root: Path, *, unique_id: int | None = None) -> None:
@@ -575,6 +581,7 @@ class DaemonHarness:
         self.permit_dir = root / "permits"
         self.permit_dir.mkdir(parents=True, exist_ok=True)
         self.hosts_file = root / "hosts"
+        self.runtime_dir = root / "run"
         self.write_hosts([loopback(1)])
         self.daemons: dict[str, Daemon] = {}
 
@@ -626,6 +633,7 @@ class DaemonHarness:
             publisher_keys=self.publisher.keys_dir,
             hosts_file=self.hosts_file,
             extra_args=extra_args,
+            runtime_dir=self.runtime_dir,
         )
         self.daemons[name] = daemon
         return daemon

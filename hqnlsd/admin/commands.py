@@ -302,8 +302,8 @@ COMMANDS: tuple[Command, ...] = (
         "server",
         "s",
         "server [NAME ...]",
-        "send the next commands to these servers "
-        "(names, addresses, unix:PATH or tls:ADDRESS[:PORT]); none: show them",
+        "connect: the next commands go to each of these servers (N = hqnserverN, "
+        "hqnserverN, host, address, HOST:PORT); none: the default server",
         kind="setting",
     ),
     Command(

@@ -25,6 +25,7 @@ from zope.interface import implementer
 import hqnlsd
 from hqnlsd.admin import wire
 from hqnlsd.admin.handler import AdminError, AdminHandler
+from hqnlsd.config import client_port
 from hqnlsd.tls import PeerNotRecognised, Role, identify_peer
 
 #: How many request lines may wait while one is being answered.
@@ -77,6 +78,8 @@ class AdminProtocol(LineOnlyReceiver):
                     "versions": list(wire.SUPPORTED_VERSIONS),
                     "server": hqnlsd.__version__,
                     "address": str(me.address),
+                    # The client port tells apart daemons on one address (hqn_lsa HOST:PORT).
+                    "port": client_port(self.handler.root.config.client_listen),
                     "unique_id": me.unique_id,
                     "you": self.who,
                 }

@@ -5,6 +5,12 @@
   connect to it is an administrator, so the file's permissions are the
   authorisation. A stale socket of a dead daemon is replaced (a ``.lock`` file
   beside it tells a live daemon's from a stale one).
+- The same service published in the runtime directory as ``ADDRESS:PORT.sock``
+  (`hqnlsd.config.runtime_socket_name`), so that ``hqn_lsa -s ADDRESS`` reaches
+  this daemon and no other: one socket per daemon, named by its address and
+  client port, with the admin socket's mode and group. The directory is made
+  0700 (0750 and the admin group's with ``--admin-socket-group``) and refused
+  if it is a symlink, not ours or root's, or writable by others.
 - Optionally, remote administration over mutual TLS (`hqnlsd.tls`): the
   daemon's member certificate and the domain CA; only admin certificates are
   served (`TLSAdminProtocol`).
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import grp
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +37,7 @@ from zope.interface import implementer
 
 from hqnlsd.admin.handler import AdminHandler
 from hqnlsd.admin.protocol import AdminFactory
+from hqnlsd.config import DaemonConfig, client_port, runtime_socket_name
 from hqnlsd.listen import loopback_unless_named
 from hqnlsd.tls import DomainCredentials, server_options
 
@@ -44,6 +52,15 @@ DEFAULT_SOCKET_MODE = 0o660
 DEFAULT_TLS_PORT = 1238
 
 
+def runtime_socket_path(config: DaemonConfig) -> Path | None:
+    """Where ``config``'s daemon publishes its admin socket (None: it does not)."""
+    if config.runtime_dir is None or config.admin_socket is None:
+        return None
+    return config.runtime_dir / runtime_socket_name(
+        config.address, client_port(config.client_listen)
+    )
+
+
 def group_id(group: str | int) -> int:
     """A group name or number as a gid; ValueError naming it if unknown."""
     if isinstance(group, int) or str(group).isdigit():
@@ -52,6 +69,53 @@ def group_id(group: str | int) -> int:
         return grp.getgrnam(str(group)).gr_gid
     except KeyError:
         raise ValueError(f"admin socket group {group!r}: no such group") from None
+
+
+class RuntimeDirError(ValueError):
+    """The runtime directory is unsafe or cannot be made; the message says which and why."""
+
+
+def check_runtime_dir(path: Path, *, euid: int | None = None) -> None:
+    """Raise RuntimeDirError unless ``path`` is a real directory only its owner may change.
+
+    Its owner must be ``euid`` (default: ours) or root, and neither its group nor
+    others may write to it: whoever can create a file there could publish a
+    socket under a daemon's address and receive that daemon's admin commands.
+    """
+    uid = os.geteuid() if euid is None else euid
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        raise RuntimeDirError(f"runtime directory {path}: {error.strerror or error}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeDirError(f"runtime directory {path}: not a directory (or a symlink)")
+    if info.st_uid not in (uid, 0):
+        raise RuntimeDirError(
+            f"runtime directory {path}: owned by uid {info.st_uid}, not by this user or root"
+        )
+    if info.st_mode & 0o022:
+        raise RuntimeDirError(
+            f"runtime directory {path}: mode {stat.S_IMODE(info.st_mode):03o} lets others "
+            "create files in it; make it 700 or 750"
+        )
+
+
+def prepare_runtime_dir(path: Path, gid: int | None) -> None:
+    """Make the runtime directory if missing (0700, or 0750 for ``gid``), then check it."""
+    if not os.path.lexists(path):
+        try:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            path.mkdir(mode=0o700)
+            if gid is not None:
+                os.chown(path, -1, gid)
+                os.chmod(path, 0o750)
+        except FileExistsError:
+            pass  # another daemon made it meanwhile: checked below as any other
+        except OSError as error:
+            raise RuntimeDirError(
+                f"runtime directory {path}: cannot create it: {error.strerror or error}"
+            ) from None
+    check_runtime_dir(path)
 
 
 @implementer(IStreamServerEndpoint)
@@ -84,13 +148,15 @@ def make_admin_services(
     socket_path: Path | None,
     socket_mode: int = DEFAULT_SOCKET_MODE,
     socket_group: str | int | None = None,
+    runtime_socket: Path | None = None,
     tls_listen: str | None = None,
     tls_credentials: DomainCredentials | None = None,
     reactor: Any,
 ) -> list[IService]:
     """The admin listeners for ``root``: the UNIX socket and, if asked, TLS.
 
-    ``socket_path`` None means no local socket; ``tls_listen`` (a strports TCP
+    ``socket_path`` None means no local socket; ``runtime_socket`` (with a local
+    socket) is where it is also published for hqn_lsa; ``tls_listen`` (a strports TCP
     description, loopback unless ``interface=`` names one) needs
     ``tls_credentials`` (the daemon's member certificate and the domain CA).
     Raises ValueError with a message for the admin on bad settings.
@@ -114,6 +180,15 @@ def make_admin_services(
         local._raiseSynchronously = True
         local.setName("admin-socket")
         services.append(local)
+        if runtime_socket is not None:
+            # Checked (and made) now, so that an unsafe directory stops start-up
+            # with one line, before anything listens.
+            prepare_runtime_dir(Path(runtime_socket).parent, gid)
+            published = AdminSocketEndpoint(reactor, Path(runtime_socket), socket_mode, gid)
+            runtime = StreamServerEndpointService(published, AdminFactory(handler))
+            runtime._raiseSynchronously = True
+            runtime.setName("admin-runtime-socket")
+            services.append(runtime)
     if tls_listen is not None:
         if tls_credentials is None:
             raise ValueError(
