@@ -607,7 +607,11 @@ class Session:
                         self.fail(str(error), command="id", server=str(target))
                         continue
                     if answer.get("ok") and isinstance(answer.get("result"), dict):
-                        answer["result"]["who"] = f"server {target.name}"
+                        # A socket given by path is named by the address its daemon
+                        # says it serves (one word: "server 127.0.0.1").
+                        said = self.connect(target).greeting.get("address")
+                        name = target.name if target.address or not said else str(said)
+                        answer["result"]["who"] = f"server {name}"
                     self._answer(target, "id", answer, many=False)
                 return
             for word in words:
