@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 from twisted.application.service import IService
@@ -27,13 +30,19 @@ OPTION_DEFAULTS: dict[str, object] = {
 }
 
 
+#: Set (to anything but 0) in the environment: a failed start shows its traceback.
+TRACEBACK_VARIABLE = "HQNLSD_TRACEBACK"
+
+
 class Options(usage.Options):
     """Options of `twistd hqnlsd`."""
 
     synopsis = "[options]"
     longdesc = (
         "Serve licences for the products of the sealed permits found in the permit "
-        "path, to applications speaking the hqnlsd text protocol."
+        "path, to applications speaking the hqnlsd text protocol. A failed start is "
+        "one line and exit status 1; set HQNLSD_TRACEBACK=1 in the environment to "
+        "see its Python traceback as well."
     )
     optFlags = [
         ["domain-log", "f", "Also log server-domain events (adds the DOMAIN log switch)."],
@@ -137,6 +146,22 @@ class Options(usage.Options):
 
     config: DaemonConfig
 
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse; under twistd an error is the reason and a pointer to --help, exit 1.
+
+        twistd would print its whole usage text before the one line that matters.
+        Called directly (no twistd ``parent``), a UsageError is raised as usual.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(
+                f"hqnlsd: {error}\n(twistd hqnlsd --help lists the options)\n"
+            )
+            raise SystemExit(1) from None
+
     def postOptions(self) -> None:
         """Merge the config file under the command line, then validate once into a DaemonConfig."""
         try:
@@ -192,9 +217,50 @@ def _timers(value: object) -> dict[str, float | int] | None:
 
 
 def makeService(options: Any) -> IService:
-    """Build the daemon's service tree from validated options."""
+    """Build the daemon's service tree from validated options.
+
+    This runs before twistd forks (daemonised) or starts logging: a start-up
+    failure found here (`hqnlsd.service.preflight`: the state directory, every TCP
+    listener's address and port) is printed whole on stderr as one line, and
+    twistd exits with status 1. A failure after the fork (a race, a damaged
+    database) is logged as one ``cannot start:`` line and twistd exits with
+    status 1, without a traceback unless ``HQNLSD_TRACEBACK=1`` is in the
+    environment (`TRACEBACK_VARIABLE`).
+    """
     from twisted.internet import reactor
 
-    from hqnlsd.service import build_service
+    from hqnlsd.service import StartupError, build_service, preflight
 
-    return build_service(options.config, reactor)
+    show_traceback = os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
+    try:
+        preflight(options.config)
+        service = build_service(options.config, reactor)
+    except StartupError as error:
+        if show_traceback:
+            raise
+        sys.stderr.write(f"hqnlsd: cannot start: {error}\n")
+        raise SystemExit(1) from None
+    if not show_traceback:
+        _quiet_startup_errors()
+    return service
+
+
+def _quiet_startup_errors() -> None:
+    """No traceback for a StartupError that ends twistd: the service logged its line.
+
+    twistd lets an exception of ``startService`` end the process (status 1) and
+    Python prints its traceback; this hook prints nothing for StartupError (other
+    exceptions, which are bugs, keep their traceback).
+    """
+    from hqnlsd.service import StartupError
+
+    previous = sys.excepthook
+
+    def hook(
+        kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+    ) -> None:
+        if isinstance(value, StartupError):
+            return
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook

@@ -480,6 +480,9 @@ class PeerLink(Protocol):
 class _LinkFactory(Factory):
     """Builds links for the listener (accepted) or for one peer (dialled)."""
 
+    #: No "Starting factory <... object at 0x...>" on every dial of a peer.
+    noisy = False
+
     def __init__(self, network: PeerNetwork, outbound_to: Address | None) -> None:
         self.network = network
         self.outbound_to = outbound_to
