@@ -501,6 +501,11 @@ class _PeerEndpoint:
         self.network = network
         self.address = address
 
+    def __repr__(self) -> str:
+        # ClientService logs "Scheduling retry N to connect {endpoint}": a peer's
+        # address says which, an object id does not.
+        return f"peer {self.address}"
+
     def connect(self, factory: Any) -> Deferred[Any]:
         state = self.network._peers.get(self.address)
         if state is not None:
