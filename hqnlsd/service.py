@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
@@ -72,6 +72,16 @@ class StartupError(Exception):
     """The daemon cannot start; the message tells the admin why and what to do."""
 
 
+class FailureReport(Protocol):
+    """Where a failed start is told besides the log (`hqnlsd.tap.TerminalReport`)."""
+
+    def failed(self, reason: str) -> None:
+        """Tell ``reason`` (the one line, without "cannot start")."""
+
+    def close(self) -> None:
+        """The start succeeded: let go of the destination."""
+
+
 class HqnlsdService(MultiService):
     """Root service: durable state and permits first, then the listeners."""
 
@@ -93,6 +103,9 @@ class HqnlsdService(MultiService):
         )
         self.server: LicenceServer | None = None
         self.journal: Journal | None = None
+        #: Daemonised by twistd: where a failed start is also told in full (twistd
+        #: itself passes only 100 bytes to the terminal). Set by `hqnlsd.tap`.
+        self.terminal: FailureReport | None = None
         #: hqn_lsa loglevel: apply(text); reset() on reinit.
         self.switches = LogSwitches.load(config.state_dir, domain_logging=config.domain_logging)
         self.usage = UsageReport(config.state_dir, reactor)
@@ -179,7 +192,7 @@ class HqnlsdService(MultiService):
             except OSError as error:
                 raise StartupError(explain_os_error(self.config, error)) from None
         except StartupError as error:
-            self.log.critical("cannot start: {reason}", reason=str(error))
+            self._cannot_start(str(error))
             raise
         for label, listener in _listeners(self):
             _log_listener(self.log, label, listener)
@@ -196,7 +209,7 @@ class HqnlsdService(MultiService):
             reason = f"--state-dir {self.config.state_dir}: {error}"
             if "locked" in str(error):
                 reason = _state_dir_locked(self.config.state_dir)
-            self.log.critical("cannot start: {reason}", reason=reason)
+            self._cannot_start(reason)
             raise StartupError(reason) from None
         self.log.info(
             "state restored from {path}: {held} licence(s) held "
@@ -222,6 +235,14 @@ class HqnlsdService(MultiService):
         if self.config.handle_sighup:
             self._install_sighup()
         super().startService()
+        if self.terminal is not None:
+            self.terminal.close()  # started: the launching terminal is not held open
+
+    def _cannot_start(self, reason: str) -> None:
+        """Log why the start failed (one line), and tell the launching terminal too."""
+        self.log.critical("cannot start: {reason}", reason=reason)
+        if self.terminal is not None:
+            self.terminal.failed(reason)
 
     def _log_summary(self) -> None:
         """One line: what this daemon serves, what it read but does not, and a hint

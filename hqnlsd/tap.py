@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
@@ -242,7 +243,33 @@ def makeService(options: Any) -> IService:
         raise SystemExit(1) from None
     if not show_traceback:
         _quiet_startup_errors()
+    parent = getattr(options, "parent", None)
+    if parent is not None and not parent.get("nodaemon", True):
+        # twistd forks after this and hands a failure to the terminal through a
+        # 100-byte pipe: keep the terminal, to tell a failed start whole.
+        service.terminal = TerminalReport()  # type: ignore[attr-defined]
     return service
+
+
+class TerminalReport:
+    """The stderr a daemonised twistd was started from, kept across its fork until
+    the start succeeds (then closed, so that nothing waiting for its end hangs)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = os.dup(2)
+
+    def failed(self, reason: str) -> None:
+        """Write the one line of a failed start, then let go."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._fd, f"hqnlsd: cannot start: {reason}\n".encode())
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the terminal."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _quiet_startup_errors() -> None:

@@ -284,3 +284,47 @@ def test_traceback_on_request(daemons: DaemonHarness, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" in result.stderr
     assert "StartupError" in result.stderr and str(afile) in result.stderr
+
+
+def test_daemonised_failure_after_the_fork_is_told_whole(
+    daemons: DaemonHarness, tmp_path: Path
+) -> None:
+    """Daemonised, a failure only the real start finds still reaches the terminal whole
+    (before twistd's own, cut, report of it), status 1; a started daemon lets go of it."""
+    path = tmp_path / ("a-directory-that-does-not-exist-" * 3) / "client.sock"
+    daemon = daemons.daemon("late-daemon", extra_args=["--port", f"unix:{path}"])
+    result = daemonised(daemon, tmp_path / "late.pid")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    line = the_one_line(output.splitlines(), str(path), "--port", "No such file or directory")
+    assert line.startswith("hqnlsd: cannot start: ")
+    assert len(line.encode()) > 100, line
+
+
+def test_daemonised_start_lets_go_of_the_terminal(daemons: DaemonHarness, tmp_path: Path) -> None:
+    """A daemonised start that succeeds returns (status 0) with its output pipes closed:
+    the daemon keeps no copy of the terminal (subprocess.run would wait for it)."""
+    daemon = daemons.daemon("good-daemon")
+    pidfile = tmp_path / "good.pid"
+    argv = daemon.argv
+    argv[argv.index("-n")] = f"--logfile={daemon.workdir / 'daemon.log'}"
+    argv[argv.index("--pidfile=")] = f"--pidfile={pidfile}"
+    daemon.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = subprocess.run(
+            argv,
+            cwd=daemon.workdir,
+            env=daemon_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=EXIT_TIMEOUT,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        with daemon.client() as client:
+            client.ping()
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
