@@ -24,7 +24,7 @@ from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.results import Denied, Grant, HolderInfo, LicenceRequest
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.permits.discovery import Discovery, discover
-from hqnlsd.permits.model import HostId
+from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
 from hqnlsd.permits.seal import TrustedKeys
 from hqnlsd.permits.servercert import ServerKeys, sign_reply
@@ -110,6 +110,11 @@ class LicenceServer:
         self.catalogue = Catalogue((), {}, {}, ())
         self.discovery: Discovery | None = None
         self.trusted: TrustedKeys | None = None
+        #: Products the last `load_permits` read but does not serve (each logged why).
+        self.read_not_served = 0
+        #: Products the last `load_permits` serves (in their dates; a multi-host
+        #: domain's once that domain verifies this server).
+        self.serving_now = 0
 
     # -- permits ----------------------------------------------------------------------
 
@@ -142,12 +147,17 @@ class LicenceServer:
                 "permit error: {error}", error=str(error), condition=int(error.condition)
             )
         single = [offer.product for offer in catalogue.served.values() if len(offer.domain) == 1]
+        out_of_date = self._out_of_date(catalogue)
         if self.domains is not None:
             from hqnlsd.domain.runtime import domains_from_catalogue
 
             self.domains.configure(domains_from_catalogue(catalogue))
-        for offer in catalogue.served.values():
+        serving = unverified = 0
+        for key, offer in catalogue.served.items():
+            if key in out_of_date:
+                continue  # logged as not served, with its dates
             if len(offer.domain) > 1 and self.domains is not None:
+                serving += 1
                 self.log.info(
                     "serving {publisher} {product} {version} from {path} in the multi-host "
                     "domain {domain}, once that domain has verified this server",
@@ -159,6 +169,7 @@ class LicenceServer:
                 )
                 continue
             if len(offer.domain) > 1:
+                unverified += 1
                 self.log.info(
                     "not yet serving {publisher} {product} {version} from {path}: its "
                     "multi-host domain ({domain}) has not verified this server",
@@ -176,8 +187,56 @@ class LicenceServer:
                 version=offer.product.version,
                 path=offer.path,
             )
+            serving += 1
+        self.serving_now = serving
+        self.read_not_served = unverified + self._log_not_served(catalogue)
         outcome = self.engine.load_products(single)
         return self.journal.submit(outcome.events)
+
+    def _out_of_date(self, catalogue: Catalogue) -> dict[tuple[str, str], str]:
+        """Products of this domain outside their dates today, and why (the engine
+        has them, and answers PERMITEXPIRED or PERMITOUTOFDATE)."""
+        # The engine's own clock: the date it decides requests by.
+        today = self.engine._today(self.engine._clock.seconds())
+        found: dict[tuple[str, str], str] = {}
+        for key, offer in catalogue.served.items():
+            product = offer.product
+            if today > product.expiry:
+                found[key] = f"expired on {product.expiry} (requests get PERMITEXPIRED)"
+            elif today < product.start:
+                found[key] = (
+                    f"not yet started: valid from {product.start} (until then PERMITOUTOFDATE)"
+                )
+        return found
+
+    def _log_not_served(self, catalogue: Catalogue) -> int:
+        """One line per product read but not served, saying why; how many."""
+        lines: list[tuple[ProductPermit, str, str]] = []
+        me = self.source.me.address
+        for offer in catalogue.elsewhere.values():
+            lines.append(
+                (
+                    offer.product,
+                    offer.path,
+                    f"this daemon's address {me} is not in its permit's server domain "
+                    f"({_domain_words(offer)}); clients are sent there (TRY_DOMAIN)",
+                )
+            )
+        for unserved in catalogue.not_served:
+            lines.append((unserved.product, unserved.path, unserved.reason))
+        for key, why in self._out_of_date(catalogue).items():
+            offer = catalogue.served[key]
+            lines.append((offer.product, offer.path, why))
+        for product, path, why in lines:
+            self.log.warn(
+                "not serving {publisher} {product} {version} from {path}: {why}",
+                publisher=product.publisher,
+                product=product.product,
+                version=product.version,
+                path=path,
+                why=why,
+            )
+        return len(lines)
 
     # -- dispatch -----------------------------------------------------------------------
 

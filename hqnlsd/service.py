@@ -10,11 +10,17 @@ closes the journal.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import errno
+import os
+import socket
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from ipaddress import IPv4Address
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
@@ -27,13 +33,14 @@ from hqnlsd.domain.runtime import DomainRuntime
 from hqnlsd.identity import local_unique_id
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event, Granted, Released, Revoked
+from hqnlsd.listen import loopback_unless_named, split_description
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.logging.observer import FilterInstallation, install_switch_filter
 from hqnlsd.logging.switches import LogSwitches
 from hqnlsd.logging.usage import UsageReport
 from hqnlsd.metrics import Metrics, licence_counts, make_metrics_service
 from hqnlsd.permits.model import HostId
-from hqnlsd.persistence.store import Journal, JournalError, open_journal
+from hqnlsd.persistence.store import DATABASE_NAME, Journal, JournalError, open_journal
 from hqnlsd.protocols.client import ClientProtocolFactory
 from hqnlsd.protocols.wire import Err, Reply
 from hqnlsd.sdnotify import SystemdNotifier
@@ -65,6 +72,16 @@ class StartupError(Exception):
     """The daemon cannot start; the message tells the admin why and what to do."""
 
 
+class FailureReport(Protocol):
+    """Where a failed start is told besides the log (`hqnlsd.tap.TerminalReport`)."""
+
+    def failed(self, reason: str) -> None:
+        """Tell ``reason`` (the one line, without "cannot start")."""
+
+    def close(self) -> None:
+        """The start succeeded: let go of the destination."""
+
+
 class HqnlsdService(MultiService):
     """Root service: durable state and permits first, then the listeners."""
 
@@ -86,6 +103,9 @@ class HqnlsdService(MultiService):
         )
         self.server: LicenceServer | None = None
         self.journal: Journal | None = None
+        #: Daemonised by twistd: where a failed start is also told in full (twistd
+        #: itself passes only 100 bytes to the terminal). Set by `hqnlsd.tap`.
+        self.terminal: FailureReport | None = None
         #: hqn_lsa loglevel: apply(text); reset() on reinit.
         self.switches = LogSwitches.load(config.state_dir, domain_logging=config.domain_logging)
         self.usage = UsageReport(config.state_dir, reactor)
@@ -165,13 +185,17 @@ class HqnlsdService(MultiService):
     def privilegedStartService(self) -> None:
         """Bind the listeners; a failed bind stops start-up with a message that says why."""
         try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            where = f"{error.interface or '0.0.0.0'}:{error.port}"
-            raise StartupError(
-                f"cannot listen on {where}: {error.socketError}; another program (another "
-                "hqnlsd?) holds that address: stop it, or give this daemon another --port"
-            ) from None
+            try:
+                super().privilegedStartService()
+            except CannotListenError as error:
+                raise StartupError(explain_cannot_listen(self.config, error)) from None
+            except OSError as error:
+                raise StartupError(explain_os_error(self.config, error)) from None
+        except StartupError as error:
+            self._cannot_start(str(error))
+            raise
+        for label, listener in _listeners(self):
+            _log_listener(self.log, label, listener)
 
     def startService(self) -> None:
         """Restore state, read permits, then start the listeners (in that order)."""
@@ -182,7 +206,11 @@ class HqnlsdService(MultiService):
             self.journal = open_journal(self.config.state_dir, self.reactor)
             report = self.journal.restore(self.engine)
         except JournalError as error:
-            raise StartupError(f"state directory {self.config.state_dir}: {error}") from None
+            reason = f"--state-dir {self.config.state_dir}: {error}"
+            if "locked" in str(error):
+                reason = _state_dir_locked(self.config.state_dir)
+            self._cannot_start(reason)
+            raise StartupError(reason) from None
         self.log.info(
             "state restored from {path}: {held} licence(s) held "
             "(snapshot: {snapshot}, {replayed} event(s) replayed)",
@@ -200,18 +228,51 @@ class HqnlsdService(MultiService):
         # Holders could not UPDATE while we were down: count them as updated now.
         self.journal.submit(self.engine.resume().events)
         self._load_permits()
-        self.log.info(
-            "hqnlsd on {address} (unique id 0x{uid:08x}) serving {count} product(s)",
-            address=str(self.me.address),
-            uid=self.me.unique_id,
-            count=len(self.engine.served()),
-        )
+        self._log_summary()
         self._housekeeping = LoopingCall(self._housekeep)
         self._housekeeping.clock = self.reactor
         self._housekeeping.start(HOUSEKEEPING_SECONDS, now=False)
         if self.config.handle_sighup:
             self._install_sighup()
         super().startService()
+        if self.terminal is not None:
+            self.terminal.close()  # started: the launching terminal is not held open
+
+    def _cannot_start(self, reason: str) -> None:
+        """Log why the start failed (one line), and tell the launching terminal too."""
+        self.log.critical("cannot start: {reason}", reason=reason)
+        if self.terminal is not None:
+            self.terminal.failed(reason)
+
+    def _log_summary(self) -> None:
+        """One line: what this daemon serves, what it read but does not, and a hint
+        when it serves nothing because no permit names its address."""
+        assert self.server is not None
+        catalogue = self.server.catalogue
+        served = self.server.serving_now
+        unserved = self.server.read_not_served
+        why = ""
+        if not catalogue.served:
+            listed = {
+                server.address
+                for report in catalogue.files
+                if report.file.permit is not None
+                for server in report.file.permit.servers
+            }
+            if catalogue.files and self.me.address not in listed:
+                why = (
+                    f": this daemon's address {self.me.address} is in no permit read "
+                    "(start it with the --address its permits name)"
+                )
+        self.log.info(
+            "hqnlsd on {address} (unique id 0x{uid:08x}) serving {count} product(s), "
+            "{unserved} read but not served{why}",
+            address=str(self.me.address),
+            uid=self.me.unique_id,
+            count=served,
+            unserved=unserved,
+            why=why,
+        )
 
     def manhole_namespace(self) -> dict[str, object]:
         """The live objects a manhole session sees (built afresh for each session)."""
@@ -249,6 +310,7 @@ class HqnlsdService(MultiService):
                 self._reload_config()
             self.log.info("re-reading permits (SIGHUP)")
             self._load_permits()
+            self._log_summary()
         except Exception:
             self.log.failure("reload failed; still serving as before")
         finally:
@@ -407,6 +469,13 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
     _add_admin_services(root, config, reactor)
     if root.domains is not None:
         root.domains.setServiceParent(root)
+    # "Starting factory <... object at 0x...>" on every bind says nothing an admin
+    # can use; the listener lines of `privilegedStartService` say where each is.
+    for _label, service in _listeners(root):
+        factory = getattr(service, "factory", None)
+        while factory is not None:
+            factory.noisy = False
+            factory = getattr(factory, "wrappedFactory", None)
     # Last: READY=1 once every sibling has started, STOPPING=1 before any stops.
     root.notifier.setName("systemd-notifier")
     root.notifier.setServiceParent(root)
@@ -442,3 +511,250 @@ def _add_admin_services(root: HqnlsdService, config: DaemonConfig, reactor: Any)
         raise StartupError(str(error)) from None
     for service in services:
         service.setServiceParent(root)
+
+
+# -- start-up failures: one line that names the option, the path or address, the cause --
+
+
+@dataclasses.dataclass(frozen=True)
+class TCPListener:
+    """A TCP listener the configuration asks for: the option that sets it, the option
+    that names its address, and where it binds (``0.0.0.0`` for every interface)."""
+
+    option: str
+    address_option: str
+    host: str
+    port: int
+
+
+def tcp_listeners(config: DaemonConfig) -> list[TCPListener]:
+    """Every TCP listener of ``config`` whose port is a number (port 0 and non-TCP
+    descriptions are left to the real bind)."""
+    wanted: list[tuple[str, str, str | None]] = [("--port", "--address", config.client_listen)]
+    if config.domain_ca is not None:
+        peer = f"tcp:{config.peer_port}:interface={config.address}"
+        wanted.append(("--peer-port", "--address", peer))
+    for option, description in (
+        ("--metrics", config.metrics_listen),
+        ("--manhole", config.manhole_listen),
+        ("--admin-tls", config.admin_tls),
+    ):
+        if description is not None:
+            try:
+                safe = loopback_unless_named(description, what=option, kinds=frozenset({"tcp"}))
+            except ValueError:
+                continue  # not TCP (or refused later, with its own message)
+            wanted.append((option, f"{option} interface=", safe))
+    found: list[TCPListener] = []
+    for option, address_option, description in wanted:
+        if description is None:
+            continue
+        parts = split_description(description)
+        if parts[0].lower() != "tcp" or len(parts) < 2 or not parts[1].isdigit():
+            continue
+        options = dict(part.partition("=")[::2] for part in parts[2:])
+        host = options.get("interface", "").replace("\\:", ":") or "0.0.0.0"
+        if int(parts[1]) != 0:
+            found.append(TCPListener(option, address_option, host, int(parts[1])))
+    return found
+
+
+def explain_bind_error(listener: TCPListener, code: int | None, text: str) -> str:
+    """The one line for a TCP listener that cannot bind: what, where, the real cause."""
+    where = f"cannot listen on {listener.host}:{listener.port} ({listener.option})"
+    if code == errno.EADDRINUSE:
+        return (
+            f"{where}: Address already in use: another program (another hqnlsd?) holds "
+            f"that port; stop it, or give this daemon another {listener.option}"
+        )
+    if code == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: {listener.host} is not an address of this host (Cannot assign "
+            f"requested address); give {listener.address_option} one of this host's "
+            "addresses (ip -4 addr lists them)"
+        )
+    if code == errno.EACCES and listener.port < 1024:
+        return (
+            f"{where}: Permission denied: ports below 1024 need root or the "
+            f"CAP_NET_BIND_SERVICE capability; give another {listener.option}"
+        )
+    return f"{where}: {text}"
+
+
+def explain_cannot_listen(config: DaemonConfig, error: CannotListenError) -> str:
+    """The one line for a bind that failed after the pre-flight check (a race)."""
+    port = error.port
+    if isinstance(port, bytes | str):  # a UNIX socket
+        path = os.fsdecode(port)
+        admin = config.admin_socket is not None and Path(path) == config.admin_socket
+        if admin and "lock" in str(error.socketError).lower():
+            return _admin_socket_in_use(Path(path))
+        option = "--admin-socket" if admin else "--port"
+        return f"cannot listen on {path} ({option}): {_strerror(error.socketError)}"
+    interface = error.interface or "0.0.0.0"
+    listener = next(
+        (
+            listener
+            for listener in tcp_listeners(config)
+            if listener.port == port and listener.host in (interface, "0.0.0.0")
+        ),
+        TCPListener("a listener option", "its interface=", interface, int(port)),
+    )
+    socket_error = error.socketError
+    code = socket_error.errno if isinstance(socket_error, OSError) else None
+    return explain_bind_error(listener, code, _strerror(socket_error))
+
+
+def explain_os_error(config: DaemonConfig, error: OSError) -> str:
+    """The one line for another OSError while binding: a UNIX socket's directory or
+    lock file (twisted's lock is a symlink: the path is ``filename2``)."""
+    raw = error.filename2 if error.filename2 is not None else error.filename
+    name = os.fsdecode(raw) if raw is not None else "?"
+    path = name.removesuffix(".lock")
+    if config.admin_socket is not None and Path(path) == config.admin_socket:
+        return f"cannot listen on {path} (--admin-socket): {error.strerror}"
+    if path in config.client_listen:
+        return f"cannot listen on {path} (--port): {error.strerror}"
+    if Path(name) == config.state_dir or config.state_dir in Path(name).parents:
+        return f"--state-dir {config.state_dir}: {error.strerror} ({name})"
+    return f"{name}: {error.strerror}"
+
+
+def _strerror(error: object) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+def _admin_socket_in_use(path: Path) -> str:
+    """The one line for an admin socket whose lock another live daemon holds."""
+    pid = _lock_holder(path)
+    who = "another running hqnlsd" + (f" (pid {pid})" if pid is not None else "")
+    return (
+        f"--admin-socket {path}: {who} listens on it; stop that daemon, or give this "
+        "one its own --state-dir (or --admin-socket)"
+    )
+
+
+def _lock_holder(socket_path: Path) -> int | None:
+    """The pid of the live process holding ``socket_path``'s lock (twisted's
+    ``wantPID`` lock: a symlink to the pid), or None."""
+    try:
+        pid = int(os.readlink(f"{socket_path}.lock"))
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _state_dir_locked(state_dir: Path) -> str:
+    """The one line for a state directory another daemon is using (with its pid if known)."""
+    pid = _lock_holder(state_dir / "admin.sock")
+    who = "another running hqnlsd" + (f" (pid {pid})" if pid is not None else "")
+    return (
+        f"--state-dir {state_dir}: {who} uses this state directory (its database is "
+        "locked); stop that daemon, or give this one its own --state-dir"
+    )
+
+
+def preflight(config: DaemonConfig) -> None:
+    """Before twistd forks: check what an admin can get wrong; StartupError (one line).
+
+    Run by `hqnlsd.tap.makeService`, so that a daemonised ``twistd hqnlsd`` still
+    prints the whole line on its terminal (twistd passes a failure after the fork
+    through a 100-byte pipe). The state directory is created (0700) if missing, as
+    the start would; each TCP listener is bound and closed at once, as twisted
+    binds (SO_REUSEADDR), so a port in TIME_WAIT is not reported. The real binds
+    in ``privilegedStartService`` still explain a failure the same way.
+    """
+    state = config.state_dir
+    if state.exists() and not state.is_dir():
+        raise StartupError(f"--state-dir {state}: not a directory (a file of that name is there)")
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise StartupError(f"--state-dir {state}: cannot create it: {error.strerror}") from None
+    problem = _database_problem(state / DATABASE_NAME)
+    if problem is not None:
+        raise StartupError(problem)
+    if config.admin_socket is not None and _lock_holder(config.admin_socket) is not None:
+        raise StartupError(_admin_socket_in_use(config.admin_socket))
+    for listener in tcp_listeners(config):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((listener.host, listener.port))
+            except OSError as error:
+                raise StartupError(
+                    explain_bind_error(listener, error.errno, _strerror(error))
+                ) from None
+
+
+def _database_problem(path: Path) -> str | None:
+    """Why the state database cannot be used (another daemon holds it, it is not a
+    database), or None (also when it does not exist yet).
+
+    Opened read-only and closed at once, never written: the daemon (maybe another
+    user after ``--uid``) creates and owns the file.
+    """
+    if not path.exists():
+        return None
+    db: sqlite3.Connection | None = None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as error:
+        message = str(error)
+        if "locked" in message or "busy" in message:
+            return _state_dir_locked(path.parent)
+        if "not a database" in message or "malformed" in message:
+            return (
+                f"--state-dir {path.parent}: {path} is damaged ({message}); restore it from "
+                "a backup, or move it away to start with no licences held"
+            )
+        return None  # the real open says what it is
+    finally:
+        if db is not None:
+            db.close()
+    return None
+
+
+#: How the start-up log names each listener (by the name of its service or parent).
+_LISTENER_LABELS = {
+    "client-listener": "client listener",
+    "metrics": "metrics listener",
+    "manhole": "manhole listener",
+    "admin-socket": "admin socket",
+    "admin-tls": "admin TLS listener",
+    "peers": "domain peer listener",
+}
+
+
+def _listeners(service: MultiService, label: str | None = None) -> Iterator[tuple[str, Any]]:
+    """Every listening service below ``service``, with the label the log gives it."""
+    for child in service:
+        name = _LISTENER_LABELS.get(getattr(child, "name", None) or "", label)
+        if isinstance(child, StreamServerEndpointService) or hasattr(child, "requested"):
+            yield name or "listener", child
+        if isinstance(child, MultiService):
+            yield from _listeners(child, name)
+
+
+def _log_listener(log: Logger, label: str, listener: Any) -> None:
+    """Log where ``listener`` listens once bound (address and port, or socket path)."""
+
+    def logged(port: Any) -> Any:
+        host = port.getHost()
+        where = (
+            f"{host.host}:{host.port}"
+            if hasattr(host, "port")
+            else os.fsdecode(getattr(host, "name", b"?"))
+        )
+        log.info("{label} on {where}", label=label, where=where)
+        return port
+
+    waiting = getattr(listener, "_waitingForPort", None)
+    if isinstance(waiting, Deferred):
+        waiting.addCallback(logged)
+    elif getattr(listener, "port", None) is not None:
+        logged(listener.port)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 from twisted.application.service import IService
@@ -27,13 +31,19 @@ OPTION_DEFAULTS: dict[str, object] = {
 }
 
 
+#: Set (to anything but 0) in the environment: a failed start shows its traceback.
+TRACEBACK_VARIABLE = "HQNLSD_TRACEBACK"
+
+
 class Options(usage.Options):
     """Options of `twistd hqnlsd`."""
 
     synopsis = "[options]"
     longdesc = (
         "Serve licences for the products of the sealed permits found in the permit "
-        "path, to applications speaking the hqnlsd text protocol."
+        "path, to applications speaking the hqnlsd text protocol. A failed start is "
+        "one line and exit status 1; set HQNLSD_TRACEBACK=1 in the environment to "
+        "see its Python traceback as well."
     )
     optFlags = [
         ["domain-log", "f", "Also log server-domain events (adds the DOMAIN log switch)."],
@@ -145,6 +155,22 @@ class Options(usage.Options):
 
     config: DaemonConfig
 
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse; under twistd an error is the reason and a pointer to --help, exit 1.
+
+        twistd would print its whole usage text before the one line that matters.
+        Called directly (no twistd ``parent``), a UsageError is raised as usual.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            sys.stderr.write(
+                f"hqnlsd: {error}\n(twistd hqnlsd --help lists the options)\n"
+            )
+            raise SystemExit(1) from None
+
     def postOptions(self) -> None:
         """Merge the config file under the command line, then validate once into a DaemonConfig."""
         try:
@@ -201,9 +227,76 @@ def _timers(value: object) -> dict[str, float | int] | None:
 
 
 def makeService(options: Any) -> IService:
-    """Build the daemon's service tree from validated options."""
+    """Build the daemon's service tree from validated options.
+
+    This runs before twistd forks (daemonised) or starts logging: a start-up
+    failure found here (`hqnlsd.service.preflight`: the state directory, every TCP
+    listener's address and port) is printed whole on stderr as one line, and
+    twistd exits with status 1. A failure after the fork (a race, a damaged
+    database) is logged as one ``cannot start:`` line and twistd exits with
+    status 1, without a traceback unless ``HQNLSD_TRACEBACK=1`` is in the
+    environment (`TRACEBACK_VARIABLE`).
+    """
     from twisted.internet import reactor
 
-    from hqnlsd.service import build_service
+    from hqnlsd.service import StartupError, build_service, preflight
 
-    return build_service(options.config, reactor)
+    show_traceback = os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
+    try:
+        preflight(options.config)
+        service = build_service(options.config, reactor)
+    except StartupError as error:
+        if show_traceback:
+            raise
+        sys.stderr.write(f"hqnlsd: cannot start: {error}\n")
+        raise SystemExit(1) from None
+    if not show_traceback:
+        _quiet_startup_errors()
+    parent = getattr(options, "parent", None)
+    if parent is not None and not parent.get("nodaemon", True):
+        # twistd forks after this and hands a failure to the terminal through a
+        # 100-byte pipe: keep the terminal, to tell a failed start whole.
+        service.terminal = TerminalReport()  # type: ignore[attr-defined]
+    return service
+
+
+class TerminalReport:
+    """The stderr a daemonised twistd was started from, kept across its fork until
+    the start succeeds (then closed, so that nothing waiting for its end hangs)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = os.dup(2)
+
+    def failed(self, reason: str) -> None:
+        """Write the one line of a failed start, then let go."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._fd, f"hqnlsd: cannot start: {reason}\n".encode())
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the terminal."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _quiet_startup_errors() -> None:
+    """No traceback for a StartupError that ends twistd: the service logged its line.
+
+    twistd lets an exception of ``startService`` end the process (status 1) and
+    Python prints its traceback; this hook prints nothing for StartupError (other
+    exceptions, which are bugs, keep their traceback).
+    """
+    from hqnlsd.service import StartupError
+
+    previous = sys.excepthook
+
+    def hook(
+        kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+    ) -> None:
+        if isinstance(value, StartupError):
+            return
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook

@@ -761,7 +761,26 @@ def test_load_permits_logs_what_is_served(tmp_path: Path) -> None:
         assert not any(text.startswith("serving Harlequin Shared") for text in texts)
         shared = [text for text in texts if text.startswith("not yet serving Harlequin Shared")]
         assert shared and "127.0.0.1 127.0.0.2" in shared[0]
-        assert not any("Elsewhere" in text for text in texts)
+        # Issue 11: a product of another domain is read but not served, and the log
+        # says so and why (this test asserted silence about it before).
+        assert not any(text.startswith("serving Harlequin Elsewhere") for text in texts)
+        elsewhere = [text for text in texts if text.startswith("not serving Harlequin Elsewhere")]
+        assert len(elsewhere) == 1, texts
+        assert "127.0.0.1 is not in its permit's server domain (10.0.0.5 10.0.0.6)" in (
+            elsewhere[0]
+        )
+        # Out of its dates: not announced as served, but as not served and why.
+        assert not any(text.startswith("serving Harlequin Old") for text in texts)
+        assert any(
+            text.startswith("not serving Harlequin Old") and "expired on 2027-01-01" in text
+            for text in texts
+        ), texts
+        assert any(
+            text.startswith("not serving Harlequin Future") and "not yet started" in text
+            for text in texts
+        ), texts
+        # LispWorks, Quiet, Locked; Elsewhere, Old, Future and Shared (not verified).
+        assert (server.serving_now, server.read_not_served) == (3, 4)
     finally:
         journal.close()
 

@@ -480,6 +480,9 @@ class PeerLink(Protocol):
 class _LinkFactory(Factory):
     """Builds links for the listener (accepted) or for one peer (dialled)."""
 
+    #: No "Starting factory <... object at 0x...>" on every dial of a peer.
+    noisy = False
+
     def __init__(self, network: PeerNetwork, outbound_to: Address | None) -> None:
         self.network = network
         self.outbound_to = outbound_to
@@ -497,6 +500,11 @@ class _PeerEndpoint:
     def __init__(self, network: PeerNetwork, address: Address) -> None:
         self.network = network
         self.address = address
+
+    def __repr__(self) -> str:
+        # ClientService logs "Scheduling retry N to connect {endpoint}": a peer's
+        # address says which, an object id does not.
+        return f"peer {self.address}"
 
     def connect(self, factory: Any) -> Deferred[Any]:
         state = self.network._peers.get(self.address)
