@@ -166,10 +166,20 @@ def test_changes_on_a_backup_act_on_the_primary(daemons: DaemonHarness) -> None:
     assert any(r["event"] == "grant" and r.get("handle") == handle for r in first_usage)
 
     # hqn_lsa's text on the backup: where the product is served, where a change was made.
-    text = lsa(second, "-listp")
-    assert "backup here; primary 127.0.0.1" in text, text
-    added = lsa(second, "-adduser", "1", "bob")
-    assert "done on the domain's acting primary 127.0.0.1" in added, added
+    # On a busy machine the primary may drop and re-admit the backup at any time
+    # (silent for peer_timeout): each check waits, bounded, for the backup role.
+    wait_for(
+        "listp on hqnserver2 says backup here",
+        lambda: Ok.of(text=lsa_text(second, "-listp")),
+        lambda reply: "backup here; primary 127.0.0.1" in (reply.get("text") or ""),
+        ELECTION_BOUND,
+    )
+    wait_for(
+        "adduser on hqnserver2 is done on the primary",
+        lambda: Ok.of(text=lsa_text(second, "-adduser", "1", "bob")),
+        lambda reply: "done on the domain's acting primary 127.0.0.1" in (reply.get("text") or ""),
+        ELECTION_BOUND,
+    )
     # The primary may drop the restarted member for a moment (it was silent longer
     # than peer_timeout) and admit it again after `settle`: wait for that, bounded.
     wait_for(
@@ -227,6 +237,14 @@ def usage_records(daemon: Daemon) -> list[dict[str, Any]]:
     """Every record of ``daemon``'s usage report."""
     path = Path(daemon.state_dir) / "usage.jsonl"
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
+
+
+def lsa_text(daemon: Daemon, *args: str) -> str:
+    """Like `lsa`, but a failed command is an answer too (to poll with): its output."""
+    try:
+        return lsa(daemon, *args)
+    except AssertionError as failed:
+        return str(failed)
 
 
 def lsa(daemon: Daemon, *args: str) -> str:
