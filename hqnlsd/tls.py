@@ -8,7 +8,11 @@ Certificate profile (made by ``hqn_ca``, checked here):
   clientAuth, so one certificate is used both to accept and to open peer links.
 - Admin (a person running ``hqn_lsa`` remotely): ``CN=<name>``, ``OU=hqnlsd-admin``,
   extended key usage clientAuth only, no subjectAltName. It can never serve as a
-  daemon's certificate.
+  daemon's certificate. An admin certificate made with ``hqn_ca admin --allow-down``
+  also carries the extended key usage `ADMIN_DOWN_USAGE` (``hqnlsd-down``): the CA's
+  leave to stop a daemon remotely (``hqn_lsa down`` over TLS). Being in the signed
+  certificate, it cannot be added by its holder; a daemon reads it only on an admin
+  certificate (`PeerIdentity.allow_down`), and other TLS software ignores it.
 
 Trust is the domain CA alone: the system's root certificates are never loaded.
 A client checks the server's certificate against the IPv4 address it meant to
@@ -56,6 +60,14 @@ MEMBER_OU = "hqnlsd-member"
 ADMIN_OU = "hqnlsd-admin"
 """organizationalUnitName marking an admin (hqn_lsa user) certificate."""
 
+ADMIN_DOWN_USAGE = x509.ObjectIdentifier("2.25.130189630881939479549375325192927829519")
+"""Extended key usage of an admin certificate allowed to stop a daemon (``down``) remotely.
+
+An OID of the ``2.25`` arc (ITU-T X.667 / RFC 4122: a UUID as an integer, here
+61f19c61-162f-446d-bf74-d8fb398bde0f), which needs no registration and names
+nothing else.
+"""
+
 MINIMUM_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 """The oldest TLS version either side accepts."""
 
@@ -95,6 +107,9 @@ class PeerIdentity:
     name: str | None
     fingerprint: str
     """SHA-256 of the certificate (DER), lower-case hex: for logs and audit."""
+    allow_down: bool = False
+    """An admin whose certificate carries `ADMIN_DOWN_USAGE`: may stop the daemon
+    remotely. Always False for a member."""
 
     def __str__(self) -> str:
         """A short label for logs: ``member 127.0.0.2`` or ``admin alice``."""
@@ -306,7 +321,8 @@ def classify_certificate(
         name = _common_name(certificate)
         if not name:
             raise PeerNotRecognised("admin certificate has no single commonName")
-        return PeerIdentity(Role.ADMIN, None, name, digest)
+        allow_down = ADMIN_DOWN_USAGE in usage_set
+        return PeerIdentity(Role.ADMIN, None, name, digest, allow_down=allow_down)
     raise PeerNotRecognised(f"certificate is neither {MEMBER_OU} nor {ADMIN_OU}")
 
 
@@ -347,6 +363,7 @@ def identify_peer(
 _USAGE_NAMES = {
     ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
     ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ADMIN_DOWN_USAGE: "hqnlsd-down",
 }
 
 
@@ -377,7 +394,8 @@ def describe_certificate(certificate: x509.Certificate) -> dict[str, str]:
     elif units == {MEMBER_OU}:
         summary["role"] = "member"
     elif units == {ADMIN_OU}:
-        summary["role"] = "admin"
+        allowed = usages is not None and ADMIN_DOWN_USAGE in set(usages)
+        summary["role"] = "admin (may stop daemons: down)" if allowed else "admin"
     else:
         summary["role"] = "unknown"
     return summary

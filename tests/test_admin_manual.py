@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.python.failure import Failure
 
+from hqnlsd.admin import wire
 from hqnlsd.admin.commands import UsageError, parse_command, policy_table
 from hqnlsd.admin.handler import AdminError, plan_policy
 from hqnlsd.admin.render import render
 from hqnlsd.licensing.policy import Policy
+from hqnlsd.tls import PeerIdentity, Role
 from tests.daemons import Publisher, make_permit, product_permit
 from tests.test_admin_handler import ME, WIDGET, Rig, write_site
 
@@ -427,3 +430,40 @@ def test_down_is_refused_over_tls_and_stops_the_daemon_locally(rig: Rig) -> None
     assert stopped == [True]
     planned = parse_command(["down"])
     assert planned.command.asks
+
+
+def _admin(name: str, *, allow_down: bool) -> PeerIdentity:
+    """The identity of a remote admin (as `hqnlsd.tls.classify_certificate` gives it)."""
+    return PeerIdentity(Role.ADMIN, None, name, "0" * 64, allow_down=allow_down)
+
+
+def test_down_over_tls_needs_the_admin_certificates_leave(rig: Rig) -> None:
+    """Over TLS `down` is refused, naming the way out, for an admin certificate without
+    the down usage (nothing stops); with it, the daemon stops as from the admin socket."""
+    from twisted.internet.defer import maybeDeferred
+
+    stopped: list[bool] = []
+    rig.clock.stop = lambda: stopped.append(True)  # type: ignore[attr-defined]
+
+    def remote(peer: PeerIdentity) -> Any:
+        outcome: list[Any] = []
+        maybeDeferred(
+            rig.handler.handle, "down", {}, f"{peer} (TLS)", local=False, peer=peer
+        ).addBoth(outcome.append)
+        rig.clock.advance(1)
+        return outcome[0]
+
+    refusal = remote(_admin("alice", allow_down=False))
+    assert isinstance(refusal, Failure) and isinstance(refusal.value, AdminError)
+    assert refusal.value.name == wire.NOT_ALLOWED
+    assert "admin alice" in refusal.value.message
+    assert "hqn_ca admin CA NAME --allow-down" in refusal.value.message
+    assert stopped == []
+    # A member's identity never stops a daemon, whatever it carries.
+    member = PeerIdentity(Role.MEMBER, ME.address, None, "0" * 64, allow_down=True)
+    assert isinstance(remote(member), Failure)
+    assert stopped == []
+    answer = remote(_admin("carol", allow_down=True))
+    assert "stopping" in answer["message"]
+    rig.clock.advance(1)
+    assert stopped == [True]

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hqnlsd.tls import (
+    ADMIN_DOWN_USAGE,
     ADMIN_OU,
     CA_OU,
     MEMBER_OU,
@@ -227,6 +228,28 @@ class TestAdmin:
             certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         identity = classify_certificate(certificate, load_certificate(ca_dir / "ca.crt"))
         assert (identity.role, identity.name) == (Role.ADMIN, "alice")
+
+    def test_allow_down_adds_the_down_usage(self, ca_dir: Path) -> None:
+        """--allow-down: the same admin profile plus the ADMIN_DOWN_USAGE extended key
+        usage, which the daemon reads as leave to stop it remotely; show names it."""
+        status, out, err = run("admin", str(ca_dir), "carol", "--allow-down")
+        assert (status, err) == (0, "")
+        assert "may stop daemons (down)" in out
+        certificate = load_certificate(ca_dir / "admin-carol.crt")
+        assert usages(certificate) == {ExtendedKeyUsageOID.CLIENT_AUTH, ADMIN_DOWN_USAGE}
+        assert units(certificate) == [ADMIN_OU]
+        identity = classify_certificate(certificate, load_certificate(ca_dir / "ca.crt"))
+        assert (identity.role, identity.name, identity.allow_down) == (Role.ADMIN, "carol", True)
+        status, out, _ = run("show", str(ca_dir / "admin-carol.crt"))
+        assert status == 0
+        assert "clientAuth, hqnlsd-down" in out
+        assert "role                admin (may stop daemons: down)" in out
+        # Without the option: no such usage, and show says plain admin.
+        assert run("admin", str(ca_dir), "alice")[0] == 0
+        plain = load_certificate(ca_dir / "admin-alice.crt")
+        assert classify_certificate(plain, load_certificate(ca_dir / "ca.crt")).allow_down is False
+        status, out, _ = run("show", str(ca_dir / "admin-alice.crt"))
+        assert "role                admin\n" in out and "hqnlsd-down" not in out
 
     @pytest.mark.parametrize("bad", ["", "has space", "-dash-first", "x" * 65, "a/b"])
     def test_bad_name(self, ca_dir: Path, bad: str) -> None:

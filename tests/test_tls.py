@@ -24,6 +24,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from hqnlsd.tls import (
+    ADMIN_DOWN_USAGE,
     ADMIN_OU,
     MEMBER_OU,
     DomainCredentials,
@@ -115,6 +116,31 @@ class TestClassifyCertificate:
         identity = classify_certificate(admin.certificate, domain.certificate)
         assert (identity.role, identity.name, identity.address) == (Role.ADMIN, "alice", None)
         assert str(identity) == "admin alice"
+
+    def test_admin_certificate_allows_down_only_with_the_down_usage(self, domain: Issued) -> None:
+        """The permission to stop a daemon remotely is the CA-signed ADMIN_DOWN_USAGE
+        extended key usage of an admin certificate; an ordinary admin has not got it."""
+        plain = classify_certificate(
+            issue_admin(domain, "alice", now=NOW).certificate, domain.certificate
+        )
+        assert plain.allow_down is False
+        allowed = issue_admin(domain, "carol", now=NOW, allow_down=True)
+        identity = classify_certificate(allowed.certificate, domain.certificate)
+        assert (identity.role, identity.name, identity.allow_down) == (Role.ADMIN, "carol", True)
+        assert str(identity) == "admin carol"
+        # The same usage hand-made into an admin profile counts; on a member it means nothing.
+        odd_admin = odd_certificate(
+            domain, units=[ADMIN_OU], usages=[ExtendedKeyUsageOID.CLIENT_AUTH, ADMIN_DOWN_USAGE]
+        )
+        assert classify_certificate(odd_admin, domain.certificate).allow_down is True
+        odd_member = odd_certificate(
+            domain,
+            units=[MEMBER_OU],
+            usages=[*SERVER_AND_CLIENT, ADMIN_DOWN_USAGE],
+            ips=["127.0.0.2"],
+        )
+        member = classify_certificate(odd_member, domain.certificate)
+        assert (member.role, member.allow_down) == (Role.MEMBER, False)
 
     def test_certificate_of_another_ca_is_refused(self, domain: Issued) -> None:
         """A perfectly formed member certificate from another CA is nobody."""

@@ -519,7 +519,8 @@ COMMANDS: tuple[Command, ...] = (
         "down",
         "down",
         "down",
-        "stop the daemon (on its own machine only; refused over TLS)",
+        "stop the daemon (over TLS only with an admin certificate made with "
+        "hqn_ca admin --allow-down)",
         asks="stops the daemon",
         request="down",
         build=_none("down"),

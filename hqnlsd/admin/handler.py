@@ -47,6 +47,7 @@ from hqnlsd.licensing.results import AdminDone, Denied, Outcome, ProductStatus
 from hqnlsd.licensing.settings import FULL_ACCESS
 from hqnlsd.logging.switches import PRESETS, LogLevelError, Switch, preset_name
 from hqnlsd.logging.switches import describe as describe_switches
+from hqnlsd.tls import PeerIdentity, Role
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address
@@ -296,6 +297,8 @@ class AdminHandler:
         }
         #: Whether the command running now came through the local admin socket.
         self._local = True
+        #: Who asked it over TLS (None through the local socket): what its certificate allows.
+        self._peer: PeerIdentity | None = None
 
     @property
     def commands(self) -> tuple[str, ...]:
@@ -303,13 +306,21 @@ class AdminHandler:
         return tuple(self._commands)
 
     def handle(
-        self, command: str, args: Mapping[str, Any], who: str, *, local: bool = True
+        self,
+        command: str,
+        args: Mapping[str, Any],
+        who: str,
+        *,
+        local: bool = True,
+        peer: PeerIdentity | None = None,
     ) -> Any:
         """Run one command; its result, or a Deferred of it; AdminError if refused.
 
-        ``local``: asked through the local admin socket (False: remote, over TLS).
+        ``local``: asked through the local admin socket (False: remote, over TLS);
+        ``peer``: the remote admin's verified identity (`hqnlsd.tls.classify_certificate`).
         """
         self._local = local
+        self._peer = peer
         method = self._commands.get(command)
         if method is None:
             raise AdminError(
@@ -392,12 +403,12 @@ class AdminHandler:
         waiting = target.route.held() if target.route is not None else None
         if waiting is None:
             return None
-        forwarded, local = self._forwarded_domain, self._local
+        forwarded, local, peer = self._forwarded_domain, self._local, self._peer
 
         def again(_: bool) -> Any:
             self._forwarded_domain = forwarded
             try:
-                return self.handle(command, args, who, local=local)
+                return self.handle(command, args, who, local=local, peer=peer)
             finally:
                 self._forwarded_domain = None
 
@@ -1104,14 +1115,30 @@ class AdminHandler:
 
         return done.addCallback(answered)
 
+    def _may_stop(self) -> bool:
+        """Whether the command running now may stop the daemon: through the local admin
+        socket, or from a remote admin whose certificate carries the down usage."""
+        if self._local:
+            return True
+        peer = self._peer
+        return peer is not None and peer.role is Role.ADMIN and peer.allow_down
+
     def _down(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
-        """Stop the daemon (as SIGTERM: listeners stop, the journal is flushed); only
-        through the local admin socket."""
-        if not self._local:
+        """Stop the daemon (as SIGTERM: listeners stop, the journal is flushed); through
+        the local admin socket, or over TLS with an admin certificate that allows it."""
+        if not self._may_stop():
+            self.log.warn(
+                "admin {who}: down refused: the certificate does not allow stopping the daemon",
+                log_switch="ADMIN",
+                who=who,
+            )
+            holder = str(self._peer) if self._peer is not None else "a remote administrator"
             raise AdminError(
-                wire.NOT_AVAILABLE,
-                "down is refused for a remote administrator: stop the daemon on its own "
-                "machine (hqn_lsa -down there, or its service manager)",
+                wire.NOT_ALLOWED,
+                f"down is refused for {holder}: this admin certificate does not allow "
+                "stopping the daemon remotely; stop it on its own machine (hqn_lsa -down "
+                "there, or its service manager), or use an admin certificate made with "
+                "hqn_ca admin CA NAME --allow-down",
             )
         stop = getattr(self.root.reactor, "stop", None)
         if stop is None:

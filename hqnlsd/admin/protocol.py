@@ -26,7 +26,7 @@ import hqnlsd
 from hqnlsd.admin import wire
 from hqnlsd.admin.handler import AdminError, AdminHandler
 from hqnlsd.config import client_port
-from hqnlsd.tls import PeerNotRecognised, Role, identify_peer
+from hqnlsd.tls import PeerIdentity, PeerNotRecognised, Role, identify_peer
 
 #: How many request lines may wait while one is being answered.
 MAX_QUEUED = 64
@@ -58,6 +58,8 @@ class AdminProtocol(LineOnlyReceiver):
         self.who = "local"
         #: Through the local admin socket (False over TLS: some commands are refused).
         self.local = True
+        #: The verified admin over TLS (None on the local socket): what it may do.
+        self.peer: PeerIdentity | None = None
         self.authorised = False
         self._queue: list[bytes] = []
         self._busy = False
@@ -144,7 +146,9 @@ class AdminProtocol(LineOnlyReceiver):
         except wire.WireError as error:
             self._answer(wire.error(error.name, error.message, request_id))
             return
-        answer = maybeDeferred(self.handler.handle, command, args, self.who, local=self.local)
+        answer = maybeDeferred(
+            self.handler.handle, command, args, self.who, local=self.local, peer=self.peer
+        )
         answer.addCallbacks(
             lambda result: wire.ok(result, request_id),
             lambda failure: self._failed(failure, request_id, command),
@@ -192,6 +196,7 @@ class TLSAdminProtocol(AdminProtocol):
             return
         self.who = f"{peer} (TLS, sha256 {peer.fingerprint[:16]})"
         self.local = False
+        self.peer = peer
         self.authorise()
 
     def _refuse(self, message: str) -> None:

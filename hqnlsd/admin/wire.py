@@ -41,6 +41,8 @@ NOTADMIN = "NOTADMIN"
 STARTING = "STARTING"
 INTERNAL = "INTERNAL"
 NOT_AVAILABLE = "NOT_AVAILABLE"
+#: The admin is known, but its certificate does not allow this command (e.g. a remote down).
+NOT_ALLOWED = "NOT_ALLOWED"
 
 
 class WireError(ValueError):

@@ -6,8 +6,9 @@ Usage::
     hqn_ca member DIR ADDRESS [--out PREFIX] [--days N]
                                                PREFIX.key + PREFIX.crt for the daemon
                                                serving on IPv4 ADDRESS
-    hqn_ca admin DIR NAME [--out PREFIX] [--days N]
+    hqn_ca admin DIR NAME [--out PREFIX] [--days N] [--allow-down]
                                                PREFIX.key + PREFIX.crt for admin NAME
+                                               (--allow-down: may stop daemons remotely)
     hqn_ca show FILE                           describe a certificate or key file
 
 Keys are EC P-256, written unencrypted with mode 0600; existing files are never
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hqnlsd.tls import (
+    ADMIN_DOWN_USAGE,
     ADMIN_OU,
     CA_OU,
     MEMBER_OU,
@@ -215,8 +217,16 @@ def issue_member(
     )
 
 
-def issue_admin(ca: Issued, name: str, *, now: datetime, days: int = DEFAULT_LEAF_DAYS) -> Issued:
-    """An admin client certificate: CN=name, OU=hqnlsd-admin, clientAuth only."""
+def issue_admin(
+    ca: Issued,
+    name: str,
+    *,
+    now: datetime,
+    days: int = DEFAULT_LEAF_DAYS,
+    allow_down: bool = False,
+) -> Issued:
+    """An admin client certificate: CN=name, OU=hqnlsd-admin, clientAuth only; with
+    ``allow_down`` also the `ADMIN_DOWN_USAGE` extended key usage (may stop daemons)."""
     if not ADMIN_NAME.fullmatch(name):
         raise CAError(
             f"admin name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-', "
@@ -231,7 +241,7 @@ def issue_admin(ca: Issued, name: str, *, now: datetime, days: int = DEFAULT_LEA
     return _leaf(
         ca,
         subject=subject,
-        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        usages=[ExtendedKeyUsageOID.CLIENT_AUTH, *([ADMIN_DOWN_USAGE] if allow_down else [])],
         alt_names=[],
         now=now,
         days=days,
@@ -356,13 +366,14 @@ def _cmd_member(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _cmd_admin(args: argparse.Namespace, out: TextIO) -> None:
-    """hqn_ca admin DIR NAME [--out PREFIX] [--days N]."""
+    """hqn_ca admin DIR NAME [--out PREFIX] [--days N] [--allow-down]."""
     ca = load_ca(args.dir)
     prefix = args.out if args.out is not None else args.dir / f"admin-{args.name}"
-    issued = issue_admin(ca, args.name, now=_now(), days=args.days)
+    issued = issue_admin(ca, args.name, now=_now(), days=args.days, allow_down=args.allow_down)
     key_path, cert_path = write_issued(issued, prefix)
+    may = "; may stop daemons (down)" if args.allow_down else ""
     out.write(
-        f"admin certificate for {args.name} (clientAuth, OU={ADMIN_OU}):\n"
+        f"admin certificate for {args.name} (clientAuth, OU={ADMIN_OU}{may}):\n"
         f"  key         {key_path} (mode 0600)\n  certificate {cert_path}\n"
         f"  valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}\n"
     )
@@ -431,6 +442,11 @@ def _parser() -> argparse.ArgumentParser:
     admin.add_argument("name", metavar="NAME")
     admin.add_argument("--out", type=Path, metavar="PREFIX", help="default DIR/admin-NAME")
     admin.add_argument("--days", type=int, default=DEFAULT_LEAF_DAYS, help="default 825")
+    admin.add_argument(
+        "--allow-down",
+        action="store_true",
+        help="also allow stopping daemons remotely (hqn_lsa down over TLS)",
+    )
     admin.set_defaults(run=_cmd_admin)
 
     show = commands.add_parser("show", help="describe a certificate or key file")
