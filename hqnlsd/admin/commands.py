@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hqnlsd.licensing.policy import Policy, describe
+from hqnlsd.logging.switches import Switch
 
 
 class UsageError(ValueError):
@@ -261,20 +262,8 @@ def _recover(words: Sequence[str]) -> dict[str, Any]:
     return {"domain": _int(words[0], "domain number", usage)}
 
 
-#: The original's log switches by number (1 = WARNING ... 11 = DOMAIN).
-SWITCH_NUMBERS: tuple[str, ...] = (
-    "WARNING",
-    "INFO",
-    "ADMIN",
-    "LICENSE",
-    "PRODUCT",
-    "HOSTNAME",
-    "HOSTADDR",
-    "USERNAME",
-    "UID",
-    "EXTERR",
-    "DOMAIN",
-)
+#: The original's log switches by number (1 = WARNING ... 11 = DOMAIN): bit n - 1.
+SWITCH_NUMBERS: tuple[str, ...] = tuple(str(switch.name) for switch in Switch)
 _SWITCH_NUMBER = re.compile(r"^([0-9]+)([+-]?)$")
 
 
