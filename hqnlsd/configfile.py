@@ -50,8 +50,15 @@ import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from hqnlsd.config import ConfigError
+from hqnlsd.config import (
+    DEFAULT_HOSTS_FILE,
+    DEFAULT_PUBLISHER_KEYS,
+    DEFAULT_STATE_DIR,
+    ConfigError,
+    DaemonConfig,
+)
 from hqnlsd.domain.timing import DomainTimers
 
 
@@ -404,7 +411,7 @@ def merge_options(
     command_line is what the options parser holds, where a parameter *not given*
     is None and a flag not given is false: so the parser's own defaults for the
     options the file may set must be None, and their real defaults are passed in
-    defaults. For `hqnlsd.tap.Options.postOptions`::
+    defaults. As `config_from` does::
 
         from_file = load_config_file(self["config"]) if self["config"] else {}
         self.update(merge_options(self, from_file, OPTION_DEFAULTS))
@@ -421,3 +428,60 @@ def merge_options(
         else:
             merged[name] = given
     return merged
+
+
+#: Defaults of the options a config file may also set (the parser's own are None,
+#: so that "not given on the command line" can be told from "given").
+OPTION_DEFAULTS: dict[str, object] = {
+    "address": "127.0.0.1",
+    "hosts": str(DEFAULT_HOSTS_FILE),
+    "state-dir": str(DEFAULT_STATE_DIR),
+    "publisher-keys": str(DEFAULT_PUBLISHER_KEYS),
+}
+
+
+def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
+    """The configuration: the command line's values over the config file's over defaults.
+
+    Called once at start-up, and again on SIGHUP with the same command line to
+    re-read the config file. Raises ConfigError (ConfigFileError for the file).
+    """
+    given = {name: value for name, value in command_line.items() if value is not None}
+    from_file = load_config_file(given["config"]) if given.get("config") else {}
+    merged = merge_options(command_line, from_file, OPTION_DEFAULTS)
+
+    def text(name: str) -> str | None:
+        value = merged.get(name)
+        return None if value is None else str(value)
+
+    return DaemonConfig.build(
+        address=str(merged["address"]),
+        port=text("port"),
+        permit_path=text("permit-path"),
+        hosts_file=str(merged["hosts"]),
+        state_dir=str(merged["state-dir"]),
+        publisher_keys=str(merged["publisher-keys"]),
+        domain_logging=bool(merged.get("domain-log")),
+        manhole=text("manhole"),
+        manhole_keys=text("manhole-keys"),
+        metrics=text("metrics"),
+        admin_socket=text("admin-socket"),
+        admin_socket_mode=text("admin-socket-mode"),
+        admin_socket_group=text("admin-socket-group"),
+        runtime_dir=text("runtime-dir"),
+        admin_tls=text("admin-tls"),
+        domain_tls=(text("domain-ca"), text("domain-cert"), text("domain-key")),
+        server_keys=text("server-keys"),
+        peer_port=text("peer-port"),
+        peer_dial_port=text("peer-dial-port"),
+        peer_source_check=not merged.get("no-peer-source-check"),
+        domain_timers=_timers(merged.get(TIMERS_OPTION)),
+        command_line=given,
+    )
+
+
+def _timers(value: object) -> dict[str, float | int] | None:
+    """The ``[domain]`` timers of the config file (a dict), or None."""
+    if not isinstance(value, Mapping) or not value:
+        return None
+    return {str(name): number for name, number in value.items()}

@@ -318,7 +318,7 @@ class HqnlsdService(MultiService):
 
     def _reload_config(self) -> None:
         from hqnlsd.config import ConfigError
-        from hqnlsd.tap import config_from
+        from hqnlsd.configfile import config_from
 
         try:
             fresh = config_from(self.config.command_line)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -19,17 +18,7 @@ from hqnlsd.config import (
     ConfigError,
     DaemonConfig,
 )
-from hqnlsd.configfile import TIMERS_OPTION, load_config_file, merge_options
-
-#: Defaults of the options a config file may also set (the parser's own are None,
-#: so that "not given on the command line" can be told from "given").
-OPTION_DEFAULTS: dict[str, object] = {
-    "address": "127.0.0.1",
-    "hosts": str(DEFAULT_HOSTS_FILE),
-    "state-dir": str(DEFAULT_STATE_DIR),
-    "publisher-keys": str(DEFAULT_PUBLISHER_KEYS),
-}
-
+from hqnlsd.configfile import config_from
 
 #: Set (to anything but 0) in the environment: a failed start shows its traceback.
 TRACEBACK_VARIABLE = "HQNLSD_TRACEBACK"
@@ -177,53 +166,6 @@ class Options(usage.Options):
             self.config = config_from(dict(self))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-
-
-def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
-    """The configuration: the command line's values over the config file's over defaults.
-
-    Called once at start-up, and again on SIGHUP with the same command line to
-    re-read the config file. Raises ConfigError (ConfigFileError for the file).
-    """
-    given = {name: value for name, value in command_line.items() if value is not None}
-    from_file = load_config_file(given["config"]) if given.get("config") else {}
-    merged = merge_options(command_line, from_file, OPTION_DEFAULTS)
-
-    def text(name: str) -> str | None:
-        value = merged.get(name)
-        return None if value is None else str(value)
-
-    return DaemonConfig.build(
-        address=str(merged["address"]),
-        port=text("port"),
-        permit_path=text("permit-path"),
-        hosts_file=str(merged["hosts"]),
-        state_dir=str(merged["state-dir"]),
-        publisher_keys=str(merged["publisher-keys"]),
-        domain_logging=bool(merged.get("domain-log")),
-        manhole=text("manhole"),
-        manhole_keys=text("manhole-keys"),
-        metrics=text("metrics"),
-        admin_socket=text("admin-socket"),
-        admin_socket_mode=text("admin-socket-mode"),
-        admin_socket_group=text("admin-socket-group"),
-        runtime_dir=text("runtime-dir"),
-        admin_tls=text("admin-tls"),
-        domain_tls=(text("domain-ca"), text("domain-cert"), text("domain-key")),
-        server_keys=text("server-keys"),
-        peer_port=text("peer-port"),
-        peer_dial_port=text("peer-dial-port"),
-        peer_source_check=not merged.get("no-peer-source-check"),
-        domain_timers=_timers(merged.get(TIMERS_OPTION)),
-        command_line=given,
-    )
-
-
-def _timers(value: object) -> dict[str, float | int] | None:
-    """The ``[domain]`` timers of the config file (a dict), or None."""
-    if not isinstance(value, Mapping) or not value:
-        return None
-    return {str(name): number for name, number in value.items()}
 
 
 def makeService(options: Any) -> IService:
