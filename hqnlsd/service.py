@@ -35,6 +35,7 @@ from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event, Granted, Released, Revoked
 from hqnlsd.listen import loopback_unless_named, split_description
 from hqnlsd.logging.feed import LicenceFeed
+from hqnlsd.logging.files import MAX_ROTATED_FILES, cap_log_files
 from hqnlsd.logging.observer import FilterInstallation, install_switch_filter
 from hqnlsd.logging.switches import LogSwitches
 from hqnlsd.logging.usage import UsageReport
@@ -202,6 +203,13 @@ class HqnlsdService(MultiService):
         if self.config.install_log_filter:
             # Before anything else logs; twistd has registered its observer by now.
             self._log_filter = install_switch_filter(self.switches)
+            for logfile in cap_log_files():
+                self.log.info(
+                    "log file {path}: mode 0600, rotated at {size} bytes, "
+                    "{kept} old files kept",
+                    path=logfile.path, size=getattr(logfile, "rotateLength", None),
+                    kept=MAX_ROTATED_FILES,
+                )
         try:
             self.journal = open_journal(self.config.state_dir, self.reactor)
             report = self.journal.restore(self.engine)
@@ -223,7 +231,8 @@ class HqnlsdService(MultiService):
         self.journal.listeners.append(self.feed.observe)
         self.journal.listeners.append(lambda events: _count_events(self.metrics, events))
         self.server = LicenceServer(
-            self.engine, self.journal, self.source, self.feed, domains=self.domains
+            self.engine, self.journal, self.source, self.feed, domains=self.domains,
+            clock=self.reactor,
         )
         # Holders could not UPDATE while we were down: count them as updated now.
         self.journal.submit(self.engine.resume().events)
@@ -387,6 +396,8 @@ class HqnlsdService(MultiService):
             if self.journal is not None:
                 self.journal.close()
             self.usage.close()
+            if self.server is not None and self.server.messages is not None:
+                self.server.messages.stop()
             if self._log_filter is not None:
                 self._log_filter.uninstall()
                 self._log_filter = None
