@@ -272,11 +272,15 @@ def test_prepare_log_file_creates_and_tightens_0600(tmp_path: Path) -> None:
 
 def test_cap_log_files_caps_rotation_and_mode(tmp_path: Path) -> None:
     """The LogFile behind twistd's observer keeps at most MAX_ROTATED_FILES, all 0600."""
+    for n in (1, 2):  # left by an older daemon, readable by all
+        (tmp_path / f"twistd.log.{n}").write_text("old\n")
+        os.chmod(tmp_path / f"twistd.log.{n}", 0o644)
     logfile = LogFile.fromFullPath(str(tmp_path / "twistd.log"), rotateLength=100)
     publisher = LogPublisher()
     publisher.addObserver(textFileLogObserver(logfile))
     found = cap_log_files(publisher)
     assert found == [logfile]
+    assert stat.S_IMODE((tmp_path / "twistd.log.2").stat().st_mode) == 0o600
     assert logfile.maxRotatedFiles == MAX_ROTATED_FILES
     log = Logger(observer=publisher)
     for n in range(MAX_ROTATED_FILES * 5):
@@ -332,3 +336,17 @@ def test_hqn_lsa_listings_escape_client_fields() -> None:
     assert "eve\\x1b[2J\\x07" in text
     assert not any(line.startswith("FAKE ROW") for line in text.splitlines())
     assert "h\\nFAKE ROW" in text
+
+
+def test_twistd_log_path_follows_twistd() -> None:
+    """The file twistd will open, as twistd decides it; None for stdout, syslog, --logger."""
+    from hqnlsd.logging.files import twistd_log_path
+
+    assert twistd_log_path({"logfile": "/var/log/hqnlsd.log"}) == "/var/log/hqnlsd.log"
+    assert twistd_log_path({"logfile": "x.log"}) == os.path.abspath("x.log")
+    assert twistd_log_path({"logfile": None, "nodaemon": False}) == os.path.abspath("twistd.log")
+    assert twistd_log_path({"logfile": None, "nodaemon": True}) is None
+    assert twistd_log_path({"logfile": "-", "nodaemon": True}) is None
+    assert twistd_log_path({"logfile": "/x.log", "syslog": True}) is None
+    assert twistd_log_path({"logfile": "/x.log", "logger": "my.observer"}) is None
+    assert twistd_log_path(None) is None

@@ -13,7 +13,8 @@ logging:
   observer of the global log publisher (twistd registered its file observer by
   then) and sets ``maxRotatedFiles`` (`MAX_ROTATED_FILES`) and ``defaultMode``
   (0600: each new file after a rotation is created with no permissions and
-  then given 0600, never readable by others in between).
+  then given 0600, never readable by others in between); the file and the old
+  ones an earlier daemon left are narrowed to 0600.
 
 So the log takes at most ``(MAX_ROTATED_FILES + 1) * 1 MB`` of disk.
 """
@@ -93,11 +94,19 @@ def cap_log_files(publisher: LogPublisher | None = None) -> list[BaseLogFile]:
         return []
     found = _log_files(observers)
     for logfile in found:
+        paths = [logfile.path]
         if isinstance(logfile, LogFile):
             logfile.maxRotatedFiles = MAX_ROTATED_FILES
+            with contextlib.suppress(OSError):
+                paths += [f"{logfile.path}.{n}" for n in logfile.listLogs()]
         logfile.defaultMode = LOG_FILE_MODE
-        with contextlib.suppress(OSError):
-            info = os.stat(logfile.path)
-            if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) & ~LOG_FILE_MODE:
-                os.chmod(logfile.path, LOG_FILE_MODE)
+        for path in paths:  # files left by an older daemon may be wider
+            _narrow(path)
     return found
+
+
+def _narrow(path: str) -> None:
+    with contextlib.suppress(OSError):
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) & ~LOG_FILE_MODE:
+            os.chmod(path, LOG_FILE_MODE)

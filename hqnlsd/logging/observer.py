@@ -293,6 +293,10 @@ def escape_event(event: LogEvent) -> LogEvent:
     Keys starting with ``log_`` (the format, namespace, level...) are the code's,
     not values, and are kept. An event with nothing to escape is returned as is.
     """
+    # The usual case, checked at C speed: no string value needs escaping.
+    joined = "".join([value for value in event.values() if type(value) is str])
+    if joined.isprintable() and "\\" not in joined:
+        return event
     copy: LogEvent | None = None
     for key, value in event.items():
         if (
