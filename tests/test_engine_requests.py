@@ -358,7 +358,7 @@ def test_client_token_binding_compares_the_ip_address_only() -> None:
 def test_client_token_binding_holds_on_a_replica() -> None:
     """A backup that applied the primary's events (a domain after failover) decides the
     same: the holder's retry gets its handle, another client's reuse TOKEN_HELD."""
-    primary, clock = make_engine()
+    primary, _ = make_engine()
     outcome = primary.request(make_request(client="tok", address="10.0.0.7"))
     assert isinstance(outcome.result, Grant)
     backup, _ = make_engine()

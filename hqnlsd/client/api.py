@@ -405,11 +405,11 @@ class LicenceClient:
                     reason=describe_failure(e),
                 )
                 return
-            if isinstance(answer, Err) and answer.status in RETRY_STATUSES:
-                if attempt < self.retry.attempts:
-                    connection.close()
-                    await deferLater(self.reactor, self.retry.delay(attempt))
-                    continue
+            retry = isinstance(answer, Err) and answer.status in RETRY_STATUSES
+            if retry and attempt < self.retry.attempts:
+                connection.close()
+                await deferLater(self.reactor, self.retry.delay(attempt))
+                continue
             if isinstance(answer, Ok) or (
                 isinstance(answer, Err) and answer.status in LOST_STATUSES
             ):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import math
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
@@ -464,8 +465,8 @@ class Engine:
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        if seconds is not None and not seconds >= MINIMUM_ADMIN_SECONDS:
-            return _illegal(f"crashout must be at least {MINIMUM_ADMIN_SECONDS:g} s")
+        if seconds is not None and not MINIMUM_ADMIN_SECONDS <= seconds < math.inf:
+            return _illegal(f"crashout must be at least {MINIMUM_ADMIN_SECONDS:g} s, and finite")
         return self._admin(
             CrashoutChanged(publisher, product, None if seconds is None else float(seconds)),
             "crashout set",
@@ -478,8 +479,8 @@ class Engine:
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        if seconds is not None and not seconds >= MINIMUM_ADMIN_SECONDS:
-            return _illegal(f"timeout must be at least {MINIMUM_ADMIN_SECONDS:g} s")
+        if seconds is not None and not MINIMUM_ADMIN_SECONDS <= seconds < math.inf:
+            return _illegal(f"timeout must be at least {MINIMUM_ADMIN_SECONDS:g} s, and finite")
         return self._admin(
             TimeoutChanged(publisher, product, None if seconds is None else float(seconds)),
             "timeout set",
