@@ -296,14 +296,9 @@ class LimitedProtocol(ProtocolWrapper):
 
     def _time_out(self, reason: str) -> None:
         factory = self.factory
+        # Counted, not logged: a flood of silent connections must not flood the log.
         if factory.events is not None:
             factory.events.connection_timed_out(factory.listener, reason)
-        _log.debug(
-            "{listener}: closing {source} ({reason} timeout)",
-            listener=factory.listener,
-            source=self.source,
-            reason=reason,
-        )
         self._closed = True
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -252,6 +254,20 @@ def hqn_ca(*args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def scrape_timeouts(port: int) -> dict[tuple[str, str], float]:
+    """hqnlsd_connections_timed_out_total by (listener, reason), from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: dict[tuple[str, str], float] = {}
+    for match in re.finditer(
+        r'^hqnlsd_connections_timed_out_total\{listener="(\w+)",reason="(\w+)"\} (\S+)$',
+        text,
+        re.MULTILINE,
+    ):
+        found[(match[1], match[2])] = float(match[3])
+    return found
+
+
 def test_silent_connections_are_closed_on_every_listener(
     daemons: DaemonHarness, tmp_path: Path
 ) -> None:
@@ -310,6 +326,10 @@ def test_silent_connections_are_closed_on_every_listener(
         for socks in silent.values():
             for sock in socks:
                 sock.close()
+    timed_out = scrape_timeouts(ports["metrics"])
+    assert timed_out[("admin_tls", "handshake")] >= 5, timed_out
+    assert timed_out[("manhole", "handshake")] >= 5, timed_out
+    assert timed_out[("metrics", "idle")] >= 5, timed_out
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HQN_LSA_HISTORY": "/dev/null"}
     done = subprocess.run(
         [
@@ -345,7 +365,10 @@ def test_a_real_client_outlives_the_idle_timeout(daemons: DaemonHarness, tmp_pat
         make_permit([daemons.host(1)], [product_permit("Widget", floating_count=1)])
     )
     config = tmp_path / "limits.toml"
-    config.write_text("[limits]\nclient-idle-timeout = 1.0\n")
+    metrics_port = free_port("127.0.0.1")
+    config.write_text(
+        f'[metrics]\nlisten = "tcp:{metrics_port}"\n[limits]\nclient-idle-timeout = 1.0\n'
+    )
     daemon = daemons.daemon("idle", extra_args=["--config", str(config)]).start_and_wait()
     client = BlockingLicenceClient(
         servers=[f"127.0.0.1:{daemon.port}"],
@@ -353,8 +376,11 @@ def test_a_real_client_outlives_the_idle_timeout(daemons: DaemonHarness, tmp_pat
         timeout=5.0,
         retry=Retry(first_delay=0.05),
     )
-    idle_closes = "closing idle client connection"
-    before = daemon.log_text().count(idle_closes)
+
+    def idle_closes() -> float:
+        return scrape_timeouts(metrics_port).get(("client", "idle"), 0.0)
+
+    before = idle_closes()
     events: list[str] = []
     licence = client.request(
         "Test Publisher",
@@ -366,14 +392,20 @@ def test_a_real_client_outlives_the_idle_timeout(daemons: DaemonHarness, tmp_pat
     try:
         handle = licence.handle
         for round_ in (1, 2):
-
-            def closed(text: str, wanted: int = before + round_) -> bool:
-                return text.count(idle_closes) >= wanted
-
-            daemon.wait_for_log(closed, timeout=WAIT)
+            wait_until(
+                f"idle client connection {round_} closed by the daemon",
+                lambda wanted=before + round_: idle_closes() >= wanted,  # type: ignore[misc]
+            )
             licence.update()
             assert licence.held and licence.handle == handle, licence.state
         assert events == []
+        # Each UPDATE went out on a new connection, answered: no REQUEST again.
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        assert 'hqnlsd_request_duration_seconds_count{verb="REQUEST"} 1.0' in text
+        assert 'hqnlsd_request_duration_seconds_count{verb="UPDATE"} 2.0' in text
         # The only licence is still this one's: nobody else gets one.
         other = request_from(loopback(1), daemon.port, 99)
         assert isinstance(other, Err) and other.status is Status.NOLICENCES, other

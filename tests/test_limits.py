@@ -370,3 +370,26 @@ def test_config_file_limits_errors_name_the_key(tmp_path: Path, table: str, mess
     path.write_text(f"[limits]\n{table}\n")
     with pytest.raises(ConfigFileError, match=re.escape(message)):
         load_config_file(path)
+
+
+def test_keepalive_timing_is_set_on_a_real_socket() -> None:
+    """On a real TCP socket: SO_KEEPALIVE on, first probe after KEEPALIVE_IDLE seconds."""
+    import socket
+
+    from hqnlsd.limits import KEEPALIVE_IDLE, enable_keepalive
+
+    class Transport:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def setTcpKeepAlive(self, enabled: int) -> None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, enabled)
+
+        def getHandle(self) -> socket.socket:
+            return self.sock
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        enable_keepalive(Transport(sock))
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
