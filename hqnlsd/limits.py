@@ -196,11 +196,17 @@ def enable_keepalive(transport: object) -> None:
     """SO_KEEPALIVE on ``transport`` (a TCP transport; others are left alone), with
     probes after KEEPALIVE_IDLE seconds of silence where the platform allows."""
     set_keepalive = getattr(transport, "setTcpKeepAlive", None)
-    if set_keepalive is None:
-        return
-    set_keepalive(1)
     get_handle = getattr(transport, "getHandle", None)
     handle = get_handle() if get_handle is not None else None
+    if isinstance(handle, socket.socket) and handle.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
+    ):
+        return  # a UNIX socket (its transport has the TCP methods too)
+    if set_keepalive is None:
+        return
+    with contextlib.suppress(OSError):
+        set_keepalive(1)
     if not isinstance(handle, socket.socket):
         return
     for option, value in (

@@ -393,3 +393,27 @@ def test_keepalive_timing_is_set_on_a_real_socket() -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         if hasattr(socket, "TCP_KEEPIDLE"):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+
+
+def test_keepalive_leaves_unix_sockets_alone() -> None:
+    """A UNIX socket listener (``unix:`` description): its transport has the TCP
+    methods, but keepalive is not asked of it."""
+    import socket
+
+    from hqnlsd.limits import enable_keepalive
+
+    calls: list[int] = []
+
+    class Transport:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def setTcpKeepAlive(self, enabled: int) -> None:
+            calls.append(enabled)
+
+        def getHandle(self) -> socket.socket:
+            return self.sock
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        enable_keepalive(Transport(sock))
+    assert calls == []
