@@ -64,6 +64,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -538,15 +539,26 @@ class _Listener(Service):
         self.network = network
         self.requested = port
         self.port: Any = None
+        #: Wraps the listener's (TLS) factory, outermost: the daemon's connection
+        #: limits (`hqnlsd.limits`); None: no wrapper.
+        self.wrap: Callable[[Any], Any] | None = None
 
     def privilegedStartService(self) -> None:
         network = self.network
-        self.port = network.reactor.listenSSL(
-            self.requested,
-            _LinkFactory(network, None),
-            server_options(network.credentials),
-            interface=str(network.me),
-        )
+        factory = _LinkFactory(network, None)
+        if self.wrap is None:
+            self.port = network.reactor.listenSSL(
+                self.requested,
+                factory,
+                server_options(network.credentials),
+                interface=str(network.me),
+            )
+        else:
+            # What listenSSL does, with the limits outside TLS.
+            tls = TLSMemoryBIOFactory(server_options(network.credentials), False, factory)
+            self.port = network.reactor.listenTCP(
+                self.requested, self.wrap(tls), interface=str(network.me)
+            )
         super().privilegedStartService()
 
     def startService(self) -> None:
