@@ -68,6 +68,9 @@ def decode(line: bytes) -> dict[str, Any]:
         value = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise WireError(BAD_REQUEST, f"not a JSON line: {error}") from None
+    except RecursionError:
+        # Nesting deeper than the decoder's stack: refused like any other bad line.
+        raise WireError(BAD_REQUEST, "not a JSON line: nested too deeply") from None
     if not isinstance(value, dict):
         raise WireError(BAD_REQUEST, "a message must be a JSON object")
     return value

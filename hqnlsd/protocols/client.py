@@ -144,8 +144,10 @@ class ClientProtocol(Protocol, TimeoutMixin):
         *,
         idle_timeout: float | None = None,
         max_pipeline: int = DEFAULT_MAX_PIPELINE,
+        on_idle_close: Callable[[], object] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._on_idle_close = on_idle_close
         self._clock = clock
         self._transport = cast(_Transport, None)
         self._idle_timeout = idle_timeout
@@ -219,6 +221,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self.log.info(
             "closing idle client connection {peer}", peer=self._peer_text()
         )
+        if self._on_idle_close is not None:
+            self._on_idle_close()
         self._close_after_flush()
 
     # -- IPushProducer: the transport tells us when its write buffer is full
@@ -442,6 +446,8 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
     :param max_pipeline: replies of one connection that may wait to be written
         (pending in the dispatcher or queued behind one that is); reading
         pauses at that many.
+    :param on_idle_close: called each time a connection is closed for idleness
+        (the metrics count it).
 
     ``bad_input`` logs the bad input of every connection, per client address per
     interval (`BadInputLog`); what it still counts is logged when the factory stops.
@@ -456,6 +462,7 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
         *,
         idle_timeout: float | None = None,
         max_pipeline: int = DEFAULT_MAX_PIPELINE,
+        on_idle_close: Callable[[], object] | None = None,
     ) -> None:
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive (or None for no timeout)")
@@ -465,6 +472,7 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_pipeline = max_pipeline
+        self.on_idle_close = on_idle_close
         self.bad_input = BadInputLog(ClientProtocol.log, clock)
 
     def stopFactory(self) -> None:
@@ -478,6 +486,7 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
             self.clock,
             idle_timeout=self.idle_timeout,
             max_pipeline=self.max_pipeline,
+            on_idle_close=self.on_idle_close,
         )
         protocol.factory = self
         return protocol
