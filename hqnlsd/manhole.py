@@ -8,7 +8,10 @@ Security model (SPEC 7):
   a line revokes that key at once. Any SSH user name is accepted; the key is what
   counts. Lines carrying OpenSSH options (``from="..."``, ``command="..."``...) are
   ignored with a logged warning, because honouring only part of them would be worse
-  than refusing them. A keys file that others may write to is refused altogether.
+  than refusing them. The keys file must pass OpenSSH's ``StrictModes`` checks
+  (owned by the daemon's user or root, not writable by group or others, and so
+  is every directory above it up to ``/``, a sticky root-owned one like ``/tmp``
+  excepted), at start-up and at every login, or it authorizes nobody.
 - The host key (Ed25519) is generated on the first start into the state directory
   (``manhole_host_key``, mode 0600, plus ``manhole_host_key.pub`` to pin in
   ``known_hosts``) and reused on every later start. A host key file that group or
@@ -59,6 +62,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hqnlsd.listen import loopback_unless_named
+from hqnlsd.securefiles import (
+    UnsafePathError,
+    check_trusted_file,
+    open_private,
+    read_private,
+    write_atomically,
+)
 
 HOST_KEY_NAME = "manhole_host_key"
 """File name of the manhole's private host key inside the state directory."""
@@ -98,7 +108,10 @@ def _check_private_mode(path: Path, what: str) -> None:
     """Refuse a private file that is not a regular file or that others may read."""
     info = path.lstat()
     if not stat.S_ISREG(info.st_mode):
-        raise ManholeError(f"{what} {path} is not a regular file")
+        raise ManholeError(
+            f"{what} {path} is not a regular file (a symbolic link is never followed); "
+            f"remove it (rm {path})"
+        )
     if info.st_mode & 0o077:
         raise ManholeError(
             f"{what} {path} is accessible by group or others "
@@ -140,7 +153,7 @@ def load_or_create_host_key(state_dir: Path) -> keys.Key:
     except OSError as e:
         raise ManholeError(f"cannot create state directory {state_dir}: {e}") from None
     path = state_dir / HOST_KEY_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         private = ed25519.Ed25519PrivateKey.generate()
         pem = private.private_bytes(
             serialization.Encoding.PEM,
@@ -155,13 +168,15 @@ def load_or_create_host_key(state_dir: Path) -> keys.Key:
             public = keys.Key(private).public().toString("OPENSSH") + b" hqnlsd-manhole\n"
             pub_path = path.with_name(HOST_KEY_NAME + ".pub")
             try:
-                pub_path.write_bytes(public)
+                write_atomically(pub_path, public, 0o644)
             except OSError as e:
                 _log.warn("cannot write {path}: {error}", path=str(pub_path), error=str(e))
             _log.info("generated manhole host key {path}", path=str(path))
     try:
         _check_private_mode(path, "manhole host key")
-        data = path.read_bytes()
+        data = read_private(path)
+    except UnsafePathError as e:
+        raise ManholeError(f"manhole host key: {e}") from None
     except OSError as e:
         raise ManholeError(f"cannot read manhole host key {path}: {e}") from None
     try:
@@ -210,19 +225,28 @@ def parse_authorized_keys(data: bytes, source: str = "authorized_keys") -> list[
     return result
 
 
-def read_authorized_keys(path: Path) -> list[keys.Key]:
-    """Read an authorized_keys file, refusing one that group or others may write.
+def read_authorized_keys(path: Path, *, uid: int | None = None) -> list[keys.Key]:
+    """Read an authorized_keys file under OpenSSH's ``StrictModes`` rules.
 
-    Raises ManholeError when the file is missing, unreadable or unsafe.
+    The file must be a regular file owned by ``uid`` (default: the daemon's
+    effective uid) or root that neither group nor others may write, and every
+    directory above it must be owned by ``uid`` or root and not writable by group
+    or others (a sticky one such as ``/tmp`` excepted): see
+    `hqnlsd.securefiles.check_trusted_file`. The file checked is the file read
+    (same device and inode, opened without following a link). Raises
+    ManholeError when the file is missing, unreadable or unsafe.
     """
+    real = Path(os.path.realpath(path))
     try:
-        info = path.stat()
-        if info.st_mode & 0o022:
-            raise ManholeError(
-                f"manhole authorized keys {path} is writable by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {path}"
-            )
-        data = path.read_bytes()
+        checked = check_trusted_file(path, uid=uid, what="manhole authorized keys")
+        fd = open_private(real, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as source:
+            opened = os.fstat(source.fileno())
+            if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
+                raise ManholeError(f"manhole authorized keys {path} changed while being read")
+            data = source.read()
+    except UnsafePathError as e:
+        raise ManholeError(str(e)) from None
     except OSError as e:
         raise ManholeError(f"cannot read manhole authorized keys {path}: {e}") from None
     return parse_authorized_keys(data, str(path))

@@ -726,15 +726,17 @@ def _state_dir_locked(state_dir: Path) -> str:
     )
 
 
-def preflight(config: DaemonConfig) -> None:
+def preflight(config: DaemonConfig, *, uid: int | None = None) -> None:
     """Before twistd forks: check what an admin can get wrong; StartupError (one line).
 
     Run by `hqnlsd.tap.makeService`, so that a daemonised ``twistd hqnlsd`` still
     prints the whole line on its terminal (twistd passes a failure after the fork
     through a 100-byte pipe). The state directory is created (0700) if missing, as
-    the start would; each TCP listener is bound and closed at once, as twisted
-    binds (SO_REUSEADDR), so a port in TIME_WAIT is not reported. The real binds
-    in ``privilegedStartService`` still explain a failure the same way.
+    the start would, then checked as `hqnlsd.securefiles` says (``uid``: the user
+    the daemon will run as, twistd's ``--uid``; default the effective uid), and
+    so is the manhole's keys file; each TCP listener is bound and closed at once,
+    as twisted binds (SO_REUSEADDR), so a port in TIME_WAIT is not reported. The
+    real binds in ``privilegedStartService`` still explain a failure the same way.
     """
     state = config.state_dir
     if state.exists() and not state.is_dir():
@@ -743,6 +745,7 @@ def preflight(config: DaemonConfig) -> None:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
         raise StartupError(f"--state-dir {state}: cannot create it: {error.strerror}") from None
+    _check_files(config, uid)
     problem = _database_problem(state / DATABASE_NAME)
     if problem is not None:
         raise StartupError(problem)
@@ -757,6 +760,31 @@ def preflight(config: DaemonConfig) -> None:
                 raise StartupError(
                     explain_bind_error(listener, error.errno, _strerror(error))
                 ) from None
+
+
+def _check_files(config: DaemonConfig, uid: int | None) -> None:
+    """The state directory, what is in it and the manhole's keys file, as
+    `hqnlsd.securefiles` wants them; a readable state directory is logged."""
+    from hqnlsd.securefiles import (
+        UnsafePathError,
+        check_state_dir,
+        check_state_entries,
+        check_trusted_file,
+    )
+
+    try:
+        for warning in check_state_dir(config.state_dir, uid=uid):
+            _preflight_log.warn("{warning}", warning=warning)
+        check_state_entries(config.state_dir, sockets=[config.admin_socket])
+        if config.manhole_keys is not None:
+            check_trusted_file(config.manhole_keys, uid=uid, what="--manhole-keys")
+    except UnsafePathError as error:
+        raise StartupError(str(error)) from None
+    except OSError as error:
+        raise StartupError(f"{error.filename}: {error.strerror}") from None
+
+
+_preflight_log = Logger(namespace="hqnlsd.service")
 
 
 def _database_problem(path: Path) -> str | None:

@@ -188,7 +188,8 @@ def makeService(options: Any) -> IService:
 
     show_traceback = os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
     try:
-        preflight(options.config)
+        # twistd's --uid: the user the daemon runs as once it has bound its ports.
+        preflight(options.config, uid=_twistd_uid(options))
         service = build_service(options.config, reactor)
     except StartupError as error:
         if show_traceback:
@@ -206,6 +207,13 @@ def makeService(options: Any) -> IService:
         # 100-byte pipe: keep the terminal, to tell a failed start whole.
         service.terminal = TerminalReport()  # type: ignore[attr-defined]
     return service
+
+
+def _twistd_uid(options: Any) -> int | None:
+    """The uid twistd switches to (``--uid``), or None (it stays the effective uid)."""
+    parent = getattr(options, "parent", None)
+    uid = parent.get("uid") if parent is not None else None
+    return uid if isinstance(uid, int) else None
 
 
 class TerminalReport:

@@ -158,6 +158,80 @@ class TestAuthorizedKeys:
         assert list(db.getAuthorizedKeys(b"someone-else")) == [keys.Key.fromString(second)]
 
 
+def _foreign_owner(path: Path) -> int:
+    """Make ``path`` belong to "another user" for the check; the uid the check runs as.
+
+    As root the file is given to uid 54321 and the check runs as root; otherwise the
+    check is told it runs as a uid that is neither ours nor root's.
+    """
+    if os.geteuid() == 0:
+        os.chown(path, 54321, -1, follow_symlinks=False)
+        return 0
+    return os.geteuid() + 1
+
+
+class TestStrictModes:
+    """OpenSSH's StrictModes for the keys file: its owner, its mode, every directory above."""
+
+    def keys_in(self, directory: Path) -> Path:
+        """A 0600 authorized_keys file with one good key in ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        _, good = make_user_key(directory, "good")
+        path = directory / "authorized_keys"
+        write_authorized_keys(path, good)
+        return path
+
+    def test_world_writable_directory_is_refused(self, tmp_path: Path) -> None:
+        """The finding: a directory others may write lets them swap the file: refused."""
+        path = self.keys_in(tmp_path / "open")
+        os.chmod(path.parent, 0o777)
+        with pytest.raises(ManholeError, match=f"{path.parent} is writable by others"):
+            read_authorized_keys(path)
+        assert list(AuthorizedKeysFile(path).getAuthorizedKeys(b"anyone")) == []
+
+    def test_group_writable_directory_above_is_refused(self, tmp_path: Path) -> None:
+        """Any directory on the way up counts, not only the file's own."""
+        path = self.keys_in(tmp_path / "top" / "keys")
+        os.chmod(tmp_path / "top", 0o770)
+        with pytest.raises(ManholeError, match=f"{tmp_path / 'top'} is writable by its group"):
+            read_authorized_keys(path)
+
+    def test_sticky_root_owned_directory_is_accepted(self, tmp_path: Path) -> None:
+        """/tmp-like (sticky) directories on the way: others cannot replace our entries."""
+        path = self.keys_in(tmp_path / "keys")
+        assert read_authorized_keys(path)  # tmp_path lies under /tmp (1777, root)
+
+    def test_file_owned_by_another_user_is_refused(self, tmp_path: Path) -> None:
+        """A keys file that another user owns (and so may rewrite): refused."""
+        path = self.keys_in(tmp_path / "keys")
+        uid = _foreign_owner(path)
+        with pytest.raises(ManholeError, match="owned by uid"):
+            read_authorized_keys(path, uid=uid)
+
+    def test_directory_owned_by_another_user_is_refused(self, tmp_path: Path) -> None:
+        """The directory holding the file belongs to another user: refused."""
+        path = self.keys_in(tmp_path / "keys")
+        uid = _foreign_owner(path.parent)
+        if uid == 0:
+            os.chown(path, 0, -1)
+        else:
+            uid_file = os.stat(path).st_uid
+            assert uid_file != uid
+        with pytest.raises(ManholeError, match="owned by uid"):
+            read_authorized_keys(path, uid=uid)
+
+    def test_symlink_into_a_writable_directory_is_refused(self, tmp_path: Path) -> None:
+        """A safe-looking link to a file in a writable directory: the real path counts."""
+        path = self.keys_in(tmp_path / "open")
+        os.chmod(path.parent, 0o777)
+        safe = tmp_path / "safe"
+        safe.mkdir(mode=0o700)
+        (safe / "authorized_keys").symlink_to(path)
+        with pytest.raises(ManholeError, match="writable by others"):
+            read_authorized_keys(safe / "authorized_keys")
+
+
 class TestHostKey:
     """The host key: made on first start, private, reused."""
 

@@ -133,8 +133,11 @@ class AdminSocketEndpoint:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         def adjust(port: Any) -> Any:
+            # chmod follows links: only the socket we just bound is changed.
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise RuntimeDirError(f"{self.path}: not the socket just bound; not changed")
             if self.gid is not None:
-                os.chown(self.path, -1, self.gid)
+                os.chown(self.path, -1, self.gid, follow_symlinks=False)
             os.chmod(self.path, self.mode)
             return port
 

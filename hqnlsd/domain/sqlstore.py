@@ -30,6 +30,7 @@ from pathlib import Path
 
 from hqnlsd.domain.storage import Amnesia, Durable
 from hqnlsd.domain.view import Ballot, Batch, Value, View
+from hqnlsd.securefiles import open_private, require_regular_all, sqlite_files
 
 #: Largest epoch or ballot round believed when salvaging a damaged file: real
 #: ones grow by one per view change, so anything beyond JSON's safe integers is
@@ -90,13 +91,18 @@ class SqliteDomainStorage:
         #: durable writes made through this object, for tests and metrics
         self.writes = 0
         try:
-            created = not self.path.exists()
+            # SQLite follows links: none may stand where our files go; a new file is
+            # made 0600 here, never through a link.
+            require_regular_all(sqlite_files(self.path))
+            if not os.path.lexists(self.path):
+                os.close(open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except OSError as error:
+            raise DomainStoreError(f"domain database {self.path}: {error}") from None
+        try:
             self._db = sqlite3.connect(str(self.path), timeout=0.5, isolation_level=None)
         except sqlite3.Error as error:
             raise DomainStoreError(f"domain database {self.path}: {error}") from None
         try:
-            if created:
-                os.chmod(self.path, 0o600)
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -119,7 +125,7 @@ class SqliteDomainStorage:
         aside = path.with_name(f"{path.name}.{suffix}")
         for extra in ("-wal", "-shm"):
             companion = path.with_name(path.name + extra)
-            if companion.exists():
+            if os.path.lexists(companion):
                 companion.rename(aside.with_name(aside.name + extra))
         path.rename(aside)
         return aside

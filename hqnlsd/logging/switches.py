@@ -41,11 +41,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import os
 import re
 from pathlib import Path
 
 from twisted.logger import Logger
+
+from hqnlsd.securefiles import read_private, write_atomically
 
 #: The file in the state directory that holds the switches set by ``hqn_lsa``.
 SWITCHES_FILE = "logswitches.json"
@@ -210,7 +211,7 @@ class LogSwitches:
         path = Path(state_dir) / SWITCHES_FILE
         value = startup
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = read_private(path)  # never through a link someone put there
         except FileNotFoundError:
             pass
         except OSError as error:
@@ -221,7 +222,7 @@ class LogSwitches:
             )
         else:
             try:
-                value = _decode(raw)
+                value = _decode(raw.decode("utf-8"))
             except ValueError as error:
                 cls.log.warn(
                     "log switches: {path} is not a switches file ({error}); "
@@ -257,7 +258,7 @@ class LogSwitches:
         """Make ``value`` the state and persist it."""
         value = Switch(value & ALL)
         if self.path is not None:
-            _write_atomically(self.path, _encode(value))
+            write_atomically(self.path, _encode(value).encode("utf-8"))
         self.value = value
 
     def reset(self) -> str:
@@ -290,19 +291,3 @@ def _decode(raw: str) -> Switch:
             raise ValueError(f"unknown switch {name!r}")
         value |= Switch[name]
     return value
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves the old or the new file."""
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise

@@ -46,6 +46,8 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from hqnlsd.securefiles import open_private
+
 #: The report's file name inside the state directory.
 USAGE_FILE = "usage.jsonl"
 #: Rotate when the file reaches this size (bytes).
@@ -364,7 +366,8 @@ class UsageReport:
 
     def _open(self) -> int:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            # Never through a link or into a FIFO someone put in its place.
+            self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             self._size = os.fstat(self._fd).st_size
         return self._fd
 
@@ -375,7 +378,7 @@ class UsageReport:
         else:
             for number in range(self.backups - 1, 0, -1):
                 older = self.path.with_name(f"{self.path.name}.{number}")
-                if older.exists():
+                if os.path.lexists(older):
                     os.replace(older, self.path.with_name(f"{self.path.name}.{number + 1}"))
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         self.stats.rotations += 1

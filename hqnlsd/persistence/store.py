@@ -49,6 +49,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from hqnlsd.licensing.events import JSON, Event, EventError, event_from_dict
+from hqnlsd.securefiles import UnsafePathError, open_private, require_regular_all, sqlite_files
 
 #: The database file inside the state directory.
 DATABASE_NAME = "hqnlsd.sqlite3"
@@ -142,8 +143,11 @@ def open_journal(
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = state_dir / DATABASE_NAME
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
+        # SQLite follows links: nothing of ours in the state directory may be one.
+        require_regular_all(sqlite_files(path))
+        os.close(open_private(path, os.O_CREAT | os.O_RDWR))
+    except UnsafePathError as error:
+        raise JournalError(str(error)) from None
     except OSError as error:
         raise JournalError(f"cannot create the state database in {state_dir}: {error}") from None
     return Journal(
