@@ -572,18 +572,19 @@ def _connect(address: str, port: int, source: str, timeout: float) -> socket.soc
 
 
 class _Drain(threading.Thread):
-    """Reads a socket until EOF (or ``stop``): counts reply bytes, keeps the tail."""
+    """Reads a socket until EOF (or ``done``): counts reply bytes, keeps the tail.
+    The socket must have a short timeout (it is how ``done`` is noticed)."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(daemon=True)
         self.sock = sock
         self.received = 0
         self.tail = b""
-        self.eof = False
+        self.eof = False  # the thread has stopped reading
+        self.closed = False  # ... because the server closed (or reset) the connection
         self.done = threading.Event()
 
     def run(self) -> None:
-        self.sock.settimeout(1.0)
         try:
             while not self.done.is_set():
                 try:
@@ -591,11 +592,12 @@ class _Drain(threading.Thread):
                 except TimeoutError:
                     continue
                 if not data:
+                    self.closed = True
                     break
                 self.received += len(data)
                 self.tail = (self.tail + data)[-256:]
         except OSError:
-            pass
+            self.closed = True
         self.eof = True
         self.done.set()
 
@@ -656,18 +658,19 @@ def bad_lines(target: Target, count: int, *, line: bytes = b"X", timeout: float 
     """``count`` lines of ``X`` on one connection, replies drained meanwhile; then a
     PING. Figures: bytes sent and received, the amplification."""
     sock = _connect(target.address, target.daemon.port, attacker_source(2), timeout)
+    sock.settimeout(1.0)  # shared by the drain thread: never changed while it runs
     drain = _Drain(sock)
     drain.start()
     data = (line + b"\n") * count
     sent = 0
+    deadline = time.monotonic() + timeout
     try:
         view = memoryview(data)
-        while sent < len(data) and not drain.eof:
-            sock.settimeout(timeout)
-            sent += sock.send(view[sent : sent + 65536])
+        while sent < len(data) and not drain.eof and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                sent += sock.send(view[sent : sent + 65536])
         if not drain.eof:
             sock.sendall(b"PING\n")
-            deadline = time.monotonic() + timeout
             while b"OK pong" not in drain.tail and not drain.eof and time.monotonic() < deadline:
                 time.sleep(0.05)
     except OSError:
@@ -683,7 +686,7 @@ def bad_lines(target: Target, count: int, *, line: bytes = b"X", timeout: float 
             "bytes sent": sent,
             "reply bytes": drain.received,
             "amplification": round(drain.received / max(sent, 1), 1),
-            "closed by the daemon": drain.eof,
+            "closed by the daemon": drain.closed,
         },
     )
 
