@@ -145,9 +145,13 @@ def _field(rng: random.Random) -> str:
     return f"{key}{separator}{value}"
 
 
+#: The share of generated lines that end the connection: over-long lines, QUIT.
+CLOSING_LINES = 0.004
+
+
 def protocol_line(rng: random.Random) -> bytes:
     """One line of the client protocol (LF-terminated), mostly wrong (module docstring)."""
-    verb = rng.choice((*VERBS, *VERBS, "request", "QUIT", "X", "", "GET / HTTP/1.0", "\x00"))
+    verb = rng.choice((*VERBS, *VERBS, "request", "X", "", "GET / HTTP/1.0", "\x00"))
     choices: list[Callable[[], bytes]] = [
         lambda: " ".join([verb, *(_field(rng) for _ in range(rng.randrange(0, 8)))]).encode(
             "utf-8", "surrogatepass"
@@ -156,15 +160,21 @@ def protocol_line(rng: random.Random) -> bytes:
         lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60))).replace(b"\n", b""),
         lambda: b"\xff\xfb\x01\xff\xfd\x03" + verb.encode(),  # telnet negotiation
         lambda: verb.encode() + b' product="' + b"\xc3\x28\xed\xa0\x80\xf5" + b'"',
-        lambda: b"REQUEST " + b"A" * rng.choice((1000, 1023, 1024, 1025, 5000)),
+        lambda: b"REQUEST " + b"A" * rng.choice((900, 1000, 1015)),  # near MAX_LINE_BYTES
         lambda: b'MESSAGE text="line1\\n2026-01-01T00:00:00 granted handle FORGED\\x1b[2J\\x07"',
-        lambda: b"USERS " + b" ".join(b"k%d=v" % i for i in range(rng.randrange(50, 200))),
+        lambda: b"USERS " + b" ".join(b"k%d=v" % i for i in range(rng.randrange(50, 170))),
         lambda: b"  \t  " + verb.encode() + b"\r",
         lambda: rng.choice((b"PING", b"HELP", b"HELP REQUEST", b"QUERY what=products")),
     ]
+    if rng.random() < CLOSING_LINES:  # the daemon closes the connection after these
+        choices = [
+            lambda: b"REQUEST " + b"A" * rng.choice((1017, 1024, 1025, 5000, 70_000)),
+            lambda: b"QUIT",
+            lambda: b"QUIT " + _token(rng).encode("utf-8", "surrogatepass"),
+        ]
     line = rng.choice(choices)()
-    if b"QUIT" in line and rng.random() < 0.9:
-        line = line.replace(b"QUIT", b"PING")  # a QUIT now and then, not every tenth line
+    if line.lstrip().upper().startswith(b"QUIT") and len(choices) > 3:
+        line = b"PING" + line.lstrip()[4:]  # QUIT only from the closing choices
     return line.replace(b"\n", b" ") + b"\n"
 
 
@@ -204,7 +214,9 @@ def _wrong_args(rng: random.Random) -> object:
     keys = ("product", "value", "handle", "user", "host", "group", "node", "seconds", "index")
     if rng.random() < 0.2:
         return _admin_bad(rng)  # not even an object (or an empty one)
-    wrong = (None, True, 1.5, [], [1, 2], {"index": "one"}, {"x": None}, 10**300)
+    wrong: tuple[object, ...] = (
+        None, True, 1.5, [], [1, 2], {"index": "one"}, {"x": None}, 10**300,
+    )
     return {rng.choice(keys): rng.choice(wrong) for _ in range(rng.randrange(1, 4))}
 
 
@@ -654,7 +666,9 @@ def protocol_lines(
     return AttackResult(sent, {"connections closed by the daemon": closes})
 
 
-def bad_lines(target: Target, count: int, *, line: bytes = b"X", timeout: float = 60.0) -> AttackResult:
+def bad_lines(
+    target: Target, count: int, *, line: bytes = b"X", timeout: float = 60.0
+) -> AttackResult:
     """``count`` lines of ``X`` on one connection, replies drained meanwhile; then a
     PING. Figures: bytes sent and received, the amplification."""
     sock = _connect(target.address, target.daemon.port, attacker_source(2), timeout)
@@ -734,9 +748,10 @@ def _finish_connects(socks: list[socket.socket], timeout: float) -> tuple[list[s
 
 def _closed_by_peer(sock: socket.socket) -> bool:
     """Has the other end closed (or reset) ``sock``? Never blocks."""
+    poller = select.poll()  # not select.select: descriptors may be over 1024
+    poller.register(sock, select.POLLIN)
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        if not poller.poll(0):
             return False
         return sock.recv(65536, socket.MSG_PEEK) == b""
     except (ConnectionError, OSError):
@@ -849,7 +864,7 @@ def never_reading(
     replies (HELP) and never read; each stops when the daemon has not taken a
     byte for ``stall`` s (it stopped reading: flow control). Figures: lines the
     kernel took."""
-    request = b"HELP\nHELP REQUEST\nQUERY what=products\n"
+    request = b"HELP\nHELP REQUEST\nPING\n"
     per = request.count(b"\n")
     socks = [_connect(target.address, target.daemon.port, attacker_source(40), 10.0)
              for _ in range(clients)]

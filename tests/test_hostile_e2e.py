@@ -90,9 +90,10 @@ def attack(target: Target, prober: Prober, name: str, run: object) -> Report:
 
 def test_fuzzed_protocol_lines(target: Target, prober: Prober) -> None:
     """3,000 fuzzed lines, pipelined in bursts: each burst handled (a PING after it
-    is answered), connections closed only by QUIT or over-long lines."""
+    is answered), and the log grows by at most LOG_BOUND (bad input summarised)."""
     report = attack(target, prober, "protocol lines", lambda: protocol_lines(target, 3000, 1))
     assert report.inputs == 3000
+    assert report.log_bytes <= LOG_BOUND, f"{report.log_bytes} log bytes for 3,000 fuzzed lines"
 
 
 def test_bad_line_flood_bounded_log_and_replies(target: Target, prober: Prober) -> None:
