@@ -980,10 +980,17 @@ def mutated_permits(
     scratch = workdir / "mutant-hqn.permit"
     valid = wrong = 0
     wrongs: list[str] = []
-    daemon_checks = daemon_wrong = 0
     every = max(1, count // to_daemon) if to_daemon else 0
     placed = harness.permit_dir / "mutant-hqn.permit"
+    original_offered = False
+    daemon_checks = daemon_wrong = daemon_offered = 0
     try:
+        if to_daemon:  # first the sealed file itself: the daemon must offer it as sealed
+            placed.write_bytes(sealed)
+            original_offered, problem = _daemon_offers_only_sealed(target, original)
+            if problem is not None:
+                daemon_wrong += 1
+                wrongs.append(f"daemon, unmutated: {problem}")
         for i in range(count):
             data = mutate_permit(rng, sealed)
             scratch.write_bytes(data)
@@ -996,7 +1003,8 @@ def mutated_permits(
             if every and i % every == 0 and daemon_checks < to_daemon:
                 placed.write_bytes(data)
                 daemon_checks += 1
-                problem = _daemon_offers_only_sealed(target, original)
+                offered, problem = _daemon_offers_only_sealed(target, original)
+                daemon_offered += offered
                 if problem is not None:
                     daemon_wrong += 1
                     wrongs.append(f"daemon: {problem}")
@@ -1012,7 +1020,9 @@ def mutated_permits(
             "read as valid (the seals still verify)": valid,
             "rejected": count - valid - wrong,
             "wrong results": wrong,
+            "unmutated permit offered by the daemon": original_offered,
             "re-read by the daemon": daemon_checks,
+            "offered by the daemon (as sealed)": daemon_offered,
             "wrong offers by the daemon": daemon_wrong,
             "first wrong": wrongs[:3],
         },
@@ -1027,25 +1037,34 @@ def _admin_call(target: Target, command: str, args: dict[str, Any]) -> dict[str,
         admin.close()
 
 
-def _daemon_offers_only_sealed(target: Target, original: Permit) -> str | None:
-    """After ``reread``: None if every `MUTANT` the daemon lists is as sealed."""
+def _daemon_offers_only_sealed(target: Target, original: Permit) -> tuple[bool, str | None]:
+    """After ``reread``: (whether the daemon offers `MUTANT`, None if every product it
+    lists is one that was sealed, exactly as sealed; else what is wrong)."""
     answer = _admin_call(target, "reread", {})
     if not answer.get("ok"):
-        return f"reread answered {answer}"
+        return False, f"reread answered {answer}"
     products = _admin_call(target, "listp", {}).get("result", {}).get("products", [])
     (sealed,) = original.products
+    expected = {
+        "version": sealed.version,
+        "policy": sealed.policy,
+        "node_count": sealed.node_count,
+        "floating_count": sealed.floating_count,
+        "start": sealed.start.isoformat(),
+        "expiry": sealed.expiry.isoformat(),
+    }
+    offered = False
     for product in products:
-        if (product.get("publisher"), product.get("product")) != MUTANT[:2]:
-            if (product.get("publisher"), product.get("product")) not in (PROBE[:2],
-                                                                           DOMAIN_PRODUCT[:2]):
-                return f"offers a product nobody sealed: {product}"
+        name = (product.get("publisher"), product.get("product"))
+        if name in (PROBE[:2], DOMAIN_PRODUCT[:2]):
             continue
-        if product.get("version") != sealed.version or product.get("floating") not in (
-            None,
-            sealed.floating_count,
-        ):
-            return f"offers {MUTANT[1]} unlike its seal: {product}"
-    return None
+        if name != MUTANT[:2]:
+            return offered, f"offers a product nobody sealed: {product}"
+        offered = True
+        seen = {key: product.get(key) for key in expected}
+        if seen != expected:
+            return offered, f"offers {MUTANT[1]} unlike its seal: {seen}"
+    return offered, None
 
 
 def peer_messages(target: Target, count: int, seed: int) -> AttackResult:

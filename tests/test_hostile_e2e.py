@@ -16,7 +16,8 @@ Limits the daemon does not have yet (timeouts, caps) are constants in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,11 +71,13 @@ def prober(target: Target) -> Iterator[Prober]:
         yield running
 
 
-def attack(target: Target, prober: Prober, name: str, run: object) -> Report:
+def attack(
+    target: Target, prober: Prober, name: str, run: Callable[[], AttackResult]
+) -> Report:
     """`run_attack`, printing the report (pytest shows it on failure), and checking
     that the daemon stayed up with the fresh client and hqn_lsa served throughout."""
     log_start = target.daemon.log_path.stat().st_size
-    report = run_attack(target, prober, name, run)  # type: ignore[arg-type]
+    report = run_attack(target, prober, name, run)
     print(report)
     assert report.crashes == 0, f"{name}: the daemon exited\n{target.daemon.log_tail()}"
     assert report.served_throughout, (
@@ -134,8 +137,6 @@ def test_silent_connections_are_closed(target: Target, prober: Prober) -> None:
     results: dict[str, AttackResult] = {}
 
     def silent_everywhere() -> AttackResult:
-        import threading
-
         def one(listener: str) -> None:
             results[listener] = silent_clients(target, listener, 10, wait=wait)
 
@@ -190,6 +191,7 @@ def test_mutated_permits(target: Target, prober: Prober, tmp_path: Path) -> None
     figures = report.figures
     assert figures["wrong results"] == 0 and figures["wrong offers by the daemon"] == 0, figures
     assert figures["re-read by the daemon"] == 10, figures
+    assert figures["unmutated permit offered by the daemon"], figures
 
 
 def test_fuzzed_peer_messages(target: Target, prober: Prober) -> None:
