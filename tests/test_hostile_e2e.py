@@ -79,6 +79,7 @@ def attack(
     log_start = target.daemon.log_path.stat().st_size
     report = run_attack(target, prober, name, run)
     print(report)
+    assert "attack failed" not in report.figures, report.figures  # the attack itself broke
     assert report.crashes == 0, f"{name}: the daemon exited\n{target.daemon.log_tail()}"
     assert report.served_throughout, (
         f"{name}: {report.client_served}/{report.probes} fresh clients and "
