@@ -63,13 +63,13 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    """A received line as a JSON object; WireError(BAD_REQUEST) if it is not one (also
-    when it nests too deeply for the JSON decoder: a RecursionError would escape)."""
+    """A received line as a JSON object; WireError(BAD_REQUEST) if it is not one."""
     try:
         value = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise WireError(BAD_REQUEST, f"not a JSON line: {error}") from None
     except RecursionError:
+        # Nesting deeper than the decoder's stack: refused like any other bad line.
         raise WireError(BAD_REQUEST, "not a JSON line: nested too deeply") from None
     if not isinstance(value, dict):
         raise WireError(BAD_REQUEST, "a message must be a JSON object")
