@@ -5,7 +5,8 @@ Starts one real ``twistd -n hqnlsd`` on 127.0.0.1 (``tests.hostile.make_target``
 hqnserver1 of a three-member domain whose other members never start, so it has
 a peer listener and admin TLS; a metrics listener; a single-host product
 ``Probe``), with its descriptor limit set to ``--nofile``. Then runs each attack
-of ``tests/hostile.py`` in turn, from 127.0.0.100+ source addresses:
+of ``tests/hostile.py`` in turn, from source addresses 127.0.0.100 and up (the
+peer attack from 127.0.0.3, the member it speaks as), never the probes' 127.0.0.1:
 
 - ``lines``: fuzzed protocol lines, pipelined in bursts (250,000);
 - ``bad-lines``: lines of ``X`` on one connection (100,000);
