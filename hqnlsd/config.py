@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from hqnlsd.limits import ConnectionLimits
+
 DEFAULT_CLIENT_PORT = 1236
 DEFAULT_STATE_DIR = Path("/var/lib/hqnlsd")
 DEFAULT_PUBLISHER_KEYS = Path("/etc/hqnlsd/publishers")
@@ -102,6 +104,8 @@ class DaemonConfig:
     peer_dial_port: int | None = None
     peer_source_check: bool = True
     domain_timers: Mapping[str, float | int] | None = None
+    #: Connection caps and timeouts of the listeners (the ``[limits]`` table).
+    limits: ConnectionLimits = dataclasses.field(default_factory=ConnectionLimits)
     #: The options given on the command line (with --config): SIGHUP re-merges
     #: the config file under them.
     command_line: Mapping[str, object] = dataclasses.field(default_factory=dict)
@@ -137,6 +141,7 @@ class DaemonConfig:
         peer_dial_port: str | int | None = None,
         peer_source_check: bool = True,
         domain_timers: Mapping[str, float | int] | None = None,
+        limits: Mapping[str, object] | None = None,
     ) -> DaemonConfig:
         """Validate raw option values and build the config, or raise ConfigError."""
         try:
@@ -233,6 +238,10 @@ class DaemonConfig:
                 DomainTimers(**domain_timers)  # type: ignore[arg-type]
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"domain timers: {error}") from None
+        try:
+            connection_limits = ConnectionLimits.from_mapping(limits or {})
+        except ValueError as error:
+            raise ConfigError(f"limits: {error}") from None
         return cls(
             address=addr,
             client_listen=listen,
@@ -259,6 +268,7 @@ class DaemonConfig:
             peer_dial_port=dial,
             peer_source_check=peer_source_check,
             domain_timers=dict(domain_timers) if domain_timers else None,
+            limits=connection_limits,
         )
 
 

@@ -24,6 +24,8 @@ Keys (file -> option: value):
   (``false`` in the file is the flag ``--no-peer-source-check``)
 - ``[domain] tick``, ``lease``, ... -> ``domain-timers``: a dict of
   `DomainTimers` field values
+- ``[limits] client-idle-timeout``, ``client-per-source``, ... -> ``limits``: a
+  dict of `hqnlsd.limits.ConnectionLimits` field values (no command-line option)
 
 Rules:
 
@@ -60,6 +62,7 @@ from hqnlsd.config import (
     DaemonConfig,
 )
 from hqnlsd.domain.timing import DomainTimers
+from hqnlsd.limits import ConnectionLimits
 
 
 class ConfigFileError(ConfigError):
@@ -259,10 +262,19 @@ _TIMERS: dict[str, tuple[str, bool]] = {
     for field in dataclasses.fields(DomainTimers)
 }
 
+LIMITS_OPTION = "limits"
+"""The option name under which the ``[limits]`` table is returned (a dict of
+`ConnectionLimits` field values)."""
+
+# name in the file -> ConnectionLimits field
+_LIMITS: dict[str, str] = {
+    field.name.replace("_", "-"): field.name for field in dataclasses.fields(ConnectionLimits)
+}
+
 FILE_OPTIONS: frozenset[str] = frozenset(
     [key.option for key in _TOP_LEVEL]
     + [key.option for keys in _TABLES.values() for key in keys]
-    + [TIMERS_OPTION]
+    + [TIMERS_OPTION, LIMITS_OPTION]
 )
 """Every option name `load_config_file` may return."""
 
@@ -337,6 +349,28 @@ def _check_timers(source: str, values: Mapping[str, object]) -> dict[str, float 
     return timers
 
 
+def _check_limits(source: str, values: object) -> dict[str, object]:
+    """The ``[limits]`` table as `ConnectionLimits` field values, checked."""
+    if not isinstance(values, dict):
+        raise ConfigFileError(
+            f"{source}: limits must be a table ([limits] with keys "
+            f"{', '.join(_LIMITS)}), not {_describe(values)}"
+        )
+    fields: dict[str, object] = {}
+    for name, value in values.items():
+        if name not in _LIMITS:
+            raise _unknown(source, "[limits]", name, list(_LIMITS))
+        fields[_LIMITS[name]] = value
+    try:
+        ConnectionLimits.from_mapping(fields)
+    except ValueError as error:
+        text = str(error)
+        for dashed, field in _LIMITS.items():
+            text = text.replace(field, f"limits.{dashed}")
+        raise ConfigFileError(f"{source}: {text}") from None
+    return fields
+
+
 def parse_config(text: str, *, source: str, base_dir: Path) -> dict[str, object]:
     """Check TOML text and return option name -> value (see the module docstring).
 
@@ -348,8 +382,11 @@ def parse_config(text: str, *, source: str, base_dir: Path) -> dict[str, object]
     except tomllib.TOMLDecodeError as e:
         raise ConfigFileError(f"{source}: not valid TOML: {e}") from None
     out: dict[str, object] = {}
-    top = {name: value for name, value in document.items() if name not in _TABLES}
-    _check_keys(source, None, top, _TOP_LEVEL, base_dir, out, extra=list(_TABLES))
+    tables = [*_TABLES, LIMITS_OPTION]
+    top = {name: value for name, value in document.items() if name not in tables}
+    _check_keys(source, None, top, _TOP_LEVEL, base_dir, out, extra=tables)
+    if LIMITS_OPTION in document:
+        out[LIMITS_OPTION] = _check_limits(source, document[LIMITS_OPTION])
     for table, keys in _TABLES.items():
         if table not in document:
             continue
@@ -476,6 +513,7 @@ def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
         peer_dial_port=text("peer-dial-port"),
         peer_source_check=not merged.get("no-peer-source-check"),
         domain_timers=_timers(merged.get(TIMERS_OPTION)),
+        limits=_limits(merged.get(LIMITS_OPTION)),
         command_line=given,
     )
 
@@ -485,3 +523,10 @@ def _timers(value: object) -> dict[str, float | int] | None:
     if not isinstance(value, Mapping) or not value:
         return None
     return {str(name): number for name, number in value.items()}
+
+
+def _limits(value: object) -> Mapping[str, object] | None:
+    """The ``[limits]`` table of the config file (ConnectionLimits field values), or None."""
+    if not isinstance(value, Mapping) or not value:
+        return None
+    return {str(name): setting for name, setting in value.items()}

@@ -27,6 +27,10 @@ name                                     type       labels
 ``failovers_total``                      counter    ``domain``
 ``licences_permitted``                   gauge      ``publisher product version pool``
 ``licences_in_use``                      gauge      ``publisher product version pool``
+``connections_open``                     gauge      ``listener`` (client, admin_tls, ...)
+``connection_limit``                     gauge      ``listener``
+``connections_refused_total``            counter    ``listener reason`` (per_source, global)
+``connections_timed_out_total``          counter    ``listener reason`` (idle, handshake)
 =======================================  =========  ===================================
 
 ``pool`` is ``floating`` or ``locked``. ``domain`` is whatever string the caller
@@ -280,6 +284,32 @@ class Metrics:
             ["domain"],
             registry=r,
         )
+        self._connections_open = Gauge(
+            f"{PREFIX}_connections_open",
+            "Connections open on a listener (client, admin_tls, peer, metrics, manhole).",
+            ["listener"],
+            registry=r,
+        )
+        self._connection_limit = Gauge(
+            f"{PREFIX}_connection_limit",
+            "Most connections a listener holds at once; more are refused.",
+            ["listener"],
+            registry=r,
+        )
+        self._connections_refused = Counter(
+            f"{PREFIX}_connections_refused",
+            "Connections closed at once because a cap was reached, by reason "
+            "(per_source: one address's cap; global: the listener's cap).",
+            ["listener", "reason"],
+            registry=r,
+        )
+        self._connections_timed_out = Counter(
+            f"{PREFIX}_connections_timed_out",
+            "Connections closed by a timeout, by reason (idle: nothing received for too "
+            "long; handshake: TLS handshake or SSH login not done in time).",
+            ["listener", "reason"],
+            registry=r,
+        )
         self._licences = _LicenceCollector(licence_provider)
         r.register(self._licences)
         if runtime:
@@ -346,6 +376,29 @@ class Metrics:
         for metric in (self._role, self._epoch, self._peers_up, self._failovers, self._damaged):
             with contextlib.suppress(KeyError):
                 metric.remove(domain)
+
+    # -- connections (`hqnlsd.limits.ConnectionEvents`) -------------------------------
+
+    def connection_opened(self, listener: str) -> None:
+        """A connection was accepted on listener."""
+        self._connections_open.labels(listener).inc()
+
+    def connection_closed(self, listener: str) -> None:
+        """An accepted connection of listener is gone."""
+        self._connections_open.labels(listener).dec()
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """A connection was refused at once (per_source or global cap)."""
+        self._connections_refused.labels(listener, reason).inc()
+
+    def connection_timed_out(self, listener: str, reason: str) -> None:
+        """A connection was closed by a timeout (idle or handshake)."""
+        self._connections_timed_out.labels(listener, reason).inc()
+
+    def set_connection_limit(self, listener: str, limit: int) -> None:
+        """listener holds at most limit connections at once."""
+        self._connection_limit.labels(listener).set(limit)
+        self._connections_open.labels(listener)  # the series exists from the start
 
     # -- licences and output -------------------------------------------------------
 

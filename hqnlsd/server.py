@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.results import Denied, Grant, HolderInfo, LicenceRequest
+from hqnlsd.logging.badinput import BadInputLog, Scheduler
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.permits.discovery import Discovery, discover
 from hqnlsd.permits.model import HostId, ProductPermit
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 
 #: Dates on the wire, as in permit files.
 DATE_FORMAT = "%d/%m/%Y"
+#: MESSAGE texts logged whole per client address per minute; the rest are counted.
+MESSAGE_BURST = 10
 
 
 def _date(day: datetime.date) -> str:
@@ -95,6 +98,7 @@ class LicenceServer:
         feed: LicenceFeed | None = None,
         server_keys: ServerKeys | None = None,
         domains: DomainRuntime | None = None,
+        clock: Scheduler | None = None,
     ) -> None:
         self.engine = engine
         #: Multi-host server domains (``--domain-ca``): their products are decided by
@@ -115,6 +119,16 @@ class LicenceServer:
         #: Products the last `load_permits` serves (in their dates; a multi-host
         #: domain's once that domain verifies this server).
         self.serving_now = 0
+        #: MESSAGE texts, logged whole up to 10 a minute per client address and then
+        #: counted (`BadInputLog`), so that MESSAGE cannot flood the log. Without a
+        #: clock every one is logged.
+        self.messages: BadInputLog | None = None
+        if clock is not None:
+            self.messages = BadInputLog(
+                self.log, clock, noun="message", level=LogLevel.info, burst=MESSAGE_BURST,
+                line_format="client message from {source}: {detail}",
+                max_detail=wire.MAX_LINE_BYTES,
+            )
 
     # -- permits ----------------------------------------------------------------------
 
@@ -261,11 +275,11 @@ class LicenceServer:
         if isinstance(command, wire.Users):
             return self._users(command)
         if isinstance(command, wire.Message):
-            self.log.info(
-                "client message from {peer}: {text}",
-                peer=getattr(peer, "host", str(peer)),
-                text=command.text,
-            )
+            source = str(getattr(peer, "host", peer))
+            if self.messages is not None:
+                self.messages.note(source, command.text)
+            else:
+                self.log.info("client message from {peer}: {text}", peer=source, text=command.text)
             return Ok.of()
         return Err.of(Status.UNKNOWN_COMMAND, f"{type(command).__name__} is not served here")
 

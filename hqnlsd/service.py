@@ -33,8 +33,10 @@ from hqnlsd.domain.runtime import DomainRuntime
 from hqnlsd.identity import local_unique_id
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event, Granted, Released, Revoked
+from hqnlsd.limits import client_connection_cap, limit_listener, soft_nofile
 from hqnlsd.listen import loopback_unless_named, split_description
 from hqnlsd.logging.feed import LicenceFeed
+from hqnlsd.logging.files import MAX_ROTATED_FILES, cap_log_files
 from hqnlsd.logging.observer import FilterInstallation, install_switch_filter
 from hqnlsd.logging.switches import LogSwitches
 from hqnlsd.logging.usage import UsageReport
@@ -62,6 +64,7 @@ RESTART_ONLY = (
     "peer_dial_port",
     "peer_source_check",
     "domain_timers",
+    "limits",
 )
 
 #: How often tombstones of taken-back licences are purged (seconds).
@@ -115,7 +118,12 @@ class HqnlsdService(MultiService):
         self.notifier = SystemdNotifier(dict(config.environ))
         self._housekeeping: LoopingCall | None = None
         self._domain_roles: dict[str, Role] = {}
-        self.factory = ClientProtocolFactory(_LateDispatcher(self), reactor)
+        self.factory = ClientProtocolFactory(
+            _LateDispatcher(self),
+            reactor,
+            idle_timeout=config.limits.client_idle_timeout,
+            on_idle_close=lambda: self.metrics.connection_timed_out("client", "idle"),
+        )
         #: Multi-host server domains (only with --domain-ca): see `_make_domains`.
         self.domains: DomainRuntime | None = None
         if config.domain_ca is not None:
@@ -202,6 +210,13 @@ class HqnlsdService(MultiService):
         if self.config.install_log_filter:
             # Before anything else logs; twistd has registered its observer by now.
             self._log_filter = install_switch_filter(self.switches)
+            for logfile in cap_log_files():
+                self.log.info(
+                    "log file {path}: mode 0600, rotated at {size} bytes, "
+                    "{kept} old files kept",
+                    path=logfile.path, size=getattr(logfile, "rotateLength", None),
+                    kept=MAX_ROTATED_FILES,
+                )
         try:
             self.journal = open_journal(self.config.state_dir, self.reactor)
             report = self.journal.restore(self.engine)
@@ -223,7 +238,8 @@ class HqnlsdService(MultiService):
         self.journal.listeners.append(self.feed.observe)
         self.journal.listeners.append(lambda events: _count_events(self.metrics, events))
         self.server = LicenceServer(
-            self.engine, self.journal, self.source, self.feed, domains=self.domains
+            self.engine, self.journal, self.source, self.feed, domains=self.domains,
+            clock=self.reactor,
         )
         # Holders could not UPDATE while we were down: count them as updated now.
         self.journal.submit(self.engine.resume().events)
@@ -387,6 +403,8 @@ class HqnlsdService(MultiService):
             if self.journal is not None:
                 self.journal.close()
             self.usage.close()
+            if self.server is not None and self.server.messages is not None:
+                self.server.messages.stop()
             if self._log_filter is not None:
                 self._log_filter.uninstall()
                 self._log_filter = None
@@ -446,12 +464,14 @@ def _count_events(metrics: Metrics, events: Sequence[Event]) -> None:
 def build_service(config: DaemonConfig, reactor: Any) -> IService:
     """The whole daemon: root service with the client listener (and manhole) as children."""
     root = HqnlsdService(config, reactor)
-    listener = strports.service(config.client_listen, root.factory, reactor=reactor)
+    client = _client_factory(root, reactor)
+    listener = strports.service(config.client_listen, client, reactor=reactor)
     listener.setName("client-listener")
     listener.setServiceParent(root)
     if config.metrics_listen is not None:
         metrics = make_metrics_service(config.metrics_listen, root.metrics, reactor)
         metrics.setName("metrics")
+        _limit_listener(root, metrics, "metrics", reactor)
         metrics.setServiceParent(root)
     if config.manhole_listen is not None:
         from hqnlsd.manhole import make_manhole_service
@@ -465,9 +485,15 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
             reactor=reactor,
         )
         manhole.setName("manhole")
+        _limit_listener(root, manhole, "manhole", reactor)
         manhole.setServiceParent(root)
     _add_admin_services(root, config, reactor)
     if root.domains is not None:
+        limits, metrics_ = config.limits, root.metrics
+        root.domains.network.listener.wrap = lambda factory: limit_listener(
+            "peer", factory, limits, reactor, metrics_
+        )
+        root.metrics.set_connection_limit("peer", limits.listener_max_connections)
         root.domains.setServiceParent(root)
     # "Starting factory <... object at 0x...>" on every bind says nothing an admin
     # can use; the listener lines of `privilegedStartService` say where each is.
@@ -510,7 +536,50 @@ def _add_admin_services(root: HqnlsdService, config: DaemonConfig, reactor: Any)
     except ValueError as error:
         raise StartupError(str(error)) from None
     for service in services:
+        if getattr(service, "name", None) == "admin-tls":
+            _limit_listener(root, service, "admin_tls", reactor)
         service.setServiceParent(root)
+
+
+def _client_factory(root: HqnlsdService, reactor: Any) -> Any:
+    """The client listener's factory under its caps: at most what the descriptor
+    limit leaves after the reserve and the other TCP listeners' caps."""
+    config = root.config
+    others = sum(
+        value is not None
+        for value in (
+            config.metrics_listen,
+            config.manhole_listen,
+            config.admin_tls,
+            config.domain_ca,
+        )
+    )
+    nofile = soft_nofile()
+    cap = client_connection_cap(config.limits, other_listeners=others, nofile=nofile)
+    root.metrics.set_connection_limit("client", cap)
+    root.log.info(
+        "client connections: at most {cap} at once, {per_source} per address "
+        "(descriptor limit {nofile})",
+        cap=cap,
+        per_source=config.limits.client_per_source or "any number",
+        nofile=nofile,
+    )
+    return limit_listener(
+        "client", root.factory, config.limits, reactor, root.metrics, client_cap=cap
+    )
+
+
+def _limit_listener(root: HqnlsdService, service: Any, label: str, reactor: Any) -> None:
+    """Put the factory of ``service``'s listener (itself, or its child listener) under
+    the limits of ``label`` (`hqnlsd.limits.limit_listener`)."""
+    listener = service
+    if not isinstance(listener, StreamServerEndpointService):
+        listener = next(
+            child for child in service if isinstance(child, StreamServerEndpointService)
+        )
+    limits = root.config.limits
+    listener.factory = limit_listener(label, listener.factory, limits, reactor, root.metrics)
+    root.metrics.set_connection_limit(label, limits.listener_max_connections)
 
 
 # -- start-up failures: one line that names the option, the path or address, the cause --

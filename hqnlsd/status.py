@@ -2,7 +2,7 @@
 
 A numeric status is a *standard* code (``0xC8001001`` .. ``0xC800100E``, the
 class of failure) ORed with an *extended* code in bits 16-23 (``0x020000``
-BADPRODUCT .. ``0x170000`` NOACCESS, the precise reason). Clients written
+BADPRODUCT .. ``0x180000`` TOKEN_HELD, the precise reason). Clients written
 against the original only test the standard class; new clients use the name.
 """
 
@@ -55,6 +55,9 @@ class Status(enum.Enum):
     LINE_TOO_LONG = (0x15, Standard.PROTOCOL)
     INTERNAL = (0x16, Standard.INTERNAL)
     NOACCESS = (0x17, Standard.NO_LICENCE)
+    #: A REQUEST's ``client=`` token holds a licence for another user, host,
+    #: address or process (not in the original: tokens are ours).
+    TOKEN_HELD = (0x18, Standard.DUPLICATE)
 
     @property
     def extended(self) -> int:

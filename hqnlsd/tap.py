@@ -172,6 +172,8 @@ def makeService(options: Any) -> IService:
     """Build the daemon's service tree from validated options.
 
     This runs before twistd forks (daemonised) or starts logging: a start-up
+    It also creates twistd's ``--logfile`` 0600 before twistd opens it
+    (`hqnlsd.logging.files`). A start-up
     failure found here (`hqnlsd.service.preflight`: the state directory, every TCP
     listener's address and port) is printed whole on stderr as one line, and
     twistd exits with status 1. A failure after the fork (a race, a damaged
@@ -181,6 +183,7 @@ def makeService(options: Any) -> IService:
     """
     from twisted.internet import reactor
 
+    from hqnlsd.logging.files import prepare_log_file, twistd_log_path
     from hqnlsd.service import StartupError, build_service, preflight
 
     show_traceback = os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
@@ -195,6 +198,9 @@ def makeService(options: Any) -> IService:
     if not show_traceback:
         _quiet_startup_errors()
     parent = getattr(options, "parent", None)
+    log_path = twistd_log_path(parent)
+    if log_path is not None:
+        prepare_log_file(log_path)
     if parent is not None and not parent.get("nodaemon", True):
         # twistd forks after this and hands a failure to the terminal through a
         # 100-byte pipe: keep the terminal, to tell a failed start whole.

@@ -366,7 +366,7 @@ def test_fake_server_without_key_is_detected(world: World, publisher: PublisherK
     client = world.client(["127.0.0.1"], trusted=TrustedKeys.of(publisher.public_key))
     with pytest.raises(NotGenuineServer, match="did not sign its reply"):
         result_of(take(client))
-    assert impostor.verbs() == ["REQUEST"]
+    assert impostor.verbs() == ["REQUEST", "RELEASE"]  # whatever it granted, given back
 
 
 def test_fake_server_with_wrong_key_is_detected(world: World, publisher: PublisherKey) -> None:
@@ -397,7 +397,11 @@ def test_replayed_reply_is_detected_and_genuine_server_used(
     client = world.client(["127.0.0.1", "127.0.0.2"], trusted=TrustedKeys.of(publisher.public_key))
     licence = result_of(take(client))
     assert licence.server == ServerAddress("127.0.0.2")
-    assert impostor.verbs() == ["REQUEST"]
+    # The replayed handle is released at the impostor only: never at the genuine
+    # server, where it names another process's licence.
+    assert impostor.verbs() == ["REQUEST", "RELEASE"]
+    assert genuine.verbs() == ["REQUEST", "REQUEST"]
+    assert recorded[0].get("handle") in genuine.holders
 
 
 def test_server_turning_fake_during_updates(world: World, publisher: PublisherKey) -> None:
@@ -550,3 +554,61 @@ def test_release_at_a_silent_primary_goes_to_the_others(world: World) -> None:
     world.clock.advance(10)  # the RELEASE's timeout
     result_of(done)
     assert backup.verbs() == ["RELEASE"] and backup.holders == {}
+
+
+# -- a refused server's licence is given back (issue 12) --------------------------------------
+
+
+def test_refused_server_gets_its_licence_back(world: World, publisher: PublisherKey) -> None:
+    """A careful client refusing a server (its grant did not verify) RELEASEs that grant
+    there, so a one-licence product is not blocked until crashout.
+
+    Failed before issue 12: NotGenuineServer, the licence stayed held at the server and
+    the next client got NOLICENCES.
+    """
+    fake = world.server("127.0.0.1", licences=1)  # no server key: cannot sign
+    careful = world.client(["127.0.0.1"], trusted=TrustedKeys.of(publisher.public_key))
+    with pytest.raises(NotGenuineServer, match="did not sign its reply"):
+        result_of(take(careful))
+    assert fake.verbs() == ["REQUEST", "RELEASE"] and fake.holders == {}
+    other = result_of(take(world.client(["127.0.0.1"])))
+    assert other.held and list(fake.holders) == [other.handle]
+
+
+def test_refused_server_release_is_retried_there_only(
+    world: World, publisher: PublisherKey
+) -> None:
+    """The RELEASE of a refused grant goes to the refused server only (an impostor's
+    handle may name someone else's licence at a genuine server), retried there while
+    it answers NEW_MASTER; the genuine server is then asked and grants."""
+    key = make_server_key(publisher, _permit())
+    impostor = world.server("127.0.0.1", licences=1)
+    genuine = world.server("127.0.0.2", server_key=key, licences=1)
+    impostor.then("RELEASE", Err.of(Status.NEW_MASTER, "a new primary is taking over"))
+    client = world.client(["127.0.0.1", "127.0.0.2"], trusted=TrustedKeys.of(publisher.public_key))
+    taking = take(client)
+    world.clock.advance(RETRY.first_delay)
+    licence = result_of(taking)
+    assert impostor.verbs() == ["REQUEST", "RELEASE", "RELEASE"] and impostor.holders == {}
+    assert genuine.verbs() == ["REQUEST"]
+    assert licence.server == ServerAddress("127.0.0.2") and licence.held
+
+
+def test_unanswered_release_of_a_refused_grant_is_not_fatal(
+    world: World, publisher: PublisherKey
+) -> None:
+    """A refused server that grants and then goes silent: the RELEASE times out, the
+    search still ends with NotGenuineServer (the server frees it at crashout)."""
+    fake = world.server("127.0.0.1", licences=1)
+
+    def silence_after_grant(command: wire.DispatchedCommand, reply: Reply) -> Reply:
+        world.net.silent.add(ServerAddress("127.0.0.1"))
+        return reply
+
+    fake.reply_filter = silence_after_grant
+    client = world.client(["127.0.0.1"], trusted=TrustedKeys.of(publisher.public_key))
+    taking = take(client)
+    world.clock.advance(10)
+    with pytest.raises(NotGenuineServer):
+        result_of(taking)
+    assert fake.verbs() == ["REQUEST"]

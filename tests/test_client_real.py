@@ -328,3 +328,89 @@ def test_atexit_releases_in_a_real_process(real: RealServer) -> None:
     assert handle
     assert real.holders() == []
 
+
+
+class DroppingConnection:
+    """A real `Connection` whose first UPDATE is lost with the connection (a cut cable)."""
+
+    def __init__(self, inner: Any, log: dict[str, Any]) -> None:
+        self.inner = inner
+        self.log = log
+
+    @property
+    def peer_host(self) -> str:
+        """The address connected to."""
+        return str(self.inner.peer_host)
+
+    @property
+    def is_open(self) -> bool:
+        """True while the real connection is up."""
+        return bool(self.inner.is_open)
+
+    def call(self, verb: str, /, **fields: Any) -> Deferred[Any]:
+        """Send for real, except the first UPDATE: the connection drops, no answer."""
+        self.log["verbs"].append(verb)
+        if verb == "UPDATE" and not self.log["dropped"]:
+            self.log["dropped"] = True
+            self.inner.close()
+            from twisted.internet.error import ConnectionLost
+
+            failed: Deferred[Any] = Deferred()
+            failed.errback(ConnectionLost("the connection dropped"))
+            return failed
+        answer: Deferred[Any] = self.inner.call(verb, **fields)
+        return answer
+
+    def close(self) -> None:
+        """Close the real connection."""
+        self.inner.close()
+
+
+def test_a_reconnecting_client_keeps_its_token_and_handle(
+    thread: ReactorThread, real: RealServer
+) -> None:
+    """The library re-sending its REQUEST after lost contact (a new connection, so a new
+    source port; same user, host, pid and IP address) still gets its own handle with
+    duplicate=1; the same token from another process is refused TOKEN_HELD (issue 12)."""
+    from hqnlsd.client.connection import connect_tcp
+
+    log: dict[str, Any] = {"verbs": [], "dropped": False, "ports": []}
+
+    def connector(server: Any) -> Deferred[Any]:
+        def wrap(connection: Any) -> DroppingConnection:
+            log["ports"].append(connection.protocol.tcp_transport().getHost().port)
+            return DroppingConnection(connection, log)
+
+        return connect_tcp(thread.reactor, server, 5.0).addCallback(wrap)
+
+    me = Process(user="jo", host="box", pid=99)
+    client = twisted_client(thread, [real.address], process=me, connector=connector)
+    events: list[str] = []
+
+    async def take() -> Any:
+        return await client.request(*PRODUCT, token="jo-token",
+                                    on_lost=lambda lic, why: events.append(why))
+
+    licence = run_async(thread, take)
+    handle = licence.handle
+    assert "duplicate" not in licence.grant
+    thread.call(licence.update, WAIT)  # lost contact: REQUEST again on a new connection
+    assert log["verbs"] == ["REQUEST", "UPDATE", "REQUEST"]
+    assert len(log["ports"]) == 2 and log["ports"][0] != log["ports"][1]
+    assert licence.held and licence.handle == handle and events == []
+    assert licence.grant.get("duplicate") == "1"
+    assert real.holders() == [handle]
+
+    stranger = twisted_client(thread, [real.address],
+                              process=Process(user="u2", host="h2", pid=666))
+
+    async def steal() -> Any:
+        return await stranger.request(*PRODUCT, token="jo-token")
+
+    with pytest.raises(LicenceDenied) as caught:
+        run_async(thread, steal)
+    assert caught.value.status is Status.TOKEN_HELD
+    assert handle not in str(caught.value)
+    assert real.holders() == [handle]
+    thread.call(licence.release, WAIT)
+    assert real.holders() == []

@@ -140,7 +140,10 @@ class TestErrors:
         message = error_of('permit_path = "x"\n', tmp_path)
         assert "unknown key 'permit_path' in the top level" in message
         assert "did you mean 'permit-path'?" in message
-        assert "allowed: address, admin, domain, domain-log, hosts, manhole, metrics" in message
+        assert (
+            "allowed: address, admin, domain, domain-log, hosts, limits, manhole, metrics"
+            in message
+        )
 
     def test_unknown_table(self, tmp_path: Path) -> None:
         """An unknown table is an unknown top-level key."""

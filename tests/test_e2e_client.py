@@ -60,6 +60,29 @@ def test_signed_replies_verify_and_a_keyless_server_is_not_genuine(
         client.request("Test Publisher", "Sealed", "1.0")
 
 
+def test_a_refused_server_gets_its_only_licence_back(daemons: DaemonHarness) -> None:
+    """A careful client refusing a daemon without the server key releases the grant
+    there: the one licence of the product is free for the next client at once.
+
+    Failed before issue 12: the licence stayed held (until crashout, across restarts)
+    and the next client got NOLICENCES.
+    """
+    only = product_permit("Only", floating_count=1, policy=int(Policy.UVIS))
+    daemons.write_permit(make_permit([daemons.host(1)], [only]))
+    impostor = daemons.daemon("impostor").start_and_wait()
+    pub = next(daemons.publisher.keys_dir.glob("*.pub"))
+    server = f"127.0.0.1:{impostor.port}"
+    careful = BlockingLicenceClient(servers=[server], trusted=pub, timeout=10)
+    with pytest.raises(NotGenuineServer):
+        careful.request("Test Publisher", "Only", "1.0")
+    with impostor.client() as raw:
+        users = raw.listing("USERS", publisher="Test Publisher", product="Only", version="1.0")
+        assert users == [], users
+    trusting = BlockingLicenceClient(servers=[server], timeout=10)
+    with trusting.request("Test Publisher", "Only", "1.0") as licence:
+        assert licence.handle
+
+
 def test_hqnls_run_holds_a_licence_while_the_command_runs(daemons: DaemonHarness) -> None:
     """`hqnls run -- CMD`: CMD sees its handle, the licence is held meanwhile, freed after."""
     daemons.write_permit(make_permit([daemons.host(1)], [product_permit("Tool", floating_count=1)]))

@@ -308,6 +308,68 @@ def test_duplicate_request_does_not_need_a_free_licence() -> None:
     assert granted(engine, client="tok").handle == first.handle
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"user": "mallory"},
+        {"host": "beta"},
+        {"address": "10.0.0.2"},
+        {"pid": 666},
+        {"uid": 1001},
+        {"group": "guests"},
+        {"hostid": 0x1234},
+        {"user": "u2", "host": "h2", "pid": 666},
+    ],
+)
+def test_client_token_is_bound_to_its_holder(other: dict[str, Any]) -> None:
+    """The same token from another user, host, address, pid, uid, group or hostid is
+    refused (TOKEN_HELD), never answered with the holder's handle, and changes nothing.
+
+    Failed before issue 12: ``client=shared-token`` from another user, host and pid got
+    the first holder's handle with ``duplicate=1`` (and refreshed its UPDATE time).
+    """
+    engine, clock = make_engine()
+    owner = dict(uid=1000, group="staff", hostid=0x5678)
+    first = granted(engine, client="shared-token", **owner)
+    before = engine.snapshot()
+    clock.advance(10)
+    outcome = engine.request(make_request(client="shared-token", **{**owner, **other}))
+    refusal = outcome.result
+    assert isinstance(refusal, Denied), refusal
+    assert refusal.status is Status.TOKEN_HELD
+    assert "shared-token" in refusal.message and "another client" in refusal.message
+    assert first.handle not in refusal.message
+    assert outcome.events == ()
+    assert engine.snapshot() == before
+    # The holder itself still gets its handle back.
+    again = granted(engine, client="shared-token", **owner)
+    assert again.handle == first.handle and again.duplicate
+
+
+def test_client_token_binding_compares_the_ip_address_only() -> None:
+    """A reconnecting client (same user, host, pid and IP address; a new connection)
+    still gets its handle: only the address's IP is compared, as the engine sees it."""
+    engine, _ = make_engine()
+    first = granted(engine, client="tok", address=ipaddress.IPv4Address("10.0.0.1"))
+    again = granted(engine, client="tok", address="10.0.0.1")
+    assert again.handle == first.handle and again.duplicate
+
+
+def test_client_token_binding_holds_on_a_replica() -> None:
+    """A backup that applied the primary's events (a domain after failover) decides the
+    same: the holder's retry gets its handle, another client's reuse TOKEN_HELD."""
+    primary, _ = make_engine()
+    outcome = primary.request(make_request(client="tok", address="10.0.0.7"))
+    assert isinstance(outcome.result, Grant)
+    backup, _ = make_engine()
+    for event in outcome.events:
+        backup.apply(event)
+    stranger = backup.request(make_request(client="tok", address="10.0.0.8")).result
+    assert isinstance(stranger, Denied) and stranger.status is Status.TOKEN_HELD
+    again = backup.request(make_request(client="tok", address="10.0.0.7")).result
+    assert isinstance(again, Grant) and again.handle == outcome.result.handle and again.duplicate
+
+
 # -- UPDATE / RELEASE / handles ---------------------------------------------------------------
 
 

@@ -164,7 +164,8 @@ def test_trust_rejects_a_fake_server(thread: ReactorThread, real: RealServer,
         assert status == 69
         err = capsys.readouterr().err
         assert "NOT GENUINE" in err and "did not sign" in err
-        assert fake.verbs() == ["REQUEST"]
+        assert fake.verbs() == ["REQUEST", "RELEASE"]  # its grant given back (issue 12)
+        assert fake.holders == {}
     finally:
         thread.call(port.stopListening, WAIT)
 

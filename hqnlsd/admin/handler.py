@@ -29,6 +29,7 @@ primary).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -348,10 +349,19 @@ class AdminHandler:
         refusal goes back to the member as a `PeerCallError`.
         """
         from hqnlsd.domain.peers import PeerCallError
+        from hqnlsd.domain.view import brief
 
         command, args, who = body.get("command"), body.get("args"), body.get("who")
-        if command not in FORWARDED or not isinstance(args, Mapping) or not isinstance(who, str):
-            return fail(PeerCallError(wire.BAD_REQUEST, f"{command!r} cannot be forwarded"))
+        if not isinstance(command, str) or command not in FORWARDED:
+            return fail(PeerCallError(wire.BAD_REQUEST, f"{brief(command)} cannot be forwarded"))
+        if not isinstance(args, Mapping) or not isinstance(who, str):
+            return fail(
+                PeerCallError(
+                    wire.BAD_REQUEST,
+                    f"a forwarded {command} needs 'args' (an object) and 'who' (text), "
+                    f"not {brief(args)} and {brief(who)}",
+                )
+            )
         self._forwarded_domain = domain_key
         try:
             result = self.handle(command, args, f"{who} via {address}")
@@ -921,7 +931,12 @@ class AdminHandler:
             raw = args["seconds"]
             if isinstance(raw, bool) or not isinstance(raw, int | float):
                 raise AdminError(wire.BAD_REQUEST, f"the {what} must be a number of seconds")
-            seconds = float(raw)
+            try:
+                seconds = float(raw)
+            except OverflowError:
+                seconds = math.inf
+            if not math.isfinite(seconds):
+                raise AdminError(wire.BAD_REQUEST, f"the {what} must be a finite number of seconds")
         engine = target.engine
         setter = engine.set_crashout if what == "crashout" else engine.set_timeout
         outcome = setter(target.publisher, target.product, seconds)

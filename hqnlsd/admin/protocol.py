@@ -10,8 +10,10 @@ can send a command. Requests are answered strictly in order, one at a time.
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
+import weakref
 from typing import Any
 
 from twisted.internet.defer import maybeDeferred
@@ -30,6 +32,59 @@ from hqnlsd.tls import PeerIdentity, PeerNotRecognised, Role, identify_peer
 
 #: How many request lines may wait while one is being answered.
 MAX_QUEUED = 64
+#: Malformed admin requests are reported at most once per this many seconds.
+MALFORMED_LOG_INTERVAL = 60.0
+#: Refusals that mean the request itself was malformed (reported, rate-limited).
+MALFORMED = frozenset({wire.BAD_REQUEST, wire.VERSION, wire.UNKNOWN_COMMAND})
+#: What wrong argument types raise in a command that did not check them: answered
+#: and reported like a malformed request, never logged as a traceback.
+ARGUMENT_ERRORS = (TypeError, ValueError, AttributeError, KeyError, LookupError, RecursionError)
+
+
+class MalformedRequests:
+    """Counts an admin handler's malformed requests; one warning per interval at most.
+
+    Like invalid peer messages (`hqnlsd.domain.peers`): the first one is logged
+    with its reason, later ones only counted until `MALFORMED_LOG_INTERVAL` has
+    passed, then the next report says how many there were meanwhile.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        #: every malformed request refused, and those not reported yet
+        self.total = 0
+        self.unlogged = 0
+        self._logged_at = -math.inf
+
+    def refused(self, who: str, why: str) -> None:
+        """Count one refusal; log it unless one was logged within the interval."""
+        self.total += 1
+        self.unlogged += 1
+        now = self.clock.seconds()
+        if now - self._logged_at < MALFORMED_LOG_INTERVAL:
+            return
+        self.log.warn(
+            "admin {who}: refused a malformed request: {why}; {count} malformed "
+            "request(s) refused since the last report (at most one report a minute)",
+            who=who,
+            why=why[:200],
+            count=self.unlogged,
+        )
+        self._logged_at = now
+        self.unlogged = 0
+
+
+_MALFORMED: weakref.WeakKeyDictionary[AdminHandler, MalformedRequests] = weakref.WeakKeyDictionary()
+
+
+def malformed_requests(handler: AdminHandler) -> MalformedRequests:
+    """The one counter of ``handler``'s malformed requests (shared by its listeners)."""
+    counter = _MALFORMED.get(handler)
+    if counter is None:
+        counter = _MALFORMED[handler] = MalformedRequests(handler.root.reactor)
+    return counter
 
 
 def unix_peer_label(transport: Any) -> str:
@@ -144,6 +199,7 @@ class AdminProtocol(LineOnlyReceiver):
                     wire.BAD_REQUEST, "a request needs 'cmd' (text) and 'args' (an object)"
                 )
         except wire.WireError as error:
+            malformed_requests(self.handler).refused(self.who, error.message)
             self._answer(wire.error(error.name, error.message, request_id))
             return
         answer = maybeDeferred(
@@ -158,10 +214,18 @@ class AdminProtocol(LineOnlyReceiver):
     def _failed(self, failure: Failure, request_id: Any, command: str) -> dict[str, Any]:
         if failure.check(AdminError):
             error: AdminError = failure.value  # type: ignore[assignment]
+            if error.name in MALFORMED:
+                malformed_requests(self.handler).refused(self.who, f"{command}: {error.message}")
             return wire.error(error.name, error.message, request_id)
-        self.log.failure("admin command {command} failed", failure, command=command)
+        problem = f"{type(failure.value).__name__}: {str(failure.value)[:200]}"
+        if failure.check(*ARGUMENT_ERRORS):
+            # Arguments of a type the command did not check: no traceback for an
+            # admin (or a peer's forwarded junk) to flood the log with.
+            malformed_requests(self.handler).refused(self.who, f"{command} failed: {problem}")
+        else:
+            self.log.failure("admin command {command} failed", failure, command=command)
         return wire.error(
-            wire.INTERNAL, f"{command} failed inside the server: {failure.getErrorMessage()}"
+            wire.INTERNAL, f"{command} failed inside the server: {problem}", request_id
         )
 
     def _answer(self, message: dict[str, Any]) -> None:

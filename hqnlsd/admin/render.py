@@ -1,10 +1,17 @@
-"""``hqn_lsa`` listings as an admin reads them: aligned columns, local times."""
+"""``hqn_lsa`` listings as an admin reads them: aligned columns, local times.
+
+Every cell of a table is escaped (`hqnlsd.logging.escape.escape_text`): user
+and host names come from clients, and must neither add a line to a listing nor
+send ESC or BEL to the admin's terminal.
+"""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
 from typing import Any
+
+from hqnlsd.logging.escape import escape_text
 
 
 def local_time(seconds: float | None) -> str:
@@ -27,7 +34,7 @@ def duration(seconds: float) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns padded to their widest cell; numbers right-aligned."""
-    cells = [[str(value) for value in row] for row in rows]
+    cells = [[escape_text(str(value)) for value in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
         for i, cell in enumerate(row):

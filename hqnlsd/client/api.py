@@ -22,7 +22,9 @@ Challenge/response: with ``trusted`` publisher keys, every REQUEST and UPDATE
 carries a fresh random ``challenge=`` and an ``OK`` counts only if it is signed
 by a server key that the publisher certified for a server domain containing the
 address connected to (`hqnlsd.permits.servercert.verify_reply`). A server
-failing this is skipped as not genuine (`NotGenuineServer` if no server passed).
+failing this is skipped as not genuine (`NotGenuineServer` if no server passed);
+a licence it granted is released there first (never at another server: an
+impostor's handle may be someone else's).
 
 A `HeldLicence` sends UPDATE a bit before each update period ends, and:
 
@@ -358,7 +360,6 @@ class LicenceClient:
                     try:
                         self._verify(connection, answer, challenge, verb, handle, signed_for)
                     except NotGenuine as e:
-                        connection.close()
                         not_genuine += 1
                         reasons.append(f"{server}: NOT GENUINE: {e}")
                         self.log.warn(
@@ -366,11 +367,70 @@ class LicenceClient:
                             server=str(server),
                             reason=str(e),
                         )
+                        granted = answer.get("handle") if verb == "REQUEST" else None
+                        if granted:
+                            await self._release_refused(server, connection, granted)
+                        connection.close()
                         break
                 return Found(answer, server, connection)
         if not_genuine:
             raise NotGenuineServer(reasons)
         raise NoServer(reasons)
+
+    async def _release_refused(self, server: ServerAddress, connection: Link, handle: str) -> None:
+        """RELEASE, at the server refused, the licence its unverified grant says it gave.
+
+        Whoever answered may hold a licence for this process (a daemon without the
+        server key, a member outside the certified domain): without this it would
+        stay held until crashout. The RELEASE goes to that server only, never
+        elsewhere: an impostor's handle may name another process's licence at a
+        genuine server. Retried there (bounded by `Retry`) while it answers
+        ``NEW_MASTER`` / ``LOSTMASTER`` / ``NOTVERIFIED``; no answer ends it (the
+        server frees the licence after its crashout time).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if not connection.is_open:
+                    connection = await self._connector(server)
+                answer = await connection.call("RELEASE", handle=handle)
+            except Exception as e:
+                connection.close()
+                self.log.warn(
+                    "RELEASE of {handle} at refused server {server}: no answer ({reason}); "
+                    "it frees the licence after its crashout time",
+                    handle=handle,
+                    server=str(server),
+                    reason=describe_failure(e),
+                )
+                return
+            retry = isinstance(answer, Err) and answer.status in RETRY_STATUSES
+            if retry and attempt < self.retry.attempts:
+                connection.close()
+                await deferLater(self.reactor, self.retry.delay(attempt))
+                continue
+            if isinstance(answer, Ok) or (
+                isinstance(answer, Err) and answer.status in LOST_STATUSES
+            ):
+                self.log.info(
+                    "licence {handle} granted by refused server {server} released",
+                    handle=handle,
+                    server=str(server),
+                )
+            else:
+                outcome = (
+                    f"{answer.status.name}: {answer.msg}"
+                    if isinstance(answer, Err)
+                    else "a listing"
+                )
+                self.log.warn(
+                    "RELEASE of {handle} at refused server {server} answered {outcome}",
+                    handle=handle,
+                    server=str(server),
+                    outcome=outcome,
+                )
+            return
 
     def _verify(
         self,

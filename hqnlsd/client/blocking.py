@@ -206,9 +206,13 @@ class BlockingLicenceClient:
 
     @property
     def wait_limit(self) -> float:
-        """The longest a whole search can take (each step is bounded): the blocking bound."""
+        """The longest a whole search can take (each step is bounded): the blocking bound.
+
+        Per server: its tries (connect + call each), or one try and then the
+        RELEASE tries of a grant refused as not genuine.
+        """
         retry = self.client.retry
-        per_server = retry.attempts * 2 * self.client.timeout + sum(
+        per_server = (retry.attempts + 1) * 2 * self.client.timeout + sum(
             retry.delay(n) for n in range(1, retry.attempts)
         )
         return (len(self.client.servers) + retry.max_redirects + 1) * per_server + 5.0

@@ -2,9 +2,10 @@
 
 - `FakeLicenceServer` answers the client verbs from memory, like a one-product
   daemon: a number of licences, client tokens (a repeated REQUEST gets the same
-  handle), UPDATE, RELEASE, USERS. Tests can queue canned replies (`then`: a
-  redirect, ``NEW_MASTER``...), take a licence back (`revoke`) and give it a
-  server key so that it signs replies to a challenge as a genuine daemon would.
+  handle; the same token from another user, host or pid: TOKEN_HELD), UPDATE,
+  RELEASE, USERS. Tests can queue canned replies (`then`: a redirect,
+  ``NEW_MASTER``...), take a licence back (`revoke`) and give it a server key so
+  that it signs replies to a challenge as a genuine daemon would.
   `FakeLicenceServer.listen` serves it over real TCP with the daemon's own
   protocol (`hqnlsd.protocols.client`).
 - `FakeNetwork` is an in-memory network of such servers for `LicenceClient`'s
@@ -145,6 +146,11 @@ class FakeLicenceServer:
             return Err.of(Status.BADPRODUCT, "not served here")
         for holder in self.holders.values():
             if command.client is not None and holder.token == command.client:
+                if (holder.user, holder.host, holder.pid) != (
+                    command.user, command.host, command.pid
+                ):
+                    return Err.of(Status.TOKEN_HELD, f"client token {command.client} is "
+                                  "held by another client")
                 return self._grant(holder, duplicate=True)
         if len(self.holders) >= self.licences:
             return Err.of(Status.NOLICENCES, "all licences are in use")

@@ -64,6 +64,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -87,6 +88,9 @@ DEFAULT_PEER_PORT = 1237
 #: Invalid input from one peer is logged at most once per this many seconds (the
 #: line names the field at fault and how many were dropped since the last line).
 INVALID_LOG_INTERVAL = 60.0
+#: The error name of a call refused as malformed (wrong types: the admin wire's
+#: BAD_REQUEST): counted and reported like invalid messages.
+MALFORMED_CALL = "BAD_REQUEST"
 #: This many invalid lines or messages from one peer within `INVALID_WINDOW`
 #: seconds close the link they arrived on (the peer reconnects by its backoff).
 INVALID_CLOSE_THRESHOLD = 20
@@ -380,13 +384,15 @@ class PeerLink(Protocol):
     def _call(self, payload: dict[str, Any]) -> None:
         assert self.peer is not None
         number, domain_id, body = payload.get("id"), payload.get("d"), payload.get("body")
-        if not isinstance(number, int) or isinstance(number, bool):
+        if not is_whole(number):
+            self.network._invalid(self, f"call.id: not a whole number: {brief(number)}")
             return
         if not isinstance(domain_id, str) or domain_id not in self.claimed:
             self._reply(number, PeerCallError("NOTVERIFIED", "not a domain this link serves"))
             return
         if not isinstance(body, dict):
-            self._reply(number, PeerCallError("INTERNAL", "a call without a body"))
+            self.network._invalid(self, f"call.body: not an object: {brief(body)}", domain_id)
+            self._reply(number, PeerCallError(MALFORMED_CALL, "a call's body must be an object"))
             return
         self.network._answer_call(domain_id, self.peer, body, self).addBoth(
             lambda outcome: self._reply(number, outcome)
@@ -533,15 +539,26 @@ class _Listener(Service):
         self.network = network
         self.requested = port
         self.port: Any = None
+        #: Wraps the listener's (TLS) factory, outermost: the daemon's connection
+        #: limits (`hqnlsd.limits`); None: no wrapper.
+        self.wrap: Callable[[Any], Any] | None = None
 
     def privilegedStartService(self) -> None:
         network = self.network
-        self.port = network.reactor.listenSSL(
-            self.requested,
-            _LinkFactory(network, None),
-            server_options(network.credentials),
-            interface=str(network.me),
-        )
+        factory = _LinkFactory(network, None)
+        if self.wrap is None:
+            self.port = network.reactor.listenSSL(
+                self.requested,
+                factory,
+                server_options(network.credentials),
+                interface=str(network.me),
+            )
+        else:
+            # What listenSSL does, with the limits outside TLS.
+            tls = TLSMemoryBIOFactory(server_options(network.credentials), False, factory)
+            self.port = network.reactor.listenTCP(
+                self.requested, self.wrap(tls), interface=str(network.me)
+            )
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -784,15 +801,24 @@ class PeerNetwork(MultiService):
             return fail(PeerCallError("NOTVERIFIED", "this member takes no calls"))
         try:
             result = handler(domain_id, address, body)
-        except PeerCallError as error:
-            return fail(error)
         except Exception as error:
-            # A malformed call: dropped like any invalid input (rate-limited log).
-            self._invalid(link, f"call: {type(error).__name__}: {str(error)[:120]}", domain_id)
-            return fail(PeerCallError("INTERNAL", f"the call failed: {str(error)[:200]}"))
-        if isinstance(result, Deferred):
-            return result
-        return succeed(result)
+            result = fail(error)
+        done = result if isinstance(result, Deferred) else succeed(result)
+
+        def report(failure: Failure) -> Failure:
+            # A malformed call, or one that failed inside: reported like any invalid
+            # input (rate-limited), never as an unhandled traceback; the caller gets
+            # the error name and message.
+            error = failure.value
+            if isinstance(error, PeerCallError):
+                if error.name == MALFORMED_CALL:
+                    self._invalid(link, f"call: {error.message[:200]}", domain_id)
+                return failure
+            text = f"{type(error).__name__}: {str(error)[:120]}"
+            self._invalid(link, f"call failed: {text}", domain_id)
+            return Failure(PeerCallError("INTERNAL", f"the call failed: {text}"))
+
+        return done.addErrback(report)
 
     def _replied(self, address: Address, payload: dict[str, Any]) -> None:
         number = payload.get("id")

@@ -18,7 +18,9 @@ section 2.6). A REQUEST is decided in this order:
 1. ILLEGAL for malformed values; BADPRODUCT for a product not served or another
    version than the one served (the message names the served version).
 2. A client token that already holds a live licence: the same handle again
-   (``Grant.duplicate``), counted as an UPDATE.
+   (``Grant.duplicate``), counted as an UPDATE, if the request comes from the
+   holder (same user, host, pid, uid, group, hostid and IP address); from anyone
+   else TOKEN_HELD, and nothing changes.
 3. PERMITOUTOFDATE before the start date, PERMITEXPIRED after the expiry date
    (both days included); EXCLUDED for an excluded host (name or address);
    ACCL: the user's level, else the group's, else 8; 0 is NOACCESS.
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import math
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
@@ -462,8 +465,8 @@ class Engine:
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        if seconds is not None and not seconds >= MINIMUM_ADMIN_SECONDS:
-            return _illegal(f"crashout must be at least {MINIMUM_ADMIN_SECONDS:g} s")
+        if seconds is not None and not MINIMUM_ADMIN_SECONDS <= seconds < math.inf:
+            return _illegal(f"crashout must be at least {MINIMUM_ADMIN_SECONDS:g} s, and finite")
         return self._admin(
             CrashoutChanged(publisher, product, None if seconds is None else float(seconds)),
             "crashout set",
@@ -476,8 +479,8 @@ class Engine:
         state = self._admin_product(publisher, product)
         if isinstance(state, Denied):
             return Outcome(state)
-        if seconds is not None and not seconds >= MINIMUM_ADMIN_SECONDS:
-            return _illegal(f"timeout must be at least {MINIMUM_ADMIN_SECONDS:g} s")
+        if seconds is not None and not MINIMUM_ADMIN_SECONDS <= seconds < math.inf:
+            return _illegal(f"timeout must be at least {MINIMUM_ADMIN_SECONDS:g} s, and finite")
         return self._admin(
             TimeoutChanged(publisher, product, None if seconds is None else float(seconds)),
             "timeout set",
@@ -760,6 +763,13 @@ class Engine:
             handle = self._tokens.get((state.key, request.client))
             if handle is not None:
                 holder = state.holders[handle]
+                if not _same_owner(holder, request, address):
+                    return Denied(
+                        Status.TOKEN_HELD,
+                        f"client token {request.client} is held by another client "
+                        "(another user, host, address or process); every client process "
+                        "needs a token of its own",
+                    )
                 self._emit(Updated(handle, now), batch)
                 return _grant(state, holder, duplicate=True)
         today = self._today(now)
@@ -1345,6 +1355,24 @@ def _oldest(
             victims.append(holder)
             needed -= holder.units
     return victims if needed <= 0 and victims else None
+
+
+def _same_owner(holder: Holder, request: LicenceRequest, address: str) -> bool:
+    """Whether ``request`` comes from the client that took ``holder`` with its token.
+
+    Everything that names the holding process must match: user, host, pid, uid,
+    group, hostid (as given, absent included) and the connection's IP address
+    (never its port: a client that reconnects repeats its REQUEST from a new one).
+    """
+    return (
+        holder.user == request.user
+        and holder.host == request.host
+        and holder.pid == request.pid
+        and holder.uid == request.uid
+        and holder.group == request.group
+        and holder.hostid == request.hostid
+        and holder.address == address
+    )
 
 
 def _grant(state: ProductState, holder: Holder, *, duplicate: bool) -> Grant:

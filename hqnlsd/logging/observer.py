@@ -18,6 +18,12 @@ HOSTNAME, HOSTADDR, USERNAME, UID; EXTERR: the reason of a denial) and removes
 the other fields from the event, so neither the text log, syslog nor a JSON log
 shows them. Without the filter (tests, tools) a licence line shows every field.
 
+Every string field of a kept event (not the ``log_*`` keys Twisted and the
+code set, which hold the format and not the values) passes through
+`hqnlsd.logging.escape.escape_text`: a user, host, product, MESSAGE text or bad
+line from the network never puts a line break, a control character or a bidi
+override into a log line, whichever log call carried it.
+
 Each kept event gets a ``syslogPriority`` (LOG_WARNING for warnings, as the
 original server logged them, LOG_ERR for errors, LOG_CRIT for critical events,
 LOG_INFO otherwise) unless it has one, for twistd's ``--syslog`` observer.
@@ -46,6 +52,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from hqnlsd.logging.escape import escape_text
 from hqnlsd.logging.switches import ALL, LogSwitches, Switch
 
 #: The event key that names the switch(es) governing an event.
@@ -276,6 +283,34 @@ def denial_switch(status: str) -> str:
     return "LICENSE|EXTERR" if status in REDIRECT_STATUSES else "LICENSE"
 
 
+#: Event keys whose strings are not values (legacy ``log.msg`` events' format).
+_NOT_VALUES = frozenset({"format", "system"})
+
+
+def escape_event(event: LogEvent) -> LogEvent:
+    """``event``, or a copy with every string value made printable (`escape_text`).
+
+    Keys starting with ``log_`` (the format, namespace, level...) are the code's,
+    not values, and are kept. An event with nothing to escape is returned as is.
+    """
+    # The usual case, checked at C speed: no string value needs escaping.
+    joined = "".join([value for value in event.values() if type(value) is str])
+    if joined.isprintable() and "\\" not in joined:
+        return event
+    copy: LogEvent | None = None
+    for key, value in event.items():
+        if (
+            type(value) is str
+            and not (value.isprintable() and "\\" not in value)
+            and not key.startswith("log_")
+            and key not in _NOT_VALUES
+        ):
+            if copy is None:
+                copy = dict(event)
+            copy[key] = escape_text(value)
+    return event if copy is None else copy
+
+
 @implementer(ILogFilterPredicate)
 class SwitchPredicate:
     """`FilteringLogObserver` predicate: ``no`` for events the switches drop."""
@@ -293,7 +328,8 @@ class SwitchPredicate:
 
 @implementer(ILogObserver)
 class SwitchedObserver:
-    """Passes to ``observer`` the events the switches admit, licence lines trimmed."""
+    """Passes to ``observer`` the events the switches admit, their values escaped
+    and licence lines trimmed."""
 
     def __init__(self, observer: ILogObserver, switches: LogSwitches) -> None:
         self.observer = observer
@@ -304,6 +340,7 @@ class SwitchedObserver:
         value = self.switches.value
         if not admits(event, value):
             return
+        event = escape_event(event)
         if LICENCE_KEY in event:
             event = trim_licence_event(event, value)
         if "syslogPriority" not in event:

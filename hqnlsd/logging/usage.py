@@ -24,6 +24,12 @@ journal, not by this report). When the file reaches ``max_bytes`` it is rotated
 (``usage.jsonl`` -> ``.1`` -> ... -> ``.<backups>``, the oldest dropped). If
 the disk refuses a write, the records wait (at most ``max_pending``; beyond that
 the oldest are dropped and counted) and the write is retried later.
+
+Values a client supplied (user, host, product...) are JSON strings, and every
+character of them that is not printable (controls, DEL, U+2028, bidi
+overrides...) is written as a ``\\uXXXX`` escape (`json_line`): a record is
+always exactly one line of printable text, however a reader splits lines, and
+decodes to the exact value sent.
 """
 
 from __future__ import annotations
@@ -52,6 +58,26 @@ BATCH_LINES = 2000
 MAX_PENDING = 100_000
 #: Seconds before retrying after a failed write.
 RETRY_SECONDS = 5.0
+
+
+def _json_escape(ch: str) -> str:
+    point = ord(ch)
+    if point < 0x10000:
+        return f"\\u{point:04x}"
+    point -= 0x10000  # a UTF-16 surrogate pair, as JSON writes it
+    return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """``record`` as compact JSON on one line of printable text (UTF-8 kept readable).
+
+    `json.dumps` escapes the C0 controls; any other character that is not
+    printable can only be inside a string, where ``\\uXXXX`` means the same.
+    """
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
 
 
 class Clock(Protocol):
@@ -284,7 +310,7 @@ class UsageReport:
         stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
         record = {"ts": stamp.isoformat(timespec="milliseconds"), "at": when, "event": kind}
         record.update(fields)
-        self._pending.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+        self._pending.append(json_line(record))
         self.stats.records += 1
         if len(self._pending) > self.max_pending:
             self._pending.popleft()

@@ -9,7 +9,12 @@ Robustness rules, all per connection, so one client never disturbs another:
 
 - a line longer than `wire.MAX_LINE_BYTES` earns ``ERR LINE_TOO_LONG`` and the
   connection is closed (the rest of its input is ignored);
-- bad UTF-8, bad syntax, unknown verbs earn an ``ERR`` line, nothing more;
+- bad UTF-8, bad syntax, unknown verbs earn a short ``ERR`` line (its message
+  quotes at most a short prefix of the input); `MAX_BAD_LINES` of them in one
+  reporting interval close the connection after a last ``ERR SYNTAX``;
+- bad lines, over-long lines and non-IPv4 peers are logged through the
+  factory's `BadInputLog`: the first from a client address in an interval,
+  then one summary per address per interval, so garbage cannot fill the disk;
 - a dispatcher that raises, fails its Deferred or answers something that is not
   a reply earns ``ERR INTERNAL``, and the failure is logged;
 - a lost connection drops the replies still pending; their Deferreds are left
@@ -37,11 +42,16 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from hqnlsd.logging.badinput import BadInputLog
 from hqnlsd.protocols import wire
 from hqnlsd.status import Status
 
 #: Requests of one connection that may wait for the dispatcher at the same time.
 DEFAULT_MAX_PIPELINE = 64
+#: Bad lines one connection may send in one reporting interval; the next closes it.
+MAX_BAD_LINES = 20
+#: The longest message of an ERR reply to a bad line, in characters.
+MAX_ERR_MESSAGE = 120
 
 
 class Dispatcher(TypingProtocol):
@@ -73,6 +83,20 @@ _TOO_LONG = wire.format_reply(
 _IPV4_ONLY = wire.format_reply(
     wire.Err(Status.ILLEGAL, "this server takes clients over IPv4 only")
 )
+_TOO_MANY_BAD = wire.format_reply(
+    wire.Err(
+        Status.SYNTAX,
+        f"{MAX_BAD_LINES} bad lines on this connection; closing it",
+    )
+)
+
+
+def _bad_line_reply(error: wire.WireError) -> bytes:
+    """The ERR for a bad line, its message cut to `MAX_ERR_MESSAGE` characters."""
+    message = error.message
+    if len(message) > MAX_ERR_MESSAGE:
+        message = message[: MAX_ERR_MESSAGE - 3] + "..."
+    return wire.format_reply(wire.Err(error.status, message))
 
 
 class _Transport(TypingProtocol):
@@ -120,8 +144,10 @@ class ClientProtocol(Protocol, TimeoutMixin):
         *,
         idle_timeout: float | None = None,
         max_pipeline: int = DEFAULT_MAX_PIPELINE,
+        on_idle_close: Callable[[], object] | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._on_idle_close = on_idle_close
         self._clock = clock
         self._transport = cast(_Transport, None)
         self._idle_timeout = idle_timeout
@@ -135,6 +161,18 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self._lost = False
         self._producer_registered = False
         self._peer = IPv4Address("TCP", "0.0.0.0", 0)
+        self._bad_lines = 0
+        self._bad_window = -1
+        self._own_bad_input: BadInputLog | None = None
+
+    def _bad_input(self) -> BadInputLog:
+        """The factory's bad-input log (shared by every connection), else our own."""
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, ClientProtocolFactory):
+            return factory.bad_input
+        if self._own_bad_input is None:
+            self._own_bad_input = BadInputLog(self.log, self._clock)
+        return self._own_bad_input
 
     # -- Twisted hooks ----------------------------------------------------
 
@@ -147,7 +185,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self._transport = cast(_Transport, self.transport)
         peer = self._transport.getPeer()
         if not isinstance(peer, IPv4Address):
-            self.log.warn("refusing non-IPv4 client {peer}", peer=str(peer))
+            self._bad_input().note(str(peer), "a connection not over IPv4 (refused)")
             self._closing = True
             self._transport.write(_IPV4_ONLY)
             self._transport.loseConnection()
@@ -183,6 +221,8 @@ class ClientProtocol(Protocol, TimeoutMixin):
         self.log.info(
             "closing idle client connection {peer}", peer=self._peer_text()
         )
+        if self._on_idle_close is not None:
+            self._on_idle_close()
         self._close_after_flush()
 
     # -- IPushProducer: the transport tells us when its write buffer is full
@@ -232,11 +272,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
         try:
             command = wire.parse_line(line)
         except wire.WireError as e:
-            self.log.debug(
-                "client {peer} sent a bad line: {status} {message}",
-                peer=self._peer_text(), status=e.status.name, message=e.message,
-            )
-            self._answer(wire.format_reply(e.reply()))
+            self._bad_line(e)
             return
         if command is None:
             return
@@ -250,10 +286,24 @@ class ClientProtocol(Protocol, TimeoutMixin):
         else:
             self._dispatch(command)
 
+    def _bad_line(self, error: wire.WireError) -> None:
+        """Answer a bad line shortly; log it in summary; close after too many."""
+        reporter = self._bad_input()
+        reporter.note(self._peer.host, f"{error.status.name} {error.message}")
+        if self._bad_window != reporter.window:
+            self._bad_window = reporter.window
+            self._bad_lines = 0
+        self._bad_lines += 1
+        if self._bad_lines > MAX_BAD_LINES:
+            self._answer(_TOO_MANY_BAD)
+            self._close_after_flush()
+            return
+        self._answer(_bad_line_reply(error))
+
     def _line_too_long(self) -> None:
-        self.log.warn(
-            "client {peer} sent a line over {limit} bytes; closing its connection",
-            peer=self._peer_text(), limit=wire.MAX_LINE_BYTES,
+        self._bad_input().note(
+            self._peer.host,
+            f"a line over {wire.MAX_LINE_BYTES} bytes (connection closed)",
         )
         self._answer(_TOO_LONG)
         self._close_after_flush()
@@ -396,6 +446,11 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
     :param max_pipeline: replies of one connection that may wait to be written
         (pending in the dispatcher or queued behind one that is); reading
         pauses at that many.
+    :param on_idle_close: called each time a connection is closed for idleness
+        (the metrics count it).
+
+    ``bad_input`` logs the bad input of every connection, per client address per
+    interval (`BadInputLog`); what it still counts is logged when the factory stops.
     """
 
     protocol = ClientProtocol
@@ -407,6 +462,7 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
         *,
         idle_timeout: float | None = None,
         max_pipeline: int = DEFAULT_MAX_PIPELINE,
+        on_idle_close: Callable[[], object] | None = None,
     ) -> None:
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive (or None for no timeout)")
@@ -416,6 +472,12 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_pipeline = max_pipeline
+        self.on_idle_close = on_idle_close
+        self.bad_input = BadInputLog(ClientProtocol.log, clock)
+
+    def stopFactory(self) -> None:
+        """Log the bad input still counted (the listener is closing)."""
+        self.bad_input.stop()
 
     def buildProtocol(self, addr: object) -> ClientProtocol:
         """A protocol for the connection from `addr`."""
@@ -424,6 +486,7 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
             self.clock,
             idle_timeout=self.idle_timeout,
             max_pipeline=self.max_pipeline,
+            on_idle_close=self.on_idle_close,
         )
         protocol.factory = self
         return protocol

@@ -610,10 +610,19 @@ def _lookup_verb(word: str) -> VerbSpec | None:
     return VERBS.get(word.upper()) if word.isascii() else None
 
 
+#: Characters of an unknown word quoted back in an ERR reply.
+SHOWN_WORD = 24
+
+
+def _shown(word: str) -> str:
+    """``word`` quoted for an ERR message, at most `SHOWN_WORD` characters of it."""
+    return repr(word) if len(word) <= SHOWN_WORD else repr(word[:SHOWN_WORD]) + "..."
+
+
 def _unknown_command(word: str) -> WireError:
     return WireError(
         Status.UNKNOWN_COMMAND,
-        f"unknown command {word!r}; HELP lists the commands",
+        f"unknown command {_shown(word)}; HELP lists the commands",
     )
 
 
@@ -626,7 +635,7 @@ def _build(spec: VerbSpec, words: list[Word]) -> Command:
             if not spec.args:
                 raise _syntax(f"{spec.name} takes no arguments")
             raise _syntax(
-                f"unexpected word {value!r}: arguments are key=value; "
+                f"unexpected word {_shown(value)}: arguments are key=value; "
                 f"usage: {spec.usage}"
             )
         if key in values:
