@@ -4,7 +4,9 @@
 Starts one real ``twistd -n hqnlsd`` on 127.0.0.1 (``tests.hostile.make_target``:
 hqnserver1 of a three-member domain whose other members never start, so it has
 a peer listener and admin TLS; a metrics listener; a single-host product
-``Probe``), with its descriptor limit set to ``--nofile``. Then runs each attack
+``Probe``), with its descriptor limit set to ``--nofile`` and every listener's
+handshake and idle timeout to ``--listener-timeout`` (the ``[limits]`` table of
+a configuration file). Then runs each attack
 of ``tests/hostile.py`` in turn, from source addresses 127.0.0.100 and up (the
 peer attack from 127.0.0.3, the member it speaks as), never the probes' 127.0.0.1:
 
@@ -237,7 +239,7 @@ def run(root: Path, sizes: dict[str, int], args: argparse.Namespace) -> bool:
     verdicts: dict[str, list[str]] = {}
     completed = True
     try:
-        target = make_target(harness, nofile=args.nofile)
+        target = make_target(harness, nofile=args.nofile, timeout=args.listener_timeout)
         todo = attacks(target, sizes, args, root)
         with probing(target, interval=args.probe_interval, deadline=args.probe_deadline) as prober:
             prober.wait_rounds(1, args.probe_deadline * 3)
@@ -287,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="generator seed")
     parser.add_argument("--nofile", type=int, default=1024,
                         help="the daemon's RLIMIT_NOFILE (default 1024; 0: leave it)")
+    parser.add_argument(
+        "--listener-timeout",
+        type=float,
+        default=LISTENER_TIMEOUT,
+        help="every listener's handshake and idle timeout, through the [limits] table "
+        f"of a configuration file (default {LISTENER_TIMEOUT:g}; 0: the daemon's defaults)",
+    )
     parser.add_argument("--flood-sources", type=int, default=1,
                         help="source addresses the flood comes from (default 1)")
     parser.add_argument("--hold", type=float, default=20.0,
@@ -313,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             given = getattr(args, name.replace("-", "_"))
             sizes[name] = max(1, given if given is not None else round(SIZES[name] * args.scale))
     args.nofile = args.nofile or None
+    args.listener_timeout = args.listener_timeout or None
     signal.signal(signal.SIGTERM, _terminated)
     # A short root: the daemon's admin socket lives inside it (AF_UNIX path limit).
     with tempfile.TemporaryDirectory(prefix="hs-") as root:

@@ -73,12 +73,8 @@ from tests.daemons import (
 
 # -- limits the daemon should enforce (issue 12) ----------------------------------------
 #
-# TO WIRE AFTER MERGING (issue 12): the daemon options that set each listener's
-# timeouts. None exists on main yet, so the daemon runs with its defaults; once
-# the options exist, put them here (e.g. ["--client-idle-timeout", "5", ...]) so
-# that silent connections are closed within SILENT_CLOSE_BOUND.
-TIMEOUT_ARGS: tuple[str, ...] = ()
-#: The timeout (seconds) TIMEOUT_ARGS gives every listener, for handshakes and idleness.
+#: The timeout (seconds) every listener gets for handshakes and idleness: the
+#: ``[limits]`` table of the daemon's configuration file (`limits_toml`).
 LISTENER_TIMEOUT = 5.0
 #: How long after LISTENER_TIMEOUT a silent connection may still be open (busy machine).
 SILENT_GRACE = 15.0
@@ -371,11 +367,31 @@ def limit_descriptors(pid: int, nofile: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (nofile, nofile))
 
 
+def limits_toml(timeout: float) -> str:
+    """A configuration file whose ``[limits]`` give every listener ``timeout`` seconds
+    for its handshake and for idleness."""
+    keys = ("client-idle-timeout", "handshake-timeout", "admin-idle-timeout",
+            "metrics-idle-timeout")
+    return "[limits]\n" + "".join(f"{key} = {float(timeout)}\n" for key in keys)
+
+
 def make_target(
-    harness: DaemonHarness, *, nofile: int | None = None, extra_args: Sequence[str] = ()
+    harness: DaemonHarness,
+    *,
+    nofile: int | None = None,
+    timeout: float | None = LISTENER_TIMEOUT,
+    extra_args: Sequence[str] = (),
 ) -> Target:
     """hqnserver1 of a three-member domain (the others never start), with admin TLS, a
-    metrics listener and the single-host product `PROBE`; started and serving."""
+    metrics listener and the single-host product `PROBE`; started and serving.
+
+    ``timeout``: every listener's handshake and idle timeout (`limits_toml`); None
+    leaves the daemon's defaults."""
+    config: list[str] = []
+    if timeout is not None:
+        path = harness.root / "hostile.toml"
+        path.write_text(limits_toml(timeout), "utf-8")
+        config = ["--config", str(path)]
     admin_tls_port = free_port("127.0.0.1")
     metrics_port = free_port("127.0.0.1")
     members = domain_daemons(
@@ -387,7 +403,7 @@ def make_target(
             f"tcp:{admin_tls_port}:interface=127.0.0.1",
             "--metrics",
             f"tcp:{metrics_port}:interface=127.0.0.1",
-            *TIMEOUT_ARGS,
+            *config,
             *extra_args,
         ],
     )

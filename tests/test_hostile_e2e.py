@@ -10,8 +10,9 @@ the daemon did not exit, and that both were served throughout (every round,
 each within the prober's deadline), plus what its attack is about: log bytes
 and replies bounded, silent connections closed, memory bounded, no traceback.
 
-Limits the daemon does not have yet (timeouts, caps) are constants in
-`tests.hostile` (TIMEOUT_ARGS, LISTENER_TIMEOUT, LOG_BOUND, ...).
+Every listener's timeouts are set to LISTENER_TIMEOUT through the ``[limits]``
+table of a configuration file; the bounds are constants of `tests.hostile`
+(LOG_BOUND, REPLY_AMPLIFICATION, RSS_BOUND, SILENT_GRACE).
 """
 
 from __future__ import annotations
