@@ -650,10 +650,12 @@ def _sync(sock: socket.socket, buffer: bytearray, timeout: float) -> bool:
 
 
 def protocol_lines(
-    target: Target, count: int, seed: int, *, burst: int = 50, timeout: float = 30.0
+    target: Target, count: int, seed: int, *, burst: int = 10, timeout: float = 30.0
 ) -> AttackResult:
     """``count`` fuzzed lines in pipelined bursts, each burst followed by a PING whose
-    pong says the daemon handled it; reconnect whenever the daemon closes."""
+    pong says the daemon handled it; reconnect whenever the daemon closes (QUIT, an
+    over-long line, or too many bad lines: what follows in that burst is unread,
+    hence the short bursts)."""
     rng = random.Random(seed)
     sent = closes = received = 0
     sock: socket.socket | None = None
@@ -679,7 +681,10 @@ def protocol_lines(
     finally:
         if sock is not None:
             sock.close()
-    return AttackResult(sent, {"connections closed by the daemon": closes})
+    return AttackResult(
+        sent,
+        {"connections closed by the daemon": closes, "lines per connection": sent // (closes + 1)},
+    )
 
 
 def bad_lines(
