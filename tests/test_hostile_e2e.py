@@ -160,8 +160,14 @@ def test_silent_connections_are_closed(target: Target, prober: Prober) -> None:
 
 
 def test_slow_clients(target: Target, prober: Prober) -> None:
-    """20 connections sending a REQUEST a byte a second for 6 s: others are served."""
-    attack(target, prober, "slow clients", lambda: slow_clients(target, 20, seconds=6.0))
+    """20 connections trickling a REQUEST a byte a second, never finishing the line:
+    others are served, and the daemon closes every one of them, since only whole
+    lines reset the idle timeout (LISTENER_TIMEOUT here)."""
+    seconds = LISTENER_TIMEOUT + SILENT_GRACE
+    report = attack(
+        target, prober, "slow clients", lambda: slow_clients(target, 20, seconds=seconds)
+    )
+    assert report.figures["closed by the daemon"] == 20, report.figures
 
 
 def test_never_reading_clients(target: Target, prober: Prober) -> None:

@@ -421,6 +421,35 @@ def test_idle_timeout_closes_silent_connections() -> None:
     assert reply_lines(transport.value()) == ["OK pong"]
 
 
+def test_trickled_bytes_without_a_line_end_do_not_keep_a_connection() -> None:
+    """A slow client sending a byte at a time and never a whole line is idle.
+
+    Only complete lines count as activity: a "slowloris" trickling one byte a
+    second would otherwise hold its descriptor for ever.
+    """
+    clock = Clock()
+    protocol, transport = connect(FakeLicences(), clock, idle_timeout=30)
+    for _ in range(29):
+        clock.advance(1)
+        protocol.dataReceived(b"P")
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
+
+
+def test_a_line_completed_slowly_counts_as_activity() -> None:
+    """The line a slow typist finishes resets the idle timer like any other."""
+    clock = Clock()
+    protocol, transport = connect(FakeLicences(), clock, idle_timeout=30)
+    for byte in b"PIN":
+        clock.advance(9)
+        protocol.dataReceived(bytes([byte]))
+    protocol.dataReceived(b"G\n")
+    clock.advance(29)
+    assert not transport.disconnecting
+    assert reply_lines(transport.value()) == ["OK pong"]
+
+
 def test_idle_timeout_waits_for_pending_replies() -> None:
     """A connection waiting on the dispatcher is not idle."""
     clock = Clock()

@@ -197,10 +197,13 @@ class ClientProtocol(Protocol, TimeoutMixin):
             self._set_idle_timer(self._idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        """Buffer `data` and answer every complete line in it."""
+        """Buffer `data` and answer every complete line in it.
+
+        Only complete lines reset the idle timer (in `_line_received`): bytes
+        trickled without a line end never keep a connection open.
+        """
         if self._closing:
             return
-        self.resetTimeout()
         self._buffer += data
         self._process_buffer()
 
@@ -266,6 +269,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
             self._processing = False
 
     def _line_received(self, line: bytes) -> None:
+        self.resetTimeout()
         if _too_long(line):
             self._line_too_long()
             return
