@@ -7,7 +7,6 @@ root, by giving a file to uid 54321), so the tests pass as root or not.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -26,6 +25,7 @@ from hqnlsd.securefiles import (
     write_atomically,
 )
 from hqnlsd.service import StartupError, preflight
+from tests.configs import daemon_config
 
 ME = os.geteuid()
 #: A uid that is neither ours nor root's (the check "runs as" it).
@@ -188,17 +188,7 @@ def test_write_atomically_replaces_a_link_not_its_target(tmp_path: Path) -> None
 
 def config(tmp_path: Path, **changes: object) -> DaemonConfig:
     """A config with its state in ``tmp_path/state``; no TCP port (port 0)."""
-    values: dict[str, object] = {
-        "address": ipaddress.IPv4Address("127.0.0.1"),
-        "client_listen": "tcp:0:interface=127.0.0.1",
-        "permit_dirs": None,
-        "hosts_file": tmp_path / "hosts",
-        "state_dir": tmp_path / "state",
-        "publisher_keys": tmp_path / "keys",
-        "admin_socket": tmp_path / "state" / "admin.sock",
-    }
-    values.update(changes)
-    return DaemonConfig(**values)  # type: ignore[arg-type]
+    return daemon_config(tmp_path, **{"client_listen": "tcp:0:interface=127.0.0.1", **changes})  # type: ignore[arg-type]
 
 
 def test_preflight_refuses_a_writable_state_dir(tmp_path: Path) -> None:

@@ -7,28 +7,18 @@ real start reaches only in a race (a bind that fails after the pre-flight check)
 from __future__ import annotations
 
 import errno
-import ipaddress
 from pathlib import Path
 
 from twisted.internet.error import CannotListenError
 
 from hqnlsd.config import DaemonConfig
 from hqnlsd.service import TCPListener, explain_cannot_listen, tcp_listeners
+from tests.configs import daemon_config
 
 
 def config(tmp_path: Path, **changes: object) -> DaemonConfig:
     """A config on 127.0.0.1:1236 with its state in ``tmp_path/state``."""
-    values: dict[str, object] = {
-        "address": ipaddress.IPv4Address("127.0.0.1"),
-        "client_listen": "tcp:1236:interface=127.0.0.1",
-        "permit_dirs": None,
-        "hosts_file": tmp_path / "hosts",
-        "state_dir": tmp_path / "state",
-        "publisher_keys": tmp_path / "keys",
-        "admin_socket": tmp_path / "state" / "admin.sock",
-    }
-    values.update(changes)
-    return DaemonConfig(**values)  # type: ignore[arg-type]
+    return daemon_config(tmp_path, **{"client_listen": "tcp:1236:interface=127.0.0.1", **changes})  # type: ignore[arg-type]
 
 
 def test_admin_socket_lock_is_not_an_address(tmp_path: Path) -> None:
