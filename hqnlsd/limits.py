@@ -85,6 +85,12 @@ class ConnectionLimits:
     metrics_idle_timeout: float = 60.0
     #: SO_KEEPALIVE on every accepted TCP connection.
     keepalive: bool = True
+    #: Seconds over which repeated bad lines, MESSAGEs and denials of one source
+    #: address are counted before one summary line (`hqnlsd.logging.badinput`).
+    log_interval: float = 60.0
+    #: Denied REQUESTs of one source address logged and recorded one by one per
+    #: log_interval; the rest are counted and summarised (`hqnlsd.logging.denials`).
+    denials_logged: int = 20
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> ConnectionLimits:
@@ -109,6 +115,7 @@ _COUNTS = frozenset(
         "client_max_connections",
         "descriptor_reserve",
         "listener_max_connections",
+        "denials_logged",
     }
 )
 

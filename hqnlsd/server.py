@@ -22,7 +22,8 @@ from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.results import Denied, Grant, HolderInfo, LicenceRequest
-from hqnlsd.logging.badinput import BadInputLog, Scheduler
+from hqnlsd.logging.badinput import DEFAULT_INTERVAL, DEFAULT_MAX_SOURCES, BadInputLog
+from hqnlsd.logging.denials import DEFAULT_BURST, Clock, DenialLog
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.permits.discovery import Discovery, discover
 from hqnlsd.permits.model import HostId, ProductPermit
@@ -98,7 +99,11 @@ class LicenceServer:
         feed: LicenceFeed | None = None,
         server_keys: ServerKeys | None = None,
         domains: DomainRuntime | None = None,
-        clock: Scheduler | None = None,
+        clock: Clock | None = None,
+        *,
+        log_interval: float = DEFAULT_INTERVAL,
+        log_sources: int = DEFAULT_MAX_SOURCES,
+        denial_burst: int = DEFAULT_BURST,
     ) -> None:
         self.engine = engine
         #: Multi-host server domains (``--domain-ca``): their products are decided by
@@ -123,11 +128,19 @@ class LicenceServer:
         #: counted (`BadInputLog`), so that MESSAGE cannot flood the log. Without a
         #: clock every one is logged.
         self.messages: BadInputLog | None = None
+        #: Denied REQUESTs: each logged and recorded up to ``denial_burst`` per
+        #: client address per ``log_interval``, the rest counted and summarised
+        #: (`DenialLog`). Without a clock every one is logged.
+        self.denials: DenialLog | None = None
         if clock is not None:
             self.messages = BadInputLog(
                 self.log, clock, noun="message", level=LogLevel.info, burst=MESSAGE_BURST,
                 line_format="client message from {source}: {detail}",
-                max_detail=wire.MAX_LINE_BYTES,
+                max_detail=wire.MAX_LINE_BYTES, interval=log_interval, max_sources=log_sources,
+            )
+            self.denials = DenialLog(
+                self.feed, clock, burst=denial_burst, interval=log_interval,
+                max_sources=log_sources,
             )
 
     # -- permits ----------------------------------------------------------------------
@@ -415,7 +428,8 @@ class LicenceServer:
         return self._settled(offer, outcome.events, self._granted(result))
 
     def _log_denial(self, command: wire.Request, peer: Any, status: Status, reason: str) -> None:
-        self.feed.denied(
+        log = self.denials.note if self.denials is not None else self.feed.denied
+        log(
             publisher=command.publisher,
             product=command.product,
             version=command.version,

@@ -122,6 +122,7 @@ class HqnlsdService(MultiService):
             _LateDispatcher(self),
             reactor,
             idle_timeout=config.limits.client_idle_timeout,
+            log_interval=config.limits.log_interval,
             on_idle_close=lambda: self.metrics.connection_timed_out("client", "idle"),
         )
         #: Multi-host server domains (only with --domain-ca): see `_make_domains`.
@@ -239,7 +240,8 @@ class HqnlsdService(MultiService):
         self.journal.listeners.append(lambda events: _count_events(self.metrics, events))
         self.server = LicenceServer(
             self.engine, self.journal, self.source, self.feed, domains=self.domains,
-            clock=self.reactor,
+            clock=self.reactor, log_interval=self.config.limits.log_interval,
+            denial_burst=self.config.limits.denials_logged,
         )
         # Holders could not UPDATE while we were down: count them as updated now.
         self.journal.submit(self.engine.resume().events)
@@ -402,6 +404,8 @@ class HqnlsdService(MultiService):
         def close(result: object) -> object:
             if self.journal is not None:
                 self.journal.close()
+            if self.server is not None and self.server.denials is not None:
+                self.server.denials.stop()  # its summary records before the report closes
             self.usage.close()
             if self.server is not None and self.server.messages is not None:
                 self.server.messages.stop()

@@ -20,13 +20,15 @@ such (MESSAGE texts: ``burst=10``, its own ``line_format``). The
 interval starts with the first bad input after a quiet one; no timer runs while
 nothing is wrong. `window` counts the intervals, for callers that bound
 something per interval (the client protocol closes a connection that sends too
-many bad lines in one).
+many bad lines in one). The per-source, per-interval bookkeeping itself
+(`SourceIntervals`) is shared with `hqnlsd.logging.denials.DenialLog`, which
+summarises denied REQUESTs the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger, LogLevel
@@ -42,6 +44,8 @@ LINE_FORMAT = (
     "client {source} sent a {noun}: {detail} "
     "(more from it are counted and reported every {interval:g} s)"
 )
+
+T = TypeVar("T")
 
 
 class Scheduler(Protocol):
@@ -60,13 +64,76 @@ class _Tally:
     __slots__ = ("last", "seen", "unlogged")
 
     def __init__(self) -> None:
-        self.seen = 1
+        self.seen = 0
         self.unlogged = 0
         self.last = ""
 
 
 def _cut(text: str, limit: int = MAX_DETAIL) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SourceIntervals(Generic[T]):
+    """The bookkeeping `BadInputLog` and `hqnlsd.logging.denials.DenialLog` share.
+
+    One tally per source for the current interval, made by ``new`` on the
+    source's first input; at most ``max_sources`` of them (`tally` answers None
+    for any further source: the caller counts those together). The first input
+    after a quiet interval starts an interval; when it ends, ``on_end`` is given
+    the tallies (in the order their sources first came) and they are forgotten.
+    No timer runs while nothing comes.
+    """
+
+    def __init__(
+        self,
+        clock: Scheduler,
+        *,
+        interval: float,
+        max_sources: int,
+        new: Callable[[], T],
+        on_end: Callable[[dict[str, T]], None],
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        if max_sources < 1:
+            raise ValueError("max_sources must be at least 1")
+        self._clock = clock
+        self.interval = interval
+        self.max_sources = max_sources
+        self._new = new
+        self._on_end = on_end
+        self._tallies: dict[str, T] = {}
+        self._timer: IDelayedCall | None = None
+        #: Intervals begun so far.
+        self.window = 0
+
+    @property
+    def tracked(self) -> int:
+        """Sources tracked one by one in the current interval."""
+        return len(self._tallies)
+
+    def tally(self, source: str) -> T | None:
+        """The tally of ``source`` (cut to `MAX_DETAIL`) in this interval, or None
+        when it is beyond the ``max_sources`` tracked (starts an interval if none runs)."""
+        if self._timer is None:
+            self.window += 1
+            self._timer = self._clock.callLater(self.interval, self._end_interval)
+        found = self._tallies.get(source)
+        if found is None and len(self._tallies) < self.max_sources:
+            found = self._tallies[source] = self._new()
+        return found
+
+    def _end_interval(self) -> None:
+        self._timer = None
+        tallies, self._tallies = self._tallies, {}
+        self._on_end(tallies)
+
+    def stop(self) -> None:
+        """End the current interval now (``on_end`` runs) and cancel its timer."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._end_interval()
 
 
 class BadInputLog:
@@ -97,12 +164,13 @@ class BadInputLog:
         line_format: str = LINE_FORMAT,
         max_detail: int = MAX_DETAIL,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be positive")
-        if max_sources < 1 or burst < 1:
-            raise ValueError("max_sources and burst must be at least 1")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
         self._log = log
-        self._clock = clock
+        self._intervals: SourceIntervals[_Tally] = SourceIntervals(
+            clock, interval=interval, max_sources=max_sources, new=_Tally,
+            on_end=self._summarise,
+        )
         self.interval = interval
         self.max_sources = max_sources
         self.noun = noun
@@ -110,34 +178,29 @@ class BadInputLog:
         self.burst = burst
         self.line_format = line_format
         self.max_detail = max(max_detail, 8)
-        self._sources: dict[str, _Tally] = {}
         self._other_count = 0
         self._other_last = ""
-        self._timer: IDelayedCall | None = None
-        #: Intervals begun so far (bad input in two of them never counts together).
-        self.window = 0
+
+    @property
+    def window(self) -> int:
+        """Intervals begun so far (bad input in two of them never counts together)."""
+        return self._intervals.window
 
     @property
     def tracked(self) -> int:
         """Sources tracked one by one in the current interval."""
-        return len(self._sources)
+        return self._intervals.tracked
 
     def note(self, source: str, detail: str) -> None:
         """``source`` sent bad input, ``detail`` says what: log it or count it."""
-        if self._timer is None:
-            self.window += 1
-            self._timer = self._clock.callLater(self.interval, self._end_interval)
         source = _cut(source)
-        tally = self._sources.get(source)
-        if tally is None and len(self._sources) < self.max_sources:
-            tally = self._sources[source] = _Tally()
-        elif tally is not None and tally.seen < self.burst:
-            tally.seen += 1
-        elif tally is not None:
+        tally = self._intervals.tally(source)
+        if tally is not None and tally.seen >= self.burst:
             tally.unlogged += 1
             tally.last = _cut(detail, self.max_detail)
             return
         if tally is not None:
+            tally.seen += 1
             self._log.emit(
                 self.level, self.line_format,
                 source=source, noun=self.noun, detail=_cut(detail, self.max_detail),
@@ -155,10 +218,8 @@ class BadInputLog:
         self._other_count += 1
         self._other_last = f"{source}: {_cut(detail, self.max_detail)}"
 
-    def _end_interval(self) -> None:
+    def _summarise(self, sources: dict[str, _Tally]) -> None:
         """Log one summary per source that sent more than its first, and forget them."""
-        self._timer = None
-        sources, self._sources = self._sources, {}
         for source, tally in sources.items():
             if tally.unlogged:
                 self._log.emit(
@@ -181,7 +242,4 @@ class BadInputLog:
 
     def stop(self) -> None:
         """Log what is still counted now, and cancel the timer (at shutdown)."""
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._end_interval()
+        self._intervals.stop()

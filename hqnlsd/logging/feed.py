@@ -10,7 +10,9 @@ or `Revoked` event carries only the handle, so the feed keeps a small mirror
 of the holders (handle -> who, what), filled by `Granted` events and, at start
 up, by `seed` from the restored engine.
 
-Denials change no state and produce no event: the server calls `denied`.
+Denials change no state and produce no event: the server calls `denied`, or,
+for denials beyond a burst per address, `hqnlsd.logging.denials.DenialLog`
+counts them and calls `denials` once per address per interval.
 Role changes come from the domain layer: it calls `role`.
 """
 
@@ -24,6 +26,7 @@ from twisted.logger import Logger
 
 from hqnlsd.licensing.events import Event, Granted, ProductsLoaded, Released, Revoked
 from hqnlsd.licensing.results import Denied, HolderInfo
+from hqnlsd.logging.denials import Key as DenialKey
 from hqnlsd.logging.observer import denial_switch, log_licence
 from hqnlsd.logging.switches import LogSwitches
 from hqnlsd.logging.usage import UsageReport
@@ -253,6 +256,40 @@ class LicenceFeed:
         )
         if self.usage is not None:
             self.usage.denial(code=code, **fields)
+
+    def denials(
+        self,
+        *,
+        address: str | None,
+        sources: int,
+        count: int,
+        interval: float,
+        since: float,
+        rows: Sequence[tuple[DenialKey, int]],
+        summary: str,
+    ) -> None:
+        """Denials counted, not logged one by one (`hqnlsd.logging.denials`): the
+        ``summary`` line (a warning, tagged LICENSE) and one ``denials`` record."""
+        self.log.warn("{summary}", summary=summary, log_switch="LICENSE")
+        if self.usage is not None:
+            self.usage.denials(
+                address=address,
+                sources=sources,
+                count=count,
+                interval=interval,
+                since=since,
+                rows=[
+                    {
+                        "publisher": publisher,
+                        "product": product,
+                        "version": version,
+                        "status": status,
+                        "code": code,
+                        "count": number,
+                    }
+                    for (publisher, product, version, status, code), number in rows
+                ],
+            )
 
     def role(
         self,

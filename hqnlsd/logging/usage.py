@@ -6,6 +6,8 @@
 grant      a licence given (handle, indices, type, who, where)
 release    a licence given back by its holder
 denial     a REQUEST refused: ``status``, ``code`` and the ``reason`` text
+denials    REQUESTs refused beyond the burst of one address in an interval,
+           counted, not recorded one by one (see below)
 revoked    a licence taken back: ``reason`` crashout, timeout,
            locked-priority, named-user (the reclaims), killed, reinit, ...
 role       this server's role in a domain changed (a failover or failback)
@@ -14,6 +16,20 @@ role       this server's role in a domain changed (a failover or failback)
 Every record has ``ts`` (ISO 8601 UTC) and ``at`` (seconds since the epoch,
 from the injected clock), then the fields of its kind, always all of them
 (``null`` when unknown) so that a reader sees one schema per kind.
+
+The first 20 denials of a source address in an interval (60 s; ``[limits]
+denials-logged`` and ``log-interval``) are ``denial`` records; the others are
+counted (`hqnlsd.logging.denials`) and, when the interval ends, written as ONE
+``denials`` record per address: ``address`` (null for the addresses beyond the
+256 tracked per interval, counted together), ``sources`` (1, or how many such
+addresses, counted up to 4,096), ``count`` (the denials it counts), ``interval``
+(seconds), ``since`` (``at`` of the address's first denial in the interval;
+the record's ``at`` is the interval's end) and ``denials``: a list of
+``{"publisher", "product", "version", "status", "code", "count"}``, most
+frequent first, whose counts add up to ``count``. Past 32 distinct
+(publisher, product, version, status) for one address, denials are counted by
+status alone (publisher, product and version null). So the ``denial`` records
+and the ``count`` of the ``denials`` records add up to every REQUEST refused.
 
 Writing never holds the reactor for long: records are queued in memory and
 written on the next reactor turn, one ``os.write`` for the whole batch (at most
@@ -242,6 +258,32 @@ class UsageReport:
             host=host,
             address=address,
             pid=pid,
+        )
+
+    def denials(
+        self,
+        *,
+        address: str | None,
+        sources: int,
+        count: int,
+        interval: float,
+        since: float,
+        rows: Sequence[dict[str, Any]],
+        at: float | None = None,
+    ) -> None:
+        """Denials from ``address`` counted, not recorded one by one (see the module doc)."""
+        self._record(
+            "denials",
+            at,
+            address=address,
+            sources=sources,
+            count=count,
+            interval=interval,
+            since=since,
+            denials=[
+                {**row, "code": None if row["code"] is None else f"{row['code']:#x}"}
+                for row in rows
+            ],
         )
 
     def revoked(

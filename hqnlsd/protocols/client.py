@@ -42,7 +42,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hqnlsd.logging.badinput import BadInputLog
+from hqnlsd.logging.badinput import DEFAULT_INTERVAL, BadInputLog
 from hqnlsd.protocols import wire
 from hqnlsd.status import Status
 
@@ -452,6 +452,8 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
         pauses at that many.
     :param on_idle_close: called each time a connection is closed for idleness
         (the metrics count it).
+    :param log_interval: seconds over which bad input of one client address is
+        counted before its summary line (``[limits] log-interval``).
 
     ``bad_input`` logs the bad input of every connection, per client address per
     interval (`BadInputLog`); what it still counts is logged when the factory stops.
@@ -467,6 +469,7 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
         idle_timeout: float | None = None,
         max_pipeline: int = DEFAULT_MAX_PIPELINE,
         on_idle_close: Callable[[], object] | None = None,
+        log_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive (or None for no timeout)")
@@ -477,7 +480,7 @@ class ClientProtocolFactory(ServerFactory[ClientProtocol]):
         self.idle_timeout = idle_timeout
         self.max_pipeline = max_pipeline
         self.on_idle_close = on_idle_close
-        self.bad_input = BadInputLog(ClientProtocol.log, clock)
+        self.bad_input = BadInputLog(ClientProtocol.log, clock, interval=log_interval)
 
     def stopFactory(self) -> None:
         """Log the bad input still counted (the listener is closing)."""
