@@ -56,6 +56,11 @@ KEEPALIVE_IDLE = 300
 KEEPALIVE_INTERVAL = 60
 KEEPALIVE_COUNT = 5
 
+#: Seconds a refused connection may linger, draining what its client sent, so
+#: that its ERR line is not lost to a reset; at most MAX_LINGERING at once.
+REFUSAL_LINGER = 2.0
+MAX_LINGERING = 16
+
 #: One log line per listener at most this often for refused connections.
 REFUSAL_LOG_INTERVAL = 60.0
 
@@ -229,15 +234,47 @@ def enable_keepalive(transport: object) -> None:
 
 
 class _Refusal(TwistedProtocol):
-    """Writes one line and closes: what a client over a cap gets."""
+    """Writes one line and closes: what a client over a cap gets.
 
-    def __init__(self, message: bytes) -> None:
+    Closing a socket that holds unread input makes the kernel answer with a reset,
+    which destroys the line in flight: a client that sent its request at once
+    would see a reset instead of the reason. So the refusal half-closes (the line
+    and then end of stream reach the client), reads and drops what the client
+    sends, and closes when the client does, or after ``REFUSAL_LINGER`` seconds.
+    At most ``MAX_LINGERING`` refusals of a listener linger at once (a flood of
+    refused connections must not hold descriptors); beyond that they are closed
+    at once, as before.
+    """
+
+    def __init__(self, message: bytes, factory: LimitedFactory) -> None:
         self.message = message
+        self.owner = factory
+        self._lingering = False
+        self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.message)
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        assert transport is not None
+        transport.write(self.message)
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None or self.owner.lingering >= MAX_LINGERING:
+            transport.loseConnection()
+            return
+        self._lingering = True
+        self.owner.lingering += 1
+        half_close()
+        self._timer = self.owner.clock.callLater(REFUSAL_LINGER, transport.abortConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        """What a refused client sends is dropped."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._lingering:
+            self._lingering = False
+            self.owner.lingering -= 1
 
 
 class LimitedProtocol(ProtocolWrapper):
@@ -365,6 +402,8 @@ class LimitedFactory(WrappingFactory[LimitedProtocol]):
         self.events = events
         self.refusal = refusal
         self.by_source: Counter[str] = Counter()
+        #: Refusals half-closed and draining (see `_Refusal`).
+        self.lingering = 0
         self._refused_since_log = 0
         self._last_refusal_log: float | None = None
 
@@ -378,7 +417,7 @@ class LimitedFactory(WrappingFactory[LimitedProtocol]):
             reason = "per_source"
         if reason is not None:
             self._refused(source, reason)
-            return None if self.refusal is None else _Refusal(self.refusal)
+            return None if self.refusal is None else _Refusal(self.refusal, self)
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None

@@ -14,6 +14,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from hqnlsd.limits import (
+    MAX_LINGERING,
+    REFUSAL_LINGER,
     ConnectionLimits,
     LimitedFactory,
     client_connection_cap,
@@ -118,6 +120,51 @@ def test_per_source_cap_refuses_the_next_connection_of_that_address_only() -> No
     _, again = connect(factory, "10.0.0.1")
     assert not again.disconnecting
     assert events.open["client"] == 3
+
+
+class HalfCloseTransport(KeepAliveTransport):
+    """A TCP-like transport that can close its write half only."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(host)
+        self.write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+def test_a_refusal_half_closes_and_drains_so_its_line_is_not_lost_to_a_reset() -> None:
+    """Closing with unread input makes the kernel send a reset that destroys the ERR
+    line: the refusal half-closes, drops what the client sends, and closes when the
+    client does or after REFUSAL_LINGER; at most MAX_LINGERING linger at once."""
+    clock = Clock()
+    factory = LimitedFactory(
+        echo_factory(), listener="client", clock=clock, max_connections=0,
+        refusal=b"ERR busy\r\n",
+    )
+    lingering = []
+    for n in range(MAX_LINGERING + 1):
+        transport = HalfCloseTransport(f"10.0.1.{n}")
+        refusal = factory.buildProtocol(IPv4Address("TCP", f"10.0.1.{n}", 40000))
+        assert refusal is not None
+        refusal.makeConnection(transport)
+        lingering.append((refusal, transport))
+    for refusal, transport in lingering[:MAX_LINGERING]:
+        assert transport.value() == b"ERR busy\r\n"
+        assert transport.write_closed and not transport.disconnecting
+        refusal.dataReceived(b"REQUEST publisher=x\n")  # dropped, no answer
+        assert transport.value() == b"ERR busy\r\n"
+    extra = lingering[MAX_LINGERING][1]
+    assert extra.disconnecting and not extra.write_closed  # too many lingering: at once
+    first, _ = lingering[0]
+    first.connectionLost(None)  # type: ignore[arg-type]  # the client closed
+    assert factory.lingering == MAX_LINGERING - 1
+    clock.advance(REFUSAL_LINGER)
+    assert all(t.aborted for _, t in lingering[1:MAX_LINGERING])
+    assert not lingering[0][1].aborted
+    for refusal, _ in lingering[1:]:
+        refusal.connectionLost(None)  # type: ignore[arg-type]
+    assert factory.lingering == 0 and clock.getDelayedCalls() == []
 
 
 def test_global_cap_refuses_every_address() -> None:
