@@ -97,7 +97,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hqnlsd.domain.timing import DomainTimers
-from hqnlsd.licensing.policy import Policy
+from hqnlsd.permits.policy import Policy
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status

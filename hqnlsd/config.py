@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hqnlsd.limits import ConnectionLimits
+from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT
 
-DEFAULT_CLIENT_PORT = 1236
 DEFAULT_STATE_DIR = Path("/var/lib/hqnlsd")
 DEFAULT_PUBLISHER_KEYS = Path("/etc/hqnlsd/publishers")
 DEFAULT_HOSTS_FILE = Path("/etc/hosts")

@@ -29,13 +29,15 @@ from hqnlsd.permits.discovery import Discovery, discover
 from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
 from hqnlsd.permits.seal import TrustedKeys
-from hqnlsd.permits.servercert import ServerKeys, sign_reply
+from hqnlsd.permits.servercert import ServerKeys
 from hqnlsd.persistence.store import Journal
 from hqnlsd.protocols import wire
+from hqnlsd.protocols.signing import sign_reply
 from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.status import Status
 
 if TYPE_CHECKING:
+    from hqnlsd.domain import Refusal
     from hqnlsd.domain.runtime import DomainRoute, DomainRuntime
 
 #: Dates on the wire, as in permit files.
@@ -50,6 +52,28 @@ def _date(day: datetime.date) -> str:
 
 def _denied(denied: Denied, **fields: Any) -> Err:
     return Err.of(denied.status, denied.message, **fields)
+
+
+def refusal_reply(refusal: Refusal) -> Err:
+    """The ``ERR`` for a domain member that may not grant: the one place a domain's
+    role and reason become a client reply (``TRY_SERVER n=RANK addr=ADDRESS``
+    when it names the primary to ask; always ``domain=`` with its members)."""
+    domain = " ".join(str(address) for address in refusal.domain)
+    if refusal.primary is not None and refusal.primary_address is not None:
+        return Err.of(
+            refusal.status,
+            refusal.msg,
+            n=refusal.primary,
+            addr=str(refusal.primary_address),
+            domain=domain,
+        )
+    return Err.of(refusal.status, refusal.msg, domain=domain)
+
+
+def _refused(route: DomainRoute) -> Err | None:
+    """The reply when the domain of ``route`` may not grant here, or None if it may."""
+    refusal = route.refusal()
+    return None if refusal is None else refusal_reply(refusal)
 
 
 def _domain_words(offer: Offer) -> str:
@@ -386,7 +410,7 @@ class LicenceServer:
         if len(offer.domain) > 1:
             route = self.domains.route(publisher, product) if self.domains is not None else None
             if route is not None:
-                refusal = route.refusal()
+                refusal = _refused(route)
                 return refusal if refusal is not None else route
             return Err.of(
                 Status.NOTVERIFIED,
@@ -471,7 +495,7 @@ class LicenceServer:
         always waits), so the holder an UPDATE confirms survives too. A denial
         (BADHANDLE, LOSTLICENCE) waits for the state it was decided on.
         """
-        if route is not None and (refusal := route.refusal()) is not None:
+        if route is not None and (refusal := _refused(route)) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
         outcome = (route.engine if route is not None else self.engine).update(command.handle)
@@ -493,7 +517,7 @@ class LicenceServer:
         too waits until the state it was read from is durable (`_settled` without
         events), so a client may take it as "released".
         """
-        if route is not None and (refusal := route.refusal()) is not None:
+        if route is not None and (refusal := _refused(route)) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
         outcome = (route.engine if route is not None else self.engine).release(command.handle)
@@ -503,7 +527,7 @@ class LicenceServer:
         return self._settled(where, outcome.events, Ok.of(handle=result.handle))
 
     def _query(self, command: wire.Query, route: DomainRoute | None) -> Reply:
-        if route is not None and (refusal := route.refusal()) is not None:
+        if route is not None and (refusal := _refused(route)) is not None:
             return refusal
         engine = route.engine if route is not None else self.engine
         answer = engine.query(command.handle, command.what.value)
@@ -551,11 +575,11 @@ class LicenceServer:
         `_update`) answers at once unless the domain refused the events at once,
         in which case the refusal is the answer (nothing happened).
         """
-        from hqnlsd.domain.node import NotServing, OutcomeUnknown
+        from hqnlsd.domain import NotServing, OutcomeUnknown
 
         def failed(failure: Failure) -> Reply:
             if failure.check(NotServing):
-                refusal = route.refusal()
+                refusal = _refused(route)
                 if refusal is not None:
                     return refusal
             if failure.check(NotServing, OutcomeUnknown):

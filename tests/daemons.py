@@ -45,8 +45,8 @@ from pathlib import Path
 from types import TracebackType
 
 from hqnlsd.identity import local_unique_id
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.permits.model import HostId, Permit, ProductPermit
+from hqnlsd.permits.policy import Policy
 from hqnlsd.permits.seal import PublisherKey, sign_permit, write_key_files
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok

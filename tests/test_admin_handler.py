@@ -16,10 +16,10 @@ from twisted.python.failure import Failure
 from hqnlsd.admin.handler import AdminError, AdminHandler, _Forward, _Target, parse_policy
 from hqnlsd.config import DaemonConfig
 from hqnlsd.licensing.events import Revoked
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.licensing.results import Grant, LicenceRequest
 from hqnlsd.licensing.settings import DEFAULT_TIMEOUT_SECONDS
 from hqnlsd.permits.model import HostId
+from hqnlsd.permits.policy import Policy
 from hqnlsd.service import HqnlsdService
 from tests.daemons import Publisher, hosts_file_text, make_permit, product_permit
 

@@ -14,7 +14,7 @@ from hqnlsd.admin import wire
 from hqnlsd.admin.commands import UsageError, parse_command, policy_table
 from hqnlsd.admin.handler import AdminError, plan_policy
 from hqnlsd.admin.render import render
-from hqnlsd.licensing.policy import Policy
+from hqnlsd.permits.policy import Policy
 from hqnlsd.tls import PeerIdentity, Role
 from tests.daemons import Publisher, make_permit, product_permit
 from tests.test_admin_handler import ME, WIDGET, Rig, write_site

@@ -33,14 +33,15 @@ from hqnlsd.client.errors import LicenceDenied, NotGenuineServer
 from hqnlsd.client.testing import FakeLicenceServer
 from hqnlsd.identity import local_unique_id
 from hqnlsd.licensing.engine import Engine
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.permits.model import HostId
+from hqnlsd.permits.policy import Policy
 from hqnlsd.permits.reader import read_permit_file
 from hqnlsd.permits.seal import TrustedKeys
-from hqnlsd.permits.servercert import ServerKeys, make_server_key, sign_reply
+from hqnlsd.permits.servercert import ServerKeys, make_server_key
 from hqnlsd.persistence.store import Journal, open_journal
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.client import ClientProtocolFactory
+from hqnlsd.protocols.signing import sign_reply
 from hqnlsd.protocols.wire import Err, Reply
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status

@@ -19,8 +19,6 @@ import pytest
 from hqnlsd.permits.model import HostId, Permit, ProductPermit
 from hqnlsd.permits.seal import KeyFileError, PublisherKey, TrustedKeys, sign_permit
 from hqnlsd.permits.servercert import (
-    CERT_FIELD,
-    SIGNATURE_FIELD,
     CertificateError,
     NotGenuine,
     ServerCertificate,
@@ -28,11 +26,10 @@ from hqnlsd.permits.servercert import (
     load_server_key,
     make_server_key,
     read_certificate,
-    sign_reply,
-    verify_reply,
     write_server_key,
 )
 from hqnlsd.protocols import wire
+from hqnlsd.protocols.signing import CERT_FIELD, SIGNATURE_FIELD, sign_reply, verify_reply
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
 from hqnlsd.tools import mp

@@ -39,6 +39,8 @@ from hqnlsd.permits.reader import (
     PermitFile,
     Serving,
 )
+from hqnlsd.protocols.wire import Err
+from hqnlsd.server import refusal_reply
 from hqnlsd.status import Status
 from tests.test_domain_peers_helpers import (
     DomainCA,
@@ -158,7 +160,7 @@ class TestThreeRuntimes(unittest.TestCase):
         takes over, with the licence, when the primary stops."""
         one = self.make(1)
         yield pause(self.reactor, 1.5)
-        refusal = self.route(1).refusal()
+        refusal = refused(self.route(1))
         assert refusal is not None and refusal.status is Status.NOTVERIFIED
         assert refusal.get("domain") == " ".join(ADDRESSES)
         assert one.roles()[SPEC.domain_id].role is Role.NOTVERIFIED
@@ -170,7 +172,7 @@ class TestThreeRuntimes(unittest.TestCase):
         yield wait_until(self.reactor, lambda: self.route(1).can_serve, WAIT)
         # The backup learns the view a moment after the primary installs it.
         yield wait_until(self.reactor, lambda: self.route(2).role().epoch >= 1, WAIT)
-        redirect = self.route(2).refusal()
+        redirect = refused(self.route(2))
         assert redirect is not None and redirect.status is Status.TRY_SERVER
         assert (redirect.get("n"), redirect.get("addr")) == ("1", "127.0.0.1")
 
@@ -222,7 +224,7 @@ class TestThreeRuntimes(unittest.TestCase):
         again = backup.engine.request(request(11))
         assert isinstance(again.result, Grant) and again.result.handle == handle
         yield wait_until(
-            self.reactor, lambda: (self.route(3).refusal() or _none()).get("n") == "2", WAIT
+            self.reactor, lambda: (refused(self.route(3)) or _none()).get("n") == "2", WAIT
         )
         assert self.runtimes[2].members[SPEC.domain_id].takeovers >= 1
 
@@ -233,7 +235,7 @@ class TestThreeRuntimes(unittest.TestCase):
         back = self.route(1).engine.holders(PRODUCT.publisher, PRODUCT.product)
         assert not isinstance(back, Denied) and [h.handle for h in back] == [handle]
         yield wait_until(
-            self.reactor, lambda: (self.route(2).refusal() or _none()).get("n") == "1", WAIT
+            self.reactor, lambda: (refused(self.route(2)) or _none()).get("n") == "1", WAIT
         )
 
         # A permit re-read on the primary (SIGHUP) reaches the backups' engines.
@@ -244,6 +246,12 @@ class TestThreeRuntimes(unittest.TestCase):
             WAIT,
         )
         assert self.runtimes[1].route(PRODUCT.publisher, "New") is not None
+
+
+def refused(route: DomainRoute) -> Err | None:
+    """The client's reply to the route's refusal (the dispatcher writes it), or None."""
+    refusal = route.refusal()
+    return None if refusal is None else refusal_reply(refusal)
 
 
 class _none:
@@ -325,7 +333,7 @@ class FakeMember:
 )
 def test_refusals(role: Role, primary: int | None, status: Status, fields: dict[str, str]) -> None:
     """Each role that may not grant has its status, always with the domain's addresses."""
-    refusal = DomainRoute(FakeMember(role, primary)).refusal()  # type: ignore[arg-type]
+    refusal = refused(DomainRoute(FakeMember(role, primary)))  # type: ignore[arg-type]
     assert refusal is not None and refusal.status is status
     assert refusal.get("domain") == "127.0.0.1 127.0.0.2 127.0.0.3"
     for key, value in fields.items():
@@ -339,7 +347,7 @@ def test_a_damaged_member_refuses_naming_the_recovery() -> None:
     and names the recovery command, whatever its node's role."""
     member = FakeMember(Role.NOTVERIFIED, None)
     member.damaged = "ValueError: bad view"
-    refusal = DomainRoute(member).refusal()  # type: ignore[arg-type]
+    refusal = refused(DomainRoute(member))  # type: ignore[arg-type]
     assert refusal is not None and refusal.status is Status.NOTVERIFIED
     assert "damaged" in (refusal.msg or "") and "hqn_lsa recover" in (refusal.msg or "")
     assert refusal.get("domain") == "127.0.0.1 127.0.0.2 127.0.0.3"
@@ -395,7 +403,7 @@ def test_refusal_names_the_members_the_domain_waits_for(
 ) -> None:
     """While no view change can complete the refusal says which members (rank and
     address) the domain waits for; otherwise the usual words."""
-    refusal = DomainRoute(FakeMember(role, None, waiting)).refusal()  # type: ignore[arg-type]
+    refusal = refused(DomainRoute(FakeMember(role, None, waiting)))  # type: ignore[arg-type]
     assert refusal is not None
     assert (refusal.status, refusal.msg) == (status, text)
     assert refusal.get("domain") == "127.0.0.1 127.0.0.2 127.0.0.3"

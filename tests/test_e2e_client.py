@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hqnlsd.client import BlockingLicenceClient, NotGenuineServer
-from hqnlsd.licensing.policy import Policy
+from hqnlsd.permits.policy import Policy
 from hqnlsd.permits.servercert import make_server_key, write_server_key
 from hqnlsd.protocols.wire import Ok
 from tests.daemons import DaemonHarness, daemon_environment, make_permit, product_permit

@@ -42,7 +42,7 @@ from hqnlsd.client.api import RETRY_STATUSES, HeldLicence, LicenceClient, Proces
 from hqnlsd.client.blocking import BlockingLicence, BlockingLicenceClient, ReactorThread
 from hqnlsd.client.connection import Answer, Link, connect_tcp
 from hqnlsd.client.servers import ServerAddress
-from hqnlsd.licensing.policy import Policy
+from hqnlsd.permits.policy import Policy
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status

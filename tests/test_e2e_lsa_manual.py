@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.permits.model import HostId
+from hqnlsd.permits.policy import Policy
 from hqnlsd.protocols.wire import Ok
 from tests.daemons import (
     REPO_ROOT,

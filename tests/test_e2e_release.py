@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from hqnlsd.domain.timing import DomainTimers
-from hqnlsd.licensing.policy import Policy
+from hqnlsd.permits.policy import Policy
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hqnlsd.licensing.policy import Policy
+from hqnlsd.permits.policy import Policy
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (

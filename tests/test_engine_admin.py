@@ -18,9 +18,9 @@ from hqnlsd.licensing.events import (
     ProductsLoaded,
     Revoked,
 )
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.licensing.results import AdminDone, Denied, Grant, LicenceRequest, UpdateAck
 from hqnlsd.permits.model import HostId, ProductPermit
+from hqnlsd.permits.policy import Policy
 from hqnlsd.status import Status
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()

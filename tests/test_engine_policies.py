@@ -14,9 +14,9 @@ from twisted.internet.task import Clock
 
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Revoked
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest, UpdateAck
 from hqnlsd.permits.model import HostId, ProductPermit
+from hqnlsd.permits.policy import Policy
 from hqnlsd.status import Status
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()

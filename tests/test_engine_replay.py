@@ -22,9 +22,9 @@ from twisted.internet.task import Clock
 
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event, EventError, Granted, Released, event_from_dict
-from hqnlsd.licensing.policy import KNOWN_FLAGS, Policy
 from hqnlsd.licensing.results import Denied, LicenceRequest
 from hqnlsd.permits.model import HostId, ProductPermit
+from hqnlsd.permits.policy import KNOWN_FLAGS, Policy
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.9", "10.0.0.10")

@@ -12,7 +12,6 @@ from twisted.internet.task import Clock
 
 from hqnlsd.licensing.engine import Engine, local_date
 from hqnlsd.licensing.events import Granted, Released, Revoked, Updated
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.licensing.results import (
     Denied,
     Grant,
@@ -22,6 +21,7 @@ from hqnlsd.licensing.results import (
     UpdateAck,
 )
 from hqnlsd.permits.model import HostId, ProductPermit
+from hqnlsd.permits.policy import Policy
 from hqnlsd.status import Status
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()

@@ -14,13 +14,13 @@ from zope.interface import implementer
 
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.licensing.results import Grant, LicenceRequest
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.logging.observer import SwitchedObserver
 from hqnlsd.logging.switches import ALL, STARTUP, LogSwitches, Switch
 from hqnlsd.logging.usage import USAGE_FILE, UsageReport
 from hqnlsd.permits.model import ProductPermit
+from hqnlsd.permits.policy import Policy
 from hqnlsd.status import Status
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()

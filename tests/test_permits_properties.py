@@ -9,10 +9,10 @@ import ipaddress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hqnlsd.licensing.policy import VALID_POLICY_BITS
 from hqnlsd.permits.errors import Condition, PermitError
 from hqnlsd.permits.format import format_permit, is_usable_host_address, parse_permit
 from hqnlsd.permits.model import FORMAT_LINE, HostId, Permit, ProductPermit
+from hqnlsd.permits.policy import VALID_POLICY_BITS
 from hqnlsd.permits.reader import decode_permit_bytes, read_permit_text
 from hqnlsd.permits.seal import PublisherKey, TrustedKeys, seal_text, sign_permit
 

@@ -23,18 +23,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
+from hqnlsd.domain import Refusal
 from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Granted, Released
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.permits.discovery import Discovery
 from hqnlsd.permits.errors import Condition, PermitError
 from hqnlsd.permits.model import HostId, Permit, ProductPermit
+from hqnlsd.permits.policy import Policy
 from hqnlsd.permits.reader import Catalogue, PermitFile, build_catalogue
 from hqnlsd.permits.seal import PublisherKey, TrustedKeys
-from hqnlsd.permits.servercert import NotGenuine, ServerKeys, make_server_key, verify_reply
+from hqnlsd.permits.servercert import NotGenuine, ServerKeys, make_server_key
 from hqnlsd.persistence.store import RETRY_FIRST, Journal, open_journal
 from hqnlsd.protocols import wire
+from hqnlsd.protocols.signing import verify_reply
 from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status
@@ -788,10 +790,17 @@ def test_load_permits_logs_what_is_served(tmp_path: Path) -> None:
 # -- server domains (DomainRuntime wired in; a fake one here) ---------------------------
 
 
+def refusal_of(status: Status, msg: str, primary: int | None = None) -> Refusal:
+    """A refusal of the domain of ME (rank 1) and PARTNER (rank 2), naming ``primary``."""
+    members = (ME.address, PARTNER.address)
+    address = None if primary is None else members[primary - 1]
+    return Refusal(status, msg, members, primary=primary, primary_address=address)
+
+
 class FakeRoute:
     """A `DomainRoute` stand-in: its own engine, a refusal to give, submissions held."""
 
-    def __init__(self, clock: Clock, refusal: Err | None = None) -> None:
+    def __init__(self, clock: Clock, refusal: Refusal | None = None) -> None:
         counter = itertools.count(1)
         self.engine = Engine(clock, lambda: f"D{next(counter)}", today=utc_day)
         self.engine.load_products([product("Shared", floating_count=5)])
@@ -800,7 +809,7 @@ class FakeRoute:
         #: set to hold commands (as `DomainRoute.held` does during a hand-over to itself)
         self.waiting: list[Deferred[bool]] | None = None
 
-    def refusal(self) -> Err | None:
+    def refusal(self) -> Refusal | None:
         """The configured refusal (None: this member serves)."""
         return self.refused
 
@@ -878,7 +887,7 @@ def test_domain_specs_come_from_the_catalogue(domain_rig: DomainRig) -> None:
 def test_domain_refusal_is_the_answer(domain_rig: DomainRig) -> None:
     """A member that may not grant answers its route's refusal and decides nothing."""
     rig, route, _ = domain_rig
-    route.refused = Err.of(Status.TRY_SERVER, "backup", n=1, addr="127.0.0.1")
+    route.refused = refusal_of(Status.TRY_SERVER, "backup", primary=1)
     denied = err(rig.dispatch(request(product="Shared")), Status.TRY_SERVER)
     assert denied.get("n") == "1"
     assert route.engine.held_count() == 0 and route.submitted == []
@@ -916,7 +925,7 @@ def test_domain_submission_failures(domain_rig: DomainRig) -> None:
         answer.addBoth(outcomes.append)
     (_, first), (_, second), (_, third) = route.submitted
     first.errback(NotServing(info))
-    route.refused = Err.of(Status.LOSTMASTER, "lost")
+    route.refused = refusal_of(Status.LOSTMASTER, "lost")
     second.errback(NotServing(info))
     third.errback(OutcomeUnknown("primary changed"))
     assert [reply.status for reply in outcomes] == [
@@ -941,7 +950,7 @@ def test_domain_handles_are_routed(domain_rig: DomainRig) -> None:
     query = rig.dispatch(wire.Query("D1", wire.QueryWhat("period")))
     assert isinstance(query, Ok) and query.get("handle") == "D1", query
     assert isinstance(rig.dispatch(wire.Update("H1")), Ok)
-    route.refused = Err.of(Status.TRY_SERVER, "backup", n=2, addr="127.0.0.2")
+    route.refused = refusal_of(Status.TRY_SERVER, "backup", primary=2)
     err(rig.dispatch(wire.Release("D1")), Status.TRY_SERVER)
     route.refused = None
     # The RELEASE is answered once the domain confirms it (issue 10), not before.
@@ -963,7 +972,7 @@ def test_domain_commands_wait_out_a_hand_over_to_this_member(domain_rig: DomainR
     granted = rig.server.dispatch(request(product="Shared", client="first"), PEER)
     assert isinstance(granted, Deferred)
     route.submitted.pop()[1].callback(None)
-    route.refused = Err.of(Status.NEW_MASTER, "taking over")
+    route.refused = refusal_of(Status.NEW_MASTER, "taking over")
     route.waiting = []
     answers: list[list[Any]] = [[], [], [], []]
     for command, answered in zip(
@@ -995,12 +1004,12 @@ def test_domain_commands_wait_out_a_hand_over_to_this_member(domain_rig: DomainR
     assert isinstance(release_reply, Ok) and release_reply.get("handle") == "D1", release_reply
     assert isinstance(users_reply, Listing), users_reply
     # A hand-over that fails: the held command gets the refusal of that moment.
-    route.refused = Err.of(Status.NEW_MASTER, "taking over")
+    route.refused = refusal_of(Status.NEW_MASTER, "taking over")
     route.waiting = []
     failed = rig.server.dispatch(request(product="Shared", client="third"), PEER)
     assert isinstance(failed, Deferred)
     (waiter,) = route.waiting
-    route.refused = Err.of(Status.TRY_SERVER, "backup", n=2, addr="127.0.0.2")
+    route.refused = refusal_of(Status.TRY_SERVER, "backup", primary=2)
     route.waiting = None
     outcome: list[Any] = []
     failed.addBoth(outcome.append)

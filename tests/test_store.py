@@ -24,9 +24,9 @@ from twisted.python.failure import Failure
 
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Granted
-from hqnlsd.licensing.policy import Policy
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest, UpdateAck
 from hqnlsd.permits.model import ProductPermit
+from hqnlsd.permits.policy import Policy
 from hqnlsd.persistence.store import (
     DATABASE_NAME,
     RETRY_FIRST,

@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hqnlsd.licensing.policy import Policy, describe
 from hqnlsd.logging.switches import Switch
+from hqnlsd.permits.policy import Policy, describe
 
 
 class UsageError(ValueError):

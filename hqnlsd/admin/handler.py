@@ -43,11 +43,11 @@ import hqnlsd
 from hqnlsd.admin import wire
 from hqnlsd.identity import HostsTable, format_unique_id
 from hqnlsd.licensing.events import Event
-from hqnlsd.licensing.policy import KNOWN_FLAGS, Policy, describe
 from hqnlsd.licensing.results import AdminDone, Denied, Outcome, ProductStatus
 from hqnlsd.licensing.settings import FULL_ACCESS
 from hqnlsd.logging.switches import PRESETS, LogLevelError, Switch, preset_name
 from hqnlsd.logging.switches import describe as describe_switches
+from hqnlsd.permits.policy import KNOWN_FLAGS, Policy, describe
 from hqnlsd.tls import PeerIdentity, Role
 
 if TYPE_CHECKING:

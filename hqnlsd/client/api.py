@@ -21,7 +21,7 @@ reason for every server tried.
 Challenge/response: with ``trusted`` publisher keys, every REQUEST and UPDATE
 carries a fresh random ``challenge=`` and an ``OK`` counts only if it is signed
 by a server key that the publisher certified for a server domain containing the
-address connected to (`hqnlsd.permits.servercert.verify_reply`). A server
+address connected to (`hqnlsd.protocols.signing.verify_reply`). A server
 failing this is skipped as not genuine (`NotGenuineServer` if no server passed);
 a licence it granted is released there first (never at another server: an
 impostor's handle may be someone else's).
@@ -68,12 +68,12 @@ from twisted.logger import Logger
 from hqnlsd.client.connection import Answer, Link, connect_tcp, describe_failure
 from hqnlsd.client.errors import ClientError, LicenceDenied, NoServer, NotGenuineServer
 from hqnlsd.client.servers import ServerAddress, load_hosts, search_list
-from hqnlsd.config import DEFAULT_CLIENT_PORT
 from hqnlsd.identity import DEFAULT_HOSTS_PATH
 from hqnlsd.permits.seal import TrustedKeys
-from hqnlsd.permits.servercert import NotGenuine, verify_reply
+from hqnlsd.permits.servercert import NotGenuine
 from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.signing import verify_reply
+from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT, Err, Ok
 from hqnlsd.status import Status
 
 #: Statuses that mean "this server cannot answer now": retry it, then go on.

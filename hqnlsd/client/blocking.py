@@ -42,10 +42,9 @@ from twisted.python.failure import Failure
 from hqnlsd.client.api import DEFAULT_RETRY, HeldLicence, LicenceClient, PingResult, Process, Retry
 from hqnlsd.client.errors import ClientError
 from hqnlsd.client.servers import ServerAddress
-from hqnlsd.config import DEFAULT_CLIENT_PORT
 from hqnlsd.identity import DEFAULT_HOSTS_PATH
 from hqnlsd.permits.seal import TrustedKeys
-from hqnlsd.protocols.wire import Ok
+from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT, Ok
 
 T = TypeVar("T")
 

@@ -27,9 +27,10 @@ from twisted.python.failure import Failure
 
 from hqnlsd.client.connection import Answer, Link
 from hqnlsd.client.servers import ServerAddress
-from hqnlsd.permits.servercert import ServerKey, sign_reply
+from hqnlsd.permits.servercert import ServerKey
 from hqnlsd.protocols import wire
 from hqnlsd.protocols.client import ClientProtocolFactory
+from hqnlsd.protocols.signing import sign_reply
 from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.status import Status
 

@@ -14,7 +14,7 @@ from hqnlsd.domain.node import (
     StateMachine,
     SubmitTimeout,
 )
-from hqnlsd.domain.role import Role, RoleInfo
+from hqnlsd.domain.role import Refusal, Role, RoleInfo
 from hqnlsd.domain.storage import DomainStorage, Durable, MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Ballot, Value, View
@@ -29,6 +29,7 @@ __all__ = [
     "MemoryStorage",
     "NotServing",
     "OutcomeUnknown",
+    "Refusal",
     "Role",
     "RoleInfo",
     "StateMachine",

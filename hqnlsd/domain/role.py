@@ -1,8 +1,13 @@
-"""What a domain member is doing, and what it tells a client that asks it."""
+"""What a domain member is doing, and why it may not grant when it may not.
+
+The domain says it in roles and reasons (`RoleInfo`, `Refusal`); the client
+dispatcher (`hqnlsd.server.refusal_reply`) turns a refusal into the reply.
+"""
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 from hqnlsd.status import Status
@@ -61,3 +66,21 @@ class RoleInfo:
     def status(self) -> Status | None:
         """The status to answer a client with, or None if this member serves."""
         return _STATUS.get(self.role)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a member may not grant now, and whom a client should ask instead.
+
+    ``status``: its role's status (``TRY_SERVER`` only with a primary to
+    name, else ``NEW_MASTER``, ``LOSTMASTER`` or ``NOTVERIFIED``). ``msg``: the
+    reason, in words for the client. ``domain``: the members' addresses in rank
+    order. ``primary``/``primary_address``: for ``TRY_SERVER``, the acting
+    primary's rank and address.
+    """
+
+    status: Status
+    msg: str
+    domain: tuple[ipaddress.IPv4Address, ...]
+    primary: int | None = None
+    primary_address: ipaddress.IPv4Address | None = None

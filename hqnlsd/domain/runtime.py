@@ -8,9 +8,10 @@ stay with the daemon's own engine and journal; this service only answers for
 products of multi-host domains.
 
 For the client dispatcher, `route` (by product) and `route_for_handle` give a
-`DomainRoute`: ``can_serve``; ``refusal()`` (the ``ERR`` to answer when this
-member may not grant: ``TRY_SERVER n=RANK addr=ADDRESS``, ``NEW_MASTER``,
-``LOSTMASTER`` or ``NOTVERIFIED``, each with the domain's addresses); the
+`DomainRoute`: ``can_serve``; ``refusal()`` (a `Refusal`, why this member may
+not grant: ``TRY_SERVER`` with the primary to ask, ``NEW_MASTER``,
+``LOSTMASTER`` or ``NOTVERIFIED``, each with the domain's addresses; the
+dispatcher writes it as the client's ``ERR``); the
 domain's ``engine`` to decide with; ``submit(events)`` whose Deferred to
 await before answering (a grant is confirmed only once a quorum holds it); and
 ``held()``, to wait out a hand-over of this member to itself (a log compaction)
@@ -54,7 +55,7 @@ from hqnlsd.domain.peers import (
     PeerNetwork,
     PeerTimers,
 )
-from hqnlsd.domain.role import Role, RoleInfo
+from hqnlsd.domain.role import Refusal, Role, RoleInfo
 from hqnlsd.domain.sqlstore import DomainStoreError, SqliteDomainStorage, domain_file_name
 from hqnlsd.domain.storage import Amnesia, MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
@@ -63,7 +64,6 @@ from hqnlsd.licensing.engine import Engine, random_handle
 from hqnlsd.licensing.events import Event
 from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import Catalogue, Serving
-from hqnlsd.protocols.wire import Err
 from hqnlsd.status import Status
 from hqnlsd.tls import DomainCredentials
 
@@ -352,8 +352,8 @@ class DomainRoute:
             return "".join(names)
         return ", ".join(names[:-1]) + " and " + names[-1]
 
-    def refusal(self) -> Err | None:
-        """The answer when this member may not grant, or None if it serves.
+    def refusal(self) -> Refusal | None:
+        """Why this member may not grant, or None if it serves.
 
         While no view change can complete (``RoleInfo.waiting``), the message
         names the members the domain waits for.
@@ -361,23 +361,23 @@ class DomainRoute:
         if self.can_serve:
             return None
         info = self.role()
-        domain = self.domain_words()
+        domain = self.member.spec.addresses
         if self.member.damaged is not None:
-            return Err.of(
+            return Refusal(
                 Status.NOTVERIFIED,
                 "this member's stored state for this domain is damaged; try another member "
                 "(an administrator recovers it with 'hqn_lsa recover')",
-                domain=domain,
+                domain,
             )
         status = info.status or Status.NOTVERIFIED
         address = None if info.primary is None else self.member.address_of.get(info.primary)
         if status is Status.TRY_SERVER and info.primary is not None and address is not None:
-            return Err.of(
+            return Refusal(
                 status,
                 f"this server is a backup; ask the primary hqnserver{info.primary} at {address}",
-                n=info.primary,
-                addr=str(address),
-                domain=domain,
+                domain,
+                primary=info.primary,
+                primary_address=address,
             )
         messages = {
             Status.NEW_MASTER: "a new primary is taking over; try again in a moment",
@@ -395,11 +395,9 @@ class DomainRoute:
                 if status is Status.LOSTMASTER
                 else f"this server cannot be verified by its domain until it reaches {missing}"
             )
-        return Err.of(
-            status if status is not Status.TRY_SERVER else Status.NOTVERIFIED,
-            text,
-            domain=domain,
-        )
+        if status is Status.TRY_SERVER:
+            status = Status.NOTVERIFIED  # a backup that knows no primary to name
+        return Refusal(status, text, domain)
 
     def held(self) -> Deferred[bool] | None:
         """Wait while this member only hands over to itself (see `DomainNode.held`).

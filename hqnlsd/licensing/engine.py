@@ -82,7 +82,6 @@ from hqnlsd.licensing.events import (
     product_from_dict,
     product_to_dict,
 )
-from hqnlsd.licensing.policy import KNOWN_FLAGS, Policy, describe
 from hqnlsd.licensing.pools import Holder, ProductKey, ProductState, Tombstone
 from hqnlsd.licensing.results import (
     QUERY_KINDS,
@@ -103,6 +102,7 @@ from hqnlsd.licensing.settings import (
     ProductSettings,
 )
 from hqnlsd.permits.model import ProductPermit
+from hqnlsd.permits.policy import KNOWN_FLAGS, Policy, describe
 from hqnlsd.status import Status
 
 # Plain ints: `IntFlag & int` builds enum members, too slow for the hot path.

@@ -12,7 +12,6 @@ import heapq
 from collections.abc import Iterable, Iterator
 
 from hqnlsd.licensing.events import EventError, Granted
-from hqnlsd.licensing.policy import flags_of, locks_of
 from hqnlsd.licensing.settings import (
     DEFAULT_CRASHOUT_PERIODS,
     DEFAULT_TIMEOUT_SECONDS,
@@ -20,6 +19,7 @@ from hqnlsd.licensing.settings import (
     ProductSettings,
 )
 from hqnlsd.permits.model import ProductPermit
+from hqnlsd.permits.policy import flags_of, locks_of
 
 ProductKey = tuple[str, str]
 

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from hqnlsd.licensing.events import JSON
-from hqnlsd.licensing.policy import KNOWN_FLAGS
+from hqnlsd.permits.policy import KNOWN_FLAGS
 
 #: TIML / LKNL timeout when the administrator has not set one (60 minutes).
 DEFAULT_TIMEOUT_SECONDS = 60.0 * 60.0

@@ -30,9 +30,9 @@ import datetime
 import ipaddress
 import re
 
-from hqnlsd.licensing.policy import VALID_POLICY_BITS
 from hqnlsd.permits.errors import Condition, PermitError
 from hqnlsd.permits.model import FORMAT_LINE, MAX_SERVERS, HostId, Permit, ProductPermit
+from hqnlsd.permits.policy import VALID_POLICY_BITS
 
 #: Keywords that start a ``KEYWORD: value`` line; such a line is never taken
 #: for a publisher, product or version name.

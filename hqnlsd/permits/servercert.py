@@ -16,9 +16,10 @@ server domain, and the daemons of that domain sign their replies with it:
   publisher key id as in lock lines, base64url signature): no blanks, no quotes.
 - A client that sends ``challenge=HEX`` with a REQUEST or an UPDATE gets the reply
   with ``signature=HEX`` (the server key's Ed25519 signature over
-  `reply_message`: the challenge, the verb, the handle, publisher, product,
-  version, the reply's status and every reply field in order) and
-  ``servercert=TOKEN``.
+  `hqnlsd.protocols.signing.reply_message`: the challenge, the verb, the handle,
+  publisher, product, version, the reply's status and every reply field in
+  order) and ``servercert=TOKEN``. Signing and checking replies is the
+  protocol's (`hqnlsd.protocols.signing`); this module holds no wire type.
 - The client, holding the publisher's ``.pub``, checks (`verify_reply`) that the
   certificate is sealed by a trusted publisher key, that the address it connected
   to is in the certified server section, that the product it asked for is in the
@@ -52,18 +53,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from hqnlsd.permits.model import HostId, Permit
 from hqnlsd.permits.seal import KeyFileError, PublisherKey, TrustedKeys, write_exclusive
-from hqnlsd.protocols.wire import Err, Ok
 
 CERT_PREFIX = b"hqnlsd server certificate v1\x00"
-REPLY_PREFIX = b"hqnlsd signed reply v1\x00"
 #: File suffixes written by ``hqn_mp servercert`` and read by `ServerKeys.load`.
 KEY_SUFFIX = ".serverkey"
 CERT_SUFFIX = ".servercert"
-#: The reply fields this module adds; never part of the signed bytes.
-SIGNATURE_FIELD = "signature"
-CERT_FIELD = "servercert"
-#: The verbs whose replies are signed.
-SIGNED_VERBS = ("REQUEST", "UPDATE")
 
 ProductName = tuple[str, str, str]
 
@@ -79,8 +73,11 @@ class CertificateError(ValueError):
 # -- canonical bytes ---------------------------------------------------------------------
 
 
-class _Writer:
-    """Unambiguous bytes: every item typed and length-prefixed (as permit seals do)."""
+class CanonicalWriter:
+    """Unambiguous bytes: every item typed and length-prefixed (as permit seals do).
+
+    Used for certificates here and for signed replies (`hqnlsd.protocols.signing`).
+    """
 
     def __init__(self, prefix: bytes = b"") -> None:
         self._parts = [prefix]
@@ -102,7 +99,7 @@ class _Writer:
 
 
 class _Reader:
-    """Reads what `_Writer` wrote; CertificateError on anything else."""
+    """Reads what `CanonicalWriter` wrote; CertificateError on anything else."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data
@@ -191,7 +188,7 @@ class ServerCertificate:
         server_key: Ed25519PublicKey,
     ) -> bytes:
         """The canonical certificate body (what the publisher signs, after `CERT_PREFIX`)."""
-        out = _Writer()
+        out = CanonicalWriter()
         out.integer(permit_number)
         out.integer(len(servers))
         for server in servers:
@@ -425,136 +422,3 @@ class ServerKeys:
 
     def __len__(self) -> int:
         return len(self.by_permit)
-
-
-# -- signed replies ----------------------------------------------------------------------
-
-
-def reply_message(
-    *,
-    challenge: bytes,
-    verb: str,
-    handle: str,
-    publisher: str,
-    product: str,
-    version: str,
-    reply: Ok | Err,
-) -> bytes:
-    """The canonical bytes a server signs for one reply (signature fields excluded)."""
-    out = _Writer(REPLY_PREFIX)
-    out.blob(challenge)
-    out.text(verb)
-    out.text(handle)
-    out.text(publisher)
-    out.text(product)
-    out.text(version)
-    if isinstance(reply, Ok):
-        out.text("OK")
-        out.text(reply.word)
-    else:
-        out.text("ERR")
-        out.text(reply.status.name)
-        out.text(reply.msg)
-    fields = [(k, v) for k, v in reply.fields if k not in (SIGNATURE_FIELD, CERT_FIELD)]
-    out.integer(len(fields))
-    for key, value in fields:
-        out.text(key)
-        out.text(value)
-    return out.result()
-
-
-def sign_reply(
-    key: ServerKey | None,
-    *,
-    challenge: bytes | None,
-    verb: str,
-    handle: str,
-    publisher: str,
-    product: str,
-    version: str,
-    reply: Ok | Err,
-) -> Ok | Err:
-    """``reply`` with ``signature=`` and ``servercert=`` added, if it can be signed.
-
-    Unchanged without a challenge or without a key for the product's permit: a
-    client that asked for a signature then sees none and knows.
-    """
-    if challenge is None or key is None:
-        return reply
-    message = reply_message(
-        challenge=challenge,
-        verb=verb,
-        handle=handle,
-        publisher=publisher,
-        product=product,
-        version=version,
-        reply=reply,
-    )
-    extra = (
-        (SIGNATURE_FIELD, key.private_key.sign(message).hex()),
-        (CERT_FIELD, key.certificate.token()),
-    )
-    if isinstance(reply, Ok):
-        return Ok(reply.fields + extra, reply.word)
-    return Err(reply.status, reply.msg, reply.fields + extra)
-
-
-def verify_reply(
-    trusted: TrustedKeys,
-    *,
-    server: ipaddress.IPv4Address,
-    challenge: bytes,
-    verb: str,
-    handle: str,
-    publisher: str,
-    product: str,
-    version: str,
-    reply: Ok | Err,
-) -> ServerCertificate:
-    """Check a signed reply from ``server`` (the address connected to); NotGenuine if not.
-
-    Returns the verified certificate.
-    """
-    fields = dict(reply.fields)
-    signature_hex = fields.get(SIGNATURE_FIELD)
-    token = fields.get(CERT_FIELD)
-    if signature_hex is None or token is None:
-        raise NotGenuine(
-            f"the server at {server} did not sign its reply to a challenge: it holds no "
-            "server key certified by the publisher"
-        )
-    try:
-        cert = ServerCertificate.from_token(token)
-    except CertificateError as e:
-        raise NotGenuine(f"the server at {server} sent an unreadable certificate: {e}") from None
-    cert.verify(trusted)
-    if not cert.certifies(server):
-        raise NotGenuine(
-            f"the server at {server} is not in the certified server domain of permit "
-            f"{cert.permit_number} ({', '.join(str(h.address) for h in cert.servers)})"
-        )
-    if (publisher, product, version) not in cert.products:
-        raise NotGenuine(
-            f"the server's certificate (permit {cert.permit_number}) does not cover "
-            f"{publisher} {product} {version}"
-        )
-    try:
-        signature = bytes.fromhex(signature_hex)
-        cert.server_key.verify(
-            signature,
-            reply_message(
-                challenge=challenge,
-                verb=verb,
-                handle=handle,
-                publisher=publisher,
-                product=product,
-                version=version,
-                reply=reply,
-            ),
-        )
-    except (ValueError, InvalidSignature):
-        raise NotGenuine(
-            f"the reply of the server at {server} is not signed by its certified key "
-            "over this request's challenge (a forged or replayed reply)"
-        ) from None
-    return cert

@@ -32,6 +32,8 @@ from typing import Any, ClassVar, TypeAlias
 
 from hqnlsd.status import Status
 
+#: The client protocol's TCP port: where daemons listen and clients ask, unless told.
+DEFAULT_CLIENT_PORT = 1236
 #: The longest request line accepted, in bytes, not counting the CR LF or LF.
 MAX_LINE_BYTES = 1024
 #: What ends every reply line.

@@ -36,9 +36,9 @@ from typing import Any, TextIO
 
 from hqnlsd.client.blocking import BlockingLicence, BlockingLicenceClient
 from hqnlsd.client.errors import ClientError, LicenceDenied, NoServer
-from hqnlsd.config import DEFAULT_CLIENT_PORT
 from hqnlsd.identity import DEFAULT_HOSTS_PATH
 from hqnlsd.protocols import wire
+from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT
 
 PROG = "hqnls"
 EX_UNAVAILABLE = 69

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TextIO
 
 from hqnlsd.identity import format_unique_id, local_unique_id
-from hqnlsd.licensing.policy import describe
 from hqnlsd.permits.errors import PermitError
 from hqnlsd.permits.format import format_date, parse_form
 from hqnlsd.permits.model import HostId, Permit, ProductPermit
+from hqnlsd.permits.policy import describe
 from hqnlsd.permits.reader import (
     PermitFile,
     decode_permit_bytes,
