@@ -27,6 +27,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from hqnlsd.admin.service import make_admin_services, runtime_socket_path
 from hqnlsd.config import DaemonConfig
 from hqnlsd.domain.role import Role, RoleInfo
 from hqnlsd.domain.runtime import DomainRuntime
@@ -422,7 +423,14 @@ class HqnlsdService(MultiService):
 
 class _LateDispatcher:
     """Between the listener and the server: the server is made at start (after the
-    listener is bound), and every reply's latency and denial is measured here."""
+    listener is bound), and every reply's latency and denial is measured here.
+
+    Late by necessity, not by construction order: the listener binds in
+    ``privilegedStartService`` (a port below 1024 needs root), while the journal the
+    server commits to is opened in ``startService``, after twistd has shed its
+    privileges, so that its files belong to the daemon's user. Until then (never
+    once the reactor runs: twistd starts the service before it serves a
+    connection) a request is answered as starting up."""
 
     def __init__(self, root: HqnlsdService) -> None:
         self._root = root
@@ -513,8 +521,10 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
 
 
 def _add_admin_services(root: HqnlsdService, config: DaemonConfig, reactor: Any) -> None:
-    """The admin listeners: the local socket (file permissions), and TLS if asked."""
-    from hqnlsd.admin.service import make_admin_services, runtime_socket_path
+    """The admin listeners: the local socket (file permissions), and TLS if asked.
+
+    The admin handler is given the root as an `hqnlsd.admin.daemon.AdministeredDaemon`:
+    the admin package uses only that and never imports this module."""
     from hqnlsd.tls import DomainCredentials, TLSConfigError
 
     credentials = None

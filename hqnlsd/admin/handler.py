@@ -53,9 +53,9 @@ from hqnlsd.tls import PeerIdentity, Role
 if TYPE_CHECKING:
     from ipaddress import IPv4Address
 
+    from hqnlsd.admin.daemon import AdministeredDaemon
     from hqnlsd.domain.runtime import DomainRoute
     from hqnlsd.licensing.engine import Engine
-    from hqnlsd.service import HqnlsdService
 
 #: How long a member waits for the acting primary to answer a forwarded change.
 FORWARD_TIMEOUT = 8.0
@@ -260,7 +260,8 @@ class AdminHandler:
 
     log = Logger()
 
-    def __init__(self, root: HqnlsdService) -> None:
+    def __init__(self, root: AdministeredDaemon) -> None:
+        #: The daemon administered: only what `AdministeredDaemon` offers is used.
         self.root = root
         #: the domain a forwarded command came for, while it runs (see handle_forwarded)
         self._forwarded_domain: str | None = None

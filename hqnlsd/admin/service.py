@@ -25,7 +25,7 @@ import grp
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
@@ -35,14 +35,12 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from hqnlsd.admin.daemon import AdministeredDaemon
 from hqnlsd.admin.handler import AdminHandler
 from hqnlsd.admin.protocol import AdminFactory
 from hqnlsd.config import DaemonConfig, client_port, runtime_socket_name
 from hqnlsd.listen import loopback_unless_named
 from hqnlsd.tls import DomainCredentials, server_options
-
-if TYPE_CHECKING:
-    from hqnlsd.service import HqnlsdService
 
 #: The admin socket's file name in the state directory.
 SOCKET_NAME = "admin.sock"
@@ -146,7 +144,7 @@ class AdminSocketEndpoint:
 
 
 def make_admin_services(
-    root: HqnlsdService,
+    root: AdministeredDaemon,
     *,
     socket_path: Path | None,
     socket_mode: int = DEFAULT_SOCKET_MODE,
