@@ -11,14 +11,10 @@ speaking only the protocol.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-import hqnlsd
-
-PACKAGE = Path(hqnlsd.__file__).parent
+from tests.importgraph import imported, imports_of, modules, within
 
 #: For each layer (a module prefix), the module prefixes it must never import.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
@@ -73,53 +69,6 @@ CLIENT_ALLOWED = (
     "hqnlsd.permits.servercert",
     "hqnlsd.identity",
 )
-
-
-def module_name(path: Path) -> str:
-    """``hqnlsd.a.b`` for ``PACKAGE/a/b.py`` (``hqnlsd.a`` for its ``__init__``)."""
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def imported(tree: ast.AST, module: str, is_package: bool = False) -> Iterator[tuple[int, str]]:
-    """(line, module) of every import anywhere in ``tree``, relative ones resolved.
-
-    ``from a import b`` yields ``a.b`` as well as ``a``, so that importing a
-    submodule by name counts as importing it.
-    """
-    package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            yield node.lineno, base
-            for alias in node.names:
-                yield node.lineno, f"{base}.{alias.name}"
-
-
-def within(name: str, prefix: str) -> bool:
-    """True if module ``name`` is ``prefix`` or inside it."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
-def modules() -> Iterator[tuple[str, Path]]:
-    """Every module of the package, by name."""
-    for path in sorted(PACKAGE.rglob("*.py")):
-        yield module_name(path), path
-
-
-def imports_of(name: str, path: Path) -> list[tuple[int, str]]:
-    """Every import of one module."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    return list(imported(tree, name, path.name == "__init__.py"))
 
 
 def violations(layer: str) -> list[str]:
