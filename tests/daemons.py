@@ -155,12 +155,22 @@ def hosts_file_text(addresses: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Ports free_port has handed out in this test run: never handed out twice, so two
+#: calls in a row (say --port and --peer-port of one daemon) never get the same one.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(address: str) -> int:
-    """A TCP port that is free on ``address`` right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((address, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port that is free on ``address`` right now (the kernel picks it), and
+    not one handed out before in this run."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise AssertionError(f"no fresh TCP port on {address}")
 
 
 def free_port_on_all(addresses: Sequence[str], *, avoid: Iterable[int] = ()) -> int:
