@@ -42,10 +42,10 @@ if __package__ in (None, ""):
 from hqnlsd.domain.runtime import domain_id
 from hqnlsd.protocols.wire import Ok
 from tests.daemons import DaemonError, DaemonHarness, is_grant, wait_for
+from tests.domain.test_e2e_domain import call, request
+from tests.domain.test_e2e_domain_admin import lsa, result
+from tests.domain.test_e2e_domain_peer_fuzz import as_member, serving_domain, sinfo_domain
 from tests.peerfuzz import FuzzStats, fuzz_daemon
-from tests.test_e2e_domain import call, request
-from tests.test_e2e_domain_admin import lsa, result
-from tests.test_e2e_domain_peer_fuzz import as_member, serving_domain, sinfo_domain
 
 #: How long the domain may take to serve again, after the fuzz or a restart.
 SERVE_BOUND = 60.0

@@ -15,5 +15,5 @@ if str(REPO_ROOT) not in sys.path:
 # out group-writable on a machine whose umask is 0002: keep group/other write off.
 os.umask(os.umask(0o022) | 0o022)
 
-# `--seeds N` / `--seed-start S` for the domain simulation (tests/test_domain_sim.py).
+# `--seeds N` / `--seed-start S` for the domain simulation (tests/domain/test_domain_sim.py).
 pytest_plugins = ["tests.conftest_domain"]

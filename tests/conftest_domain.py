@@ -17,11 +17,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--seeds",
         type=int,
         default=None,
-        help="seeds per domain size for tests/test_domain_sim.py (default: a quick CI set)",
+        help="seeds per domain size for tests/domain/test_domain_sim.py (default: a quick CI set)",
     )
     group.addoption(
         "--seed-start",
         type=int,
         default=None,
-        help="first seed for tests/test_domain_sim.py (default 1)",
+        help="first seed for tests/domain/test_domain_sim.py (default 1)",
     )

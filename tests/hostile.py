@@ -1,7 +1,7 @@
 """Hostile clients of a live hqnlsd: seeded generators, attackers, and a prober.
 
 Issue 12 asks for a hostile-client suite. This module is its toolbox, shared by
-the CI tests (``tests/test_hostile_*.py``) and the long runs of
+the CI tests (``tests/daemon/test_hostile_*.py``) and the long runs of
 ``bench/hostile.py``. Everything is seeded (`random.Random(seed)`), so a run can
 be repeated exactly.
 
