@@ -11,7 +11,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.daemons import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
 
 
 def test_logging_benchmark_prints_every_configuration() -> None:

@@ -91,6 +91,7 @@ def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e
 def test_bench_churn_and_hold(server: Server) -> None:
     """Both phases run, print their figures, and hold exactly the licences asked."""
     done = run_bench(
@@ -112,6 +113,7 @@ def test_bench_churn_and_hold(server: Server) -> None:
     assert isinstance(hold["bytes_per_licence"], int)
 
 
+@pytest.mark.e2e
 def test_bench_counts_denials(small_server: Server) -> None:
     """Out of licences: denials are reported, not failures; the hold takes what it can."""
     done = run_bench(
@@ -128,6 +130,7 @@ def test_bench_counts_denials(small_server: Server) -> None:
     assert "daemon memory not measured" in done.stdout
 
 
+@pytest.mark.e2e
 def test_bench_fails_cleanly_without_server() -> None:
     """No server: a clear error and exit status 1, quickly."""
     with socket.socket() as probe:
@@ -139,6 +142,7 @@ def test_bench_fails_cleanly_without_server() -> None:
     assert "connection" in done.stderr and "failed" in done.stderr
 
 
+@pytest.mark.e2e
 def test_bench_rejects_bad_arguments() -> None:
     """Nonsense arguments stop the script before it connects."""
     assert run_bench("--connections", "0").returncode == 2
@@ -172,11 +176,13 @@ def exchange(port: int, data: bytes) -> bytes:
         return received
 
 
+@pytest.mark.e2e
 def test_real_socket_quit_closes(server: Server) -> None:
     """Over real TCP, QUIT answers OK bye and the server closes the connection."""
     assert exchange(server.port, b"PING\r\nQUIT\r\n") == b"OK pong\r\nOK bye\r\n"
 
 
+@pytest.mark.e2e
 def test_real_socket_over_long_line_closes(server: Server) -> None:
     """Over real TCP, an over-long line gets LINE_TOO_LONG and the connection closes."""
     received = exchange(server.port, b"PING\n" + b"x" * 5000 + b"\nPING\n")

@@ -314,6 +314,7 @@ def test_challenge_response_with_the_real_server(thread: ReactorThread, tmp_path
         real.stop()
 
 
+@pytest.mark.e2e
 def test_atexit_releases_in_a_real_process(real: RealServer) -> None:
     """A program that exits holding a licence (no release call) gives it back at exit."""
     script = textwrap.dedent(f"""

@@ -409,6 +409,7 @@ class _SSHProcess(protocol.ProcessProtocol):
         self.ended.callback(self.exit_code)
 
 
+@pytest.mark.e2e
 class TestRealSSHLogin(unittest.TestCase):
     """Logins with the real OpenSSH client against a manhole on 127.0.0.1."""
 

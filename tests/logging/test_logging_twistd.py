@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.logger import LegacyLogObserverWrapper, Logger, LogPublisher
 from twisted.python.syslog import SyslogObserver
 
@@ -78,6 +79,7 @@ def run_twistd(tmp_path: Path) -> str:
     return logfile.read_text()
 
 
+@pytest.mark.e2e
 def test_twistd_log_obeys_persisted_switches(tmp_path: Path) -> None:
     """Under twistd the filter wraps the log file observer; persisted switches apply."""
     LogSwitches.load(tmp_path).apply("minimal")  # WARNING ADMIN LICENSE HOSTADDR UID
@@ -89,6 +91,7 @@ def test_twistd_log_obeys_persisted_switches(tmp_path: Path) -> None:
     assert "alice" not in text and "alpha" not in text and "Harlequin" not in text
 
 
+@pytest.mark.e2e
 def test_twistd_startup_state(tmp_path: Path) -> None:
     """Without a switches file the daemon logs with DEFAULT + EXTERR."""
     text = run_twistd(tmp_path)

@@ -467,6 +467,7 @@ def read_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:
     return data
 
 
+@pytest.mark.e2e
 def test_committed_grants_survive_kill_9(tmp_path: Path) -> None:
     """SIGKILL after commit: every committed grant is back, the uncommitted one is not,
     old handles work and the count is still enforced."""

@@ -56,6 +56,7 @@ def server_args(real: RealServer) -> list[str]:
     return ["--server", real.address, "--timeout", "5"]
 
 
+@pytest.mark.e2e
 def test_run_holds_the_licence_while_the_command_runs(
     real: RealServer, tmp_path: Path
 ) -> None:
@@ -79,6 +80,7 @@ def test_run_holds_the_licence_while_the_command_runs(
     assert real.holders() == []  # released when the command ended
 
 
+@pytest.mark.e2e
 def test_run_without_a_licence_exits_69(real: RealServer, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """No licence free: a clear message, exit 69, and the command never runs."""
@@ -151,6 +153,7 @@ def test_status_pings_each_server(real: RealServer) -> None:
     assert status == 69 and json.loads(out)[0]["problem"]
 
 
+@pytest.mark.e2e
 def test_trust_rejects_a_fake_server(thread: ReactorThread, real: RealServer,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     """--trust PUB: a server that cannot sign is reported as not genuine, exit 69."""
@@ -179,6 +182,7 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert hqnls_main("frobnicate")[0] == 2
 
 
+@pytest.mark.e2e
 def test_console_script_module(real: RealServer) -> None:
     """``python -m hqnlsd.tools.hqnls run`` works as a real process, exit code passed on."""
     done = subprocess.run(
@@ -190,6 +194,7 @@ def test_console_script_module(real: RealServer) -> None:
     assert real.holders() == []
 
 
+@pytest.mark.e2e
 def test_sigterm_is_passed_to_the_command_and_the_licence_released(real: RealServer) -> None:
     """SIGTERM to ``hqnls run`` reaches the command; hqnls exits 143 and releases."""
     child = "import time; print('ready', flush=True); time.sleep(60)"

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import reactor as global_reactor
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -26,6 +27,8 @@ from hqnlsd.tls import DomainCredentials
 from hqnlsd.tools.ca import certificate_pem, create_ca, issue_admin, issue_member, write_issued
 from tests.admin.test_admin_handler import ME, site_config, write_site
 from tests.daemons import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.e2e
 
 #: Bound on every hqn_lsa run (seconds).
 RUN_TIMEOUT = 60.0

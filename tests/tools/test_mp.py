@@ -286,6 +286,7 @@ class TestOthers:
         for command in ("keygen", "sign", "check", "hostid", "demo"):
             assert command in out
 
+    @pytest.mark.e2e
     def test_python_dash_m(self, tmp_path: Path) -> None:
         """python -m hqnlsd.tools.mp works as a program (hostid, and a failing check)."""
         done = subprocess.run(
