@@ -57,8 +57,13 @@ KEEPALIVE_INTERVAL = 60
 KEEPALIVE_COUNT = 5
 
 #: Seconds a refused connection may linger, draining what its client sent, so
-#: that its ERR line is not lost to a reset; at most MAX_LINGERING at once.
-REFUSAL_LINGER = 2.0
+#: that its ERR line is not lost to a reset.
+REFUSAL_LINGER = 1.0
+#: Refused connections of a listener that may hold a descriptor at once (writing
+#: their ERR line, lingering). Twisted accepts a growing burst of connections per
+#: reactor turn under load, so without this bound a flood of refused connections
+#: could use descriptors the reserve keeps for the journal and the admins; over
+#: it, a refused socket is closed at once, without its line.
 MAX_LINGERING = 16
 
 #: One log line per listener at most this often for refused connections.
@@ -241,15 +246,16 @@ class _Refusal(TwistedProtocol):
     would see a reset instead of the reason. So the refusal half-closes (the line
     and then end of stream reach the client), reads and drops what the client
     sends, and closes when the client does, or after ``REFUSAL_LINGER`` seconds.
-    At most ``MAX_LINGERING`` refusals of a listener linger at once (a flood of
-    refused connections must not hold descriptors); beyond that they are closed
-    at once, as before.
+    At most ``MAX_LINGERING`` refusals of a listener exist at once (a flood of
+    refused connections must not hold descriptors): `LimitedFactory` closes the
+    socket of any further one at once, without a line.
     """
 
     def __init__(self, message: bytes, factory: LimitedFactory) -> None:
         self.message = message
         self.owner = factory
-        self._lingering = False
+        self._lingering = True
+        factory.lingering += 1
         self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -257,11 +263,9 @@ class _Refusal(TwistedProtocol):
         assert transport is not None
         transport.write(self.message)
         half_close = getattr(transport, "loseWriteConnection", None)
-        if half_close is None or self.owner.lingering >= MAX_LINGERING:
+        if half_close is None:
             transport.loseConnection()
             return
-        self._lingering = True
-        self.owner.lingering += 1
         half_close()
         self._timer = self.owner.clock.callLater(REFUSAL_LINGER, transport.abortConnection)
 
@@ -402,7 +406,7 @@ class LimitedFactory(WrappingFactory[LimitedProtocol]):
         self.events = events
         self.refusal = refusal
         self.by_source: Counter[str] = Counter()
-        #: Refusals half-closed and draining (see `_Refusal`).
+        #: Refusals that hold a descriptor: writing their line, draining (`_Refusal`).
         self.lingering = 0
         self._refused_since_log = 0
         self._last_refusal_log: float | None = None
@@ -417,7 +421,9 @@ class LimitedFactory(WrappingFactory[LimitedProtocol]):
             reason = "per_source"
         if reason is not None:
             self._refused(source, reason)
-            return None if self.refusal is None else _Refusal(self.refusal, self)
+            if self.refusal is None or self.lingering >= MAX_LINGERING:
+                return None  # Twisted closes the socket at once
+            return _Refusal(self.refusal, self)
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None

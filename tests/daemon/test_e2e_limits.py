@@ -218,8 +218,19 @@ def test_global_cap_leaves_room_for_admins(daemons: DaemonHarness, tmp_path: Pat
     flood = open_flood(daemon.port, FLOOD, sources=10)
     try:
         assert len(flood) > NOFILE
-        # Each refused client reads its ERR line, though it sent its REQUEST before
-        # the server closed: the refusal half-closes and drains instead of resetting.
+        # While the flood's own refusals still hold the (at most 16) refusal
+        # descriptors, a newcomer may be closed without a line; once they are
+        # gone (the client closed, or REFUSAL_LINGER passed), every refused client
+        # reads its ERR line, though it sent its REQUEST before the server closed:
+        # the refusal half-closes and drains instead of resetting.
+        answered: list[Ok | Err] = []
+
+        def refused_with_a_line() -> bool:
+            with contextlib.suppress(OSError, ValueError):
+                answered.append(request_from(loopback(20), daemon.port, 1))
+            return bool(answered)
+
+        wait_until("a refused client reads its ERR line", refused_with_a_line)
         for pid in range(1, 31):
             refused = request_from(loopback(20), daemon.port, pid)
             assert isinstance(refused, Err) and refused.status is Status.NOTVERIFIED, refused

@@ -136,35 +136,49 @@ class HalfCloseTransport(KeepAliveTransport):
 def test_a_refusal_half_closes_and_drains_so_its_line_is_not_lost_to_a_reset() -> None:
     """Closing with unread input makes the kernel send a reset that destroys the ERR
     line: the refusal half-closes, drops what the client sends, and closes when the
-    client does or after REFUSAL_LINGER; at most MAX_LINGERING linger at once."""
+    client does or after REFUSAL_LINGER. At most MAX_LINGERING refusals hold a
+    descriptor at once: a further refused socket is closed at once, without a line
+    (Twisted accepts a growing burst per reactor turn, and each refusal with a line
+    holds its descriptor until its write is done)."""
     clock = Clock()
     factory = LimitedFactory(
         echo_factory(), listener="client", clock=clock, max_connections=0,
         refusal=b"ERR busy\r\n",
     )
     lingering = []
-    for n in range(MAX_LINGERING + 1):
+    for n in range(MAX_LINGERING):
         transport = HalfCloseTransport(f"10.0.1.{n}")
         refusal = factory.buildProtocol(IPv4Address("TCP", f"10.0.1.{n}", 40000))
         assert refusal is not None
         refusal.makeConnection(transport)
         lingering.append((refusal, transport))
-    for refusal, transport in lingering[:MAX_LINGERING]:
+    for refusal, transport in lingering:
         assert transport.value() == b"ERR busy\r\n"
         assert transport.write_closed and not transport.disconnecting
         refusal.dataReceived(b"REQUEST publisher=x\n")  # dropped, no answer
         assert transport.value() == b"ERR busy\r\n"
-    extra = lingering[MAX_LINGERING][1]
-    assert extra.disconnecting and not extra.write_closed  # too many lingering: at once
+    assert factory.buildProtocol(IPv4Address("TCP", "10.0.2.1", 40000)) is None
     first, _ = lingering[0]
     first.connectionLost(None)  # type: ignore[arg-type]  # the client closed
     assert factory.lingering == MAX_LINGERING - 1
+    assert factory.buildProtocol(IPv4Address("TCP", "10.0.2.2", 40000)) is not None
     clock.advance(REFUSAL_LINGER)
-    assert all(t.aborted for _, t in lingering[1:MAX_LINGERING])
+    assert all(t.aborted for _, t in lingering[1:])
     assert not lingering[0][1].aborted
-    for refusal, _ in lingering[1:]:
-        refusal.connectionLost(None)  # type: ignore[arg-type]
-    assert factory.lingering == 0 and clock.getDelayedCalls() == []
+
+
+def test_refusals_without_half_close_close_at_once_and_are_counted_out() -> None:
+    """On a transport that cannot half-close, the refusal writes its line and closes;
+    its descriptor is counted until the connection is lost."""
+    factory = LimitedFactory(
+        echo_factory(), listener="client", clock=Clock(), max_connections=0,
+        refusal=b"ERR busy\r\n",
+    )
+    refusal, transport = connect(factory, "10.0.3.1")
+    assert refusal is not None and transport.disconnecting
+    assert transport.value() == b"ERR busy\r\n" and factory.lingering == 1
+    lose(refusal)
+    assert factory.lingering == 0
 
 
 def test_global_cap_refuses_every_address() -> None:
