@@ -180,3 +180,32 @@ def test_an_over_long_line_closes_the_link() -> None:
     assert not pair.a.is_up(B)
     assert pair.changes == [(B, True), (B, False)]
     assert pair.b.peers()[0].inbound is False
+
+
+def test_a_long_line_in_many_pieces_arrives_whole() -> None:
+    """A call whose line comes in small pieces (each without a line end) is read whole."""
+    pair = Pair()
+    seen: list[dict[str, Any]] = []
+
+    def handler(domain: str, caller: Any, body: dict[str, Any]) -> dict[str, Any]:
+        seen.append(body)
+        return {}
+
+    pair.b.call_handler = handler
+    line = b'{"t":"call","id":1,"d":"D","body":{"pad":"' + b"y" * 5000 + b'"}}\n'
+    for start in range(0, len(line), 7):
+        pair.server.dataReceived(line[start : start + 7])
+    assert seen == [{"pad": "y" * 5000}]
+    assert not pair.server.transport.disconnecting  # type: ignore[union-attr]
+
+
+def test_the_bound_counts_the_unfinished_line_left_by_a_piece() -> None:
+    """The bound applies to the whole unfinished line: the tail left after a line
+    end in one piece plus the pieces after it."""
+    pair = Pair()
+    pair.server.MAX_LENGTH = 1024
+    pair.server.dataReceived(b'{"t":"ping","n":1}\n' + b"x" * 600)
+    pair.server.dataReceived(b"x" * 424)
+    assert not pair.server.transport.disconnecting  # type: ignore[union-attr]
+    pair.server.dataReceived(b"x")
+    assert pair.server.transport.disconnecting  # type: ignore[union-attr]

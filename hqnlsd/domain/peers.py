@@ -217,6 +217,10 @@ class PeerLink(LineOnlyReceiver):
         self.claimed: dict[str, int] = {}
         #: LineOnlyReceiver's bound, read from `MAX_LINE` as the link is made
         self.MAX_LENGTH = MAX_LINE
+        #: pieces of an unfinished line not yet handed to LineOnlyReceiver (see
+        #: `dataReceived`), and their length
+        self._pieces: list[bytes] = []
+        self._pending = 0
         self._started = 0.0
         self._last_line = 0.0
         self._ping_seq = 0
@@ -272,6 +276,23 @@ class PeerLink(LineOnlyReceiver):
                 "domains": self.network.hello_domains(address),
             }
         )
+
+    def dataReceived(self, data: bytes) -> None:
+        """LineOnlyReceiver's framing, fed whole lines where it can: it joins its
+        buffer to every piece received, which for a long line (a `Decided` can be
+        megabytes, in pieces of at most 32 KiB under TLS) costs time quadratic in
+        the line's length, so pieces without a line end are gathered here and
+        handed over at once, as soon as a line ends or the bound is passed."""
+        if self.delimiter not in data:
+            self._pieces.append(data)
+            self._pending += len(data)
+            if len(self._buffer) + self._pending <= self.MAX_LENGTH:
+                return
+            data = b""
+        if self._pieces:
+            data = b"".join([*self._pieces, data])
+            self._pieces, self._pending = [], 0
+        super().dataReceived(data)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A line (even an unfinished one) longer than `MAX_LINE`: drop the link."""
