@@ -17,7 +17,7 @@ from twisted.test import iosim
 from hqnlsd.domain import peers
 from hqnlsd.domain.messages import Message
 from hqnlsd.domain.peers import PeerCallError, PeerLink, PeerNetwork, PeerTimers
-from tests.test_domain_peers_helpers import addr
+from tests.domain.test_domain_peers_helpers import addr
 
 A, B = addr("127.0.0.1"), addr("127.0.0.2")
 DOMAINS = {"D": {A: 1, B: 2}}
