@@ -62,8 +62,9 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -195,15 +196,16 @@ def _strict_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _line(payload: Mapping[str, object]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\n"
+def _json(payload: Mapping[str, object]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 @implementer(IHandshakeListener)
-class PeerLink(Protocol):
+class PeerLink(LineOnlyReceiver):
     """One TLS connection to or from a peer member (see the module docstring)."""
 
     log = Logger()
+    delimiter = b"\n"
 
     def __init__(self, network: PeerNetwork, outbound_to: Address | None) -> None:
         """A link for ``network``; ``outbound_to`` is the peer we dial (None: accepted)."""
@@ -213,8 +215,12 @@ class PeerLink(Protocol):
         self.identified = False
         self.up = False
         self.claimed: dict[str, int] = {}
-        self._buffer = bytearray()
-        self._scanned = 0
+        #: LineOnlyReceiver's bound, read from `MAX_LINE` as the link is made
+        self.MAX_LENGTH = MAX_LINE
+        #: pieces of an unfinished line not yet handed to LineOnlyReceiver (see
+        #: `dataReceived`), and their length
+        self._pieces: list[bytes] = []
+        self._pending = 0
         self._started = 0.0
         self._last_line = 0.0
         self._ping_seq = 0
@@ -240,7 +246,13 @@ class PeerLink(Protocol):
         if identity.role is not Role.MEMBER or identity.address is None:
             self._refuse(f"{identity} is not a domain member")
             return
-        address = identity.address
+        self.admit(identity.address)
+
+    def admit(self, address: Address) -> None:
+        """The peer proved (by its certificate, see `handshakeCompleted`) to be the
+        member ``address``: greet it if it may talk to us, else close the link.
+        Tests of the link under the TLS layer call this in place of the handshake."""
+        identity = f"member {address}"  # as `PeerIdentity` names it in logs
         if self.outbound_to is not None:
             if address != self.outbound_to:
                 self._refuse(f"dialled {self.outbound_to} but {address} answered")
@@ -266,22 +278,26 @@ class PeerLink(Protocol):
         )
 
     def dataReceived(self, data: bytes) -> None:
-        """Split the stream into lines (bounded), handle each."""
-        self._buffer.extend(data)
-        while not self._closed:
-            end = self._buffer.find(b"\n", self._scanned)
-            if end < 0:
-                self._scanned = len(self._buffer)
-                if len(self._buffer) > MAX_LINE:
-                    self._refuse(f"a line longer than {MAX_LINE} bytes")
+        """LineOnlyReceiver's framing, fed whole lines where it can: it joins its
+        buffer to every piece received, which for a long line (a `Decided` can be
+        megabytes, in pieces of at most 32 KiB under TLS) costs time quadratic in
+        the line's length, so pieces without a line end are gathered here and
+        handed over at once, as soon as a line ends or the bound is passed."""
+        if self.delimiter not in data:
+            self._pieces.append(data)
+            self._pending += len(data)
+            if len(self._buffer) + self._pending <= self.MAX_LENGTH:
                 return
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            self._scanned = 0
-            if len(line) > MAX_LINE:
-                self._refuse(f"a line longer than {MAX_LINE} bytes")
-                return
-            self._line_received(line)
+            data = b""
+        if self._pieces:
+            data = b"".join([*self._pieces, data])
+            self._pieces, self._pending = [], 0
+        super().dataReceived(data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line (even an unfinished one) longer than `MAX_LINE`: drop the link."""
+        if not self._closed:
+            self._refuse(f"a line longer than {self.MAX_LENGTH} bytes")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Forget the link; the network tells the domain nodes if it was up."""
@@ -293,7 +309,10 @@ class PeerLink(Protocol):
 
     # -- lines ---------------------------------------------------------------------
 
-    def _line_received(self, line: bytes) -> None:
+    def lineReceived(self, line: bytes) -> None:
+        """Handle one line (nothing more once the link is closed)."""
+        if self._closed:
+            return
         if not self.identified or self.peer is None:
             self._refuse("application data before the peer was identified")
             return
@@ -432,7 +451,7 @@ class PeerLink(Protocol):
 
     def _write(self, payload: Mapping[str, object]) -> None:
         if not self._closed and self.transport is not None:
-            self.transport.write(_line(payload))
+            self.sendLine(_json(payload))
 
     def _refuse(self, why: str) -> None:
         self.log.warn(
@@ -618,7 +637,8 @@ class PeerNetwork(MultiService):
             Callable[[str, Address, dict[str, Any]], dict[str, Any] | Deferred[dict[str, Any]]]
             | None
         ) = None
-        self._calls: dict[int, tuple[Address, Deferred[dict[str, Any]], Any]] = {}
+        #: calls waiting for their reply: number -> (callee, what the caller waits on)
+        self._calls: dict[int, tuple[Address, Deferred[dict[str, Any]]]] = {}
         self._call_seq = 0
         self._link_changed = link_changed
         self.domains: dict[str, Mapping[Address, int]] = {}
@@ -707,9 +727,24 @@ class PeerNetwork(MultiService):
             return fail(PeerCallError("UNREACHABLE", f"no link to the domain member {address}"))
         self._call_seq += 1
         number = self._call_seq
-        done: Deferred[dict[str, Any]] = Deferred()
-        timer = self.clock.callLater(timeout, self._call_timed_out, number, timeout)
-        self._calls[number] = (address, done, timer)
+        # Cancelled (by the timeout or the caller): forget the call, so that a late
+        # reply is dropped.
+        def forget(_: Deferred[dict[str, Any]]) -> None:
+            self._calls.pop(number, None)
+
+        done: Deferred[dict[str, Any]] = Deferred(forget)
+
+        def timed_out(result: object, seconds: float) -> Failure:
+            return Failure(
+                PeerCallError(
+                    "TIMEOUT",
+                    f"no answer from the domain member {address} within {seconds:g}s; "
+                    "the change may or may not have been made: check with a listing",
+                )
+            )
+
+        done.addTimeout(timeout, self.clock, onTimeoutCancel=timed_out)
+        self._calls[number] = (address, done)
         state.outbound._write({"t": "call", "id": number, "d": domain_id, "body": dict(body)})
         return done
 
@@ -728,9 +763,7 @@ class PeerNetwork(MultiService):
     def stopService(self) -> Deferred[None] | None:
         """Stop dialling and listening; drop every accepted link; fail waiting calls."""
         for number in sorted(self._calls):
-            _address, done, timer = self._calls.pop(number)
-            if timer.active():
-                timer.cancel()
+            _address, done = self._calls.pop(number)
             done.errback(PeerCallError("UNREACHABLE", "this daemon is stopping"))
         for state in self._peers.values():
             for link in list(state.inbound):
@@ -826,9 +859,7 @@ class PeerNetwork(MultiService):
         if pending is None or pending[0] != address:
             return  # late (timed out) or not ours to answer
         del self._calls[number]  # type: ignore[arg-type]
-        _, done, timer = pending
-        if timer.active():
-            timer.cancel()
+        _, done = pending
         body = payload.get("body")
         if payload.get("ok") is True and isinstance(body, dict):
             done.callback(body)
@@ -837,18 +868,6 @@ class PeerNetwork(MultiService):
                 PeerCallError(
                     str(payload.get("error") or "INTERNAL"),
                     str(payload.get("message") or "the peer refused the call"),
-                )
-            )
-
-    def _call_timed_out(self, number: int, timeout: float) -> None:
-        pending = self._calls.pop(number, None)
-        if pending is not None:
-            address, done, _ = pending
-            done.errback(
-                PeerCallError(
-                    "TIMEOUT",
-                    f"no answer from the domain member {address} within {timeout:g}s; "
-                    "the change may or may not have been made: check with a listing",
                 )
             )
 
