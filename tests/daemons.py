@@ -35,6 +35,7 @@ import dataclasses
 import datetime
 import ipaddress
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -158,15 +159,33 @@ def hosts_file_text(addresses: Sequence[str]) -> str:
 #: Ports free_port has handed out in this test run: never handed out twice, so two
 #: calls in a row (say --port and --peer-port of one daemon) never get the same one.
 _HANDED_OUT: set[int] = set()
+_PICK = random.Random()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port(address: str) -> int:
-    """A TCP port that is free on ``address`` right now (the kernel picks it), and
-    not one handed out before in this run."""
-    for _ in range(100):
+    """A TCP port that is free on ``address`` right now, not one handed out before
+    in this run, and below the kernel's ephemeral range: a port the kernel picked
+    (bind to 0) is one it may also give to an outgoing connection before the
+    daemon binds it (the flood tests open thousands), and the daemon then fails
+    with "Address already in use"."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = _PICK.randrange(10000, low) if low > 11000 else 0
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((address, 0))
-            port: int = probe.getsockname()[1]
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+            port = probe.getsockname()[1]
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
