@@ -47,6 +47,12 @@ from hqnlsd.persistence.store import DATABASE_NAME, Journal, JournalError, open_
 from hqnlsd.protocols.client import ClientProtocolFactory
 from hqnlsd.protocols.wire import Err, Reply
 from hqnlsd.sdnotify import SystemdNotifier
+from hqnlsd.securefiles import (
+    UnsafePathError,
+    check_state_dir,
+    check_state_entries,
+    check_trusted_file,
+)
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status
 
@@ -779,13 +785,6 @@ def preflight(config: DaemonConfig, *, uid: int | None = None) -> None:
 def _check_files(config: DaemonConfig, uid: int | None) -> None:
     """The state directory, what is in it and the manhole's keys file, as
     `hqnlsd.securefiles` wants them; a readable state directory is logged."""
-    from hqnlsd.securefiles import (
-        UnsafePathError,
-        check_state_dir,
-        check_state_entries,
-        check_trusted_file,
-    )
-
     try:
         for warning in check_state_dir(config.state_dir, uid=uid):
             _preflight_log.warn("{warning}", warning=warning)

@@ -299,15 +299,13 @@ def escape_event(event: LogEvent) -> LogEvent:
         return event
     copy: LogEvent | None = None
     for key, value in event.items():
-        if (
-            type(value) is str
-            and not (value.isprintable() and "\\" not in value)
-            and not key.startswith("log_")
-            and key not in _NOT_VALUES
-        ):
+        if type(value) is not str or key.startswith("log_") or key in _NOT_VALUES:
+            continue
+        escaped = escape_text(value)  # the same object when nothing needs escaping
+        if escaped is not value:
             if copy is None:
                 copy = dict(event)
-            copy[key] = escape_text(value)
+            copy[key] = escaped
     return event if copy is None else copy
 
 
