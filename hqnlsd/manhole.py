@@ -16,7 +16,7 @@ Security model (SPEC 7):
   (``manhole_host_key``, mode 0600, plus ``manhole_host_key.pub`` to pin in
   ``known_hosts``) and reused on every later start. A host key file that group or
   others may read is refused. No key ever lives in the source tree.
-- The listener is built with ``strports.service`` so a failed bind stops start-up.
+- The listener is a `hqnlsd.listeners.Listener`, so a failed bind stops start-up.
   A TCP description without ``interface=`` is bound to the loopback interface
   (``127.0.0.1``, or ``::1`` for ``tcp6``); listening anywhere else must be asked for
   explicitly. UNIX sockets are accepted (mode 0600 unless given); other endpoint
@@ -39,9 +39,7 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.application.strports import service as strports_service
 from twisted.conch import error as conch_error
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
 from twisted.conch.insults.insults import ServerProtocol
@@ -55,13 +53,14 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import components
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hqnlsd.listen import loopback_unless_named
+from hqnlsd.listeners import Listener
 from hqnlsd.securefiles import (
     UnsafePathError,
     check_trusted_file,
@@ -527,25 +526,6 @@ class ManholeSSHFactory(ssh_factory.SSHFactory):
         return {self.host_key.sshType(): self.host_key}
 
 
-@implementer(IStreamServerEndpoint)
-class _RecordingEndpoint:
-    """Wraps the strports endpoint to remember the port it listens on."""
-
-    def __init__(self, wrapped: Any, owner: ManholeService) -> None:
-        self._wrapped = wrapped
-        self._owner = owner
-
-    def listen(self, protocolFactory: Any) -> Deferred[Any]:
-        d: Deferred[Any] = self._wrapped.listen(protocolFactory)
-
-        def record(port: Any) -> Any:
-            self._owner.listening_port = port
-            return port
-
-        d.addCallback(record)
-        return d
-
-
 class ManholeService(MultiService):
     """The manhole: checks its keys, then listens (an IService).
 
@@ -554,8 +534,6 @@ class ManholeService(MultiService):
     ``startService``; any problem raises and so stops the daemon's start-up, as does
     a failed bind.
     """
-
-    listening_port: IListeningPort | None
 
     def __init__(
         self,
@@ -573,12 +551,15 @@ class ManholeService(MultiService):
         self.factory = factory
         self.authorized_keys = authorized_keys
         self.state_dir = state_dir
-        self.listening_port = None
-        listener: StreamServerEndpointService = strports_service(
-            description, cast(IProtocolFactory, factory), reactor=reactor
+        self.listener = Listener.from_description(
+            reactor, description, cast(IProtocolFactory, factory)
         )
-        listener.endpoint = _RecordingEndpoint(listener.endpoint, self)
-        listener.setServiceParent(self)
+        self.listener.setServiceParent(self)
+
+    @property
+    def listening_port(self) -> IListeningPort | None:
+        """The bound port (tests bind port 0 and read it here); None unless listening."""
+        return self.listener.port
 
     def _prepare(self) -> None:
         """Load the host key and check the authorized keys, once."""
@@ -604,7 +585,6 @@ class ManholeService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """Stop listening; sessions already open are not cut."""
-        self.listening_port = None
         d: Deferred[None] = super().stopService()
         return d
 

@@ -56,18 +56,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.application.strports import service as strports_service
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.web import http, pages
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
 from hqnlsd.listen import loopback_unless_named
+from hqnlsd.listeners import Listener
 from hqnlsd.status import Status
 
 PREFIX = "hqnlsd"
@@ -476,29 +473,8 @@ def metrics_listen_description(description: str) -> str:
         raise MetricsError(str(error)) from None
 
 
-@implementer(IStreamServerEndpoint)
-class _RecordingEndpoint:
-    """Wraps the listener's endpoint to remember the port it bound (tests use port 0)."""
-
-    def __init__(self, wrapped: IStreamServerEndpoint, owner: MetricsService) -> None:
-        self._wrapped = wrapped
-        self._owner = owner
-
-    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
-        """Listen with the wrapped endpoint and record the port."""
-        d: Deferred[IListeningPort] = self._wrapped.listen(protocolFactory)
-
-        def record(port: IListeningPort) -> IListeningPort:
-            self._owner.listening_port = port
-            return port
-
-        return d.addCallback(record)
-
-
 class MetricsService(MultiService):
     """The metrics web listener (an IService); ``listening_port`` once bound."""
-
-    listening_port: IListeningPort | None
 
     def __init__(self, description: str, metrics: Metrics, reactor: Any) -> None:
         """Prepare a listener on description (already made loopback-safe)."""
@@ -506,23 +482,20 @@ class MetricsService(MultiService):
         self.setName("metrics")
         self.description = description
         self.metrics = metrics
-        self.listening_port = None
-        listener: StreamServerEndpointService = strports_service(
-            description, cast(IProtocolFactory, metrics_site(metrics)), reactor=reactor
+        self.listener = Listener.from_description(
+            reactor, description, cast(IProtocolFactory, metrics_site(metrics))
         )
-        listener.endpoint = _RecordingEndpoint(listener.endpoint, self)
-        listener.setServiceParent(self)
+        self.listener.setServiceParent(self)
+
+    @property
+    def listening_port(self) -> IListeningPort | None:
+        """The bound port (tests bind port 0 and read it here); None unless listening."""
+        return self.listener.port
 
     def startService(self) -> None:
         """Start listening (if privilegedStartService has not bound already)."""
         super().startService()
         _log.info("metrics listening on {description} (/metrics)", description=self.description)
-
-    def stopService(self) -> Deferred[None]:
-        """Stop listening."""
-        self.listening_port = None
-        d: Deferred[None] = super().stopService()
-        return d
 
 
 def make_metrics_service(description: str, metrics: Metrics, reactor: Any) -> MetricsService:

@@ -19,11 +19,10 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
 
-from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -36,6 +35,7 @@ from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event, Granted, Released, Revoked
 from hqnlsd.limits import client_connection_cap, limit_listener, soft_nofile
 from hqnlsd.listen import loopback_unless_named, split_description
+from hqnlsd.listeners import Listener
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.logging.files import MAX_ROTATED_FILES, cap_log_files
 from hqnlsd.logging.observer import FilterInstallation, install_switch_filter
@@ -483,7 +483,7 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
     """The whole daemon: root service with the client listener (and manhole) as children."""
     root = HqnlsdService(config, reactor)
     client = _client_factory(root, reactor)
-    listener = strports.service(config.client_listen, client, reactor=reactor)
+    listener = Listener.from_description(reactor, config.client_listen, client)
     listener.setName("client-listener")
     listener.setServiceParent(root)
     if config.metrics_listen is not None:
@@ -507,11 +507,7 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
         manhole.setServiceParent(root)
     _add_admin_services(root, config, reactor)
     if root.domains is not None:
-        limits, metrics_ = config.limits, root.metrics
-        root.domains.network.listener.wrap = lambda factory: limit_listener(
-            "peer", factory, limits, reactor, metrics_
-        )
-        root.metrics.set_connection_limit("peer", limits.listener_max_connections)
+        _limit_listener(root, root.domains.network.listener, "peer", reactor)
         root.domains.setServiceParent(root)
     # "Starting factory <... object at 0x...>" on every bind says nothing an admin
     # can use; the listener lines of `privilegedStartService` say where each is.
@@ -591,15 +587,13 @@ def _client_factory(root: HqnlsdService, reactor: Any) -> Any:
 
 def _limit_listener(root: HqnlsdService, service: Any, label: str, reactor: Any) -> None:
     """Put the factory of ``service``'s listener (itself, or its child listener) under
-    the limits of ``label`` (`hqnlsd.limits.limit_listener`)."""
+    the limits of ``label`` (`hqnlsd.limits.limit_listener`), outside its other wrappers."""
     listener = service
-    if not isinstance(listener, StreamServerEndpointService):
-        listener = next(
-            child for child in service if isinstance(child, StreamServerEndpointService)
-        )
-    limits = root.config.limits
-    listener.factory = limit_listener(label, listener.factory, limits, reactor, root.metrics)
-    root.metrics.set_connection_limit(label, limits.listener_max_connections)
+    if not isinstance(listener, Listener):
+        listener = next(child for child in service if isinstance(child, Listener))
+    limits, metrics = root.config.limits, root.metrics
+    listener.wrap(lambda factory: limit_listener(label, factory, limits, reactor, metrics))
+    metrics.set_connection_limit(label, limits.listener_max_connections)
 
 
 # -- start-up failures: one line that names the option, the path or address, the cause --
@@ -840,31 +834,28 @@ _LISTENER_LABELS = {
 }
 
 
-def _listeners(service: MultiService, label: str | None = None) -> Iterator[tuple[str, Any]]:
+def _listeners(
+    service: MultiService, label: str | None = None
+) -> Iterator[tuple[str, Listener]]:
     """Every listening service below ``service``, with the label the log gives it."""
     for child in service:
         name = _LISTENER_LABELS.get(getattr(child, "name", None) or "", label)
-        if isinstance(child, StreamServerEndpointService) or hasattr(child, "requested"):
+        if isinstance(child, Listener):
             yield name or "listener", child
         if isinstance(child, MultiService):
             yield from _listeners(child, name)
 
 
-def _log_listener(log: Logger, label: str, listener: Any) -> None:
+def _log_listener(log: Logger, label: str, listener: Listener) -> None:
     """Log where ``listener`` listens once bound (address and port, or socket path)."""
 
-    def logged(port: Any) -> Any:
-        host = port.getHost()
+    def logged(port: IListeningPort) -> None:
+        host: Any = port.getHost()
         where = (
             f"{host.host}:{host.port}"
             if hasattr(host, "port")
             else os.fsdecode(getattr(host, "name", b"?"))
         )
         log.info("{label} on {where}", label=label, where=where)
-        return port
 
-    waiting = getattr(listener, "_waitingForPort", None)
-    if isinstance(waiting, Deferred):
-        waiting.addCallback(logged)
-    elif getattr(listener, "port", None) is not None:
-        logged(listener.port)
+    listener.when_bound(logged)

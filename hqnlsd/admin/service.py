@@ -27,7 +27,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
@@ -40,6 +39,7 @@ from hqnlsd.admin.handler import AdminHandler
 from hqnlsd.admin.protocol import AdminFactory
 from hqnlsd.config import DaemonConfig, client_port, runtime_socket_name
 from hqnlsd.listen import loopback_unless_named
+from hqnlsd.listeners import Listener
 from hqnlsd.tls import DomainCredentials, server_options
 
 #: The admin socket's file name in the state directory.
@@ -177,8 +177,7 @@ def make_admin_services(
             )
         gid = None if socket_group is None else group_id(socket_group)
         endpoint = AdminSocketEndpoint(reactor, Path(socket_path), socket_mode, gid)
-        local = StreamServerEndpointService(endpoint, AdminFactory(handler))
-        local._raiseSynchronously = True
+        local = Listener(endpoint, AdminFactory(handler), requested=str(socket_path))
         local.setName("admin-socket")
         services.append(local)
         if runtime_socket is not None:
@@ -186,8 +185,7 @@ def make_admin_services(
             # with one line, before anything listens.
             prepare_runtime_dir(Path(runtime_socket).parent, gid)
             published = AdminSocketEndpoint(reactor, Path(runtime_socket), socket_mode, gid)
-            runtime = StreamServerEndpointService(published, AdminFactory(handler))
-            runtime._raiseSynchronously = True
+            runtime = Listener(published, AdminFactory(handler), requested=str(runtime_socket))
             runtime.setName("admin-runtime-socket")
             services.append(runtime)
     if tls_listen is not None:
@@ -203,8 +201,7 @@ def make_admin_services(
             False,
             AdminFactory(handler, ca_certificate=tls_credentials.ca_certificate),
         )
-        remote = StreamServerEndpointService(tcp, wrapped)
-        remote._raiseSynchronously = True
+        remote = Listener(tcp, wrapped, requested=description)
         remote.setName("admin-tls")
         services.append(remote)
     return services

@@ -57,11 +57,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -71,6 +75,7 @@ from zope.interface import implementer
 
 from hqnlsd.domain.messages import Message, MessageError, decode, encode
 from hqnlsd.domain.view import brief, is_whole
+from hqnlsd.listeners import Listener
 from hqnlsd.tls import (
     DomainCredentials,
     PeerNotRecognised,
@@ -551,49 +556,6 @@ class _PeerEndpoint:
         return connected
 
 
-class _Listener(Service):
-    """The peer listener: binds in privilegedStartService, so a failed bind stops start-up."""
-
-    def __init__(self, network: PeerNetwork, port: int) -> None:
-        self.network = network
-        self.requested = port
-        self.port: Any = None
-        #: Wraps the listener's (TLS) factory, outermost: the daemon's connection
-        #: limits (`hqnlsd.limits`); None: no wrapper.
-        self.wrap: Callable[[Any], Any] | None = None
-
-    def privilegedStartService(self) -> None:
-        network = self.network
-        factory = _LinkFactory(network, None)
-        if self.wrap is None:
-            self.port = network.reactor.listenSSL(
-                self.requested,
-                factory,
-                server_options(network.credentials),
-                interface=str(network.me),
-            )
-        else:
-            # What listenSSL does, with the limits outside TLS.
-            tls = TLSMemoryBIOFactory(server_options(network.credentials), False, factory)
-            self.port = network.reactor.listenTCP(
-                self.requested, self.wrap(tls), interface=str(network.me)
-            )
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        super().startService()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return None
-        stopped: Deferred[None] | None = port.stopListening()
-        return stopped
-
-
 class PeerNetwork(MultiService):
     """The peer listener, one reconnecting link per peer, and their state.
 
@@ -643,7 +605,15 @@ class PeerNetwork(MultiService):
         self._link_changed = link_changed
         self.domains: dict[str, Mapping[Address, int]] = {}
         self._peers: dict[Address, _PeerState] = {}
-        self.listener = _Listener(self, listen_port)
+        #: Binds in privilegedStartService, so a failed bind stops start-up. Its
+        #: links are under TLS, and whatever `Listener.wrap` adds (the daemon's
+        #: connection limits) is outside TLS.
+        self.listener = Listener(
+            TCP4ServerEndpoint(reactor, listen_port, interface=str(me)),
+            _LinkFactory(self, None),
+            requested=listen_port,
+        )
+        self.listener.wrap(self._under_tls)
         self.listener.setServiceParent(self)
 
     # -- configuration -------------------------------------------------------------
@@ -651,8 +621,12 @@ class PeerNetwork(MultiService):
     @property
     def listening_port(self) -> int | None:
         """The TCP port the listener is bound to (None before start)."""
-        port = self.listener.port
-        return None if port is None else int(port.getHost().port)
+        host: Any = self.listener.address  # a TCP address: it has a port
+        return None if host is None else int(host.port)
+
+    def _under_tls(self, factory: IProtocolFactory) -> IProtocolFactory:
+        """``factory``'s links under TLS with this member's certificate, a peer's required."""
+        return TLSMemoryBIOFactory(server_options(self.credentials), False, factory)
 
     def set_domains(self, domains: Domains) -> None:
         """Serve these domains: dial every other member, drop links to former ones."""
