@@ -212,7 +212,7 @@ class LsaEndToEnd(unittest.TestCase):
     def _tls(self, key: Path, crt: Path) -> Deferred[Any]:
         def talk() -> Any:
             client = AdminClient.tls(
-                "127.0.0.1", self.tls_port, ca=self.ca_file, cert=crt, key=key, timeout=10
+                "127.0.0.1", self.tls_port, ca=self.ca_file, cert=crt, key=key, timeout=RUN_TIMEOUT
             )
             try:
                 return client.call("policy", {"product": {"index": 1}, "value": "UVIS+"})
@@ -245,7 +245,7 @@ class LsaEndToEnd(unittest.TestCase):
         """Bad JSON, a wrong version and a missing command each get a named error."""
 
         def talk() -> list[dict[str, Any]]:
-            client = AdminClient.unix(self.socket, timeout=10)
+            client = AdminClient.unix(self.socket, timeout=RUN_TIMEOUT)
             try:
                 sock = client._sock
                 answers = []
