@@ -56,12 +56,14 @@ from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issu
 
 #: The repository root: on the daemons' PYTHONPATH so that twisted/plugins is found.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: How long a daemon may take to answer PING after it is started (seconds).
-READY_TIMEOUT = 20.0
+#: How long a daemon may take to answer PING after it is started (seconds): several
+#: twistd processes starting at once on a loaded two-core machine take many seconds.
+READY_TIMEOUT = 60.0
 #: How long a daemon may take to exit after a signal, or a failed start (seconds).
-EXIT_TIMEOUT = 20.0
-#: Timeout of every client connect and read (seconds).
-IO_TIMEOUT = 5.0
+EXIT_TIMEOUT = 60.0
+#: Timeout of every client connect and read (seconds): a reply that waits for a
+#: commit (fsync, a backup's acknowledgement) can take seconds on a loaded machine.
+IO_TIMEOUT = 20.0
 #: Log lines shown when something fails.
 TAIL_LINES = 60
 #: The interval between readiness probes; each pause is a bounded wait on the process.

@@ -81,8 +81,9 @@ from typing import TypeVar
 
 #: The only network the proxy will touch.
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
-#: How long a control call may wait for the proxy thread (seconds).
-CONTROL_TIMEOUT = 5.0
+#: How long a control call may wait for the proxy thread (seconds): generous, the
+#: thread shares a loaded machine (and the GIL) with the test.
+CONTROL_TIMEOUT = 20.0
 #: How long an upstream connect may take (seconds).
 CONNECT_TIMEOUT = 5.0
 #: Bytes buffered per direction of a connection before the proxy stops reading.

@@ -419,7 +419,7 @@ class PeerClient:
         member: int,
         domain_id: str,
         rank: int,
-        timeout: float = 10.0,
+        timeout: float = 20.0,
     ) -> None:
         """Connect from ``source`` with ``tls_dir/member-N`` credentials; exchange hellos."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -437,16 +437,17 @@ class PeerClient:
             raw.close()
             raise
         self.sock.settimeout(timeout)
+        self.timeout = timeout
         self._buffer = b""
         self._ping = 0
         self.closed = False
         self.send_raw(
             _json_line({"t": "hello", "v": 1, "addr": source, "domains": {domain_id: rank}})
         )
-        while True:
-            line = self._read_line()
-            if json.loads(line).get("t") == "hello":
-                break
+        # Bounded as a whole, not only per read: the daemon's own pings keep coming.
+        deadline = time.monotonic() + timeout
+        while json.loads(self._read_line(deadline)).get("t") != "hello":
+            pass
 
     def send_raw(self, line: bytes) -> None:
         """Send one line (it must end with a newline)."""
@@ -467,13 +468,20 @@ class PeerClient:
         """
         self._ping += 1
         self.send_raw(_json_line({"t": "ping", "n": self._ping}))
+        deadline = time.monotonic() + self.timeout
         while True:
-            payload = json.loads(self._read_line())
+            payload = json.loads(self._read_line(deadline))
             if payload.get("t") == "pong" and payload.get("n") == self._ping:
                 return
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, deadline: float) -> bytes:
+        """The next line; PeerLinkClosed if the link breaks or is silent past ``deadline``
+        (as a read timeout is; other lines, such as the daemon's pings, do not make
+        the wait longer)."""
         while b"\n" not in self._buffer:
+            if time.monotonic() > deadline:
+                self.closed = True
+                raise PeerLinkClosed(f"the awaited line did not come within {self.timeout} s")
             try:
                 data = self.sock.recv(65536)
             except (OSError, ssl.SSLError) as error:

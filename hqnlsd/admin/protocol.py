@@ -10,12 +10,12 @@ can send a command. Requests are answered strictly in order, one at a time.
 
 from __future__ import annotations
 
-import math
 import socket
 import struct
 import weakref
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
@@ -28,52 +28,66 @@ import hqnlsd
 from hqnlsd.admin import wire
 from hqnlsd.admin.handler import AdminError, AdminHandler
 from hqnlsd.config import client_port
+from hqnlsd.logging.badinput import BadInputLog, Scheduler
 from hqnlsd.tls import PeerIdentity, PeerNotRecognised, Role, identify_peer
 
 #: How many request lines may wait while one is being answered.
 MAX_QUEUED = 64
-#: Malformed admin requests are reported at most once per this many seconds.
+#: Malformed admin requests of one peer are reported at most once per this many seconds.
 MALFORMED_LOG_INTERVAL = 60.0
+#: Peers whose malformed requests are reported one by one in an interval (the
+#: others together): admins are few, a flood of them is not.
+MALFORMED_SOURCES = 16
 #: Refusals that mean the request itself was malformed (reported, rate-limited).
 MALFORMED = frozenset({wire.BAD_REQUEST, wire.VERSION, wire.UNKNOWN_COMMAND})
-#: What wrong argument types raise in a command that did not check them: answered
-#: and reported like a malformed request, never logged as a traceback.
-ARGUMENT_ERRORS = (TypeError, ValueError, AttributeError, KeyError, LookupError, RecursionError)
+#: The line of a peer's first malformed request in an interval.
+MALFORMED_LINE = (
+    "admin {source}: refused a {noun}: {detail} "
+    "(more are counted and reported every {interval:g} s)"
+)
 
 
 class MalformedRequests:
-    """Counts an admin handler's malformed requests; one warning per interval at most.
+    """Counts an admin handler's malformed requests and reports them rate-limited.
 
-    Like invalid peer messages (`hqnlsd.domain.peers`): the first one is logged
-    with its reason, later ones only counted until `MALFORMED_LOG_INTERVAL` has
-    passed, then the next report says how many there were meanwhile.
+    The reporting is a `BadInputLog` (like bad client lines): per peer, the first
+    malformed request in an interval of `MALFORMED_LOG_INTERVAL` is logged with
+    its reason, later ones only counted and summarised when the interval ends.
+    `stop` (when the admin service stops) logs what is still counted and cancels
+    the interval's timer; refusals after it are only counted.
     """
 
     log = Logger()
 
-    def __init__(self, clock: Any) -> None:
-        self.clock = clock
-        #: every malformed request refused, and those not reported yet
+    def __init__(self, clock: Scheduler) -> None:
+        #: every malformed request refused
         self.total = 0
-        self.unlogged = 0
-        self._logged_at = -math.inf
+        self._stopped = False
+        self._report = BadInputLog(
+            self.log,
+            clock,
+            interval=MALFORMED_LOG_INTERVAL,
+            max_sources=MALFORMED_SOURCES,
+            noun="malformed request",
+            line_format=MALFORMED_LINE,
+            max_detail=200,
+        )
 
     def refused(self, who: str, why: str) -> None:
-        """Count one refusal; log it unless one was logged within the interval."""
+        """Count one refusal of ``who``'s request; log it unless rate-limited."""
         self.total += 1
-        self.unlogged += 1
-        now = self.clock.seconds()
-        if now - self._logged_at < MALFORMED_LOG_INTERVAL:
-            return
-        self.log.warn(
-            "admin {who}: refused a malformed request: {why}; {count} malformed "
-            "request(s) refused since the last report (at most one report a minute)",
-            who=who,
-            why=why[:200],
-            count=self.unlogged,
-        )
-        self._logged_at = now
-        self.unlogged = 0
+        if not self._stopped:
+            self._report.note(who, why)
+
+    def start(self) -> None:
+        """Report refusals again (the admin service started again)."""
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Log what is still counted and cancel the interval's timer (the admin
+        service stops: no timer may outlive it)."""
+        self._stopped = True
+        self._report.stop()
 
 
 _MALFORMED: weakref.WeakKeyDictionary[AdminHandler, MalformedRequests] = weakref.WeakKeyDictionary()
@@ -85,6 +99,24 @@ def malformed_requests(handler: AdminHandler) -> MalformedRequests:
     if counter is None:
         counter = _MALFORMED[handler] = MalformedRequests(handler.root.reactor)
     return counter
+
+
+class MalformedRequestsReport(Service):
+    """Starts and stops the reporting of ``handler``'s malformed requests with the
+    admin service, so that no interval timer is left on the reactor after it."""
+
+    def __init__(self, handler: AdminHandler) -> None:
+        self.handler = handler
+
+    def startService(self) -> None:
+        """Report malformed requests (again)."""
+        super().startService()
+        malformed_requests(self.handler).start()
+
+    def stopService(self) -> None:
+        """Log what is still counted and cancel the interval's timer."""
+        super().stopService()
+        malformed_requests(self.handler).stop()
 
 
 def unix_peer_label(transport: Any) -> str:
@@ -217,13 +249,10 @@ class AdminProtocol(LineOnlyReceiver):
             if error.name in MALFORMED:
                 malformed_requests(self.handler).refused(self.who, f"{command}: {error.message}")
             return wire.error(error.name, error.message, request_id)
+        # Commands validate their arguments (AdminError BAD_REQUEST): anything else
+        # is a bug, logged with its traceback and answered as such.
+        self.log.failure("admin command {command} failed", failure, command=command)
         problem = f"{type(failure.value).__name__}: {str(failure.value)[:200]}"
-        if failure.check(*ARGUMENT_ERRORS):
-            # Arguments of a type the command did not check: no traceback for an
-            # admin (or a peer's forwarded junk) to flood the log with.
-            malformed_requests(self.handler).refused(self.who, f"{command} failed: {problem}")
-        else:
-            self.log.failure("admin command {command} failed", failure, command=command)
         return wire.error(
             wire.INTERNAL, f"{command} failed inside the server: {problem}", request_id
         )

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from hqnlsd.admin.daemon import AdministeredDaemon
 from hqnlsd.admin.handler import AdminHandler
-from hqnlsd.admin.protocol import AdminFactory
+from hqnlsd.admin.protocol import AdminFactory, MalformedRequestsReport
 from hqnlsd.config import DaemonConfig, client_port, runtime_socket_name
 from hqnlsd.listen import loopback_unless_named
 from hqnlsd.listeners import Listener
@@ -166,7 +166,8 @@ def make_admin_services(
     if root.domains is not None:
         # This member runs the changes other members forward while it is a primary.
         root.domains.forwarded = handler.handle_forwarded
-    services: list[IService] = []
+    # First, so that it stops after the listeners: no malformed-request timer outlives them.
+    services: list[IService] = [MalformedRequestsReport(handler)]
     if socket_path is not None:
         if not 0 <= socket_mode <= 0o777:
             raise ValueError(f"admin socket mode {socket_mode:o} is not a file mode")

@@ -19,7 +19,13 @@ from hqnlsd.client import BlockingLicenceClient, NotGenuineServer
 from hqnlsd.permits.policy import Policy
 from hqnlsd.permits.servercert import make_server_key, write_server_key
 from hqnlsd.protocols.wire import Ok
-from tests.daemons import DaemonHarness, daemon_environment, make_permit, product_permit
+from tests.daemons import (
+    IO_TIMEOUT,
+    DaemonHarness,
+    daemon_environment,
+    make_permit,
+    product_permit,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +50,9 @@ def test_signed_replies_verify_and_a_keyless_server_is_not_genuine(
     genuine = daemons.daemon("genuine", extra_args=["--server-keys", str(keys)]).start_and_wait()
     pub = next(daemons.publisher.keys_dir.glob("*.pub"))
 
-    client = BlockingLicenceClient(servers=[f"127.0.0.1:{genuine.port}"], trusted=pub, timeout=10)
+    client = BlockingLicenceClient(
+        servers=[f"127.0.0.1:{genuine.port}"], trusted=pub, timeout=IO_TIMEOUT
+    )
     with client.request("Test Publisher", "Sealed", "1.0") as licence:
         assert licence.handle
         with genuine.client() as raw:
@@ -55,7 +63,9 @@ def test_signed_replies_verify_and_a_keyless_server_is_not_genuine(
     genuine.kill()
 
     impostor = daemons.daemon("impostor", port=genuine.port).start_and_wait()
-    client = BlockingLicenceClient(servers=[f"127.0.0.1:{impostor.port}"], trusted=pub, timeout=10)
+    client = BlockingLicenceClient(
+        servers=[f"127.0.0.1:{impostor.port}"], trusted=pub, timeout=IO_TIMEOUT
+    )
     with pytest.raises(NotGenuineServer):
         client.request("Test Publisher", "Sealed", "1.0")
 
@@ -72,13 +82,13 @@ def test_a_refused_server_gets_its_only_licence_back(daemons: DaemonHarness) -> 
     impostor = daemons.daemon("impostor").start_and_wait()
     pub = next(daemons.publisher.keys_dir.glob("*.pub"))
     server = f"127.0.0.1:{impostor.port}"
-    careful = BlockingLicenceClient(servers=[server], trusted=pub, timeout=10)
+    careful = BlockingLicenceClient(servers=[server], trusted=pub, timeout=IO_TIMEOUT)
     with pytest.raises(NotGenuineServer):
         careful.request("Test Publisher", "Only", "1.0")
     with impostor.client() as raw:
         users = raw.listing("USERS", publisher="Test Publisher", product="Only", version="1.0")
         assert users == [], users
-    trusting = BlockingLicenceClient(servers=[server], timeout=10)
+    trusting = BlockingLicenceClient(servers=[server], timeout=IO_TIMEOUT)
     with trusting.request("Test Publisher", "Only", "1.0") as licence:
         assert licence.handle
 

@@ -29,6 +29,7 @@ from hqnlsd.protocols import wire
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
+    IO_TIMEOUT,
     REPO_ROOT,
     Daemon,
     DaemonHarness,
@@ -135,7 +136,7 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float = WAIT) 
 def request_from(source: str, port: int, pid: int) -> Ok | Err:
     """One REQUEST of Widget on a fresh connection from ``source``."""
     with socket.create_connection(
-        ("127.0.0.1", port), timeout=5.0, source_address=(source, 0)
+        ("127.0.0.1", port), timeout=IO_TIMEOUT, source_address=(source, 0)
     ) as s:
         s.sendall(
             wire.format_request(
@@ -270,7 +271,7 @@ def hqn_ca(*args: str) -> None:
 
 def scrape_timeouts(port: int) -> dict[tuple[str, str], float]:
     """hqnlsd_connections_timed_out_total by (listener, reason), from /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=IO_TIMEOUT) as response:
         text = response.read().decode()
     found: dict[tuple[str, str], float] = {}
     for match in re.finditer(
@@ -327,7 +328,7 @@ def test_silent_connections_are_closed_on_every_listener(
         ],
     ).start_and_wait()
     silent = {
-        name: [socket.create_connection(("127.0.0.1", port), timeout=5.0) for _ in range(5)]
+        name: [socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) for _ in range(5)]
         for name, port in ports.items()
     }
     try:
@@ -415,7 +416,7 @@ def test_a_real_client_outlives_the_idle_timeout(daemons: DaemonHarness, tmp_pat
         assert events == []
         # Each UPDATE went out on a new connection, answered: no REQUEST again.
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=IO_TIMEOUT
         ) as response:
             text = response.read().decode()
         assert 'hqnlsd_request_duration_seconds_count{verb="REQUEST"} 1.0' in text

@@ -17,7 +17,7 @@ import pytest
 
 from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
-from tests.daemons import DaemonHarness, free_port, make_permit, product_permit
+from tests.daemons import IO_TIMEOUT, DaemonHarness, free_port, make_permit, product_permit
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def daemons(tmp_path: Path) -> Iterator[DaemonHarness]:
 
 def _scrape(port: int) -> dict[str, float]:
     """The metrics endpoint's samples, `name{labels}` -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=IO_TIMEOUT) as response:
         text = response.read().decode()
     samples = {}
     for line in text.splitlines():

@@ -47,7 +47,7 @@ from hqnlsd.tools.ca import (
 )
 
 NOW = datetime.now(UTC)
-WAIT = 15.0  # seconds any connection step may take
+WAIT = 30.0  # seconds any connection step may take (generous: the machine may be loaded)
 
 
 def credentials(ca: Issued, issued: Issued) -> DomainCredentials:

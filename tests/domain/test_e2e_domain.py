@@ -35,10 +35,12 @@ pytestmark = pytest.mark.e2e
 PUBLISHER = "Test Publisher"
 PRODUCT = "Domain Widget"
 VERSION = "1.0"
-#: A backup must serve within 5 s of the primary's death; the test allows 10 s.
-FAILOVER_BOUND = 10.0
+#: A backup must serve within 5 s of the primary's death (held exactly, on simulated
+#: time, by tests/domain/test_domain_node.py::test_failover_within_five_seconds);
+#: real processes on a loaded machine are allowed 20 s.
+FAILOVER_BOUND = 20.0
 #: How long a pair of daemons may take to verify each other and elect a primary.
-ELECTION_BOUND = 15.0
+ELECTION_BOUND = 30.0
 
 
 @pytest.fixture

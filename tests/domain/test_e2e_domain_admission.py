@@ -27,9 +27,11 @@ from tests.domain.test_e2e_domain_admin import lsa, result
 
 pytestmark = pytest.mark.e2e
 
-#: Generous bound on the admission of a restarted member (the goal is 2 s; the
-#: machine running the tests may be busy). The figure is printed.
-ADMISSION_BOUND = 10.0
+#: Generous bound on the admission of a restarted member (the goal is 2 s, held on
+#: simulated time by tests/domain/test_domain_node.py::
+#: test_restarted_member_is_admitted_within_two_seconds; the machine running the
+#: tests may be busy). The figure is printed.
+ADMISSION_BOUND = 20.0
 #: When the primary is killed after the restarted member first answers: inside
 #: the 2 s goal, and inside the old window (5.9-7.4 s in the issue; 2.0 s and
 #: more here before the fix: reconnection backoff, then `settle`, then the

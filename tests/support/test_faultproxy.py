@@ -19,8 +19,9 @@ import pytest
 from tests.daemons import free_port_on_all
 from tests.faultproxy import FaultProxy, LinkStats, ProxyError
 
-#: Timeout of every socket operation and bounded wait in these tests (seconds).
-TIMEOUT = 5.0
+#: Timeout of every socket operation and bounded wait in these tests (seconds):
+#: generous, the machine may be loaded (a passing test never waits for it).
+TIMEOUT = 20.0
 CALLER = "127.0.0.3"
 SERVER = "127.0.0.2"
 OTHER_SERVER = "127.0.0.4"

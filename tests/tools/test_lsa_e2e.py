@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,10 +53,28 @@ def connect_as(uid: int, path: Path) -> str:
         os.write(write_end, text.encode())
         os._exit(0)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        said = pipe.read().decode()
-    os.waitpid(pid, 0)
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            # The child writes once and exits: its answer, or EOF, within the bound.
+            ready, _, _ = select.select([pipe], [], [], RUN_TIMEOUT)
+            if not ready:
+                raise AssertionError(f"the child connecting as uid {uid} said nothing "
+                                     f"within {RUN_TIMEOUT} s")
+            said = pipe.read().decode()
+    finally:
+        reap(pid)
     return said
+
+
+def reap(pid: int) -> None:
+    """Wait (bounded) for child ``pid`` to exit; SIGKILL it if it is late."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # SIGKILL cannot be ignored: the exit is immediate
+            return
+        time.sleep(0.05)
 
 
 class LsaEndToEnd(unittest.TestCase):
@@ -191,7 +212,7 @@ class LsaEndToEnd(unittest.TestCase):
     def _tls(self, key: Path, crt: Path) -> Deferred[Any]:
         def talk() -> Any:
             client = AdminClient.tls(
-                "127.0.0.1", self.tls_port, ca=self.ca_file, cert=crt, key=key, timeout=10
+                "127.0.0.1", self.tls_port, ca=self.ca_file, cert=crt, key=key, timeout=RUN_TIMEOUT
             )
             try:
                 return client.call("policy", {"product": {"index": 1}, "value": "UVIS+"})
@@ -224,7 +245,7 @@ class LsaEndToEnd(unittest.TestCase):
         """Bad JSON, a wrong version and a missing command each get a named error."""
 
         def talk() -> list[dict[str, Any]]:
-            client = AdminClient.unix(self.socket, timeout=10)
+            client = AdminClient.unix(self.socket, timeout=RUN_TIMEOUT)
             try:
                 sock = client._sock
                 answers = []
