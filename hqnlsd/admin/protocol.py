@@ -71,6 +71,7 @@ class MalformedRequests:
             noun="malformed request",
             line_format=MALFORMED_LINE,
             max_detail=200,
+            source_kind="admin",
         )
 
     def refused(self, who: str, why: str) -> None:

@@ -149,6 +149,8 @@ class BadInputLog:
     :param line_format: the format of those lines (fields ``source``,
         ``detail``, ``noun``, ``interval``).
     :param max_detail: characters of a detail kept and logged.
+    :param source_kind: what a source is, in the summary lines (``client
+        10.0.0.7 sent 812 more bad lines...``; ``admin`` for the admin listeners).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class BadInputLog:
         burst: int = 1,
         line_format: str = LINE_FORMAT,
         max_detail: int = MAX_DETAIL,
+        source_kind: str = "client",
     ) -> None:
         if burst < 1:
             raise ValueError("burst must be at least 1")
@@ -178,6 +181,7 @@ class BadInputLog:
         self.burst = burst
         self.line_format = line_format
         self.max_detail = max(max_detail, 8)
+        self.source_kind = source_kind
         self._other_count = 0
         self._other_last = ""
 
@@ -224,9 +228,9 @@ class BadInputLog:
             if tally.unlogged:
                 self._log.emit(
                     self.level,
-                    "client {source} sent {count} more {noun}s in the last {interval:g} s "
+                    "{kind} {source} sent {count} more {noun}s in the last {interval:g} s "
                     "(last: {detail})",
-                    source=source, count=tally.unlogged, noun=self.noun,
+                    kind=self.source_kind, source=source, count=tally.unlogged, noun=self.noun,
                     interval=self.interval, detail=tally.last,
                 )
         if self._other_count:

@@ -85,7 +85,7 @@ def test_malformed_requests_are_reported_once_per_peer_and_interval(
     assert first.startswith("admin local: refused a malformed request: ")
     rig.clock.advance(MALFORMED_LOG_INTERVAL)
     [_, summary] = texts(logged, LogLevel.warn)
-    assert "local sent 4 more malformed requests in the last 60 s" in summary
+    assert "admin local sent 4 more malformed requests in the last 60 s" in summary
     assert not interval_timers(rig)  # none while quiet
 
 
