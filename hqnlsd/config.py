@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hqnlsd.limits import ConnectionLimits
-from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT
+from hqnlsd.protocols import DEFAULT_CLIENT_PORT
 
 DEFAULT_STATE_DIR = Path("/var/lib/hqnlsd")
 DEFAULT_PUBLISHER_KEYS = Path("/etc/hqnlsd/publishers")

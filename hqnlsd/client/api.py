@@ -71,9 +71,9 @@ from hqnlsd.client.servers import ServerAddress, load_hosts, search_list
 from hqnlsd.identity import DEFAULT_HOSTS_PATH
 from hqnlsd.permits.seal import TrustedKeys
 from hqnlsd.permits.servercert import NotGenuine
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import DEFAULT_CLIENT_PORT, client_side
+from hqnlsd.protocols.replies import Err, FieldValue, Ok
 from hqnlsd.protocols.signing import verify_reply
-from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT, Err, Ok
 from hqnlsd.status import Status
 
 #: Statuses that mean "this server cannot answer now": retry it, then go on.
@@ -136,9 +136,9 @@ class Process:
             user=user, host=socket.gethostname() or "localhost", pid=os.getpid(), uid=os.getuid()
         )
 
-    def fields(self) -> dict[str, wire.FieldValue]:
+    def fields(self) -> dict[str, FieldValue]:
         """The REQUEST fields naming this process."""
-        out: dict[str, wire.FieldValue] = {"user": self.user, "host": self.host, "pid": self.pid}
+        out: dict[str, FieldValue] = {"user": self.user, "host": self.host, "pid": self.pid}
         if self.uid is not None:
             out["uid"] = self.uid
         if self.group is not None:
@@ -159,7 +159,7 @@ class Product:
     def __str__(self) -> str:
         return f"{self.publisher} {self.product} {self.version}"
 
-    def fields(self) -> dict[str, wire.FieldValue]:
+    def fields(self) -> dict[str, FieldValue]:
         """The ``publisher= product= version=`` fields."""
         return {"publisher": self.publisher, "product": self.product, "version": self.version}
 
@@ -184,7 +184,7 @@ class PingResult:
 
 
 #: Builds a request's fields for a server, given the challenge (or None).
-FieldsFor = Callable[[bytes | None], dict[str, wire.FieldValue]]
+FieldsFor = Callable[[bytes | None], dict[str, FieldValue]]
 
 
 class LicenceClient:
@@ -506,7 +506,7 @@ class LicenceClient:
             found.connection.close()
             if isinstance(found.reply, Ok):  # an empty answer some servers give as OK
                 return []
-            return [wire.parse_fields(line) for line in found.reply]
+            return [client_side.parse_fields(line) for line in found.reply]
 
         return Deferred.fromCoroutine(run())
 
@@ -605,7 +605,7 @@ class HeldLicence:
         """True while the licence is held."""
         return self.state == "held"
 
-    def _request_fields(self, challenge: bytes | None) -> dict[str, wire.FieldValue]:
+    def _request_fields(self, challenge: bytes | None) -> dict[str, FieldValue]:
         fields = self.product.fields()
         fields.update(self.client.process.fields())
         fields["client"] = self.token
@@ -701,7 +701,7 @@ class HeldLicence:
                 connection = await client._connector(self.server)
                 self._connection = connection
             challenge = client._random(CHALLENGE_BYTES) if client.trusted is not None else None
-            fields: dict[str, wire.FieldValue] = {"handle": self.handle}
+            fields: dict[str, FieldValue] = {"handle": self.handle}
             if challenge is not None:
                 fields["challenge"] = challenge.hex()
             answer = await connection.call("UPDATE", **fields)
