@@ -98,8 +98,8 @@ if __package__ in (None, ""):
 
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.permits.policy import Policy
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols import client_side
+from hqnlsd.protocols.replies import Err, FieldValue, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     Daemon,
@@ -349,7 +349,7 @@ class History:
 
 
 def call_member(
-    daemon: Daemon, verb: str, fields: dict[str, wire.FieldValue], timeout: float
+    daemon: Daemon, verb: str, fields: dict[str, FieldValue], timeout: float
 ) -> tuple[Ok | Err | None, str]:
     """One call on a new connection: the reply, or None and why not (``refused``:
     nothing was sent; ``timeout`` / ``reset``: sent, the outcome is open)."""
@@ -363,7 +363,7 @@ def call_member(
         return client.call(verb, **fields), ""
     except TimeoutError:
         return None, "timeout"
-    except (OSError, wire.ReplyParseError):
+    except (OSError, client_side.ReplyParseError):
         return None, "reset"
     finally:
         client.close()
@@ -374,7 +374,7 @@ def users_of(daemon: Daemon, timeout: float = PROBE_TIMEOUT) -> list[str] | Ok |
     try:
         with daemon.client(timeout=timeout) as client:
             return client.listing("USERS", publisher=PUBLISHER, product=PRODUCT, version=VERSION)
-    except (OSError, wire.ReplyParseError):
+    except (OSError, client_side.ReplyParseError):
         return None
 
 
@@ -833,7 +833,7 @@ class Worker(threading.Thread):
             )
 
     def operation(
-        self, session: Session, verb: str, fields: dict[str, wire.FieldValue]
+        self, session: Session, verb: str, fields: dict[str, FieldValue]
     ) -> Operation:
         """Run one operation to a definitive answer, or until the deadline (unknown)."""
         operation = Operation(self.index, session.index, verb, self.history.now())
@@ -929,14 +929,14 @@ def final_state(cluster: Cluster, sessions: Sequence[Session], bound: float) -> 
             continue
         state = FinalState(primary)
         for line in listing:
-            fields = wire.parse_fields(line)
+            fields = client_side.parse_fields(line)
             state.listed.append((fields.get("user", ""), int(fields.get("pid", "-1"))))
         try:
             with daemon.client(timeout=CALL_TIMEOUT) as client:
                 for handle in handles:
                     answer = answer_name(client.call("UPDATE", handle=handle), "")
                     state.updates[handle] = answer
-        except (OSError, wire.ReplyParseError) as error:
+        except (OSError, client_side.ReplyParseError) as error:
             problem = f"UPDATE at hqnserver{primary} failed: {error}"
             continue
         unserved = [a for a in state.updates.values() if a != "OK" and Status[a] in UNSERVED]

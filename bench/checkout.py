@@ -41,7 +41,8 @@ if __package__ in (None, ""):
     # Run as a script from anywhere: the repository root holds the hqnlsd package.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side
+from hqnlsd.protocols.replies import Err, FieldValue, Ok
 
 #: Fake process ids: churn connection i uses CHURN_PID_BASE + i, held licence k
 #: uses HOLD_PID_BASE + k, so the server sees distinct processes.
@@ -90,9 +91,9 @@ class Connection:
             raise BenchError(f"connection {index} to {host}:{port} failed: {e!r}") from None
         return cls(index, reader, writer, timeout)
 
-    async def call(self, verb: str, **fields: wire.FieldValue) -> wire.Ok | wire.Err:
+    async def call(self, verb: str, **fields: FieldValue) -> Ok | Err:
         """Send one request and return its (one-line) reply."""
-        self.writer.write(wire.format_request(verb, **fields))
+        self.writer.write(client_side.format_request(verb, **fields))
         try:
             raw = await asyncio.wait_for(self.reader.readline(), self.reply_timeout)
         except TimeoutError:
@@ -104,8 +105,8 @@ class Connection:
         if not raw.endswith(b"\n"):
             raise BenchError(f"connection {self.index}: server closed the connection")
         try:
-            return wire.parse_reply_line(raw.decode("utf-8").rstrip("\r\n"))
-        except (UnicodeDecodeError, wire.ReplyParseError) as e:
+            return client_side.parse_reply_line(raw.decode("utf-8").rstrip("\r\n"))
+        except (UnicodeDecodeError, client_side.ReplyParseError) as e:
             raise BenchError(f"connection {self.index}: bad reply {raw!r}: {e}") from None
 
     async def close(self) -> None:
@@ -138,7 +139,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def product_fields(args: argparse.Namespace) -> dict[str, wire.FieldValue]:
+def product_fields(args: argparse.Namespace) -> dict[str, FieldValue]:
     """The REQUEST fields naming the product and the (simulated) process owner."""
     return {
         "publisher": args.publisher,
@@ -172,7 +173,7 @@ async def churn_one(
             start = time.perf_counter()
         granted = await conn.call("REQUEST", **fields, pid=pid)
         stats.requests += 1
-        if isinstance(granted, wire.Err):
+        if isinstance(granted, Err):
             stats.denials[granted.status.name] += 1
             # Out of licences is expected with many connections; don't spin.
             await asyncio.sleep(0.001)
@@ -182,7 +183,7 @@ async def churn_one(
             raise BenchError(f"REQUEST answered OK without handle=: {granted}")
         released = await conn.call("RELEASE", handle=handle)
         stats.releases += 1
-        if isinstance(released, wire.Err):
+        if isinstance(released, Err):
             stats.release_errors[released.status.name] += 1
             continue
         stats.pair_latencies.append(time.perf_counter() - start)
@@ -212,7 +213,7 @@ async def hold_some(
         reply = await conn.call(
             "REQUEST", **fields, pid=HOLD_PID_BASE + k, client=f"bench-{run}-{k}"
         )
-        if isinstance(reply, wire.Err):
+        if isinstance(reply, Err):
             denials[reply.status.name] += 1
             continue
         handle = reply.get("handle")
@@ -225,7 +226,7 @@ async def release_all(conn: Connection, handles: list[str]) -> int:
     """Release `handles` on one connection; the number released."""
     released = 0
     for handle in handles:
-        if isinstance(await conn.call("RELEASE", handle=handle), wire.Ok):
+        if isinstance(await conn.call("RELEASE", handle=handle), Ok):
             released += 1
     return released
 

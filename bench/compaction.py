@@ -40,7 +40,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import checkout  # the load generator of bench/checkout.py
-from hqnlsd.protocols import wire
+from hqnlsd.protocols.client_side import ReplyParseError
+from hqnlsd.protocols.replies import Ok
 from tests.daemons import Daemon, DaemonHarness, domain_daemons, product_permit
 
 PUBLISHER = "Bench Publisher"
@@ -70,12 +71,12 @@ def wait_full_view(first: Daemon) -> None:
         if not first.running:
             raise BenchFailure("hqnserver1 exited\n" + first.log_tail())
         if "members [1, 2, 3] primary 1" in first.log_text():
-            with contextlib.suppress(OSError, wire.ReplyParseError), first.client() as client:
+            with contextlib.suppress(OSError, ReplyParseError), first.client() as client:
                 reply = client.call(
                     "REQUEST", publisher=PUBLISHER, product=PRODUCT, version=VERSION,
                     user="bench", host="benchhost", pid=1, client="ready",
                 )
-                if isinstance(reply, wire.Ok):
+                if isinstance(reply, Ok):
                     client.call("RELEASE", handle=reply.get("handle") or "")
                     return
         if time.monotonic() > deadline:

@@ -69,7 +69,8 @@ from bench import checkout  # the load generator of bench/checkout.py
 from hqnlsd.admin.client import AdminClient, AdminClientError
 from hqnlsd.admin.service import SOCKET_NAME
 from hqnlsd.permits.model import ProductPermit
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Standard, Status
 from tests.daemons import (
     Daemon,
@@ -204,7 +205,7 @@ def domain_members(daemons: DaemonHarness, floating_count: int) -> list[Daemon]:
     return domain_daemons(daemons, DOMAIN_SIZE, [the_product(floating_count)])
 
 
-def request(client: LineClient, token: str, pid: int = 4242) -> wire.Ok | wire.Err:
+def request(client: LineClient, token: str, pid: int = 4242) -> Ok | Err:
     """REQUEST one licence of the benchmark product on ``client``'s connection."""
     return client.call(
         "REQUEST",
@@ -218,15 +219,15 @@ def request(client: LineClient, token: str, pid: int = 4242) -> wire.Ok | wire.E
     )
 
 
-def is_grant(reply: wire.Ok | wire.Err) -> bool:
+def is_grant(reply: Ok | Err) -> bool:
     """The reply is a grant (an OK with a handle)."""
-    return isinstance(reply, wire.Ok) and bool(reply.get("handle"))
+    return isinstance(reply, Ok) and bool(reply.get("handle"))
 
 
-def redirects_to_first(reply: wire.Ok | wire.Err) -> bool:
+def redirects_to_first(reply: Ok | Err) -> bool:
     """The reply sends the client to hqnserver1 (what a verified backup says)."""
     return (
-        isinstance(reply, wire.Err)
+        isinstance(reply, Err)
         and reply.status is Status.TRY_SERVER
         and reply.get("n") == "1"
     )
@@ -236,9 +237,9 @@ def wait_reply(
     what: str,
     daemon: Daemon,
     token: str,
-    done: Callable[[wire.Ok | wire.Err], bool],
+    done: Callable[[Ok | Err], bool],
     bound: float,
-) -> wire.Ok | wire.Err:
+) -> Ok | Err:
     """REQUEST at ``daemon`` until ``done(reply)`` (at most ``bound`` s); BenchFailure if late."""
     deadline = time.monotonic() + bound
     last: object = None
@@ -251,18 +252,18 @@ def wait_reply(
             if done(reply):
                 return reply
             last = reply
-        except (OSError, wire.ReplyParseError) as error:
+        except (OSError, client_side.ReplyParseError) as error:
             last = error
         if time.monotonic() >= deadline:
             raise BenchFailure(f"{what}: not within {bound} s (last reply: {last})")
         time.sleep(READY_POLL)
 
 
-def release(daemon: Daemon, reply: wire.Ok | wire.Err) -> None:
+def release(daemon: Daemon, reply: Ok | Err) -> None:
     """RELEASE the licence granted in ``reply`` (so it does not sit in the load's pool)."""
     with daemon.client(timeout=PROBE_TIMEOUT) as client:
         answer = client.call("RELEASE", handle=reply.get("handle") or "")
-    if not isinstance(answer, wire.Ok):
+    if not isinstance(answer, Ok):
         raise BenchFailure(f"{daemon.name}: RELEASE answered {answer}")
 
 
@@ -437,7 +438,7 @@ class Prober:
                 self.requests += 1
                 reply = request(self.client, token, pid=5000 + self.index)
                 answered = time.monotonic()
-            except (OSError, wire.ReplyParseError) as error:
+            except (OSError, client_side.ReplyParseError) as error:
                 self.replies[type(error).__name__] += 1
                 if self.client is not None:
                     self.client.close()
@@ -450,7 +451,7 @@ class Prober:
                 self.replies["OK"] += 1
                 self.done.set()
                 return
-            self.replies[reply.status.name if isinstance(reply, wire.Err) else "OK"] += 1
+            self.replies[reply.status.name if isinstance(reply, Err) else "OK"] += 1
             self.done.wait(self.poll)
 
 

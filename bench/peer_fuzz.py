@@ -40,7 +40,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hqnlsd.domain.runtime import domain_id
-from hqnlsd.protocols.wire import Ok
+from hqnlsd.protocols.replies import Ok
 from tests.daemons import DaemonError, DaemonHarness, is_grant, wait_for
 from tests.domain.test_e2e_domain import call, request
 from tests.domain.test_e2e_domain_admin import lsa, result

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hqnlsd.limits import ConnectionLimits
-from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT
+from hqnlsd.protocols import DEFAULT_CLIENT_PORT
 
 DEFAULT_STATE_DIR = Path("/var/lib/hqnlsd")
 DEFAULT_PUBLISHER_KEYS = Path("/etc/hqnlsd/publishers")
@@ -143,105 +143,28 @@ class DaemonConfig:
         domain_timers: Mapping[str, float | int] | None = None,
         limits: Mapping[str, object] | None = None,
     ) -> DaemonConfig:
-        """Validate raw option values and build the config, or raise ConfigError."""
-        try:
-            addr = ipaddress.IPv4Address(address)
-        except ipaddress.AddressValueError:
-            raise ConfigError(
-                f"--address {address!r} is not an IPv4 address (e.g. 127.0.0.1)"
-            ) from None
-        if (
-            addr.is_multicast
-            or addr.is_unspecified
-            or addr == ipaddress.IPv4Address("255.255.255.255")
-        ):
-            raise ConfigError(f"--address {addr} is not a host address")
+        """Validate raw option values and build the config, or raise ConfigError.
+
+        Each concern is checked by its own function, in this order, so that of
+        several wrong values the first one here is the one reported.
+        """
+        addr = _host_address(address)
         listen = client_listen_description(port, addr)
-        dirs = None
-        if permit_path:
-            dirs = tuple(Path(part) for part in permit_path.split(":") if part)
-            if not dirs:
-                raise ConfigError("-p needs at least one directory")
-        hosts = Path(hosts_file)
-        if not hosts.is_file():
-            raise ConfigError(f"--hosts {hosts}: no such file")
-        keys = Path(publisher_keys)
-        if not keys.is_dir():
-            raise ConfigError(
-                f"--publisher-keys {keys}: no such directory (it holds the publishers' "
-                "*.pub keys that permits must be sealed with)"
-            )
-        manhole_key_file = None
-        if manhole:
-            if not manhole_keys:
-                raise ConfigError(
-                    "--manhole needs --manhole-keys FILE (an OpenSSH authorized_keys file): "
-                    "the manhole only accepts public-key logins"
-                )
-            manhole_key_file = Path(manhole_keys)
-            if not manhole_key_file.is_file():
-                raise ConfigError(f"--manhole-keys {manhole_key_file}: no such file")
-        elif manhole_keys:
-            raise ConfigError("--manhole-keys is only used with --manhole LISTEN")
+        dirs = _permit_dirs(permit_path)
+        hosts = _hosts_file(hosts_file)
+        keys = _publisher_keys(publisher_keys)
+        manhole_key_file = _manhole_keys(manhole, manhole_keys)
         state = Path(state_dir)
-        if admin_socket is None:
-            socket_path: Path | None = state / "admin.sock"
-        elif admin_socket.lower() in ("off", "none", ""):
-            socket_path = None
-        else:
-            socket_path = Path(admin_socket)
-        try:
-            socket_mode = int(admin_socket_mode or "660", 8)
-        except ValueError:
-            raise ConfigError(
-                f"--admin-socket-mode {admin_socket_mode!r} is not an octal mode such as 660"
-            ) from None
-        if socket_mode & 0o007 or not 0 <= socket_mode <= 0o777:
-            raise ConfigError(
-                f"--admin-socket-mode {socket_mode:03o} would let every local user administer "
-                "the server; use 660 (owner and group) or 600"
-            )
+        socket_path = _admin_socket_path(admin_socket, state)
+        socket_mode = _admin_socket_mode(admin_socket_mode)
         env = dict(os.environ if environ is None else environ)
-        off = runtime_dir is not None and runtime_dir.lower() in ("off", "none", "")
-        if socket_path is None or off:
-            runtime: Path | None = None
-        elif runtime_dir is None:
-            runtime = default_runtime_dir(env)
-        elif not os.path.isabs(runtime_dir):
-            raise ConfigError(f"--runtime-dir {runtime_dir!r}: give an absolute path, or 'off'")
-        else:
-            runtime = Path(runtime_dir)
-        tls_files = [Path(name) if name else None for name in domain_tls]
-        if any(tls_files) and not all(tls_files):
-            raise ConfigError("give all of --domain-ca, --domain-cert and --domain-key, or none")
-        options = ("--domain-ca", "--domain-cert", "--domain-key")
-        for option, tls_file in zip(options, tls_files, strict=True):
-            if tls_file is not None and not tls_file.is_file():
-                raise ConfigError(f"{option} {tls_file}: no such file")
-        if admin_tls and not all(tls_files):
-            raise ConfigError(
-                "--admin-tls needs --domain-ca, --domain-cert and --domain-key (the daemon's "
-                "member certificate from hqn_ca member)"
-            )
-        server_key_dir = Path(server_keys) if server_keys else None
-        if server_key_dir is not None and not server_key_dir.is_dir():
-            raise ConfigError(
-                f"--server-keys {server_key_dir}: no such directory (it holds the "
-                "*.serverkey/*.servercert pairs that hqn_mp servercert writes)"
-            )
+        runtime = _runtime_dir(runtime_dir, socket_path, env)
+        tls_files = _domain_tls_files(domain_tls, admin_tls)
+        server_key_dir = _server_keys(server_keys)
         peer = _peer_port(peer_port)
         dial = None if peer_dial_port is None else _peer_port(peer_dial_port, '--peer-dial-port')
-        if domain_timers:
-            from hqnlsd.domain.timing import DomainTimers
-
-            try:
-                DomainTimers(**domain_timers)  # type: ignore[arg-type]
-            except (TypeError, ValueError) as error:
-                raise ConfigError(f"domain timers: {error}") from None
-        try:
-            connection_limits = ConnectionLimits.from_mapping(limits or {})
-        except ValueError as error:
-            raise ConfigError(f"limits: {error}") from None
+        _check_domain_timers(domain_timers)
+        connection_limits = _connection_limits(limits)
         return cls(
             address=addr,
             client_listen=listen,
@@ -270,6 +193,162 @@ class DaemonConfig:
             domain_timers=dict(domain_timers) if domain_timers else None,
             limits=connection_limits,
         )
+
+
+# -- one validating function per concern of `DaemonConfig.build` ------------------
+
+
+def _host_address(address: str) -> ipaddress.IPv4Address:
+    """--address: an IPv4 address of one host (not multicast, unspecified or broadcast)."""
+    try:
+        addr = ipaddress.IPv4Address(address)
+    except ipaddress.AddressValueError:
+        raise ConfigError(
+            f"--address {address!r} is not an IPv4 address (e.g. 127.0.0.1)"
+        ) from None
+    if (
+        addr.is_multicast
+        or addr.is_unspecified
+        or addr == ipaddress.IPv4Address("255.255.255.255")
+    ):
+        raise ConfigError(f"--address {addr} is not a host address")
+    return addr
+
+
+def _permit_dirs(permit_path: str | None) -> tuple[Path, ...] | None:
+    """-p: the permit directories, colon-separated (None: the default search)."""
+    if not permit_path:
+        return None
+    dirs = tuple(Path(part) for part in permit_path.split(":") if part)
+    if not dirs:
+        raise ConfigError("-p needs at least one directory")
+    return dirs
+
+
+def _hosts_file(hosts_file: str) -> Path:
+    """--hosts: the hosts file, which must exist."""
+    hosts = Path(hosts_file)
+    if not hosts.is_file():
+        raise ConfigError(f"--hosts {hosts}: no such file")
+    return hosts
+
+
+def _publisher_keys(publisher_keys: str) -> Path:
+    """--publisher-keys: the directory of the publishers' keys, which must exist."""
+    keys = Path(publisher_keys)
+    if not keys.is_dir():
+        raise ConfigError(
+            f"--publisher-keys {keys}: no such directory (it holds the publishers' "
+            "*.pub keys that permits must be sealed with)"
+        )
+    return keys
+
+
+def _manhole_keys(manhole: str | None, manhole_keys: str | None) -> Path | None:
+    """--manhole-keys: required with --manhole (keys only), refused without it."""
+    if not manhole:
+        if manhole_keys:
+            raise ConfigError("--manhole-keys is only used with --manhole LISTEN")
+        return None
+    if not manhole_keys:
+        raise ConfigError(
+            "--manhole needs --manhole-keys FILE (an OpenSSH authorized_keys file): "
+            "the manhole only accepts public-key logins"
+        )
+    manhole_key_file = Path(manhole_keys)
+    if not manhole_key_file.is_file():
+        raise ConfigError(f"--manhole-keys {manhole_key_file}: no such file")
+    return manhole_key_file
+
+
+def _admin_socket_path(admin_socket: str | None, state: Path) -> Path | None:
+    """--admin-socket: a path, ``off`` (None), or by default ``admin.sock`` in the state dir."""
+    if admin_socket is None:
+        return state / "admin.sock"
+    if admin_socket.lower() in ("off", "none", ""):
+        return None
+    return Path(admin_socket)
+
+
+def _admin_socket_mode(admin_socket_mode: str | None) -> int:
+    """--admin-socket-mode: octal, default 660, never open to every local user."""
+    try:
+        socket_mode = int(admin_socket_mode or "660", 8)
+    except ValueError:
+        raise ConfigError(
+            f"--admin-socket-mode {admin_socket_mode!r} is not an octal mode such as 660"
+        ) from None
+    if socket_mode & 0o007 or not 0 <= socket_mode <= 0o777:
+        raise ConfigError(
+            f"--admin-socket-mode {socket_mode:03o} would let every local user administer "
+            "the server; use 660 (owner and group) or 600"
+        )
+    return socket_mode
+
+
+def _runtime_dir(
+    runtime_dir: str | None, socket_path: Path | None, env: Mapping[str, str]
+) -> Path | None:
+    """--runtime-dir: where the admin socket is published (None: not published)."""
+    off = runtime_dir is not None and runtime_dir.lower() in ("off", "none", "")
+    if socket_path is None or off:
+        return None
+    if runtime_dir is None:
+        return default_runtime_dir(env)
+    if not os.path.isabs(runtime_dir):
+        raise ConfigError(f"--runtime-dir {runtime_dir!r}: give an absolute path, or 'off'")
+    return Path(runtime_dir)
+
+
+def _domain_tls_files(
+    domain_tls: tuple[str | None, str | None, str | None], admin_tls: str | None
+) -> list[Path | None]:
+    """--domain-ca, --domain-cert, --domain-key: all three existing files, or none
+    (and all three for --admin-tls)."""
+    tls_files = [Path(name) if name else None for name in domain_tls]
+    if any(tls_files) and not all(tls_files):
+        raise ConfigError("give all of --domain-ca, --domain-cert and --domain-key, or none")
+    options = ("--domain-ca", "--domain-cert", "--domain-key")
+    for option, tls_file in zip(options, tls_files, strict=True):
+        if tls_file is not None and not tls_file.is_file():
+            raise ConfigError(f"{option} {tls_file}: no such file")
+    if admin_tls and not all(tls_files):
+        raise ConfigError(
+            "--admin-tls needs --domain-ca, --domain-cert and --domain-key (the daemon's "
+            "member certificate from hqn_ca member)"
+        )
+    return tls_files
+
+
+def _server_keys(server_keys: str | None) -> Path | None:
+    """--server-keys: the directory of server keys and certificates, if given."""
+    server_key_dir = Path(server_keys) if server_keys else None
+    if server_key_dir is not None and not server_key_dir.is_dir():
+        raise ConfigError(
+            f"--server-keys {server_key_dir}: no such directory (it holds the "
+            "*.serverkey/*.servercert pairs that hqn_mp servercert writes)"
+        )
+    return server_key_dir
+
+
+def _check_domain_timers(domain_timers: Mapping[str, float | int] | None) -> None:
+    """The ``DomainTimers`` field values, if any, must build a valid `DomainTimers`."""
+    if not domain_timers:
+        return
+    from hqnlsd.domain.timing import DomainTimers
+
+    try:
+        DomainTimers(**domain_timers)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"domain timers: {error}") from None
+
+
+def _connection_limits(limits: Mapping[str, object] | None) -> ConnectionLimits:
+    """The ``[limits]`` table as `ConnectionLimits`."""
+    try:
+        return ConnectionLimits.from_mapping(limits or {})
+    except ValueError as error:
+        raise ConfigError(f"limits: {error}") from None
 
 
 def _peer_port(value: str | int | None, option: str = "--peer-port") -> int:

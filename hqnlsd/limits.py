@@ -490,11 +490,11 @@ def ssh_logged_in(protocol: Any) -> bool:
 
 
 def _client_refusal() -> bytes:
-    from hqnlsd.protocols import wire
+    from hqnlsd.protocols.replies import Err, format_reply
     from hqnlsd.status import Status
 
-    return wire.format_reply(
-        wire.Err(
+    return format_reply(
+        Err(
             Status.NOTVERIFIED,
             "too many connections to this server; try again later or another server",
         )

@@ -31,9 +31,9 @@ from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
 from hqnlsd.permits.seal import TrustedKeys
 from hqnlsd.permits.servercert import ServerKeys
 from hqnlsd.persistence.store import Journal
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import grammar as wire
+from hqnlsd.protocols.replies import Err, Listing, Ok, Reply
 from hqnlsd.protocols.signing import sign_reply
-from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.status import Status
 
 if TYPE_CHECKING:

@@ -45,7 +45,7 @@ from hqnlsd.metrics import Metrics, licence_counts, make_metrics_service
 from hqnlsd.permits.model import HostId
 from hqnlsd.persistence.store import DATABASE_NAME, Journal, JournalError, open_journal
 from hqnlsd.protocols.client import ClientProtocolFactory
-from hqnlsd.protocols.wire import Err, Reply
+from hqnlsd.protocols.replies import Err, Reply
 from hqnlsd.sdnotify import SystemdNotifier
 from hqnlsd.securefiles import (
     UnsafePathError,

@@ -49,8 +49,8 @@ from hqnlsd.identity import local_unique_id
 from hqnlsd.permits.model import HostId, Permit, ProductPermit
 from hqnlsd.permits.policy import Policy
 from hqnlsd.permits.seal import PublisherKey, sign_permit, write_key_files
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols import client_side
+from hqnlsd.protocols.replies import Err, FieldValue, Ok
 from hqnlsd.status import Status
 from hqnlsd.tools.ca import certificate_pem, create_ca, issue_member, write_issued
 
@@ -318,25 +318,25 @@ class LineClient:
         del self._buffer[: end + 1]
         return line.decode("utf-8").removesuffix("\r")
 
-    def call(self, verb: str, /, **fields: wire.FieldValue) -> Ok | Err:
+    def call(self, verb: str, /, **fields: FieldValue) -> Ok | Err:
         """Send a request, read its one-line reply."""
-        self.sock.sendall(wire.format_request(verb, **fields))
-        return wire.parse_reply_line(self.read_line())
+        self.sock.sendall(client_side.format_request(verb, **fields))
+        return client_side.parse_reply_line(self.read_line())
 
-    def listing(self, verb: str, /, **fields: wire.FieldValue) -> list[str] | Ok | Err:
+    def listing(self, verb: str, /, **fields: FieldValue) -> list[str] | Ok | Err:
         """Send a request whose answer may be a listing: its lines, or a one-line reply."""
-        self.sock.sendall(wire.format_request(verb, **fields))
+        self.sock.sendall(client_side.format_request(verb, **fields))
         first = self.read_line()
         if first.split(" ", 1)[0] in ("OK", "ERR"):
-            return wire.parse_reply_line(first)
+            return client_side.parse_reply_line(first)
         lines: list[str] = []
-        text = wire.unstuff_listing_line(first)
+        text = client_side.unstuff_listing_line(first)
         while text is not None:
             lines.append(text)
-            text = wire.unstuff_listing_line(self.read_line())
+            text = client_side.unstuff_listing_line(self.read_line())
         return lines
 
-    def ok(self, verb: str, /, **fields: wire.FieldValue) -> Ok:
+    def ok(self, verb: str, /, **fields: FieldValue) -> Ok:
         """`call`, insisting on an ``OK`` reply."""
         reply = self.call(verb, **fields)
         if not isinstance(reply, Ok):
@@ -499,7 +499,7 @@ class Daemon:
                 with self.client(timeout=min(IO_TIMEOUT, timeout)) as client:
                     client.ping()
                 return self
-            except (OSError, AssertionError, wire.ReplyParseError) as error:
+            except (OSError, AssertionError, client_side.ReplyParseError) as error:
                 last = error
             if time.monotonic() >= deadline:
                 raise DaemonError(

@@ -9,14 +9,11 @@ so the whole library runs under `task.Clock` and in-memory connections in tests:
     ...                       # UPDATE runs in the background every period
     await licence.release()
 
-Finding a server (`LicenceClient.search`): the servers of the search list
-(`hqnlsd.client.servers`) are asked in order. ``ERR TRY_SERVER addr=A`` sends the
-client to A next, ``ERR TRY_DOMAIN domain="a1 a2"`` to those addresses;
-``NEW_MASTER``, ``LOSTMASTER`` and ``NOTVERIFIED`` are retried on the same server
-with exponential backoff (`Retry`), a bounded number of times, then the next
-server is tried. An unreachable or silent server is skipped. Any other ``ERR``
-is the answer (`LicenceDenied`). When nothing answered: `NoServer`, with the
-reason for every server tried.
+Finding a server (`LicenceClient.search`) is `hqnlsd.client.search`: the servers
+of the search list are asked in order, redirects (``TRY_SERVER``, ``TRY_DOMAIN``)
+followed, busy servers (``NEW_MASTER``, ``LOSTMASTER``, ``NOTVERIFIED``) retried
+with backoff (`Retry`), unreachable ones skipped; any other ``ERR`` is the answer
+(`LicenceDenied`), and when nothing answered: `NoServer`.
 
 Challenge/response: with ``trusted`` publisher keys, every REQUEST and UPDATE
 carries a fresh random ``challenge=`` and an ``OK`` counts only if it is signed
@@ -48,10 +45,8 @@ raise are logged, never propagated.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import getpass
-import ipaddress
 import os
 import secrets
 import socket
@@ -62,56 +57,46 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from hqnlsd.client.connection import Answer, Link, connect_tcp, describe_failure
-from hqnlsd.client.errors import ClientError, LicenceDenied, NoServer, NotGenuineServer
+from hqnlsd.client.errors import ClientError, LicenceDenied
+from hqnlsd.client.search import (
+    DEFAULT_RETRY,
+    LOST_STATUSES,
+    REDIRECT_STATUSES,
+    RETRY_STATUSES,
+    Connector,
+    FieldsFor,
+    Found,
+    Product,
+    Retry,
+    ServerSearch,
+    redirect_targets,
+)
 from hqnlsd.client.servers import ServerAddress, load_hosts, search_list
 from hqnlsd.identity import DEFAULT_HOSTS_PATH
 from hqnlsd.permits.seal import TrustedKeys
 from hqnlsd.permits.servercert import NotGenuine
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.signing import verify_reply
-from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT, Err, Ok
+from hqnlsd.protocols import DEFAULT_CLIENT_PORT, client_side
+from hqnlsd.protocols.replies import Err, FieldValue, Ok
 from hqnlsd.status import Status
 
-#: Statuses that mean "this server cannot answer now": retry it, then go on.
-RETRY_STATUSES = frozenset({Status.NEW_MASTER, Status.LOSTMASTER, Status.NOTVERIFIED})
-#: Statuses that mean "the licence is gone": tell the application, request again.
-LOST_STATUSES = frozenset({Status.LOSTLICENCE, Status.BADHANDLE})
-#: Statuses that send the client elsewhere.
-REDIRECT_STATUSES = frozenset({Status.TRY_SERVER, Status.TRY_DOMAIN})
-#: Bytes of a challenge.
-CHALLENGE_BYTES = 16
-
-Connector = Callable[[ServerAddress], "Deferred[Link]"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Retry:
-    """Bounds of the search: retries of a busy server, redirects, re-requests."""
-
-    #: Tries of one server answering NEW_MASTER / LOSTMASTER / NOTVERIFIED.
-    attempts: int = 4
-    #: The pause before the second try; each further pause is ``factor`` times longer.
-    first_delay: float = 0.5
-    factor: float = 2.0
-    max_delay: float = 8.0
-    #: Redirects followed in one search (a loop of redirects ends there).
-    max_redirects: int = 8
-    #: While a held licence is lost, how often to request it again (seconds).
-    recover_interval: float = 30.0
-    #: UPDATE is sent when this fraction of the period has passed.
-    update_fraction: float = 0.8
-
-    def delay(self, attempt: int) -> float:
-        """The pause after the ``attempt``-th failed try (1-based)."""
-        return float(min(self.max_delay, self.first_delay * self.factor ** (attempt - 1)))
-
-
-#: The bounds used unless a client is given others.
-DEFAULT_RETRY = Retry()
+__all__ = [
+    "DEFAULT_RETRY",
+    "LOST_STATUSES",
+    "REDIRECT_STATUSES",
+    "RETRY_STATUSES",
+    "Connector",
+    "FieldsFor",
+    "Found",
+    "HeldLicence",
+    "LicenceClient",
+    "PingResult",
+    "Process",
+    "Product",
+    "Retry",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +121,9 @@ class Process:
             user=user, host=socket.gethostname() or "localhost", pid=os.getpid(), uid=os.getuid()
         )
 
-    def fields(self) -> dict[str, wire.FieldValue]:
+    def fields(self) -> dict[str, FieldValue]:
         """The REQUEST fields naming this process."""
-        out: dict[str, wire.FieldValue] = {"user": self.user, "host": self.host, "pid": self.pid}
+        out: dict[str, FieldValue] = {"user": self.user, "host": self.host, "pid": self.pid}
         if self.uid is not None:
             out["uid"] = self.uid
         if self.group is not None:
@@ -149,31 +134,6 @@ class Process:
 
 
 @dataclasses.dataclass(frozen=True)
-class Product:
-    """A product as permits name it."""
-
-    publisher: str
-    product: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.publisher} {self.product} {self.version}"
-
-    def fields(self) -> dict[str, wire.FieldValue]:
-        """The ``publisher= product= version=`` fields."""
-        return {"publisher": self.publisher, "product": self.product, "version": self.version}
-
-
-@dataclasses.dataclass(frozen=True)
-class Found:
-    """A successful search: the reply, the server that gave it, and the open connection."""
-
-    reply: Ok | list[str]
-    server: ServerAddress
-    connection: Link
-
-
-@dataclasses.dataclass(frozen=True)
 class PingResult:
     """What one server said to PING (``reply`` None if it could not be reached)."""
 
@@ -181,10 +141,6 @@ class PingResult:
     reply: Ok | Err | None
     seconds: float
     problem: str = ""
-
-
-#: Builds a request's fields for a server, given the challenge (or None).
-FieldsFor = Callable[[bytes | None], dict[str, wire.FieldValue]]
 
 
 class LicenceClient:
@@ -210,19 +166,58 @@ class LicenceClient:
         self.reactor = reactor
         env = dict(os.environ) if environ is None else environ
         hosts = None if servers or env.get("HQNSERVERS", "").strip() else load_hosts(hosts_file)
-        #: The search list, in order.
-        self.servers: tuple[ServerAddress, ...] = tuple(
-            search_list(servers, environ=env, hosts=hosts, port=port)
-        )
-        self.trusted = trusted
         self.timeout = timeout
-        self.retry = retry
         self.process = process or Process.current()
-        self._connector: Connector = connector or self._connect_tcp
-        self._random = random_bytes
+        #: The search over the servers (redirects, retries, signed replies).
+        self.server_search = ServerSearch(
+            reactor,
+            servers=search_list(servers, environ=env, hosts=hosts, port=port),
+            connector=connector or self._connect_tcp,
+            trusted=trusted,
+            retry=retry,
+            random_bytes=random_bytes,
+        )
         #: Licences taken through this client and not yet released.
         self.held: set[HeldLicence] = set()
         self._release_at_shutdown = False
+
+    @property
+    def servers(self) -> tuple[ServerAddress, ...]:
+        """The search list, in order."""
+        return self.server_search.servers
+
+    @property
+    def trusted(self) -> TrustedKeys | None:
+        """The publisher keys replies are verified with (None: not verified)."""
+        return self.server_search.trusted
+
+    @property
+    def retry(self) -> Retry:
+        """The bounds of searches, retries and re-requests."""
+        return self.server_search.retry
+
+    def search(
+        self,
+        verb: str,
+        fields_for: FieldsFor,
+        *,
+        signed_for: Product | None = None,
+        handle: str = "",
+        start: Sequence[ServerAddress] = (),
+        last: ServerAddress | None = None,
+        release_unknown: bool | None = None,
+    ) -> Deferred[Found]:
+        """Ask servers in order until one answers ``OK`` or a listing: see
+        `ServerSearch.search`, which this is."""
+        return self.server_search.search(
+            verb,
+            fields_for,
+            signed_for=signed_for,
+            handle=handle,
+            start=start,
+            last=last,
+            release_unknown=release_unknown,
+        )
 
     def _track(self, licence: HeldLicence) -> None:
         """Remember a held licence; release it when the reactor shuts down."""
@@ -243,222 +238,6 @@ class LicenceClient:
     def _connect_tcp(self, server: ServerAddress) -> Deferred[Link]:
         connecting: Deferred[Any] = connect_tcp(self.reactor, server, self.timeout)
         return connecting
-
-    # -- the search -----------------------------------------------------------------
-
-    def search(
-        self,
-        verb: str,
-        fields_for: FieldsFor,
-        *,
-        signed_for: Product | None = None,
-        handle: str = "",
-        start: Sequence[ServerAddress] = (),
-        last: ServerAddress | None = None,
-        release_unknown: bool | None = None,
-    ) -> Deferred[Found]:
-        """Ask servers in order until one answers ``OK`` or a listing (module docstring).
-
-        ``signed_for``: the product a signed reply must be for (REQUEST, UPDATE);
-        with trusted keys such a reply must verify. ``handle``: the UPDATE's (or
-        RELEASE's) handle (REQUEST's comes from its reply). ``start``: servers to
-        try before the search list. ``last``: a server to try only after all the
-        others (one that just stopped answering: a dead host would cost a timeout
-        each time).
-
-        ``release_unknown`` (RELEASE only; None for other verbs): whether an
-        earlier RELEASE of ``handle`` may have taken effect unseen. Once one may
-        have (that, or a try of this search got no answer or ``NEW_MASTER``: the
-        server could not confirm it), ``BADHANDLE`` or ``LOSTLICENCE`` means the
-        handle is gone: the search ends with ``OK handle=... gone=1``, as the
-        licence is not held any more (a server answers that only once the state
-        it read it from is durable). Without one, they are the answer
-        (`LicenceDenied`: there was nothing to release).
-        """
-        return Deferred.fromCoroutine(
-            self._search(verb, fields_for, signed_for, handle, start, last, release_unknown)
-        )
-
-    async def _search(
-        self,
-        verb: str,
-        fields_for: FieldsFor,
-        signed_for: Product | None,
-        handle: str,
-        start: Sequence[ServerAddress],
-        last: ServerAddress | None = None,
-        release_unknown: bool | None = None,
-    ) -> Found:
-        order = [*start, *self.servers]
-        if last is not None:
-            order = [server for server in order if server != last] + [last]
-        queue = collections.deque(dict.fromkeys(order))
-        reasons: list[str] = []
-        not_genuine = 0
-        redirects = 0
-        while queue:
-            server = queue.popleft()
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    connection = await self._connector(server)
-                except Exception as e:
-                    reasons.append(f"{server}: {describe_failure(e)}")
-                    break
-                challenge = (
-                    self._random(CHALLENGE_BYTES)
-                    if self.trusted is not None and signed_for is not None
-                    else None
-                )
-                fields = fields_for(challenge)
-                if challenge is not None:
-                    fields["challenge"] = challenge.hex()
-                try:
-                    answer: Answer = await connection.call(verb, **fields)
-                except Exception as e:
-                    connection.close()
-                    reasons.append(f"{server}: {describe_failure(e)}")
-                    if release_unknown is not None:
-                        release_unknown = True  # it may have arrived and taken effect
-                    break
-                if isinstance(answer, Err):
-                    connection.close()
-                    if release_unknown and answer.status in LOST_STATUSES:
-                        # An earlier RELEASE did take effect (or the licence was
-                        # taken back meanwhile): either way it is not held.
-                        return Found(Ok.of(handle=handle, gone=1), server, connection)
-                    if release_unknown is not None and answer.status is Status.NEW_MASTER:
-                        release_unknown = True  # not confirmed before a change of primary
-                    if answer.status in REDIRECT_STATUSES:
-                        targets = _redirect_targets(answer, server)
-                        redirects += 1
-                        reasons.append(
-                            f"{server}: {answer.status.name} to "
-                            f"{' '.join(t.host for t in targets) or 'nowhere'}"
-                        )
-                        if redirects > self.retry.max_redirects:
-                            reasons.append(f"more than {self.retry.max_redirects} redirects")
-                            queue.clear()
-                            break
-                        for target in reversed(targets):
-                            if target in queue:
-                                queue.remove(target)
-                            queue.appendleft(target)
-                        break
-                    if answer.status in RETRY_STATUSES:
-                        if attempt < self.retry.attempts:
-                            await deferLater(self.reactor, self.retry.delay(attempt))
-                            continue
-                        reasons.append(
-                            f"{server}: {answer.status.name} after {attempt} tries: {answer.msg}"
-                        )
-                        break
-                    raise LicenceDenied(answer, str(server))
-                if challenge is not None and isinstance(answer, Ok):
-                    assert signed_for is not None
-                    try:
-                        self._verify(connection, answer, challenge, verb, handle, signed_for)
-                    except NotGenuine as e:
-                        not_genuine += 1
-                        reasons.append(f"{server}: NOT GENUINE: {e}")
-                        self.log.warn(
-                            "licence server {server} is not genuine: {reason}",
-                            server=str(server),
-                            reason=str(e),
-                        )
-                        granted = answer.get("handle") if verb == "REQUEST" else None
-                        if granted:
-                            await self._release_refused(server, connection, granted)
-                        connection.close()
-                        break
-                return Found(answer, server, connection)
-        if not_genuine:
-            raise NotGenuineServer(reasons)
-        raise NoServer(reasons)
-
-    async def _release_refused(self, server: ServerAddress, connection: Link, handle: str) -> None:
-        """RELEASE, at the server refused, the licence its unverified grant says it gave.
-
-        Whoever answered may hold a licence for this process (a daemon without the
-        server key, a member outside the certified domain): without this it would
-        stay held until crashout. The RELEASE goes to that server only, never
-        elsewhere: an impostor's handle may name another process's licence at a
-        genuine server. Retried there (bounded by `Retry`) while it answers
-        ``NEW_MASTER`` / ``LOSTMASTER`` / ``NOTVERIFIED``; no answer ends it (the
-        server frees the licence after its crashout time).
-        """
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if not connection.is_open:
-                    connection = await self._connector(server)
-                answer = await connection.call("RELEASE", handle=handle)
-            except Exception as e:
-                connection.close()
-                self.log.warn(
-                    "RELEASE of {handle} at refused server {server}: no answer ({reason}); "
-                    "it frees the licence after its crashout time",
-                    handle=handle,
-                    server=str(server),
-                    reason=describe_failure(e),
-                )
-                return
-            retry = isinstance(answer, Err) and answer.status in RETRY_STATUSES
-            if retry and attempt < self.retry.attempts:
-                connection.close()
-                await deferLater(self.reactor, self.retry.delay(attempt))
-                continue
-            if isinstance(answer, Ok) or (
-                isinstance(answer, Err) and answer.status in LOST_STATUSES
-            ):
-                self.log.info(
-                    "licence {handle} granted by refused server {server} released",
-                    handle=handle,
-                    server=str(server),
-                )
-            else:
-                outcome = (
-                    f"{answer.status.name}: {answer.msg}"
-                    if isinstance(answer, Err)
-                    else "a listing"
-                )
-                self.log.warn(
-                    "RELEASE of {handle} at refused server {server} answered {outcome}",
-                    handle=handle,
-                    server=str(server),
-                    outcome=outcome,
-                )
-            return
-
-    def _verify(
-        self,
-        connection: Link,
-        reply: Ok,
-        challenge: bytes,
-        verb: str,
-        handle: str,
-        product: Product,
-    ) -> None:
-        assert self.trusted is not None
-        try:
-            address = ipaddress.IPv4Address(connection.peer_host)
-        except ValueError:
-            raise NotGenuine(
-                f"connected to {connection.peer_host!r}, not an IPv4 address"
-            ) from None
-        verify_reply(
-            self.trusted,
-            server=address,
-            challenge=challenge,
-            verb=verb,
-            handle=(reply.get("handle") or "") if verb == "REQUEST" else handle,
-            publisher=product.publisher,
-            product=product.product,
-            version=product.version,
-            reply=reply,
-        )
 
     # -- licences --------------------------------------------------------------------
 
@@ -506,7 +285,7 @@ class LicenceClient:
             found.connection.close()
             if isinstance(found.reply, Ok):  # an empty answer some servers give as OK
                 return []
-            return [wire.parse_fields(line) for line in found.reply]
+            return [client_side.parse_fields(line) for line in found.reply]
 
         return Deferred.fromCoroutine(run())
 
@@ -518,7 +297,7 @@ class LicenceClient:
             for server in servers or self.servers:
                 started = self.reactor.seconds()
                 try:
-                    connection = await self._connector(server)
+                    connection = await self.server_search.connect(server)
                 except Exception as e:
                     results.append(PingResult(server, None, 0.0, describe_failure(e)))
                     continue
@@ -537,21 +316,6 @@ class LicenceClient:
             return results
 
         return Deferred.fromCoroutine(run())
-
-
-def _redirect_targets(reply: Err, current: ServerAddress) -> list[ServerAddress]:
-    """Where a TRY_SERVER / TRY_DOMAIN sends the client (port of the current server)."""
-    if reply.status is Status.TRY_SERVER:
-        words = (reply.get("addr") or "").split()
-    else:
-        words = (reply.get("domain") or "").split()
-    targets: list[ServerAddress] = []
-    for word in words:
-        try:
-            targets.append(ServerAddress(word, current.port))
-        except ValueError:
-            continue
-    return targets
 
 
 class HeldLicence:
@@ -605,7 +369,7 @@ class HeldLicence:
         """True while the licence is held."""
         return self.state == "held"
 
-    def _request_fields(self, challenge: bytes | None) -> dict[str, wire.FieldValue]:
+    def _request_fields(self, challenge: bytes | None) -> dict[str, FieldValue]:
         fields = self.product.fields()
         fields.update(self.client.process.fields())
         fields["client"] = self.token
@@ -693,22 +457,8 @@ class HeldLicence:
             self._busy = False
 
     async def _update_once(self) -> None:
-        client = self.client
-        connection = self._connection
         try:
-            if connection is None or not connection.is_open:
-                assert self.server is not None
-                connection = await client._connector(self.server)
-                self._connection = connection
-            challenge = client._random(CHALLENGE_BYTES) if client.trusted is not None else None
-            fields: dict[str, wire.FieldValue] = {"handle": self.handle}
-            if challenge is not None:
-                fields["challenge"] = challenge.hex()
-            answer = await connection.call("UPDATE", **fields)
-            if self.state != "held":
-                return  # released while waiting
-            if isinstance(answer, Ok) and challenge is not None:
-                client._verify(connection, answer, challenge, "UPDATE", self.handle, self.product)
+            answer = await self._send_update()
         except NotGenuine as e:
             await self._recover(f"{self.server} is not genuine: {e}")
             return
@@ -718,6 +468,31 @@ class HeldLicence:
                     f"lost contact with {self.server}: {describe_failure(e)}", unreachable=True
                 )
             return
+        if answer is not None:
+            await self._updated(answer)
+
+    async def _send_update(self) -> Answer | None:
+        """UPDATE at the licence's server, its signature checked; None if the
+        licence was released while waiting for the answer."""
+        search = self.client.server_search
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            assert self.server is not None
+            connection = await search.connect(self.server)
+            self._connection = connection
+        challenge = search.challenge()
+        fields: dict[str, FieldValue] = {"handle": self.handle}
+        if challenge is not None:
+            fields["challenge"] = challenge.hex()
+        answer = await connection.call("UPDATE", **fields)
+        if self.state != "held":
+            return None
+        if isinstance(answer, Ok) and challenge is not None:
+            search.verify(connection, answer, challenge, "UPDATE", self.handle, self.product)
+        return answer
+
+    async def _updated(self, answer: Answer) -> None:
+        """Act on the server's answer to UPDATE: next beat, or request again."""
         if isinstance(answer, Ok):
             period = answer.get("period")
             if period is not None and period.isdigit():
@@ -730,7 +505,7 @@ class HeldLicence:
             return
         if isinstance(answer, Err):
             targets = (
-                _redirect_targets(answer, self.server)
+                redirect_targets(answer, self.server)
                 if answer.status in REDIRECT_STATUSES and self.server is not None
                 else []
             )
@@ -856,7 +631,7 @@ class HeldLicence:
         unreachable = False
         try:
             if connection is None or not connection.is_open:
-                connection = await self.client._connector(server)
+                connection = await self.client.server_search.connect(server)
             try:
                 answer = await connection.call("RELEASE", handle=self.handle)
             except Exception:
@@ -892,7 +667,7 @@ class HeldLicence:
                 )
                 return
             unknown = answer.status is Status.NEW_MASTER
-            first = _redirect_targets(answer, server) if answer.status in REDIRECT_STATUSES else []
+            first = redirect_targets(answer, server) if answer.status in REDIRECT_STATUSES else []
         finally:
             if connection is not None:
                 connection.close()

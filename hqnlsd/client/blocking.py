@@ -44,7 +44,8 @@ from hqnlsd.client.errors import ClientError
 from hqnlsd.client.servers import ServerAddress
 from hqnlsd.identity import DEFAULT_HOSTS_PATH
 from hqnlsd.permits.seal import TrustedKeys
-from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT, Ok
+from hqnlsd.protocols import DEFAULT_CLIENT_PORT
+from hqnlsd.protocols.replies import Ok
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """One client connection to a licence server: request lines out, replies in, in order.
 
-`ReplyProtocol` writes request lines (`wire.format_request`) and matches each
+`ReplyProtocol` writes request lines (`client_side.format_request`) and matches each
 reply to its request in order (the server answers in request order, so requests
 may be pipelined). A reply is one ``OK``/``ERR`` line, or for a listing verb
 (``USERS``, ``HELP``) lines up to a line holding ``.``.
@@ -23,8 +23,9 @@ from twisted.python.failure import Failure
 
 from hqnlsd.client.errors import ProtocolError
 from hqnlsd.client.servers import ServerAddress
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok, ReplyParseError
+from hqnlsd.protocols import client_side
+from hqnlsd.protocols.client_side import ReplyParseError
+from hqnlsd.protocols.replies import Err, FieldValue, Ok
 
 #: The longest reply line accepted (replies with a server certificate are long).
 MAX_REPLY_LINE = 65536
@@ -59,14 +60,14 @@ class ReplyProtocol(LineOnlyReceiver):
         """True while the connection is up."""
         return bool(self.connected) and self._closed_reason is None
 
-    def send(self, verb: str, /, **fields: wire.FieldValue) -> Deferred[Answer]:
+    def send(self, verb: str, /, **fields: FieldValue) -> Deferred[Answer]:
         """Send one request; the Deferred fires with its reply (or fails).
 
         Cancelling it (``addTimeout`` does) aborts the connection.
         """
         if not self.is_open:
             return _failed(ConnectionDone("the connection to the server is closed"))
-        line = wire.format_request(verb, **fields)
+        line = client_side.format_request(verb, **fields)
         deferred: Deferred[Answer] = Deferred(lambda _: self._abort())
         self._pending.append(_Pending(deferred, verb in LISTING_VERBS))
         self.tcp_transport().write(line)
@@ -97,7 +98,7 @@ class ReplyProtocol(LineOnlyReceiver):
             return
         pending = self._pending[0]
         if pending.lines is not None:
-            content = wire.unstuff_listing_line(text)
+            content = client_side.unstuff_listing_line(text)
             if content is None:
                 self._finish(pending.lines)
             else:
@@ -106,7 +107,7 @@ class ReplyProtocol(LineOnlyReceiver):
         first = text.split(" ", 1)[0]
         if first in ("OK", "ERR"):
             try:
-                reply = wire.parse_reply_line(text)
+                reply = client_side.parse_reply_line(text)
             except ReplyParseError as e:
                 self._protocol_error(f"a malformed reply ({e}): {text[:120]!r}")
                 return
@@ -116,7 +117,7 @@ class ReplyProtocol(LineOnlyReceiver):
             self._protocol_error(f"not a reply line: {text[:120]!r}")
             return
         pending.lines = []
-        content = wire.unstuff_listing_line(text)
+        content = client_side.unstuff_listing_line(text)
         if content is None:
             self._finish(pending.lines)
         else:
@@ -172,7 +173,7 @@ class Link(Protocol):
         """True while the connection is up."""
         ...
 
-    def call(self, verb: str, /, **fields: wire.FieldValue) -> Deferred[Answer]:
+    def call(self, verb: str, /, **fields: FieldValue) -> Deferred[Answer]:
         """Send one request; its reply, bounded by a timeout."""
         ...
 
@@ -203,7 +204,7 @@ class Connection:
         """True while the connection is up."""
         return self.protocol.is_open
 
-    def call(self, verb: str, /, **fields: wire.FieldValue) -> Deferred[Answer]:
+    def call(self, verb: str, /, **fields: FieldValue) -> Deferred[Answer]:
         """Send one request and wait at most ``timeout`` seconds for its reply."""
         deferred = self.protocol.send(verb, **fields)
         deferred.addTimeout(self.timeout, self.clock)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hqnlsd.protocols.wire import Err
+from hqnlsd.protocols.replies import Err
 from hqnlsd.status import Status
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from hqnlsd.identity import DEFAULT_HOSTS_PATH, HostsTable
-from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT
+from hqnlsd.protocols import DEFAULT_CLIENT_PORT
 
 #: The host tried first when nothing else is configured.
 LOCAL_HOST = "127.0.0.1"

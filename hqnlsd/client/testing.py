@@ -28,14 +28,14 @@ from twisted.python.failure import Failure
 from hqnlsd.client.connection import Answer, Link
 from hqnlsd.client.servers import ServerAddress
 from hqnlsd.permits.servercert import ServerKey
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side, grammar
 from hqnlsd.protocols.client import ClientProtocolFactory
+from hqnlsd.protocols.replies import Err, FieldValue, Listing, Ok, Reply, format_reply
 from hqnlsd.protocols.signing import sign_reply
-from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.status import Status
 
 #: Replaces a reply just before it is sent (to forge signatures in tests).
-ReplyFilter = Callable[[wire.DispatchedCommand, Reply], Reply]
+ReplyFilter = Callable[[grammar.DispatchedCommand, Reply], Reply]
 
 
 @dataclasses.dataclass
@@ -72,7 +72,7 @@ class FakeLicenceServer:
         self.holders: dict[str, FakeHolder] = {}
         self.revoked: set[str] = set()
         #: Every command received, in order.
-        self.received: list[wire.DispatchedCommand] = []
+        self.received: list[grammar.DispatchedCommand] = []
         self.reply_filter: ReplyFilter | None = None
         self._canned: dict[str, collections.deque[Reply]] = collections.defaultdict(
             collections.deque
@@ -94,7 +94,7 @@ class FakeLicenceServer:
 
     # -- the Dispatcher interface ------------------------------------------------------
 
-    def dispatch(self, command: wire.DispatchedCommand, peer: Any) -> Reply:
+    def dispatch(self, command: grammar.DispatchedCommand, peer: Any) -> Reply:
         """Answer one command (the daemon protocol's `Dispatcher` interface)."""
         self.received.append(command)
         canned = self._canned.get(command.verb)
@@ -104,10 +104,10 @@ class FakeLicenceServer:
             reply = self.reply_filter(command, reply)
         return reply
 
-    def _sign(self, command: wire.DispatchedCommand, reply: Reply) -> Reply:
-        if isinstance(reply, Listing) or not isinstance(command, wire.Request | wire.Update):
+    def _sign(self, command: grammar.DispatchedCommand, reply: Reply) -> Reply:
+        if isinstance(reply, Listing) or not isinstance(command, grammar.Request | grammar.Update):
             return reply
-        own = command.handle if isinstance(command, wire.Update) else ""
+        own = command.handle if isinstance(command, grammar.Update) else ""
         handle = own or reply.get("handle") or ""
         return sign_reply(
             self.server_key,
@@ -120,21 +120,21 @@ class FakeLicenceServer:
             reply=reply,
         )
 
-    def _answer(self, command: wire.DispatchedCommand) -> Reply:
-        if isinstance(command, wire.Request):
+    def _answer(self, command: grammar.DispatchedCommand) -> Reply:
+        if isinstance(command, grammar.Request):
             return self._request(command)
-        if isinstance(command, wire.Update):
+        if isinstance(command, grammar.Update):
             if command.handle in self.holders:
                 return Ok.of(handle=command.handle, period=self.period)
             if command.handle in self.revoked:
                 return Err.of(Status.LOSTLICENCE, "the licence was taken back; request again",
                               handle=command.handle)
             return Err.of(Status.BADHANDLE, "no such handle", handle=command.handle)
-        if isinstance(command, wire.Release):
+        if isinstance(command, grammar.Release):
             if self.holders.pop(command.handle, None) is None:
                 return Err.of(Status.BADHANDLE, "no such handle", handle=command.handle)
             return Ok.of(handle=command.handle)
-        if isinstance(command, wire.Users):
+        if isinstance(command, grammar.Users):
             if (command.publisher, command.product, command.version) != self.product:
                 return Err.of(Status.BADPRODUCT, "not served here")
             return Listing.of_records(
@@ -142,7 +142,7 @@ class FakeLicenceServer:
             )
         return Ok.of()
 
-    def _request(self, command: wire.Request) -> Reply:
+    def _request(self, command: grammar.Request) -> Reply:
         if (command.publisher, command.product, command.version) != self.product:
             return Err.of(Status.BADPRODUCT, "not served here")
         for holder in self.holders.values():
@@ -161,7 +161,7 @@ class FakeLicenceServer:
         return self._grant(holder, duplicate=False)
 
     def _grant(self, holder: FakeHolder, *, duplicate: bool) -> Ok:
-        fields: dict[str, wire.FieldValue] = {
+        fields: dict[str, FieldValue] = {
             "handle": holder.handle,
             "period": self.period,
             "type": "floating",
@@ -200,7 +200,7 @@ class FakeConnection:
         """True until closed or until the server goes down."""
         return self.open and self.server not in self.network.down
 
-    def call(self, verb: str, /, **fields: wire.FieldValue) -> Deferred[Answer]:
+    def call(self, verb: str, /, **fields: FieldValue) -> Deferred[Answer]:
         """Send the request line, parse it as the daemon does, answer as the client reads."""
         clock = self.network.clock
         if not self.is_open:
@@ -208,19 +208,19 @@ class FakeConnection:
         if self.server in self.network.silent:
             waiting: Deferred[Answer] = Deferred()
             return waiting.addTimeout(self.network.timeout, clock)
-        line = wire.format_request(verb, **fields)
-        command = wire.parse_line(line.rstrip(b"\n"))
+        line = client_side.format_request(verb, **fields)
+        command = grammar.parse_line(line.rstrip(b"\n"))
         assert command is not None
-        if isinstance(command, wire.Ping):
+        if isinstance(command, grammar.Ping):
             reply: Reply = Ok.of("pong")
         else:
-            assert not isinstance(command, wire.Help | wire.Quit)
+            assert not isinstance(command, grammar.Help | grammar.Quit)
             reply = self.network.servers[self.server].dispatch(command, None)
-        text = wire.format_reply(reply).decode("utf-8").split("\r\n")[:-1]
+        text = format_reply(reply).decode("utf-8").split("\r\n")[:-1]
         if isinstance(reply, Listing):
-            lines = [wire.unstuff_listing_line(t) for t in text]
+            lines = [client_side.unstuff_listing_line(t) for t in text]
             return succeed([line for line in lines if line is not None])
-        return succeed(wire.parse_reply_line(text[0]))
+        return succeed(client_side.parse_reply_line(text[0]))
 
     def close(self) -> None:
         """Close it."""

@@ -1,13 +1,13 @@
 """The client listener: the text protocol of SPEC 5 as a Twisted protocol.
 
 One `ClientProtocol` per connection. It frames lines, parses them with
-`hqnlsd.protocols.wire`, answers PING, HELP and QUIT itself, hands every other
+`hqnlsd.protocols.grammar`, answers PING, HELP and QUIT itself, hands every other
 command to the `Dispatcher` and writes the replies back **in request order**,
 whatever order the dispatcher's Deferreds fire in (clients may pipeline).
 
 Robustness rules, all per connection, so one client never disturbs another:
 
-- a line longer than `wire.MAX_LINE_BYTES` earns ``ERR LINE_TOO_LONG`` and the
+- a line longer than `grammar.MAX_LINE_BYTES` earns ``ERR LINE_TOO_LONG`` and the
   connection is closed (the rest of its input is ignored);
 - bad UTF-8, bad syntax, unknown verbs earn a short ``ERR`` line (its message
   quotes at most a short prefix of the input); `MAX_BAD_LINES` of them in one
@@ -43,7 +43,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hqnlsd.logging.badinput import DEFAULT_INTERVAL, BadInputLog
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import grammar, tokenizer
+from hqnlsd.protocols.replies import Err, Listing, Ok, Reply, format_reply
 from hqnlsd.status import Status
 
 #: Requests of one connection that may wait for the dispatcher at the same time.
@@ -58,8 +59,8 @@ class Dispatcher(TypingProtocol):
     """What the client protocol needs from the core: one answer per command."""
 
     def dispatch(
-        self, command: wire.DispatchedCommand, peer: IPv4Address
-    ) -> wire.Reply | Deferred[wire.Reply]:
+        self, command: grammar.DispatchedCommand, peer: IPv4Address
+    ) -> Reply | Deferred[Reply]:
         """Answer `command` from the client at `peer`, now or later.
 
         Replies are written in request order, so a slow answer delays the ones
@@ -69,34 +70,34 @@ class Dispatcher(TypingProtocol):
         ...
 
 
-_INTERNAL = wire.format_reply(
-    wire.Err(Status.INTERNAL, "internal error; the server logged the details")
+_INTERNAL = format_reply(
+    Err(Status.INTERNAL, "internal error; the server logged the details")
 )
-_PONG = wire.format_reply(wire.Ok.of("pong"))
-_BYE = wire.format_reply(wire.Ok.of("bye"))
-_TOO_LONG = wire.format_reply(
-    wire.Err(
+_PONG = format_reply(Ok.of("pong"))
+_BYE = format_reply(Ok.of("bye"))
+_TOO_LONG = format_reply(
+    Err(
         Status.LINE_TOO_LONG,
-        f"a line may hold at most {wire.MAX_LINE_BYTES} bytes; closing the connection",
+        f"a line may hold at most {grammar.MAX_LINE_BYTES} bytes; closing the connection",
     )
 )
-_IPV4_ONLY = wire.format_reply(
-    wire.Err(Status.ILLEGAL, "this server takes clients over IPv4 only")
+_IPV4_ONLY = format_reply(
+    Err(Status.ILLEGAL, "this server takes clients over IPv4 only")
 )
-_TOO_MANY_BAD = wire.format_reply(
-    wire.Err(
+_TOO_MANY_BAD = format_reply(
+    Err(
         Status.SYNTAX,
         f"{MAX_BAD_LINES} bad lines on this connection; closing it",
     )
 )
 
 
-def _bad_line_reply(error: wire.WireError) -> bytes:
+def _bad_line_reply(error: tokenizer.WireError) -> bytes:
     """The ERR for a bad line, its message cut to `MAX_ERR_MESSAGE` characters."""
     message = error.message
     if len(message) > MAX_ERR_MESSAGE:
         message = message[: MAX_ERR_MESSAGE - 3] + "..."
-    return wire.format_reply(wire.Err(error.status, message))
+    return format_reply(Err(error.status, message))
 
 
 class _Transport(TypingProtocol):
@@ -274,23 +275,23 @@ class ClientProtocol(Protocol, TimeoutMixin):
             self._line_too_long()
             return
         try:
-            command = wire.parse_line(line)
-        except wire.WireError as e:
+            command = grammar.parse_line(line)
+        except tokenizer.WireError as e:
             self._bad_line(e)
             return
         if command is None:
             return
-        if isinstance(command, wire.Ping):
+        if isinstance(command, grammar.Ping):
             self._answer(_PONG)
-        elif isinstance(command, wire.Help):
-            self._answer(wire.format_reply(wire.help_listing(command.topic)))
-        elif isinstance(command, wire.Quit):
+        elif isinstance(command, grammar.Help):
+            self._answer(format_reply(grammar.help_listing(command.topic)))
+        elif isinstance(command, grammar.Quit):
             self._answer(_BYE)
             self._close_after_flush()
         else:
             self._dispatch(command)
 
-    def _bad_line(self, error: wire.WireError) -> None:
+    def _bad_line(self, error: tokenizer.WireError) -> None:
         """Answer a bad line shortly; log it in summary; close after too many."""
         reporter = self._bad_input()
         reporter.note(self._peer.host, f"{error.status.name} {error.message}")
@@ -307,14 +308,14 @@ class ClientProtocol(Protocol, TimeoutMixin):
     def _line_too_long(self) -> None:
         self._bad_input().note(
             self._peer.host,
-            f"a line over {wire.MAX_LINE_BYTES} bytes (connection closed)",
+            f"a line over {grammar.MAX_LINE_BYTES} bytes (connection closed)",
         )
         self._answer(_TOO_LONG)
         self._close_after_flush()
 
     # -- dispatching ------------------------------------------------------
 
-    def _dispatch(self, command: wire.DispatchedCommand) -> None:
+    def _dispatch(self, command: grammar.DispatchedCommand) -> None:
         try:
             result = self._dispatcher.dispatch(command, self._peer)
         except Exception:
@@ -346,10 +347,10 @@ class ClientProtocol(Protocol, TimeoutMixin):
 
         result.addBoth(settle)
 
-    def _render(self, reply: object, command: wire.DispatchedCommand) -> bytes:
-        if isinstance(reply, wire.Ok | wire.Err | wire.Listing):
+    def _render(self, reply: object, command: grammar.DispatchedCommand) -> bytes:
+        if isinstance(reply, Ok | Err | Listing):
             try:
-                return wire.format_reply(reply)
+                return format_reply(reply)
             except Exception:
                 self.log.failure("could not format the reply to {verb}", verb=command.verb)
                 return _INTERNAL
@@ -435,7 +436,7 @@ class ClientProtocol(Protocol, TimeoutMixin):
 def _too_long(line: bytes) -> bool:
     """Is `line` (a complete line without LF, or the unfinished tail of the
     input) over the limit? The CR of a CR LF does not count."""
-    excess = len(line) - wire.MAX_LINE_BYTES
+    excess = len(line) - grammar.MAX_LINE_BYTES
     return excess > 1 or (excess == 1 and not line.endswith(b"\r"))
 
 

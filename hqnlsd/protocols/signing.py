@@ -24,7 +24,7 @@ from hqnlsd.permits.servercert import (
     ServerCertificate,
     ServerKey,
 )
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 
 REPLY_PREFIX = b"hqnlsd signed reply v1\x00"
 #: The reply fields this module adds; never part of the signed bytes.

@@ -37,8 +37,8 @@ from typing import Any, TextIO
 from hqnlsd.client.blocking import BlockingLicence, BlockingLicenceClient
 from hqnlsd.client.errors import ClientError, LicenceDenied, NoServer
 from hqnlsd.identity import DEFAULT_HOSTS_PATH
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import DEFAULT_CLIENT_PORT
+from hqnlsd.protocols import DEFAULT_CLIENT_PORT
+from hqnlsd.protocols.replies import format_reply_text
 
 PROG = "hqnls"
 EX_UNAVAILABLE = 69
@@ -185,7 +185,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     for result in results:
         if result.reply is not None:
             answered += 1
-            said = wire.format_reply_text(result.reply)[0]
+            said = format_reply_text(result.reply)[0]
             records.append({"server": str(result.server), "answer": said,
                             "ms": round(result.seconds * 1000, 1)})
         else:

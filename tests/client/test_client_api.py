@@ -25,8 +25,8 @@ from hqnlsd.client.testing import FakeLicenceServer, FakeNetwork
 from hqnlsd.permits.model import HostId, Permit, ProductPermit
 from hqnlsd.permits.seal import PublisherKey, TrustedKeys
 from hqnlsd.permits.servercert import make_server_key
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok, Reply
+from hqnlsd.protocols import grammar
+from hqnlsd.protocols.replies import Err, Ok, Reply
 from hqnlsd.status import Status
 
 T = TypeVar("T")
@@ -83,7 +83,7 @@ def test_grant_sends_process_and_token(world: World) -> None:
     fake = world.server("127.0.0.1", data=(1, 2, 3), period=120)
     licence = result_of(take(world.client(["127.0.0.1"])))
     request = fake.received[0]
-    assert isinstance(request, wire.Request)
+    assert isinstance(request, grammar.Request)
     assert (request.publisher, request.product, request.version) == PRODUCT
     assert (request.user, request.host, request.pid) == ("jo", "box", 4242)
     assert request.client == licence.token and len(licence.token) == 24
@@ -209,7 +209,7 @@ def test_heartbeat_updates_a_bit_early(world: World) -> None:
     world.clock.advance(80)
     assert fake.verbs() == ["REQUEST", "UPDATE", "UPDATE"]
     update = fake.received[-1]
-    assert isinstance(update, wire.Update) and update.handle == licence.handle
+    assert isinstance(update, grammar.Update) and update.handle == licence.handle
     assert world.net.connections == [ServerAddress("127.0.0.1")]
 
 
@@ -226,7 +226,7 @@ def test_lostlicence_calls_back_and_rerequests_with_same_token(world: World) -> 
     world.clock.advance(80)
     assert events == ['lost 1-1: LOSTLICENCE: the licence was taken back; request again',
                       "regained 1-2"]
-    requests = [c for c in fake.received if isinstance(c, wire.Request)]
+    requests = [c for c in fake.received if isinstance(c, grammar.Request)]
     assert [r.client for r in requests] == [licence.token, licence.token]
     assert licence.held and licence.handle == "1-2"
 
@@ -338,10 +338,10 @@ def publisher() -> PublisherKey:
     return PublisherKey.generate()
 
 
-def replaying(recorded: list[Reply]) -> Callable[[wire.DispatchedCommand, Reply], Reply]:
+def replaying(recorded: list[Reply]) -> Callable[[grammar.DispatchedCommand, Reply], Reply]:
     """A reply filter that answers with the first genuine reply it was given (a replay)."""
 
-    def replay(command: wire.DispatchedCommand, reply: Reply) -> Reply:
+    def replay(command: grammar.DispatchedCommand, reply: Reply) -> Reply:
         return recorded[0] if recorded else reply
 
     return replay
@@ -389,7 +389,7 @@ def test_replayed_reply_is_detected_and_genuine_server_used(
     genuine = world.server("127.0.0.2", server_key=key, licences=2)
     # A grant the genuine server signed for someone else's challenge, recorded.
     recorded: list[Reply] = [genuine.dispatch(
-        wire.Request(*PRODUCT, user="x", host="y", pid=1, client="other",
+        grammar.Request(*PRODUCT, user="x", host="y", pid=1, client="other",
                      challenge=b"\x01" * 16), None)]
     assert isinstance(recorded[0], Ok) and recorded[0].get("signature")
     impostor = world.server("127.0.0.1")
@@ -475,8 +475,8 @@ def _first_release_unconfirmed(fake: FakeLicenceServer) -> None:
     primary gives when it lost its quorum before confirming (the release may stand)."""
     seen: list[bool] = []
 
-    def unconfirmed(command: wire.DispatchedCommand, reply: Reply) -> Reply:
-        if isinstance(command, wire.Release) and not seen:
+    def unconfirmed(command: grammar.DispatchedCommand, reply: Reply) -> Reply:
+        if isinstance(command, grammar.Release) and not seen:
             seen.append(True)
             return Err.of(Status.NEW_MASTER, "not confirmed before a change of primary; "
                           "send it again")
@@ -601,7 +601,7 @@ def test_unanswered_release_of_a_refused_grant_is_not_fatal(
     search still ends with NotGenuineServer (the server frees it at crashout)."""
     fake = world.server("127.0.0.1", licences=1)
 
-    def silence_after_grant(command: wire.DispatchedCommand, reply: Reply) -> Reply:
+    def silence_after_grant(command: grammar.DispatchedCommand, reply: Reply) -> Reply:
         world.net.silent.add(ServerAddress("127.0.0.1"))
         return reply
 

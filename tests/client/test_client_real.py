@@ -39,10 +39,10 @@ from hqnlsd.permits.reader import read_permit_file
 from hqnlsd.permits.seal import TrustedKeys
 from hqnlsd.permits.servercert import ServerKeys, make_server_key
 from hqnlsd.persistence.store import Journal, open_journal
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import grammar
 from hqnlsd.protocols.client import ClientProtocolFactory
+from hqnlsd.protocols.replies import Err, Listing, Reply
 from hqnlsd.protocols.signing import sign_reply
-from hqnlsd.protocols.wire import Err, Reply
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status
 from tests.daemons import REPO_ROOT, Publisher, make_permit, product_permit
@@ -84,9 +84,9 @@ class SigningDispatcher:
         self.server = server
         self.keys = keys
 
-    def dispatch(self, command: wire.DispatchedCommand, peer: Any) -> Any:
+    def dispatch(self, command: grammar.DispatchedCommand, peer: Any) -> Any:
         """Answer, then sign REQUEST and UPDATE replies to a challenge."""
-        if not isinstance(command, wire.Request | wire.Update) or command.challenge is None:
+        if not isinstance(command, grammar.Request | grammar.Update) or command.challenge is None:
             return self.server.dispatch(command, peer)
         bare = dataclasses.replace(command, challenge=None)
         answer = self.server.dispatch(bare, peer)
@@ -95,19 +95,19 @@ class SigningDispatcher:
             return answer.addCallback(sign)
         return sign(answer)
 
-    def _signer(self, command: wire.Request | wire.Update) -> Callable[[Reply], Reply]:
-        if isinstance(command, wire.Request):
+    def _signer(self, command: grammar.Request | grammar.Update) -> Callable[[Reply], Reply]:
+        if isinstance(command, grammar.Request):
             names: tuple[str, str, str] | None = (
                 command.publisher, command.product, command.version)
         else:
             names = product_of_handle(self.server.engine, command.handle)
 
         def sign(reply: Reply) -> Reply:
-            if names is None or isinstance(reply, wire.Listing):
+            if names is None or isinstance(reply, Listing):
                 return reply
             offer = self.server.catalogue.find(names[0], names[1])
             key = self.keys.get(offer.permit.number) if offer is not None else None
-            handle = command.handle if isinstance(command, wire.Update) else ""
+            handle = command.handle if isinstance(command, grammar.Update) else ""
             return sign_reply(
                 key, challenge=command.challenge, verb=command.verb,
                 handle=handle or reply.get("handle") or "",

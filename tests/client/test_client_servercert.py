@@ -28,9 +28,9 @@ from hqnlsd.permits.servercert import (
     read_certificate,
     write_server_key,
 )
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side, quoting
+from hqnlsd.protocols.replies import Err, Ok, format_reply_text
 from hqnlsd.protocols.signing import CERT_FIELD, SIGNATURE_FIELD, sign_reply, verify_reply
-from hqnlsd.protocols.wire import Err, Ok
 from hqnlsd.status import Status
 from hqnlsd.tools import mp
 
@@ -77,8 +77,8 @@ def signed(key: object, reply: Ok | Err, challenge: bytes = CHALLENGE, handle: s
 def check(trusted: TrustedKeys, reply: Ok | Err, *, server: str = "127.0.0.2",
           challenge: bytes = CHALLENGE, name: str = "LispWorks") -> ServerCertificate:
     """Verify ``reply`` as the client does, as received through the wire format."""
-    text = wire.format_reply_text(reply)[0]
-    received = wire.parse_reply_line(text)
+    text = format_reply_text(reply)[0]
+    received = client_side.parse_reply_line(text)
     return verify_reply(
         trusted, server=ipaddress.IPv4Address(server), challenge=challenge, verb="REQUEST",
         handle=received.get("handle") or "", publisher="Harlequin", product=name,
@@ -94,7 +94,7 @@ def test_certificate_token_round_trip(publisher: PublisherKey) -> None:
     """A certificate survives its one-word token form and verifies with the publisher key."""
     key = make_server_key(publisher, PERMIT)
     token = key.certificate.token()
-    assert " " not in token and '"' not in token and not wire.needs_quotes(token)
+    assert " " not in token and '"' not in token and not quoting.needs_quotes(token)
     again = ServerCertificate.from_token(token)
     assert again.permit_number == 7
     assert again.servers == (A1, A2)

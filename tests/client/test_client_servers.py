@@ -21,8 +21,7 @@ from hqnlsd.client.connection import Connection, ReplyProtocol, describe_failure
 from hqnlsd.client.errors import ProtocolError
 from hqnlsd.client.servers import ServerAddress, parse_hqnservers, search_list
 from hqnlsd.identity import HostsTable
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok, format_reply
 from hqnlsd.status import Status
 
 HOSTS = HostsTable.from_text(
@@ -87,7 +86,7 @@ def test_replies_match_requests_in_order() -> None:
     second = connection.call("RELEASE", handle="H1")
     assert transport.value() == b"UPDATE handle=H1\nRELEASE handle=H1\n"
     protocol.dataReceived(b"OK handle=H1 period=300\r\n")
-    protocol.dataReceived(wire.format_reply(Err.of(Status.BADHANDLE, "gone", handle="H1")))
+    protocol.dataReceived(format_reply(Err.of(Status.BADHANDLE, "gone", handle="H1")))
     assert fired(first) == Ok.of(handle="H1", period="300")
     answer = fired(second)
     assert isinstance(answer, Err) and answer.status is Status.BADHANDLE

@@ -18,7 +18,7 @@ import pytest
 from hqnlsd.client import BlockingLicenceClient, NotGenuineServer
 from hqnlsd.permits.policy import Policy
 from hqnlsd.permits.servercert import make_server_key, write_server_key
-from hqnlsd.protocols.wire import Ok
+from hqnlsd.protocols.replies import Ok
 from tests.daemons import (
     IO_TIMEOUT,
     DaemonHarness,

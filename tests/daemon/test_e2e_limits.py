@@ -25,8 +25,8 @@ import pytest
 
 from hqnlsd.client.api import Retry
 from hqnlsd.client.blocking import BlockingLicenceClient
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols import client_side
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     IO_TIMEOUT,
@@ -139,7 +139,7 @@ def request_from(source: str, port: int, pid: int) -> Ok | Err:
         ("127.0.0.1", port), timeout=IO_TIMEOUT, source_address=(source, 0)
     ) as s:
         s.sendall(
-            wire.format_request(
+            client_side.format_request(
                 "REQUEST",
                 publisher="Test Publisher",
                 product="Widget",
@@ -151,7 +151,7 @@ def request_from(source: str, port: int, pid: int) -> Ok | Err:
         )
         reader = s.makefile("rb")
         line = reader.readline()
-    return wire.parse_reply_line(line.decode().rstrip("\r\n"))
+    return client_side.parse_reply_line(line.decode().rstrip("\r\n"))
 
 
 def local_lsa(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:

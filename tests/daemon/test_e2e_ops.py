@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import IO_TIMEOUT, DaemonHarness, free_port, make_permit, product_permit
 

@@ -1,7 +1,7 @@
 """Hostile input without a daemon: the seeded generators of `tests.hostile` fed to the
 parsers and readers in process (issue 12).
 
-- fuzzed client protocol lines: `wire.parse_line` gives a command, nothing, or a
+- fuzzed client protocol lines: `grammar.parse_line` gives a command, nothing, or a
   `WireError`; a `ClientProtocol` answers every line it reads, in well-formed
   replies, until QUIT or an over-long line ends the connection;
 - mutated sealed permit files: the daemon's reader never raises and never returns
@@ -22,7 +22,7 @@ from hqnlsd.admin import wire as admin_wire
 from hqnlsd.permits.model import HostId, Permit
 from hqnlsd.permits.reader import read_permit_file
 from hqnlsd.permits.seal import TrustedKeys
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import grammar, tokenizer
 from tests.daemons import Publisher, make_permit, product_permit
 from tests.hostile import (
     admin_line,
@@ -58,8 +58,8 @@ def test_fuzzed_lines_parse_or_fail_cleanly() -> None:
     for _ in range(LINES):
         line = protocol_line(rng)[:-1]
         try:
-            command = wire.parse_line(line)
-        except wire.WireError as error:
+            command = grammar.parse_line(line)
+        except tokenizer.WireError as error:
             assert error.reply().status is error.status
             outcomes["error"] += 1
         else:
@@ -95,8 +95,8 @@ def test_fuzzed_lines_through_the_protocol_are_each_answered() -> None:
 def _answered(line: bytes) -> bool:
     """Does the protocol answer ``line`` (LF-terminated)? Every line but a blank one."""
     try:
-        return wire.parse_line(line[:-1]) is not None
-    except wire.WireError:
+        return grammar.parse_line(line[:-1]) is not None
+    except tokenizer.WireError:
         return True
 
 

@@ -35,9 +35,9 @@ from hqnlsd.permits.reader import Catalogue, PermitFile, build_catalogue
 from hqnlsd.permits.seal import PublisherKey, TrustedKeys
 from hqnlsd.permits.servercert import NotGenuine, ServerKeys, make_server_key
 from hqnlsd.persistence.store import RETRY_FIRST, Journal, open_journal
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side, grammar
+from hqnlsd.protocols.replies import Err, Listing, Ok, Reply, format_reply
 from hqnlsd.protocols.signing import verify_reply
-from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status
 from tests.daemons import Publisher, make_permit
@@ -140,7 +140,7 @@ class Rig:
     state_dir: Path
     db: FlakyConnection
 
-    def dispatch(self, command: wire.DispatchedCommand, peer: IPv4Address = PEER) -> Reply:
+    def dispatch(self, command: grammar.DispatchedCommand, peer: IPv4Address = PEER) -> Reply:
         """Dispatch and, if the answer waits for the journal, let the group commit run."""
         answer = self.server.dispatch(command, peer)
         if isinstance(answer, Deferred):
@@ -165,9 +165,9 @@ class Rig:
         return reply
 
 
-def request(product: str = "LispWorks", **change: Any) -> wire.Request:
+def request(product: str = "LispWorks", **change: Any) -> grammar.Request:
     """A REQUEST command as the protocol would hand it over."""
-    base = wire.Request(
+    base = grammar.Request(
         publisher="Harlequin", product=product, version="8.0", user="alice", host="alpha", pid=7
     )
     return dataclasses.replace(base, **change)
@@ -262,7 +262,7 @@ def test_grant_reply_fields(rig: Rig) -> None:
         "expiry": "31/12/2030",
         "index": "1",
     }
-    line = wire.format_reply(reply)
+    line = format_reply(reply)
     assert b' data="1 2 3" ' in line
     assert line.endswith(b"\r\n")
 
@@ -314,7 +314,7 @@ def test_nolicences_when_the_pool_is_used_up(rig: Rig) -> None:
     rig.grant(pid=2)
     denied = err(rig.dispatch(request(pid=3)), Status.NOLICENCES)
     assert "in use" in denied.msg
-    assert wire.format_reply(denied).startswith(b"ERR NOLICENCES code=0xC8041002 ")
+    assert format_reply(denied).startswith(b"ERR NOLICENCES code=0xC8041002 ")
 
 
 def test_unknown_product_is_badproduct(rig: Rig) -> None:
@@ -348,7 +348,7 @@ def test_product_of_another_domain_is_try_domain(rig: Rig) -> None:
     denied = err(rig.dispatch(request(product="Elsewhere")), Status.TRY_DOMAIN)
     assert denied.get("domain") == "10.0.0.5 10.0.0.6"
     assert "10.0.0.5 10.0.0.6" in denied.msg
-    users = err(rig.dispatch(wire.Users("Harlequin", "Elsewhere", "8.0")), Status.TRY_DOMAIN)
+    users = err(rig.dispatch(grammar.Users("Harlequin", "Elsewhere", "8.0")), Status.TRY_DOMAIN)
     assert users.get("domain") == "10.0.0.5 10.0.0.6"
 
 
@@ -412,7 +412,7 @@ def test_update_answers_at_once_and_journals(rig: Rig) -> None:
     handle = rig.grant().get("handle") or ""
     written = rig.journal.stats.events_written
     rig.clock.advance(60)
-    answer = rig.server.dispatch(wire.Update(handle), PEER)
+    answer = rig.server.dispatch(grammar.Update(handle), PEER)
     assert isinstance(answer, Ok)
     assert dict(answer.fields) == {"handle": handle, "period": "300"}
     rig.clock.advance(0)
@@ -421,7 +421,7 @@ def test_update_answers_at_once_and_journals(rig: Rig) -> None:
 
 def test_update_of_unknown_handle_is_badhandle(rig: Rig) -> None:
     """A handle never granted: BADHANDLE, with the handle in the reply."""
-    denied = err(rig.dispatch(wire.Update("nosuch")), Status.BADHANDLE)
+    denied = err(rig.dispatch(grammar.Update("nosuch")), Status.BADHANDLE)
     assert denied.get("handle") == "nosuch"
 
 
@@ -430,16 +430,16 @@ def test_update_of_revoked_licence_is_lostlicence(rig: Rig) -> None:
     handle = rig.grant().get("handle") or ""
     killed = rig.engine.kill(handle)
     rig.journal.submit(killed.events)
-    denied = err(rig.dispatch(wire.Update(handle)), Status.LOSTLICENCE)
+    denied = err(rig.dispatch(grammar.Update(handle)), Status.LOSTLICENCE)
     assert denied.get("handle") == handle
-    err(rig.dispatch(wire.Release(handle)), Status.LOSTLICENCE)
+    err(rig.dispatch(grammar.Release(handle)), Status.LOSTLICENCE)
 
 
 def test_update_with_challenge_is_signed(rig: Rig) -> None:
     """UPDATE with a challenge: signed over the handle and that challenge."""
     trusted = _with_server_key(rig)
     handle = rig.grant().get("handle") or ""
-    updated = rig.dispatch(wire.Update(handle, challenge=b"\xff"))
+    updated = rig.dispatch(grammar.Update(handle, challenge=b"\xff"))
     assert isinstance(updated, Ok), updated
     _verify(trusted, updated, b"\xff", "UPDATE", handle)
 
@@ -453,12 +453,12 @@ def test_release_frees_the_licence(rig: Rig) -> None:
     first = rig.grant(pid=1).get("handle") or ""
     rig.grant(pid=2)
     err(rig.dispatch(request(pid=3)), Status.NOLICENCES)
-    answer = rig.dispatch(wire.Release(first))
+    answer = rig.dispatch(grammar.Release(first))
     assert isinstance(answer, Ok)
     assert dict(answer.fields) == {"handle": first}
     third = rig.grant(pid=3)
     assert third.get("index") == "1"
-    err(rig.dispatch(wire.Release(first)), Status.BADHANDLE)
+    err(rig.dispatch(grammar.Release(first)), Status.BADHANDLE)
     _, events = rig.journal.load()
     assert [e.handle for e in events if isinstance(e, Released)] == [first]
 
@@ -495,7 +495,7 @@ def test_release_is_answered_only_after_its_commit(rig: Rig) -> None:
     handle = rig.grant().get("handle") or ""
     held = HeldJournal(rig.journal)
     rig.server.journal = held  # type: ignore[assignment]
-    answer = rig.server.dispatch(wire.Release(handle), PEER)
+    answer = rig.server.dispatch(grammar.Release(handle), PEER)
     assert isinstance(answer, Deferred), f"RELEASE answered before its commit: {answer}"
     got: list[Any] = []
     answer.addBoth(got.append)
@@ -518,8 +518,8 @@ def test_release_sent_again_waits_for_the_first_commit(rig: Rig) -> None:
     handle = rig.grant().get("handle") or ""
     held = HeldJournal(rig.journal)
     rig.server.journal = held  # type: ignore[assignment]
-    first = rig.server.dispatch(wire.Release(handle), PEER)
-    again = rig.server.dispatch(wire.Release(handle), PEER)
+    first = rig.server.dispatch(grammar.Release(handle), PEER)
+    again = rig.server.dispatch(grammar.Release(handle), PEER)
     assert isinstance(first, Deferred) and isinstance(again, Deferred), (first, again)
     got: list[Any] = []
     again.addBoth(got.append)
@@ -535,27 +535,27 @@ def test_release_sent_again_waits_for_the_first_commit(rig: Rig) -> None:
 @pytest.mark.parametrize(
     ("what", "expected"),
     [
-        (wire.QueryWhat.DATA, {"data": "1 2 3"}),
-        (wire.QueryWhat.PERIOD, {"period": "300"}),
-        (wire.QueryWhat.CONTEXT, {"access": "8", "locked": "0", "locked_node": "0"}),
+        (grammar.QueryWhat.DATA, {"data": "1 2 3"}),
+        (grammar.QueryWhat.PERIOD, {"period": "300"}),
+        (grammar.QueryWhat.CONTEXT, {"access": "8", "locked": "0", "locked_node": "0"}),
         (
-            wire.QueryWhat.POLICY,
+            grammar.QueryWhat.POLICY,
             {"policy": str(int(Policy.GRAB | Policy.UVIS)), "flags": "GRAB UVIS"},
         ),
-        (wire.QueryWhat.DATES, {"start": "01/01/2026", "expiry": "31/12/2030"}),
+        (grammar.QueryWhat.DATES, {"start": "01/01/2026", "expiry": "31/12/2030"}),
     ],
 )
-def test_query_kinds(rig: Rig, what: wire.QueryWhat, expected: dict[str, str]) -> None:
+def test_query_kinds(rig: Rig, what: grammar.QueryWhat, expected: dict[str, str]) -> None:
     """Every QUERY kind answers its values, after the handle and the kind."""
     handle = rig.grant().get("handle") or ""
-    reply = rig.dispatch(wire.Query(handle, what))
+    reply = rig.dispatch(grammar.Query(handle, what))
     assert isinstance(reply, Ok), reply
     assert dict(reply.fields) == {"handle": handle, "what": what.value, **expected}
 
 
 def test_query_of_unknown_handle_is_badhandle(rig: Rig) -> None:
     """QUERY with a handle never granted: BADHANDLE."""
-    denied = err(rig.dispatch(wire.Query("nosuch", wire.QueryWhat.DATA)), Status.BADHANDLE)
+    denied = err(rig.dispatch(grammar.Query("nosuch", grammar.QueryWhat.DATA)), Status.BADHANDLE)
     assert denied.get("handle") == "nosuch"
 
 
@@ -566,9 +566,9 @@ def test_users_lists_the_holders(rig: Rig) -> None:
         request(user="bob", host="beta", pid=12, client="tok"), IPv4Address("TCP", "127.0.0.7", 1)
     )
     assert isinstance(bob, Ok), bob
-    reply = rig.dispatch(wire.Users("Harlequin", "LispWorks", "8.0"))
+    reply = rig.dispatch(grammar.Users("Harlequin", "LispWorks", "8.0"))
     assert isinstance(reply, Listing), reply
-    records = [wire.parse_fields(line) for line in reply.lines]
+    records = [client_side.parse_fields(line) for line in reply.lines]
     assert [(r["user"], r["host"], r["pid"], r["index"]) for r in records] == [
         ("alice", "alpha", "11", "1"),
         ("bob", "beta", "12", "2"),
@@ -583,24 +583,24 @@ def test_users_lists_the_holders(rig: Rig) -> None:
 
 def test_users_of_an_empty_product_is_an_empty_listing(rig: Rig) -> None:
     """No holders: a listing with no lines (just the final '.')."""
-    reply = rig.dispatch(wire.Users("Harlequin", "LispWorks", "8.0"))
+    reply = rig.dispatch(grammar.Users("Harlequin", "LispWorks", "8.0"))
     assert reply == Listing(())
-    assert wire.format_reply(reply) == b".\r\n"
+    assert format_reply(reply) == b".\r\n"
 
 
 def test_users_errors(rig: Rig) -> None:
     """USERS: USERS_OFF without UVIS, BADPRODUCT for unknown products and other versions."""
-    err(rig.dispatch(wire.Users("Harlequin", "Quiet", "8.0")), Status.USERS_OFF)
-    err(rig.dispatch(wire.Users("Harlequin", "Nonesuch", "8.0")), Status.BADPRODUCT)
-    denied = err(rig.dispatch(wire.Users("Harlequin", "LispWorks", "9.9")), Status.BADPRODUCT)
+    err(rig.dispatch(grammar.Users("Harlequin", "Quiet", "8.0")), Status.USERS_OFF)
+    err(rig.dispatch(grammar.Users("Harlequin", "Nonesuch", "8.0")), Status.BADPRODUCT)
+    denied = err(rig.dispatch(grammar.Users("Harlequin", "LispWorks", "9.9")), Status.BADPRODUCT)
     assert "8.0" in denied.msg
-    err(rig.dispatch(wire.Users("Harlequin", "Shared", "8.0")), Status.NOTVERIFIED)
+    err(rig.dispatch(grammar.Users("Harlequin", "Shared", "8.0")), Status.NOTVERIFIED)
 
 
 def test_message_is_logged_and_acknowledged(rig: Rig) -> None:
     """MESSAGE: a bare OK, and the text in the server's log with the peer address."""
     with capturedLogs() as events:
-        reply = rig.dispatch(wire.Message("disk nearly full on alpha"))
+        reply = rig.dispatch(grammar.Message("disk nearly full on alpha"))
     assert reply == Ok.of()
     logged = [text for text in messages(events) if "disk nearly full on alpha" in text]
     assert logged and "127.0.0.1" in logged[0]
@@ -608,7 +608,7 @@ def test_message_is_logged_and_acknowledged(rig: Rig) -> None:
 
 def test_a_command_the_server_does_not_serve(rig: Rig) -> None:
     """Commands the protocol answers itself are not served here: UNKNOWN_COMMAND."""
-    stray: Any = wire.Ping()
+    stray: Any = grammar.Ping()
     answer = rig.server.dispatch(stray, PEER)
     assert not isinstance(answer, Deferred)
     err(answer, Status.UNKNOWN_COMMAND)
@@ -651,16 +651,16 @@ def test_failed_commit_of_a_release_answers_internal(tmp_path: Path) -> None:
         handle = rig.grant().get("handle") or ""
         rig.db.failing = True
         with capturedLogs():
-            denied = err(rig.dispatch(wire.Release(handle)), Status.INTERNAL)
+            denied = err(rig.dispatch(grammar.Release(handle)), Status.INTERNAL)
         assert "durably" in denied.msg
         assert not rig.journal.healthy
         # Sent again while the disk still fails: the BADHANDLE is not given either.
         with capturedLogs():
-            err(rig.dispatch(wire.Release(handle)), Status.INTERNAL)
+            err(rig.dispatch(grammar.Release(handle)), Status.INTERNAL)
         rig.db.failing = False
         rig.clock.advance(RETRY_FIRST)
         assert rig.journal.healthy
-        err(rig.dispatch(wire.Release(handle)), Status.BADHANDLE)
+        err(rig.dispatch(grammar.Release(handle)), Status.BADHANDLE)
         assert reopened_holders(rig.state_dir, rig.journal) == set()
     finally:
         rig.journal.close()
@@ -676,17 +676,17 @@ def test_load_permits_twice_keeps_licences_of_unchanged_products(rig: Rig) -> No
     rig.server.load_permits()
     rig.clock.advance(0)
     assert rig.source.reads == 2
-    assert isinstance(rig.dispatch(wire.Update(kept)), Ok)
-    assert isinstance(rig.dispatch(wire.Update(dropped)), Ok)
+    assert isinstance(rig.dispatch(grammar.Update(kept)), Ok)
+    assert isinstance(rig.dispatch(grammar.Update(dropped)), Ok)
 
     # The permit is renewed (later expiry) and Quiet is gone from it.
     renewed = dataclasses.replace(LISPWORKS, expiry=datetime.date(2031, 12, 31))
     rig.source.files = files_of(make_permit([ME], [renewed], number=1), ELSEWHERE, SHARED)
     rig.server.load_permits()
     rig.clock.advance(0)
-    update = rig.dispatch(wire.Update(kept))
+    update = rig.dispatch(grammar.Update(kept))
     assert isinstance(update, Ok), update
-    err(rig.dispatch(wire.Update(dropped)), Status.LOSTLICENCE)
+    err(rig.dispatch(grammar.Update(dropped)), Status.LOSTLICENCE)
     err(rig.dispatch(request(product="Quiet")), Status.BADPRODUCT)
     grant = rig.grant(pid=99)
     assert grant.get("expiry") == "31/12/2031"
@@ -945,16 +945,16 @@ def test_domain_handles_are_routed(domain_rig: DomainRig) -> None:
     route.submitted.pop()[1].callback(None)
     own = rig.grant()
     assert own.get("handle") == "H1"
-    update = rig.dispatch(wire.Update("D1"))
+    update = rig.dispatch(grammar.Update("D1"))
     assert isinstance(update, Ok) and update.get("handle") == "D1", update
-    query = rig.dispatch(wire.Query("D1", wire.QueryWhat("period")))
+    query = rig.dispatch(grammar.Query("D1", grammar.QueryWhat("period")))
     assert isinstance(query, Ok) and query.get("handle") == "D1", query
-    assert isinstance(rig.dispatch(wire.Update("H1")), Ok)
+    assert isinstance(rig.dispatch(grammar.Update("H1")), Ok)
     route.refused = refusal_of(Status.TRY_SERVER, "backup", primary=2)
-    err(rig.dispatch(wire.Release("D1")), Status.TRY_SERVER)
+    err(rig.dispatch(grammar.Release("D1")), Status.TRY_SERVER)
     route.refused = None
     # The RELEASE is answered once the domain confirms it (issue 10), not before.
-    answer = rig.server.dispatch(wire.Release("D1"), PEER)
+    answer = rig.server.dispatch(grammar.Release("D1"), PEER)
     assert isinstance(answer, Deferred)
     events, done = route.submitted[-1]
     assert any(isinstance(e, Released) for e in events)
@@ -978,9 +978,9 @@ def test_domain_commands_wait_out_a_hand_over_to_this_member(domain_rig: DomainR
     for command, answered in zip(
         (
             request(product="Shared", client="second"),
-            wire.Update("D1"),
-            wire.Release("D1"),
-            wire.Users("Harlequin", "Shared", "8.0"),
+            grammar.Update("D1"),
+            grammar.Release("D1"),
+            grammar.Users("Harlequin", "Shared", "8.0"),
         ),
         answers,
         strict=True,

@@ -39,7 +39,7 @@ from hqnlsd.permits.reader import (
     PermitFile,
     Serving,
 )
-from hqnlsd.protocols.wire import Err
+from hqnlsd.protocols.replies import Err
 from hqnlsd.server import refusal_reply
 from hqnlsd.status import Status
 from tests.domain.test_domain_peers_helpers import (

@@ -36,8 +36,8 @@ from hqnlsd.licensing.results import Grant, LicenceRequest
 from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import PermitFile, build_catalogue
 from hqnlsd.persistence.store import open_journal
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok, Reply
+from hqnlsd.protocols import grammar
+from hqnlsd.protocols.replies import Err, Ok, Reply
 from hqnlsd.server import LicenceServer, PermitSource
 from hqnlsd.status import Status
 from tests.daemons import make_permit
@@ -179,7 +179,7 @@ class Domain:
         assert confirmed == [None], confirmed
         return outcome.result.handle
 
-    def dispatch(self, rank: int, command: wire.DispatchedCommand) -> list[Reply]:
+    def dispatch(self, rank: int, command: grammar.DispatchedCommand) -> list[Reply]:
         """Send ``command`` to member ``rank``'s dispatcher; the list gets the answer."""
         answer = self.servers[rank].dispatch(command, PEER)
         got: list[Reply] = []
@@ -218,7 +218,7 @@ def test_release_at_a_cut_off_primary_is_never_undone(domain: Domain) -> None:
     handle = domain.grant(1, pid=1)
     assert all(domain.holds(rank, handle) for rank in (1, 2, 3))
     domain.network.partition([{1}, {2, 3}])
-    answer = domain.dispatch(1, wire.Release(handle))
+    answer = domain.dispatch(1, grammar.Release(handle))
     successor = domain.wait_serving(FAILOVER, other_than=1)
     domain.run(TIMERS.submit_timeout)
     assert len(answer) == 1, "the cut-off primary never answered the RELEASE"
@@ -232,7 +232,7 @@ def test_release_at_a_cut_off_primary_is_never_undone(domain: Domain) -> None:
     assert isinstance(reply, Err) and reply.status is Status.NEW_MASTER, reply
     assert "send it again" in reply.msg
     # The client sends it again to the new primary: released, and it stays so.
-    again = domain.dispatch(successor, wire.Release(handle))
+    again = domain.dispatch(successor, grammar.Release(handle))
     domain.run(0.5)
     assert again and isinstance(again[0], Ok), again
     assert not domain.holds(successor, handle)
@@ -252,8 +252,8 @@ def test_retried_release_is_not_answered_before_the_first_commits(domain: Domain
     """
     handle = domain.grant(1, pid=1)
     domain.network.partition([{1}, {2, 3}])
-    first = domain.dispatch(1, wire.Release(handle))
-    retry = domain.dispatch(1, wire.Release(handle))
+    first = domain.dispatch(1, grammar.Release(handle))
+    retry = domain.dispatch(1, grammar.Release(handle))
     assert retry == [], f"the retried RELEASE was answered before the first committed: {retry}"
     successor = domain.wait_serving(FAILOVER, other_than=1)
     domain.run(TIMERS.submit_timeout)
@@ -281,8 +281,8 @@ def test_retried_request_is_not_answered_before_the_grant_commits(domain: Domain
         "pid": 5,
         "client": "token-5",
     }
-    first = domain.dispatch(1, wire.Request(**fields))  # type: ignore[arg-type]
-    retry = domain.dispatch(1, wire.Request(**fields))  # type: ignore[arg-type]
+    first = domain.dispatch(1, grammar.Request(**fields))  # type: ignore[arg-type]
+    retry = domain.dispatch(1, grammar.Request(**fields))  # type: ignore[arg-type]
     assert retry == [], f"the retried REQUEST was answered before its grant committed: {retry}"
     successor = domain.wait_serving(FAILOVER, other_than=1)
     domain.run(TIMERS.submit_timeout)

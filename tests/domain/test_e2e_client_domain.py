@@ -43,8 +43,7 @@ from hqnlsd.client.blocking import BlockingLicence, BlockingLicenceClient, React
 from hqnlsd.client.connection import Answer, Link, connect_tcp
 from hqnlsd.client.servers import ServerAddress
 from hqnlsd.permits.policy import Policy
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, FieldValue, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     Daemon,
@@ -237,7 +236,7 @@ class RecordingLink:
         """True while the connection is up."""
         return self.link.is_open
 
-    def call(self, verb: str, /, **fields: wire.FieldValue) -> Deferred[Answer]:
+    def call(self, verb: str, /, **fields: FieldValue) -> Deferred[Answer]:
         """The real call; its answer (or failure) recorded."""
 
         def answered(answer: Answer) -> Answer:

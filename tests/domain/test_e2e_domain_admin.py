@@ -22,7 +22,7 @@ import pytest
 
 from hqnlsd.admin.client import AdminClient
 from hqnlsd.domain.runtime import domain_id, handle_tag
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import REPO_ROOT, Daemon, DaemonHarness, is_grant, is_status, wait_for
 from tests.domain.test_e2e_domain import (

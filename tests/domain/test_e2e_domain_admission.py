@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import Daemon, DaemonHarness, is_grant, is_status, wait_for
 from tests.domain.test_e2e_domain import (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     Daemon,

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from hqnlsd.domain.runtime import domain_id
-from hqnlsd.protocols.wire import Ok
+from hqnlsd.protocols.replies import Ok
 from tests.daemons import Daemon, DaemonHarness, is_grant, wait_for
 from tests.domain.test_e2e_domain import ELECTION_BOUND, call, make_domain, request
 from tests.domain.test_e2e_domain_admin import lsa, result

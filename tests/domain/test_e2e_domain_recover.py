@@ -25,7 +25,7 @@ import pytest
 from hqnlsd.admin.client import AdminClient
 from hqnlsd.domain.runtime import domain_id
 from hqnlsd.domain.sqlstore import domain_file_name
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     REPO_ROOT,

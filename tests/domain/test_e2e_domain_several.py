@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from hqnlsd.admin.client import AdminClient
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     Daemon,

@@ -41,7 +41,7 @@ import pytest
 
 from hqnlsd.domain.peers import PeerTimers
 from hqnlsd.domain.timing import DomainTimers
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     Daemon,

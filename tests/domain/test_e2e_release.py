@@ -31,8 +31,8 @@ import pytest
 
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.permits.policy import Policy
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err, Ok
+from hqnlsd.protocols import client_side
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.daemons import (
     Daemon,
@@ -118,9 +118,9 @@ def test_release_answered_ok_survives_sigkill(daemons: DaemonHarness) -> None:
             handles.append(reply.get("handle") or "")
         with daemon.client() as client:
             client.sock.sendall(
-                b"".join(wire.format_request("RELEASE", handle=h) for h in handles)
+                b"".join(client_side.format_request("RELEASE", handle=h) for h in handles)
             )
-            first = wire.parse_reply_line(client.read_line())
+            first = client_side.parse_reply_line(client.read_line())
             daemon.kill()  # as soon as the first answer is read
         assert isinstance(first, Ok), f"round {round_}: {first}"
         released = first.get("handle") or ""

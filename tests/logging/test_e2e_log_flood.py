@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hqnlsd.protocols import wire
+from hqnlsd.protocols.replies import Ok
 from tests.daemons import IO_TIMEOUT, Daemon, DaemonHarness
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +122,7 @@ FORGED = (
 def test_message_cannot_forge_a_log_line(daemon: LogfileDaemon) -> None:
     """MESSAGE with a newline and a fake entry is one log line; ESC, BEL, NUL escaped."""
     with daemon.client() as client:
-        assert isinstance(client.call("MESSAGE", text=FORGED), wire.Ok)
+        assert isinstance(client.call("MESSAGE", text=FORGED), Ok)
         client.ping()
     deadline = time.monotonic() + 20
     while "FORGED" not in (text := daemon.logfile.read_text("utf-8")):

@@ -27,8 +27,8 @@ from hqnlsd.logging.observer import SwitchedObserver
 from hqnlsd.logging.switches import ALL, LogSwitches
 from hqnlsd.logging.usage import USAGE_FILE, UsageReport
 from hqnlsd.metrics import Metrics
-from hqnlsd.protocols import wire
-from hqnlsd.protocols.wire import Err
+from hqnlsd.protocols import grammar
+from hqnlsd.protocols.replies import Err
 from hqnlsd.server import LicenceServer
 from hqnlsd.status import Status
 from tests.daemon.test_server import Rig, make_rig
@@ -61,7 +61,7 @@ class Denials:
         """``n`` REQUESTs from ``address`` for a product nobody serves."""
         peer = IPv4Address("TCP", address, 4000)
         for pid in range(n):
-            command = wire.Request(
+            command = grammar.Request(
                 publisher="Harlequin", product=product, version=version,
                 user="u", host="h", pid=pid + 1,
             )
@@ -239,7 +239,7 @@ def test_metrics_count_every_denial(rig: Rig, tmp_path: Path) -> None:
     peer = IPv4Address("TCP", "10.0.0.7", 4000)
     for pid in range(500):
         reply = dispatcher.dispatch(
-            wire.Request(publisher="Harlequin", product="Nope", version="1", user="u",
+            grammar.Request(publisher="Harlequin", product="Nope", version="1", user="u",
                          host="h", pid=pid + 1),
             peer,
         )

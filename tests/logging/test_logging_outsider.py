@@ -34,8 +34,9 @@ from hqnlsd.logging.escape import escape_text
 from hqnlsd.logging.files import LOG_FILE_MODE, MAX_ROTATED_FILES, cap_log_files, prepare_log_file
 from hqnlsd.logging.observer import SwitchedObserver, log_licence
 from hqnlsd.logging.switches import ALL, LogSwitches
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import grammar
 from hqnlsd.protocols.client import ClientProtocol, ClientProtocolFactory
+from hqnlsd.protocols.replies import Err, Ok
 from hqnlsd.status import Status
 from tests.logging.test_logging_usage import grant, make_report, one_turn
 from tests.protocols.test_protocol_fakes import PEER, FakeLicences, connect, read_replies
@@ -87,7 +88,7 @@ def test_message_forging_gives_one_escaped_log_line(tmp_path: Path) -> None:
     rig = make_rig(tmp_path / "state")
     try:
         with capturedLogs() as events:
-            rig.dispatch(wire.Message(FORGED), IPv4Address("TCP", "10.1.2.3", 4000))
+            rig.dispatch(grammar.Message(FORGED), IPv4Address("TCP", "10.1.2.3", 4000))
     finally:
         rig.journal.close()
     text = rendered(list(events), tmp_path)
@@ -217,7 +218,7 @@ def test_garbage_replies_are_short_and_the_connection_closes() -> None:
     protocol, transport = connect(FakeLicences(), Clock())
     protocol.dataReceived(b"Y" * 1000 + b"\n")
     (first,) = read_replies(transport.value())
-    assert isinstance(first, wire.Err) and first.status is Status.UNKNOWN_COMMAND
+    assert isinstance(first, Err) and first.status is Status.UNKNOWN_COMMAND
     assert "'YYYY" in first.msg and "HELP lists the commands" in first.msg
     assert len(transport.value()) < 200
     protocol.dataReceived(b"X\n" * 10_000)
@@ -225,7 +226,7 @@ def test_garbage_replies_are_short_and_the_connection_closes() -> None:
     assert transport.disconnecting
     assert len(replies) <= 21
     last = replies[-1]
-    assert isinstance(last, wire.Err) and "closing" in last.msg
+    assert isinstance(last, Err) and "closing" in last.msg
     assert len(transport.value()) < 21 * 200
 
 
@@ -303,7 +304,7 @@ def test_message_flood_is_summarised(tmp_path: Path) -> None:
         peer = IPv4Address("TCP", "10.1.2.3", 4000)
         with capturedLogs() as events:
             for n in range(1000):
-                assert server.dispatch(wire.Message(f"hello {n}"), peer) == wire.Ok()
+                assert server.dispatch(grammar.Message(f"hello {n}"), peer) == Ok()
         texts = [formatEvent(event) or "" for event in events]
         assert texts == [f"client message from 10.1.2.3: hello {n}" for n in range(10)]
         with capturedLogs() as events:

@@ -123,3 +123,19 @@ def test_the_check_sees_function_local_and_relative_imports() -> None:
     assert "hqnlsd.licensing.events" in found
     package = {target for _, target in imported(ast.parse("from . import x"), "hqnlsd.a", True)}
     assert package == {"hqnlsd.a", "hqnlsd.a.x"}
+
+
+def test_client_library_reads_replies_without_the_request_grammar() -> None:
+    """The client library writes requests and reads replies through
+    ``protocols.client_side`` and ``protocols.replies``: only its fake server
+    (``hqnlsd.client.testing``) parses request lines with the daemon's grammar
+    or runs the daemon's line protocol."""
+    daemon_side = ("hqnlsd.protocols.grammar", "hqnlsd.protocols.client")
+    found = []
+    for name, path in modules():
+        if not within(name, "hqnlsd.client") or name == "hqnlsd.client.testing":
+            continue
+        for line, target in imports_of(name, path):
+            if any(within(target, side) for side in daemon_side):
+                found.append(f"{name}:{line} imports {target}")
+    assert found == []

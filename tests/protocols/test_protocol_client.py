@@ -12,8 +12,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side, grammar
 from hqnlsd.protocols.client import ClientProtocolFactory
+from hqnlsd.protocols.replies import Err, Listing, Ok
 from hqnlsd.status import Status
 from tests.protocols.test_protocol_fakes import (
     PEER,
@@ -34,17 +35,17 @@ def reply_lines(data: bytes) -> list[str]:
     return data.decode().split("\r\n")[:-1]
 
 
-def ok_handle(reply: wire.Ok | wire.Err | wire.Listing) -> str:
+def ok_handle(reply: Ok | Err | Listing) -> str:
     """The handle of an OK reply (fails the test otherwise)."""
-    assert isinstance(reply, wire.Ok), reply
+    assert isinstance(reply, Ok), reply
     handle = reply.get("handle")
     assert handle is not None
     return handle
 
 
-def status_of(reply: wire.Ok | wire.Err | wire.Listing) -> Status:
+def status_of(reply: Ok | Err | Listing) -> Status:
     """The status of an ERR reply (fails the test otherwise)."""
-    assert isinstance(reply, wire.Err), reply
+    assert isinstance(reply, Err), reply
     return reply.status
 
 
@@ -57,7 +58,7 @@ def test_request_reaches_dispatcher_typed_with_peer() -> None:
     protocol, transport = connect(pool)
     protocol.dataReceived(REQUEST % 42 + b"\n")
     assert pool.calls == [
-        (wire.Request("Harlequin", "LispWorks", "8.0", "jo", "box", 42), PEER)
+        (grammar.Request("Harlequin", "LispWorks", "8.0", "jo", "box", 42), PEER)
     ]
     assert reply_lines(transport.value()) == [
         'OK handle=H1 period=300 type=floating access=8 data="1 2 3 4" '
@@ -78,23 +79,23 @@ def test_every_dispatched_verb() -> None:
     got = read_replies(transport.value())
     assert ok_handle(got[0]) == "H1"
     assert got[1:] == [
-        wire.Ok.of(handle="H1", period=300),
-        wire.Ok.of(handle="H1", what="data"),
-        wire.Listing(("handle=H1 user=jo host=box pid=1",)),
-        wire.Ok(),
-        wire.Ok.of(handle="H1"),
-        wire.Err.of(Status.LOSTLICENCE, "request again", handle="H1"),
+        Ok.of(handle="H1", period=300),
+        Ok.of(handle="H1", what="data"),
+        Listing(("handle=H1 user=jo host=box pid=1",)),
+        Ok(),
+        Ok.of(handle="H1"),
+        Err.of(Status.LOSTLICENCE, "request again", handle="H1"),
     ]
     assert pool.messages == ["started OK"]
     assert [type(command) for command, _ in pool.calls] == [
-        wire.Request, wire.Update, wire.Query, wire.Users, wire.Message, wire.Release,
-        wire.Update,
+        grammar.Request, grammar.Update, grammar.Query, grammar.Users, grammar.Message,
+        grammar.Release, grammar.Update,
     ]
 
 
 def test_redirect_reply_on_the_wire() -> None:
     """A dispatcher's TRY_SERVER reply is written exactly as SPEC 5 shows it."""
-    redirect = wire.Err.of(
+    redirect = Err.of(
         Status.TRY_SERVER, "ask the primary", n=2, addr="127.0.0.2", domain="a1 a2 a3"
     )
     protocol, transport = connect(Raising(lambda: redirect))
@@ -110,12 +111,12 @@ def test_quoting_round_trip_through_the_protocol() -> None:
     text = 'Jo "the admin" said:\tC:\\temp\nnext line \u00e9\U0001f600'
     echo = Raising()
     protocol, transport = connect(echo)
-    echo.result = lambda: wire.Ok.of(data=text, msg_copy=text)
-    line = wire.format_request("MESSAGE", text=text)
+    echo.result = lambda: Ok.of(data=text, msg_copy=text)
+    line = client_side.format_request("MESSAGE", text=text)
     assert b"\n" not in line[:-1]
     protocol.dataReceived(line.replace(b"\n", b"\r\n"))
     (reply,) = read_replies(transport.value())
-    assert reply == wire.Ok.of(data=text, msg_copy=text)
+    assert reply == Ok.of(data=text, msg_copy=text)
     pool = FakeLicences()
     protocol, transport = connect(pool)
     protocol.dataReceived(line)
@@ -128,9 +129,9 @@ def test_ping_help_answered_by_protocol() -> None:
     protocol, transport = connect(pool)
     protocol.dataReceived(b"PING\nhelp\nHELP release\nHELP BORROW\n")
     got = read_replies(transport.value())
-    assert got[0] == wire.Ok.of("pong")
-    assert got[1] == wire.help_listing()
-    assert got[2] == wire.help_listing("RELEASE")
+    assert got[0] == Ok.of("pong")
+    assert got[1] == grammar.help_listing()
+    assert got[2] == grammar.help_listing("RELEASE")
     assert status_of(got[3]) is Status.UNKNOWN_COMMAND
     assert pool.calls == []
     assert not transport.disconnecting
@@ -172,12 +173,12 @@ def test_line_of_exactly_the_limit_is_accepted() -> None:
     """1024 bytes plus CR LF is a normal line."""
     protocol, transport = connect(pool := FakeLicences())
     prefix = b'MESSAGE text="'
-    line = prefix + b"x" * (wire.MAX_LINE_BYTES - len(prefix) - 1) + b'"'
-    assert len(line) == wire.MAX_LINE_BYTES
+    line = prefix + b"x" * (grammar.MAX_LINE_BYTES - len(prefix) - 1) + b'"'
+    assert len(line) == grammar.MAX_LINE_BYTES
     protocol.dataReceived(line + b"\r")
     protocol.dataReceived(b"\n")
     assert reply_lines(transport.value()) == ["OK"]
-    assert pool.messages == ["x" * (wire.MAX_LINE_BYTES - len(prefix) - 1)]
+    assert pool.messages == ["x" * (grammar.MAX_LINE_BYTES - len(prefix) - 1)]
     assert not transport.disconnecting
 
 
@@ -185,9 +186,9 @@ def test_over_long_line_closes() -> None:
     """1025 bytes before the LF: ERR LINE_TOO_LONG and the connection closes."""
     pool = FakeLicences()
     protocol, transport = connect(pool)
-    protocol.dataReceived(b"PING\n" + b"M" * (wire.MAX_LINE_BYTES + 1) + b"\nPING\n")
+    protocol.dataReceived(b"PING\n" + b"M" * (grammar.MAX_LINE_BYTES + 1) + b"\nPING\n")
     got = read_replies(transport.value())
-    assert got[0] == wire.Ok.of("pong")
+    assert got[0] == Ok.of("pong")
     assert status_of(got[1]) is Status.LINE_TOO_LONG
     assert len(got) == 2
     assert transport.disconnecting
@@ -196,7 +197,7 @@ def test_over_long_line_closes() -> None:
 def test_over_long_unfinished_line_closes_at_once() -> None:
     """A client can't make the server buffer an endless line: it is cut off early."""
     protocol, transport = connect(FakeLicences())
-    protocol.dataReceived(b"x" * wire.MAX_LINE_BYTES + b"\r")
+    protocol.dataReceived(b"x" * grammar.MAX_LINE_BYTES + b"\r")
     assert transport.value() == b"" and not transport.disconnecting
     protocol.dataReceived(b"y")
     assert status_of(read_replies(transport.value())[0]) is Status.LINE_TOO_LONG
@@ -206,11 +207,11 @@ def test_over_long_unfinished_line_closes_at_once() -> None:
 def test_crlf_split_at_the_limit() -> None:
     """A 1024-byte line whose CR arrives first and LF later is not over-long."""
     protocol, transport = connect(FakeLicences())
-    protocol.dataReceived(b"P" * wire.MAX_LINE_BYTES + b"\r")
+    protocol.dataReceived(b"P" * grammar.MAX_LINE_BYTES + b"\r")
     protocol.dataReceived(b"\nPING\n")
     got = read_replies(transport.value())
     assert status_of(got[0]) is Status.UNKNOWN_COMMAND
-    assert got[1] == wire.Ok.of("pong")
+    assert got[1] == Ok.of("pong")
 
 
 # -- errors keep the connection ---------------------------------------------
@@ -230,11 +231,11 @@ def test_errors_keep_connection() -> None:
         b"PING\n"
     )
     got = read_replies(transport.value())
-    assert [r.status if isinstance(r, wire.Err) else r for r in got] == [
+    assert [r.status if isinstance(r, Err) else r for r in got] == [
         Status.SYNTAX, Status.SYNTAX, Status.SYNTAX, Status.UNKNOWN_COMMAND, Status.SYNTAX,
-        Status.SYNTAX, wire.Ok.of("pong"),
+        Status.SYNTAX, Ok.of("pong"),
     ]
-    messages = [r.msg for r in got if isinstance(r, wire.Err)]
+    messages = [r.msg for r in got if isinstance(r, Err)]
     assert "missing pid=" in messages[0]
     assert "pid=" in messages[1] and "'abc'" in messages[1]
     assert "handle= given twice" in messages[2]
@@ -257,7 +258,7 @@ def test_dispatcher_exception_is_internal_and_logged() -> None:
     with capturedLogs() as events:
         protocol.dataReceived(b"RELEASE handle=H1\nPING\n")
     got = read_replies(transport.value())
-    assert status_of(got[0]) is Status.INTERNAL and got[1] == wire.Ok.of("pong")
+    assert status_of(got[0]) is Status.INTERNAL and got[1] == Ok.of("pong")
     failures = [e for e in events if e.get("log_failure") is not None]
     assert len(failures) == 1
     assert failures[0]["log_failure"].check(RuntimeError)
@@ -299,10 +300,10 @@ def test_replies_in_request_order_whatever_the_deferreds_do() -> None:
     protocol.dataReceived(b"RELEASE handle=A\nRELEASE handle=B\nPING\nRELEASE handle=C\n")
     assert transport.value() == b""
     (_, a), (_, b), (_, c) = manual.pending
-    c.callback(wire.Ok.of(handle="C"))
-    b.callback(wire.Ok.of(handle="B"))
+    c.callback(Ok.of(handle="C"))
+    b.callback(Ok.of(handle="B"))
     assert transport.value() == b""
-    a.callback(wire.Ok.of(handle="A"))
+    a.callback(Ok.of(handle="A"))
     assert reply_lines(transport.value()) == [
         "OK handle=A", "OK handle=B", "OK pong", "OK handle=C",
     ]
@@ -314,9 +315,9 @@ def test_sync_error_waits_behind_pending_reply() -> None:
     protocol, transport = connect(manual)
     protocol.dataReceived(b"RELEASE handle=A\nBOGUS\n")
     assert transport.value() == b""
-    manual.pending[0][1].callback(wire.Ok.of(handle="A"))
+    manual.pending[0][1].callback(Ok.of(handle="A"))
     got = read_replies(transport.value())
-    assert got[0] == wire.Ok.of(handle="A") and status_of(got[1]) is Status.UNKNOWN_COMMAND
+    assert got[0] == Ok.of(handle="A") and status_of(got[1]) is Status.UNKNOWN_COMMAND
 
 
 def test_quit_waits_for_pending_replies() -> None:
@@ -325,7 +326,7 @@ def test_quit_waits_for_pending_replies() -> None:
     protocol, transport = connect(manual)
     protocol.dataReceived(b"RELEASE handle=A\nQUIT\nPING\n")
     assert transport.value() == b"" and not transport.disconnecting
-    manual.pending[0][1].callback(wire.Ok.of(handle="A"))
+    manual.pending[0][1].callback(Ok.of(handle="A"))
     assert reply_lines(transport.value()) == ["OK handle=A", "OK bye"]
     assert transport.disconnecting
 
@@ -337,15 +338,15 @@ def test_pipeline_limit_pauses_reading() -> None:
     protocol.dataReceived(b"".join(b"RELEASE handle=%d\n" % i for i in range(5)))
     assert len(manual.pending) == 2
     assert transport.producerState == "paused"
-    manual.pending[1][1].callback(wire.Ok.of(handle="1"))
+    manual.pending[1][1].callback(Ok.of(handle="1"))
     assert len(manual.pending) == 2  # the head is still pending: nothing written yet
-    manual.pending[0][1].callback(wire.Ok.of(handle="0"))
+    manual.pending[0][1].callback(Ok.of(handle="0"))
     assert len(manual.pending) == 4
     for i in (2, 3):
-        manual.pending[i][1].callback(wire.Ok.of(handle=str(i)))
+        manual.pending[i][1].callback(Ok.of(handle=str(i)))
     assert len(manual.pending) == 5
     assert transport.producerState == "producing"
-    manual.pending[4][1].callback(wire.Ok.of(handle="4"))
+    manual.pending[4][1].callback(Ok.of(handle="4"))
     assert reply_lines(transport.value()) == [f"OK handle={i}" for i in range(5)]
 
 
@@ -371,9 +372,9 @@ def test_connection_lost_with_pending_deferreds() -> None:
     transport.clear()
     (_, a), (_, b), (_, c) = manual.pending
     with capturedLogs() as events:
-        b.callback(wire.Ok.of(handle="B"))
+        b.callback(Ok.of(handle="B"))
         a.errback(Failure(RuntimeError("late")))
-        c.callback(wire.Ok.of(handle="C"))
+        c.callback(Ok.of(handle="C"))
     assert transport.value() == b""
     assert any(e.get("log_failure") is not None for e in events)
     # Deferreds were consumed: no "Unhandled error in Deferred" later.
@@ -400,7 +401,7 @@ def test_other_connections_are_unaffected() -> None:
     good.dataReceived(b"PING\n")
     assert bad_t.disconnecting and not good_t.disconnecting
     got = read_replies(good_t.value())
-    assert ok_handle(got[0]) == "H1" and got[1] == wire.Ok.of("pong")
+    assert ok_handle(got[0]) == "H1" and got[1] == Ok.of("pong")
 
 
 # -- idle timeout -------------------------------------------------------------
@@ -465,7 +466,7 @@ def test_idle_timeout_waits_for_pending_replies() -> None:
     protocol.dataReceived(b"RELEASE handle=A\n")
     clock.advance(12)
     assert not transport.disconnecting
-    manual.pending[0][1].callback(wire.Ok.of(handle="A"))
+    manual.pending[0][1].callback(Ok.of(handle="A"))
     clock.advance(5)
     assert transport.disconnecting
     assert reply_lines(transport.value()) == ["OK handle=A"]
@@ -488,7 +489,7 @@ def test_delayed_dispatcher_with_clock() -> None:
     assert transport.value() == b""
     clock.advance(1.0)
     got = read_replies(transport.value())
-    assert ok_handle(got[0]) == "H1" and got[1] == wire.Ok.of("pong")
+    assert ok_handle(got[0]) == "H1" and got[1] == Ok.of("pong")
 
 
 def test_factory_checks_options() -> None:

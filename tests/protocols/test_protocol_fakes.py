@@ -23,8 +23,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side, grammar
 from hqnlsd.protocols.client import ClientProtocol, ClientProtocolFactory, Scheduler
+from hqnlsd.protocols.replies import Err, Listing, Ok, Reply, format_reply
 from hqnlsd.status import Status
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40001)
@@ -42,64 +43,64 @@ class FakeLicences:
         self.capacity = capacity
         self.clock = clock
         self.delay = delay
-        self.held: dict[str, wire.Request] = {}
+        self.held: dict[str, grammar.Request] = {}
         self.by_client: dict[str, str] = {}
         self.messages: list[str] = []
-        self.calls: list[tuple[wire.DispatchedCommand, IPv4Address]] = []
+        self.calls: list[tuple[grammar.DispatchedCommand, IPv4Address]] = []
         self._numbers = itertools.count(1)
 
     def dispatch(
-        self, command: wire.DispatchedCommand, peer: IPv4Address
-    ) -> wire.Reply | Deferred[wire.Reply]:
+        self, command: grammar.DispatchedCommand, peer: IPv4Address
+    ) -> Reply | Deferred[Reply]:
         """Answer now, or after `delay` seconds of `clock`."""
         self.calls.append((command, peer))
         reply = self.answer(command)
         if self.delay is None:
             return reply
         assert self.clock is not None
-        d: Deferred[wire.Reply] = Deferred()
+        d: Deferred[Reply] = Deferred()
         self.clock.callLater(self.delay, d.callback, reply)
         return d
 
-    def answer(self, command: wire.DispatchedCommand) -> wire.Reply:
+    def answer(self, command: grammar.DispatchedCommand) -> Reply:
         """The reply to `command`."""
         match command:
-            case wire.Request():
+            case grammar.Request():
                 return self._request(command)
-            case wire.Update(handle=handle):
+            case grammar.Update(handle=handle):
                 if handle not in self.held:
-                    return wire.Err.of(Status.LOSTLICENCE, "request again", handle=handle)
-                return wire.Ok.of(handle=handle, period=300)
-            case wire.Release(handle=handle):
+                    return Err.of(Status.LOSTLICENCE, "request again", handle=handle)
+                return Ok.of(handle=handle, period=300)
+            case grammar.Release(handle=handle):
                 if self.held.pop(handle, None) is None:
-                    return wire.Err.of(Status.BADHANDLE, "no such licence", handle=handle)
-                return wire.Ok.of(handle=handle)
-            case wire.Query(handle=handle, what=what):
+                    return Err.of(Status.BADHANDLE, "no such licence", handle=handle)
+                return Ok.of(handle=handle)
+            case grammar.Query(handle=handle, what=what):
                 if handle not in self.held:
-                    return wire.Err.of(Status.BADHANDLE, "no such licence", handle=handle)
-                return wire.Ok.of(handle=handle, what=what.value)
-            case wire.Users():
-                return wire.Listing.of_records(
+                    return Err.of(Status.BADHANDLE, "no such licence", handle=handle)
+                return Ok.of(handle=handle, what=what.value)
+            case grammar.Users():
+                return Listing.of_records(
                     {"handle": h, "user": r.user, "host": r.host, "pid": r.pid}
                     for h, r in self.held.items()
                 )
-            case wire.Message(text=text):
+            case grammar.Message(text=text):
                 self.messages.append(text)
-                return wire.Ok()
+                return Ok()
         raise AssertionError(f"unexpected command {command!r}")
 
-    def _request(self, request: wire.Request) -> wire.Reply:
+    def _request(self, request: grammar.Request) -> Reply:
         if request.client is not None and request.client in self.by_client:
             handle = self.by_client[request.client]
             if handle in self.held:
-                return wire.Ok.of(handle=handle, period=300, type="floating")
+                return Ok.of(handle=handle, period=300, type="floating")
         if len(self.held) + request.units > self.capacity:
-            return wire.Err.of(Status.NOLICENCES, f"all {self.capacity} licences are in use")
+            return Err.of(Status.NOLICENCES, f"all {self.capacity} licences are in use")
         handle = f"H{next(self._numbers)}"
         self.held[handle] = request
         if request.client is not None:
             self.by_client[request.client] = handle
-        return wire.Ok.of(
+        return Ok.of(
             handle=handle, period=300, type="floating", access=8, data="1 2 3 4",
             start="01/01/2026", expiry="31/12/2030",
         )
@@ -109,15 +110,15 @@ class FakeLicences:
 class Manual:
     """A dispatcher whose every answer is a Deferred the test fires by hand."""
 
-    pending: list[tuple[wire.DispatchedCommand, Deferred[wire.Reply]]] = dataclasses.field(
+    pending: list[tuple[grammar.DispatchedCommand, Deferred[Reply]]] = dataclasses.field(
         default_factory=list
     )
 
     def dispatch(
-        self, command: wire.DispatchedCommand, peer: IPv4Address
-    ) -> Deferred[wire.Reply]:
+        self, command: grammar.DispatchedCommand, peer: IPv4Address
+    ) -> Deferred[Reply]:
         """A Deferred, kept in `pending` with its command."""
-        d: Deferred[wire.Reply] = Deferred()
+        d: Deferred[Reply] = Deferred()
         self.pending.append((command, d))
         return d
 
@@ -128,7 +129,7 @@ class Raising:
 
     result: Callable[[], object] | None = None
 
-    def dispatch(self, command: wire.DispatchedCommand, peer: IPv4Address) -> wire.Reply:
+    def dispatch(self, command: grammar.DispatchedCommand, peer: IPv4Address) -> Reply:
         """Raise, or return whatever `result` makes (possibly not a reply)."""
         if self.result is None:
             raise RuntimeError("dispatcher bug")
@@ -149,7 +150,7 @@ def connect(
     return protocol, transport
 
 
-Read = wire.Ok | wire.Err | wire.Listing
+Read = Ok | Err | Listing
 
 
 def read_replies(data: bytes) -> list[Read]:
@@ -166,18 +167,18 @@ def read_replies(data: bytes) -> list[Read]:
         line = lines[i]
         assert "\n" not in line and "\r" not in line, line
         if line == "OK" or line.startswith(("OK ", "ERR ")):
-            replies.append(wire.parse_reply_line(line))
+            replies.append(client_side.parse_reply_line(line))
             i += 1
             continue
         body: list[str] = []
         while True:
             assert i < len(lines), f"listing without its final '.': {lines[-3:]!r}"
-            text = wire.unstuff_listing_line(lines[i])
+            text = client_side.unstuff_listing_line(lines[i])
             i += 1
             if text is None:
                 break
             body.append(text)
-        replies.append(wire.Listing(tuple(body)))
+        replies.append(Listing(tuple(body)))
     return replies
 
 
@@ -185,32 +186,32 @@ def test_read_replies_reads_all_forms() -> None:
     """The reader used by the protocol tests splits single lines and listings."""
     data = b"".join(
         [
-            wire.format_reply(wire.Ok.of("pong")),
-            wire.format_reply(wire.Listing((".hidden", "plain"))),
-            wire.format_reply(wire.Listing(())),
-            wire.format_reply(wire.Err.of(Status.SYNTAX, "bad")),
+            format_reply(Ok.of("pong")),
+            format_reply(Listing((".hidden", "plain"))),
+            format_reply(Listing(())),
+            format_reply(Err.of(Status.SYNTAX, "bad")),
         ]
     )
     assert read_replies(data) == [
-        wire.Ok.of("pong"),
-        wire.Listing((".hidden", "plain")),
-        wire.Listing(()),
-        wire.Err.of(Status.SYNTAX, "bad"),
+        Ok.of("pong"),
+        Listing((".hidden", "plain")),
+        Listing(()),
+        Err.of(Status.SYNTAX, "bad"),
     ]
 
 
 def test_fake_licences_counts() -> None:
     """The fake pool refuses past its capacity and frees on release."""
     pool = FakeLicences(capacity=1)
-    request = wire.Request("P", "Q", "1", "u", "h", 1)
+    request = grammar.Request("P", "Q", "1", "u", "h", 1)
     granted = pool.answer(request)
-    assert isinstance(granted, wire.Ok)
+    assert isinstance(granted, Ok)
     refused = pool.answer(request)
-    assert isinstance(refused, wire.Err) and refused.status is Status.NOLICENCES
+    assert isinstance(refused, Err) and refused.status is Status.NOLICENCES
     handle = granted.get("handle")
     assert handle is not None
-    assert isinstance(pool.answer(wire.Release(handle)), wire.Ok)
-    assert isinstance(pool.answer(request), wire.Ok)
+    assert isinstance(pool.answer(grammar.Release(handle)), Ok)
+    assert isinstance(pool.answer(request), Ok)
 
 
 def serve(capacity: int) -> None:

@@ -22,8 +22,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import grammar, tokenizer
 from hqnlsd.protocols.client import ClientProtocol, ClientProtocolFactory
+from hqnlsd.protocols.replies import Err, Ok, Reply, format_reply_text
 from hqnlsd.status import Status
 from tests.protocols.test_protocol_fakes import connect, read_replies
 
@@ -40,20 +41,20 @@ class Scripted:
     """
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[Deferred[wire.Reply], wire.Reply | None]] = []
+        self.waiting: list[tuple[Deferred[Reply], Reply | None]] = []
 
     def dispatch(
-        self, command: wire.DispatchedCommand, peer: IPv4Address
-    ) -> wire.Reply | Deferred[wire.Reply]:
+        self, command: grammar.DispatchedCommand, peer: IPv4Address
+    ) -> Reply | Deferred[Reply]:
         """Behave as the request's user= says; other verbs answer OK at once."""
-        if not isinstance(command, wire.Request):
-            return wire.Ok.of(verb=command.verb)
-        reply = wire.Ok.of(pid=command.pid)
+        if not isinstance(command, grammar.Request):
+            return Ok.of(verb=command.verb)
+        reply = Ok.of(pid=command.pid)
         match command.user:
             case "sync":
                 return reply
             case "later" | "fail":
-                d: Deferred[wire.Reply] = Deferred()
+                d: Deferred[Reply] = Deferred()
                 self.waiting.append((d, reply if command.user == "later" else None))
                 return d
             case "raise":
@@ -99,7 +100,7 @@ def is_over_long(line: bytes) -> bool:
     """More than MAX_LINE_BYTES before the LF, not counting one CR."""
     if line.endswith(b"\r"):
         line = line[:-1]
-    return len(line) > wire.MAX_LINE_BYTES
+    return len(line) > grammar.MAX_LINE_BYTES
 
 
 # Lines without LF and without 0xFF (telnet stripping would change what is blank).
@@ -204,7 +205,7 @@ def test_one_reply_per_line_in_order(
         if is_over_long(line):
             assert position < len(replies), "no reply to an over-long line"
             reply = replies[position]
-            assert isinstance(reply, wire.Err) and reply.status is Status.LINE_TOO_LONG
+            assert isinstance(reply, Err) and reply.status is Status.LINE_TOO_LONG
             position += 1
             closed_by = "long"
             break
@@ -215,15 +216,15 @@ def test_one_reply_per_line_in_order(
         position += 1
         expected = expected_reply(line)
         if expected == "INTERNAL":
-            assert isinstance(reply, wire.Err) and reply.status is Status.INTERNAL
+            assert isinstance(reply, Err) and reply.status is Status.INTERNAL
         elif expected is not None:
-            assert wire.format_reply_text(reply) == [expected]
-        if reply == wire.Ok.of("bye"):
+            assert format_reply_text(reply) == [expected]
+        if reply == Ok.of("bye"):
             closed_by = "quit"
             break
     if closed_by is None and is_over_long(tail):
         reply = replies[position]
-        assert isinstance(reply, wire.Err) and reply.status is Status.LINE_TOO_LONG
+        assert isinstance(reply, Err) and reply.status is Status.LINE_TOO_LONG
         position += 1
         closed_by = "long"
     assert position == len(replies), f"extra replies: {replies[position:]}"
@@ -284,9 +285,9 @@ def test_arbitrary_bytes_never_raise(
 def classify(line: bytes) -> str:
     """blank, quit or other: the parser decides only which lines are blank or QUIT."""
     try:
-        command = wire.parse_line(line)
-    except wire.WireError:
+        command = grammar.parse_line(line)
+    except tokenizer.WireError:
         return "other"
     if command is None:
         return "blank"
-    return "quit" if isinstance(command, wire.Quit) else "other"
+    return "quit" if isinstance(command, grammar.Quit) else "other"

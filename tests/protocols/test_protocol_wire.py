@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hqnlsd.protocols import wire
+from hqnlsd.protocols import client_side, grammar, quoting, tokenizer
+from hqnlsd.protocols.replies import _LINE_BREAKS_RE, Err, Listing, Ok, format_reply
 from hqnlsd.status import Status
 
 REQUEST_LINE = (
@@ -15,14 +16,14 @@ REQUEST_LINE = (
 )
 
 
-def parse(line: str | bytes) -> wire.Command | None:
+def parse(line: str | bytes) -> grammar.Command | None:
     """parse_line on text or bytes."""
-    return wire.parse_line(line.encode() if isinstance(line, str) else line)
+    return grammar.parse_line(line.encode() if isinstance(line, str) else line)
 
 
-def error_of(line: str | bytes) -> wire.WireError:
+def error_of(line: str | bytes) -> tokenizer.WireError:
     """The WireError that parsing `line` raises."""
-    with pytest.raises(wire.WireError) as info:
+    with pytest.raises(tokenizer.WireError) as info:
         parse(line)
     return info.value
 
@@ -32,7 +33,7 @@ def error_of(line: str | bytes) -> wire.WireError:
 
 def test_request_minimal_has_defaults() -> None:
     """A REQUEST with only the required keys gets units=1 and no optional values."""
-    assert parse(REQUEST_LINE) == wire.Request(
+    assert parse(REQUEST_LINE) == grammar.Request(
         publisher="Harlequin", product="LispWorks", version="8.0", user="jo", host="box",
         pid=42,
     )
@@ -45,7 +46,7 @@ def test_request_all_keys_typed() -> None:
         "user=jo host=box pid=0 units=3 client=tok-1 challenge=00ff10 uid=1000 group=staff "
         "hostid=0x1A2B3C4D"
     )
-    assert command == wire.Request(
+    assert command == grammar.Request(
         publisher="Harlequin Ltd", product="Lisp Works", version="8.0 beta", user="jo",
         host="box", pid=0, units=3, client="tok-1", challenge=b"\x00\xff\x10", uid=1000,
         group="staff", hostid=0x1A2B3C4D,
@@ -55,26 +56,26 @@ def test_request_all_keys_typed() -> None:
 def test_hostid_without_prefix() -> None:
     """hostid= takes hex digits with or without 0x."""
     command = parse(REQUEST_LINE + b" hostid=ff")
-    assert isinstance(command, wire.Request) and command.hostid == 0xFF
+    assert isinstance(command, grammar.Request) and command.hostid == 0xFF
 
 
 def test_update_release_query_users_message() -> None:
     """The other dispatched verbs parse to their typed commands."""
-    assert parse("UPDATE handle=H1") == wire.Update("H1")
-    assert parse("update handle=H1 challenge=abcd") == wire.Update("H1", b"\xab\xcd")
-    assert parse("Release handle=7:a.b_c-d") == wire.Release("7:a.b_c-d")
-    assert parse("QUERY handle=H1 what=period") == wire.Query("H1", wire.QueryWhat.PERIOD)
-    assert parse("QUERY handle=H1 what=Context") == wire.Query("H1", wire.QueryWhat.CONTEXT)
-    assert parse("USERS publisher=P product=Q version=1") == wire.Users("P", "Q", "1")
-    assert parse('MESSAGE text="hello there"') == wire.Message("hello there")
+    assert parse("UPDATE handle=H1") == grammar.Update("H1")
+    assert parse("update handle=H1 challenge=abcd") == grammar.Update("H1", b"\xab\xcd")
+    assert parse("Release handle=7:a.b_c-d") == grammar.Release("7:a.b_c-d")
+    assert parse("QUERY handle=H1 what=period") == grammar.Query("H1", grammar.QueryWhat.PERIOD)
+    assert parse("QUERY handle=H1 what=Context") == grammar.Query("H1", grammar.QueryWhat.CONTEXT)
+    assert parse("USERS publisher=P product=Q version=1") == grammar.Users("P", "Q", "1")
+    assert parse('MESSAGE text="hello there"') == grammar.Message("hello there")
 
 
 def test_protocol_verbs() -> None:
     """PING, HELP [verb] and QUIT parse; the HELP topic is normalised to upper case."""
-    assert parse("ping") == wire.Ping()
-    assert parse("HELP") == wire.Help()
-    assert parse("help request") == wire.Help("REQUEST")
-    assert parse("QUIT") == wire.Quit()
+    assert parse("ping") == grammar.Ping()
+    assert parse("HELP") == grammar.Help()
+    assert parse("help request") == grammar.Help("REQUEST")
+    assert parse("QUIT") == grammar.Quit()
 
 
 def test_blank_lines_are_none() -> None:
@@ -85,7 +86,7 @@ def test_blank_lines_are_none() -> None:
 
 def test_crlf_is_stripped() -> None:
     """A CR before the LF is not part of the last value."""
-    assert parse(b"RELEASE handle=H1\r") == wire.Release("H1")
+    assert parse(b"RELEASE handle=H1\r") == grammar.Release("H1")
 
 
 # -- errors -----------------------------------------------------------------
@@ -139,7 +140,7 @@ def test_query_kinds_match_the_engine() -> None:
     """QUERY accepts exactly the kinds the licensing engine can answer."""
     from hqnlsd.licensing.results import QUERY_KINDS
 
-    assert [item.value for item in wire.QueryWhat] == list(QUERY_KINDS)
+    assert [item.value for item in grammar.QueryWhat] == list(QUERY_KINDS)
 
 
 def test_repeated_key() -> None:
@@ -221,7 +222,7 @@ def test_bad_utf8() -> None:
 
 def test_error_reply() -> None:
     """A WireError turns into the ERR reply with its status and message."""
-    assert wire.WireError(Status.SYNTAX, "x").reply() == wire.Err(Status.SYNTAX, "x")
+    assert tokenizer.WireError(Status.SYNTAX, "x").reply() == Err(Status.SYNTAX, "x")
 
 
 # -- escapes and quoting ----------------------------------------------------
@@ -230,37 +231,37 @@ def test_error_reply() -> None:
 def test_escapes_inside_quotes() -> None:
     """Backslash escapes inside quotes are decoded; outside quotes text is literal."""
     command = parse(r'MESSAGE text="say \"hi\"\\ \n\r\t\x41\u00e9\U0001F600 done"')
-    assert command == wire.Message('say "hi"\\ \n\r\tA\u00e9\U0001f600 done')
-    assert parse(r"MESSAGE text=C:\temp\n") == wire.Message(r"C:\temp\n")
+    assert command == grammar.Message('say "hi"\\ \n\r\tA\u00e9\U0001f600 done')
+    assert parse(r"MESSAGE text=C:\temp\n") == grammar.Message(r"C:\temp\n")
 
 
 def test_value_may_contain_equals() -> None:
     """Only the first = separates key and value."""
-    assert parse("MESSAGE text=a=b==") == wire.Message("a=b==")
+    assert parse("MESSAGE text=a=b==") == grammar.Message("a=b==")
 
 
 def test_quote_choices() -> None:
     """quote() leaves plain words bare and quotes everything else."""
-    assert wire.quote("H1") == "H1"
-    assert wire.quote("a=b") == "a=b"
-    assert wire.quote("") == '""'
-    assert wire.quote("a b") == '"a b"'
-    assert wire.quote('a"b') == '"a\\"b"'
-    assert wire.quote("a\\b") == '"a\\\\b"'
-    assert wire.quote("a\nb\x00\u2028\U000e0001") == '"a\\nb\\x00\\u2028\\U000e0001"'
-    assert wire.quote("H1", force=True) == '"H1"'
+    assert quoting.quote("H1") == "H1"
+    assert quoting.quote("a=b") == "a=b"
+    assert quoting.quote("") == '""'
+    assert quoting.quote("a b") == '"a b"'
+    assert quoting.quote('a"b') == '"a\\"b"'
+    assert quoting.quote("a\\b") == '"a\\\\b"'
+    assert quoting.quote("a\nb\x00\u2028\U000e0001") == '"a\\nb\\x00\\u2028\\U000e0001"'
+    assert quoting.quote("H1", force=True) == '"H1"'
 
 
 @given(st.text())
 def test_quote_round_trip(value: str) -> None:
     """Any text, quoted, reads back as itself."""
-    assert wire.split_words(f"k={wire.quote(value)}") == [("k", value)]
+    assert tokenizer.split_words(f"k={quoting.quote(value)}") == [("k", value)]
 
 
 @given(st.text())
 def test_quote_is_one_printable_line(value: str) -> None:
     """A quoted value never holds a line break or an invisible character."""
-    quoted = wire.quote(value)
+    quoted = quoting.quote(value)
     assert quoted.isprintable()
     assert len(quoted.splitlines()) == 1
 
@@ -271,19 +272,19 @@ keys = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 @given(st.dictionaries(keys, st.text() | st.integers(min_value=0)))
 def test_request_format_parse_round_trip(fields: dict[str, str | int]) -> None:
     """format_request then tokenizing gives back the verb and every field, in order."""
-    line = wire.format_request("VERB", **fields)
+    line = client_side.format_request("VERB", **fields)
     assert line.endswith(b"\n") and b"\n" not in line[:-1]
-    words = wire.split_words(wire.decode_line(line[:-1]))
+    words = tokenizer.split_words(grammar.decode_line(line[:-1]))
     assert words == [(None, "VERB"), *((k, str(v)) for k, v in fields.items())]
 
 
 texts = st.text(min_size=1)
-uint32 = st.integers(min_value=0, max_value=wire.UINT32_MAX)
+uint32 = st.integers(min_value=0, max_value=grammar.UINT32_MAX)
 requests = st.builds(
-    wire.Request,
+    grammar.Request,
     publisher=texts, product=texts, version=texts, user=texts, host=texts, pid=uint32,
-    units=st.integers(min_value=1, max_value=wire.MAX_UNITS),
-    client=st.none() | st.text(min_size=1, max_size=wire.MAX_CLIENT_TOKEN),
+    units=st.integers(min_value=1, max_value=grammar.MAX_UNITS),
+    client=st.none() | st.text(min_size=1, max_size=grammar.MAX_CLIENT_TOKEN),
     challenge=st.none() | st.binary(min_size=1, max_size=128),
     uid=st.none() | uint32,
     group=st.none() | texts,
@@ -292,7 +293,7 @@ requests = st.builds(
 
 
 @given(requests)
-def test_typed_request_round_trip(request: wire.Request) -> None:
+def test_typed_request_round_trip(request: grammar.Request) -> None:
     """A Request written as a line (as a client library would) parses back equal."""
     fields: dict[str, str | int] = {}
     for name in ("publisher", "product", "version", "user", "host", "pid", "units",
@@ -304,8 +305,8 @@ def test_typed_request_round_trip(request: wire.Request) -> None:
         fields["challenge"] = request.challenge.hex()
     if request.hostid is not None:
         fields["hostid"] = f"0x{request.hostid:08x}"
-    line = wire.format_request("REQUEST", **fields)
-    assert wire.parse_line(line[:-1]) == request
+    line = client_side.format_request("REQUEST", **fields)
+    assert grammar.parse_line(line[:-1]) == request
 
 
 # -- replies ----------------------------------------------------------------
@@ -313,59 +314,59 @@ def test_typed_request_round_trip(request: wire.Request) -> None:
 
 def test_ok_forms() -> None:
     """OK lines: bare, with a word, with fields; data= and msg= always quoted."""
-    assert wire.format_reply(wire.Ok()) == b"OK\r\n"
-    assert wire.format_reply(wire.Ok.of("bye")) == b"OK bye\r\n"
+    assert format_reply(Ok()) == b"OK\r\n"
+    assert format_reply(Ok.of("bye")) == b"OK bye\r\n"
     assert (
-        wire.format_reply(wire.Ok.of(handle="H1", period=300, data="1", type="floating"))
+        format_reply(Ok.of(handle="H1", period=300, data="1", type="floating"))
         == b'OK handle=H1 period=300 data="1" type=floating\r\n'
     )
 
 
 def test_err_form() -> None:
     """ERR lines carry the name, the full numeric code, the fields and msg last."""
-    reply = wire.Err.of(
+    reply = Err.of(
         Status.TRY_SERVER, "ask the primary", n=2, addr="127.0.0.2", domain="a1 a2 a3"
     )
-    assert wire.format_reply(reply) == (
+    assert format_reply(reply) == (
         b'ERR TRY_SERVER code=0xC80E1006 n=2 addr=127.0.0.2 domain="a1 a2 a3" '
         b'msg="ask the primary"\r\n'
     )
-    assert wire.format_reply(wire.Err(Status.NOACCESS, "")) == (
+    assert format_reply(Err(Status.NOACCESS, "")) == (
         b'ERR NOACCESS code=0xC8171002 msg=""\r\n'
     )
 
 
 def test_listing_dot_stuffing() -> None:
     """Listing lines starting with '.', OK or ERR get a '.' first; '.' ends the listing."""
-    listing = wire.Listing((".", "..x", "plain", "", "OK", "OK fine", "ERR x", "OKAY", "ERRATA"))
-    assert wire.format_reply(listing) == (
+    listing = Listing((".", "..x", "plain", "", "OK", "OK fine", "ERR x", "OKAY", "ERRATA"))
+    assert format_reply(listing) == (
         b"..\r\n...x\r\nplain\r\n\r\n.OK\r\n.OK fine\r\n.ERR x\r\nOKAY\r\nERRATA\r\n.\r\n"
     )
-    sent = wire.format_reply(listing).decode().split("\r\n")[:-1]
-    assert [wire.unstuff_listing_line(x) for x in sent] == [*listing.lines, None]
+    sent = format_reply(listing).decode().split("\r\n")[:-1]
+    assert [client_side.unstuff_listing_line(x) for x in sent] == [*listing.lines, None]
 
 
 def test_listing_of_records() -> None:
     """Listing.of_records writes key=value lines, quoting where needed."""
-    listing = wire.Listing.of_records([{"user": "Jo Smith", "pid": 3}, [("user", "al")]])
+    listing = Listing.of_records([{"user": "Jo Smith", "pid": 3}, [("user", "al")]])
     assert listing.lines == ('user="Jo Smith" pid=3', "user=al")
-    assert wire.parse_fields(listing.lines[0]) == {"user": "Jo Smith", "pid": "3"}
+    assert client_side.parse_fields(listing.lines[0]) == {"user": "Jo Smith", "pid": "3"}
 
 
 def test_reply_validation() -> None:
     """Replies refuse keys that are not identifiers, reserved keys, bools, line breaks."""
     with pytest.raises(ValueError, match="lowercase"):
-        wire.Ok.of(**{"Bad": "x"})
+        Ok.of(**{"Bad": "x"})
     with pytest.raises(ValueError, match="given twice"):
-        wire.Ok((("a", "1"), ("a", "2")))
+        Ok((("a", "1"), ("a", "2")))
     with pytest.raises(ValueError, match="written by the protocol"):
-        wire.Err.of(Status.SYNTAX, "x", code=1)
+        Err.of(Status.SYNTAX, "x", code=1)
     with pytest.raises(TypeError):
-        wire.Ok.of(flag=True)
+        Ok.of(flag=True)
     with pytest.raises(ValueError, match="line break"):
-        wire.Listing(("a\u2028b",))
+        Listing(("a\u2028b",))
     with pytest.raises(ValueError, match="lowercase"):
-        wire.Ok((), "Pong")
+        Ok((), "Pong")
 
 
 statuses = st.sampled_from(list(Status))
@@ -373,41 +374,41 @@ field_lists = st.dictionaries(
     keys.filter(lambda k: k not in ("code", "msg")), st.text()
 ).map(lambda d: tuple(d.items()))
 replies = st.one_of(
-    st.builds(wire.Ok, field_lists, st.sampled_from(["", "bye", "pong"])),
-    st.builds(wire.Err, statuses, st.text(), field_lists),
+    st.builds(Ok, field_lists, st.sampled_from(["", "bye", "pong"])),
+    st.builds(Err, statuses, st.text(), field_lists),
 )
 
 
 @given(replies)
-def test_reply_round_trip(reply: wire.Ok | wire.Err) -> None:
+def test_reply_round_trip(reply: Ok | Err) -> None:
     """format_reply then parse_reply_line is the identity, on exactly one line."""
-    data = wire.format_reply(reply)
+    data = format_reply(reply)
     assert data.endswith(b"\r\n") and b"\n" not in data[:-2] and b"\r" not in data[:-2]
-    assert wire.parse_reply_line(data[:-2].decode()) == reply
+    assert client_side.parse_reply_line(data[:-2].decode()) == reply
 
 
 listing_lines = st.one_of(
     st.text(), st.sampled_from(["OK", "ERR", "."]), st.text().map(lambda t: "OK " + t)
-).filter(lambda t: not wire._LINE_BREAKS_RE.search(t))
+).filter(lambda t: not _LINE_BREAKS_RE.search(t))
 
 
 @given(st.lists(listing_lines))
 def test_listing_round_trip(lines: list[str]) -> None:
     """A listing reads back line for line, and '.' ends it exactly once."""
-    data = wire.format_reply(wire.Listing(tuple(lines))).decode()
+    data = format_reply(Listing(tuple(lines))).decode()
     sent = data.split("\r\n")
     assert sent[-1] == "" and sent[-2] == "."
     assert sent[:-2].count(".") == 0
     assert not any(line == "OK" or line.startswith(("OK ", "ERR ")) for line in sent[:-2])
-    assert [wire.unstuff_listing_line(line) for line in sent[:-2]] == lines
+    assert [client_side.unstuff_listing_line(line) for line in sent[:-2]] == lines
 
 
 def test_parse_reply_line_errors() -> None:
     """Client-side reading refuses lines that are not replies."""
     for line in ("HELLO", "OK a=1 a=2", "ERR NOSUCH code=0x1", "ERR", "OK a=1 b",
                  f"ERR SYNTAX code=0x{Status.INTERNAL.code:08X}", 'OK a="x'):
-        with pytest.raises(wire.ReplyParseError):
-            wire.parse_reply_line(line)
+        with pytest.raises(client_side.ReplyParseError):
+            client_side.parse_reply_line(line)
 
 
 # -- telnet -----------------------------------------------------------------
@@ -415,19 +416,19 @@ def test_parse_reply_line_errors() -> None:
 
 def test_strip_telnet() -> None:
     """IAC negotiation, subnegotiation, escaped and cut-off IAC bytes are removed."""
-    assert wire.strip_telnet(b"\xff\xfd\x03\xff\xfb\x18PING") == b"PING"
-    assert wire.strip_telnet(b"PI\xff\xfa\x18\x00xterm\xff\xf0NG") == b"PING"
-    assert wire.strip_telnet(b"PING\xff\xff") == b"PING"
-    assert wire.strip_telnet(b"PING\xff\xf4") == b"PING"  # IAC IP (^C)
-    assert wire.strip_telnet(b"PING\xff") == b"PING"
-    assert wire.strip_telnet(b"PING\xff\xfb") == b"PING"
-    assert wire.strip_telnet(b"PING\xff\xfa\x18xterm") == b"PING"
-    assert wire.strip_telnet(b"PING") == b"PING"
+    assert grammar.strip_telnet(b"\xff\xfd\x03\xff\xfb\x18PING") == b"PING"
+    assert grammar.strip_telnet(b"PI\xff\xfa\x18\x00xterm\xff\xf0NG") == b"PING"
+    assert grammar.strip_telnet(b"PING\xff\xff") == b"PING"
+    assert grammar.strip_telnet(b"PING\xff\xf4") == b"PING"  # IAC IP (^C)
+    assert grammar.strip_telnet(b"PING\xff") == b"PING"
+    assert grammar.strip_telnet(b"PING\xff\xfb") == b"PING"
+    assert grammar.strip_telnet(b"PING\xff\xfa\x18xterm") == b"PING"
+    assert grammar.strip_telnet(b"PING") == b"PING"
 
 
 def test_telnet_negotiation_then_command() -> None:
     """A telnet client's negotiation bytes before a command are ignored."""
-    assert parse(b"\xff\xfd\x03\xff\xfb\x18\xff\xfb\x1fPING\r") == wire.Ping()
+    assert parse(b"\xff\xfd\x03\xff\xfb\x18\xff\xfb\x1fPING\r") == grammar.Ping()
     assert parse(b"\xff\xfd\x03") is None
 
 
@@ -436,18 +437,18 @@ def test_telnet_negotiation_then_command() -> None:
 
 def test_help_lists_every_verb() -> None:
     """HELP's listing has one synopsis line per verb, with its required keys."""
-    lines = wire.help_listing().lines
-    for spec in wire.VERBS.values():
+    lines = grammar.help_listing().lines
+    for spec in grammar.VERBS.values():
         assert spec.usage in lines
     assert any(line.startswith("REQUEST publisher=TEXT") and "[units=N]" in line
                for line in lines)
 
 
-@pytest.mark.parametrize("verb", sorted(wire.VERBS))
+@pytest.mark.parametrize("verb", sorted(grammar.VERBS))
 def test_help_verb_details(verb: str) -> None:
     """HELP VERB shows the synopsis, every argument with its help, and the reply."""
-    spec = wire.VERBS[verb]
-    lines = wire.help_listing(verb).lines
+    spec = grammar.VERBS[verb]
+    lines = grammar.help_listing(verb).lines
     assert lines[0] == spec.usage
     text = "\n".join(lines)
     for arg in spec.args:

@@ -21,7 +21,7 @@ import pytest
 
 from hqnlsd.permits.model import HostId
 from hqnlsd.permits.policy import Policy
-from hqnlsd.protocols.wire import Ok
+from hqnlsd.protocols.replies import Ok
 from tests.daemons import (
     REPO_ROOT,
     Daemon,
