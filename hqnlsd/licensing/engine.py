@@ -135,6 +135,10 @@ class Engine:
         uses it to check that a snapshot matches what it has written)."""
         return self._ledger.applied
 
+    @applied.setter
+    def applied(self, count: int) -> None:
+        self._ledger.applied = count
+
     # ======================================================================
     # Products
     # ======================================================================
