@@ -123,7 +123,6 @@ class Engine:
         today: Callable[[float], datetime.date] = local_date,
     ) -> None:
         self._clock = clock
-        self._new_handle = new_handle
         self._today = today
         self.tombstone_seconds = tombstone_seconds
         self._ledger = Ledger(clock, new_handle)
