@@ -21,10 +21,12 @@ from twisted.python.failure import Failure
 from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Denied, Grant, HolderInfo, LicenceRequest
 from hqnlsd.logging.badinput import DEFAULT_INTERVAL, DEFAULT_MAX_SOURCES, BadInputLog
 from hqnlsd.logging.denials import DEFAULT_BURST, Clock, DenialLog
 from hqnlsd.logging.feed import LicenceFeed
+from hqnlsd.logging.usage import requester_fields
 from hqnlsd.permits.discovery import Discovery, discover
 from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
@@ -453,6 +455,13 @@ class LicenceServer:
 
     def _log_denial(self, command: wire.Request, peer: Any, status: Status, reason: str) -> None:
         log = self.denials.note if self.denials is not None else self.feed.denied
+        who = Requester(
+            user=command.user,
+            host=command.host,
+            address=str(getattr(peer, "host", peer)),
+            pid=command.pid,
+            uid=command.uid,
+        )
         log(
             publisher=command.publisher,
             product=command.product,
@@ -460,11 +469,7 @@ class LicenceServer:
             status=status.name,
             code=status.code,
             reason=reason,
-            user=command.user,
-            uid=command.uid,
-            host=command.host,
-            address=str(getattr(peer, "host", peer)),
-            pid=command.pid,
+            **requester_fields(who),
         )
 
     @staticmethod

@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.permits.model import HostId, ProductPermit
 
 #: JSON-safe value (what ``json.dumps`` accepts without help).
@@ -174,6 +175,54 @@ class Granted(Event):
     client: str | None
     access: int
     at: float
+
+    @property
+    def requester(self) -> Requester:
+        """Who was given the licence (the flat fields above, as one record)."""
+        return Requester(
+            user=self.user,
+            host=self.host,
+            address=self.address,
+            pid=self.pid,
+            uid=self.uid,
+            group=self.group,
+            hostid=self.hostid,
+            client=self.client,
+        )
+
+    @classmethod
+    def to(
+        cls,
+        requester: Requester,
+        *,
+        publisher: str,
+        product: str,
+        handle: str,
+        indices: tuple[int, ...],
+        locked: bool,
+        on_locked_node: bool,
+        access: int,
+        at: float,
+    ) -> Granted:
+        """The grant of a licence to ``requester`` (its fields stored flat, as always)."""
+        return cls(
+            publisher=publisher,
+            product=product,
+            handle=handle,
+            indices=indices,
+            locked=locked,
+            on_locked_node=on_locked_node,
+            user=requester.user,
+            host=requester.host,
+            address=requester.address,
+            pid=requester.pid,
+            uid=requester.uid,
+            group=requester.group,
+            hostid=requester.hostid,
+            client=requester.client,
+            access=access,
+            at=at,
+        )
 
 
 @_register

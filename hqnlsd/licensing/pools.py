@@ -12,6 +12,7 @@ import heapq
 from collections.abc import Iterable, Iterator
 
 from hqnlsd.licensing.events import EventError, Granted
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.settings import (
     DEFAULT_CRASHOUT_PERIODS,
     DEFAULT_TIMEOUT_SECONDS,
@@ -92,14 +93,7 @@ class Holder:
     indices: tuple[int, ...]
     locked: bool
     on_locked_node: bool
-    user: str
-    host: str
-    address: str
-    pid: int
-    uid: int | None
-    group: str | None
-    hostid: int | None
-    client: str | None
+    who: Requester
     access: int
     granted_at: float
     last_update: float
@@ -113,14 +107,7 @@ class Holder:
             indices=tuple(event.indices),
             locked=event.locked,
             on_locked_node=event.on_locked_node,
-            user=event.user,
-            host=event.host,
-            address=event.address,
-            pid=event.pid,
-            uid=event.uid,
-            group=event.group,
-            hostid=event.hostid,
-            client=event.client,
+            who=event.requester,
             access=event.access,
             granted_at=event.at,
             last_update=event.at,
@@ -246,6 +233,32 @@ class ProductState:
         """Floating licences held."""
         return self.floating.size - len(self.floating)
 
+    def keeps_holders(self, permit: ProductPermit) -> bool:
+        """Whether holders keep their licences when ``permit`` replaces this one:
+        the same version, and the pools and locked nodes in force unchanged."""
+        old = self.permit
+        if old == permit:
+            return True
+        if old.version != permit.version:
+            return False
+        counts_kept = (old.node_count, old.floating_count) == (
+            permit.node_count,
+            permit.floating_count,
+        )
+        new_counts = (
+            (self.node_count, self.floating_count)
+            if counts_kept
+            else (permit.node_count, permit.floating_count)
+        )
+        new_nodes = (
+            self.locked_nodes
+            if old.locked_nodes == permit.locked_nodes
+            else tuple((str(node.address), node.unique_id) for node in permit.locked_nodes)
+        )
+        return new_counts == (self.node_count, self.floating_count) and (
+            new_nodes == self.locked_nodes
+        )
+
     # -- derived structures ------------------------------------------------------
 
     def rebuild_pools(self) -> None:
@@ -285,7 +298,8 @@ class ProductState:
         self.holders[holder.handle] = holder
         self.by_update[holder.handle] = None
         counter = self.locked_by_address if holder.locked else self.floating_by_address
-        counter[holder.address] = counter.get(holder.address, 0) + holder.units
+        address = holder.who.address
+        counter[address] = counter.get(address, 0) + holder.units
 
     def remove(self, holder: Holder) -> None:
         """Record that a holder no longer has its licence."""
@@ -294,11 +308,12 @@ class ProductState:
         pool = self.locked if holder.locked else self.floating
         pool.give(holder.indices)
         counter = self.locked_by_address if holder.locked else self.floating_by_address
-        left = counter[holder.address] - holder.units
+        address = holder.who.address
+        left = counter[address] - holder.units
         if left:
-            counter[holder.address] = left
+            counter[address] = left
         else:
-            del counter[holder.address]
+            del counter[address]
 
     def touch(self, holder: Holder, at: float) -> None:
         """Record an UPDATE: the holder moves to the end of the update order."""

@@ -19,8 +19,8 @@ import ipaddress
 import math
 from collections.abc import Callable, Mapping
 
-from hqnlsd.licensing.engine import SNAPSHOT_FORMAT
 from hqnlsd.licensing.events import EVENT_TYPES, EventError, Reason
+from hqnlsd.licensing.snapshot import SNAPSHOT_FORMAT
 from hqnlsd.permits.format import MAX_LICENCES, MAX_UPDATE_MINUTES
 
 #: Counters and sizes are below this: exact in a JSON double.

@@ -25,11 +25,12 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 
 from hqnlsd.licensing.events import Event, Granted, ProductsLoaded, Released, Revoked
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Denied, HolderInfo
 from hqnlsd.logging.denials import Key as DenialKey
 from hqnlsd.logging.observer import denial_switch, log_licence
 from hqnlsd.logging.switches import LogSwitches
-from hqnlsd.logging.usage import UsageReport
+from hqnlsd.logging.usage import UsageReport, requester_fields
 from hqnlsd.permits.model import ProductPermit
 
 
@@ -52,17 +53,9 @@ class _Held:
     publisher: str
     product: str
     indices: tuple[int, ...]
-    licence_type: str | None
-    user: str | None
-    host: str | None
-    address: str | None
-    pid: int | None
-    uid: int | None
+    licence_type: str
+    who: Requester
     granted_at: float
-
-
-#: Stands for a handle the feed never saw granted (logged and reported with nulls).
-_UNKNOWN = _Held("", "", (), None, None, None, None, None, None, 0.0)
 
 
 class LicenceFeed:
@@ -98,11 +91,14 @@ class LicenceFeed:
                     product=permit.product,
                     indices=holder.indices,
                     licence_type=holder.type,
-                    user=holder.user,
-                    host=holder.host,
-                    address=holder.address,
-                    pid=holder.pid,
-                    uid=holder.uid,
+                    who=Requester(
+                        user=holder.user,
+                        host=holder.host,
+                        address=holder.address,
+                        pid=holder.pid,
+                        uid=holder.uid,
+                        group=holder.group,
+                    ),
                     granted_at=holder.granted,
                 )
 
@@ -133,11 +129,7 @@ class LicenceFeed:
             product=event.product,
             indices=tuple(event.indices),
             licence_type="locked" if event.locked else "floating",
-            user=event.user,
-            host=event.host,
-            address=event.address,
-            pid=event.pid,
-            uid=event.uid,
+            who=event.requester,
             granted_at=event.at,
         )
         self._held[event.handle] = held
@@ -151,11 +143,7 @@ class LicenceFeed:
             version=version,
             indices=_indices(held.indices),
             licence_type=held.licence_type,
-            user=event.user,
-            uid=event.uid,
-            host=event.host,
-            address=event.address,
-            pid=event.pid,
+            **requester_fields(held.who),
             handle=event.handle,
         )
         if self.usage is not None:
@@ -166,23 +154,23 @@ class LicenceFeed:
                 handle=event.handle,
                 indices=held.indices,
                 licence_type=held.licence_type,
-                user=event.user,
-                uid=event.uid,
-                group=event.group,
-                host=event.host,
-                address=event.address,
-                pid=event.pid,
+                **requester_fields(held.who, group=True),
                 at=event.at,
             )
 
     def _ended(self, action: str, handle: str, at: float, reason: str | None) -> None:
-        held = self._held.pop(handle, None) or _UNKNOWN
-        known = held is not _UNKNOWN
-        version = self._versions.get((held.publisher, held.product)) if known else None
-        publisher = held.publisher if known else None
-        product = held.product if known else None
-        indices = held.indices if known else None
-        held_seconds = round(at - held.granted_at, 3) if known else None
+        held = self._held.pop(handle, None)
+        who = requester_fields(None if held is None else held.who)
+        if held is None:
+            publisher = product = version = licence_type = None
+            indices: tuple[int, ...] | None = None
+            held_seconds = None
+        else:
+            publisher, product = held.publisher, held.product
+            version = self._versions.get((publisher, product))
+            licence_type = held.licence_type
+            indices = held.indices
+            held_seconds = round(at - held.granted_at, 3)
         log_licence(
             self.log,
             action,
@@ -191,12 +179,8 @@ class LicenceFeed:
             product=product,
             version=version,
             indices=_indices(indices) if indices else None,
-            licence_type=held.licence_type,
-            user=held.user,
-            uid=held.uid,
-            host=held.host,
-            address=held.address,
-            pid=held.pid,
+            licence_type=licence_type,
+            **who,
             handle=handle,
             reason=reason,
         )
@@ -208,11 +192,7 @@ class LicenceFeed:
             "version": version,
             "handle": handle,
             "indices": indices,
-            "user": held.user,
-            "uid": held.uid,
-            "host": held.host,
-            "address": held.address,
-            "pid": held.pid,
+            **who,
             "held_seconds": held_seconds,
             "at": at,
         }

@@ -62,6 +62,7 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.securefiles import open_private
 
 #: The report's file name inside the state directory.
@@ -96,6 +97,23 @@ def json_line(record: dict[str, Any]) -> str:
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
+
+
+def requester_fields(who: Requester | None, *, group: bool = False) -> dict[str, Any]:
+    """The requester's part of a record (and of a licence line), in record order:
+    ``user``, ``uid``, (``group``,) ``host``, ``address``, ``pid``; all null for
+    a requester the caller does not know."""
+    if who is None:
+        return dict.fromkeys(_WHO_WITH_GROUP if group else _WHO, None)
+    fields: dict[str, Any] = {"user": who.user, "uid": who.uid}
+    if group:
+        fields["group"] = who.group
+    fields.update(host=who.host, address=who.address, pid=who.pid)
+    return fields
+
+
+_WHO = ("user", "uid", "host", "address", "pid")
+_WHO_WITH_GROUP = ("user", "uid", "group", "host", "address", "pid")
 
 
 class Clock(Protocol):

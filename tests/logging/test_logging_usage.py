@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from hqnlsd.logging.usage import USAGE_FILE, UsageReport
+from hqnlsd.licensing.requester import Requester
+from hqnlsd.logging.usage import USAGE_FILE, UsageReport, requester_fields
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()
 
@@ -263,3 +264,19 @@ def test_bad_sizes_are_refused(tmp_path: Path) -> None:
         make_report(tmp_path, max_bytes=0)
     with pytest.raises(ValueError):
         make_report(tmp_path, batch_lines=0)
+
+
+def test_requester_fields_follow_the_record_order() -> None:
+    """The requester's part of a record: user, uid, (group,) host, address, pid; nulls
+    for an unknown requester."""
+    who = Requester(user="u", host="h", address="10.0.0.1", pid=1, uid=2, group="g")
+    assert list(requester_fields(who, group=True).items()) == [
+        ("user", "u"),
+        ("uid", 2),
+        ("group", "g"),
+        ("host", "h"),
+        ("address", "10.0.0.1"),
+        ("pid", 1),
+    ]
+    assert list(requester_fields(who)) == ["user", "uid", "host", "address", "pid"]
+    assert requester_fields(None) == dict.fromkeys(["user", "uid", "host", "address", "pid"])

@@ -1,0 +1,71 @@
+"""Checks of the values clients and administrators give the engine."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hqnlsd.licensing.results import Denied, LicenceRequest
+from hqnlsd.status import Status
+
+#: Most licences one request may ask for.
+MAX_UNITS = 65535
+#: Longest text field (user, host, group, client token...) the engine accepts.
+MAX_TEXT = 256
+_TEXT_FIELDS = ("publisher", "product", "version", "user", "host")
+_OPTIONAL_TEXT_FIELDS = ("group", "client")
+
+
+def good_text(text: object) -> bool:
+    """Whether ``text`` is 1 to MAX_TEXT printable characters."""
+    return isinstance(text, str) and 0 < len(text) <= MAX_TEXT and text.isprintable()
+
+
+def _whole(value: object, low: int, high: int | None = None) -> bool:
+    """Whether ``value`` is an int (not a bool) in low..high."""
+    return type(value) is int and low <= value and (high is None or value <= high)
+
+
+def _bad_text(request: LicenceRequest) -> str | None:
+    for name in _TEXT_FIELDS:
+        if not good_text(getattr(request, name)):
+            return f"{name} must be 1 to {MAX_TEXT} printable characters"
+    for name in _OPTIONAL_TEXT_FIELDS:
+        value = getattr(request, name)
+        if value is not None and not good_text(value):
+            return f"{name} must be 1 to {MAX_TEXT} printable characters"
+    return None
+
+
+def _bad_number(request: LicenceRequest) -> str | None:
+    if not _whole(request.units, 1, MAX_UNITS):
+        return f"units must be a whole number from 1 to {MAX_UNITS}, not {request.units!r}"
+    if not _whole(request.pid, 0):
+        return f"pid must be a whole number >= 0, not {request.pid!r}"
+    if request.uid is not None and not _whole(request.uid, 0):
+        return f"uid must be a whole number >= 0, not {request.uid!r}"
+    if request.hostid is not None and not _whole(request.hostid, 0, 0xFFFFFFFF):
+        return f"hostid must be a 32-bit unique id, not {request.hostid!r}"
+    return None
+
+
+def invalid_request(request: LicenceRequest) -> str | None:
+    """What is wrong with a request's values, or None."""
+    problem = _bad_text(request) or _bad_number(request)
+    if problem is not None:
+        return problem
+    try:
+        ipaddress.IPv4Address(request.address)
+    except ValueError:
+        return f"peer address {request.address!r} is not an IPv4 address"
+    return None
+
+
+def locked_node(address: str, unique_id: int) -> tuple[str, int] | Denied:
+    """A locked-node listing (normalised address, unique id), or ILLEGAL."""
+    try:
+        text = str(ipaddress.IPv4Address(address))
+    except ValueError:
+        return Denied(Status.ILLEGAL, f"{address!r} is not an IPv4 address")
+    if not _whole(unique_id, 0, 0xFFFFFFFF):
+        return Denied(Status.ILLEGAL, f"unique id {unique_id!r} is not a 32-bit value")
+    return text, unique_id

@@ -1,0 +1,52 @@
+"""The engine's whole state: served products, held handles, client tokens, tombstones.
+
+Plain containers, changed only by the appliers (`hqnlsd.licensing.appliers`)
+and replaced whole by a restore (`hqnlsd.licensing.snapshot`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hqnlsd.licensing.pools import Holder, ProductKey, ProductState, Tombstone
+from hqnlsd.licensing.results import Denied
+from hqnlsd.permits.model import ProductPermit
+from hqnlsd.status import Status
+
+
+@dataclasses.dataclass(slots=True)
+class EngineState:
+    """Products by key, and the indices that find a licence by handle or client token."""
+
+    products: dict[ProductKey, ProductState] = dataclasses.field(default_factory=dict)
+    #: The product of every held handle.
+    handles: dict[str, ProductState] = dataclasses.field(default_factory=dict)
+    #: The handle held by each (product, client token).
+    tokens: dict[tuple[ProductKey, str], str] = dataclasses.field(default_factory=dict)
+    #: Handles taken back, remembered for LOSTLICENCE.
+    tombstones: dict[str, Tombstone] = dataclasses.field(default_factory=dict)
+
+    def served_permits(self) -> tuple[ProductPermit, ...]:
+        """Every product permit served, in load order."""
+        return tuple(state.permit for state in self.products.values())
+
+    def product_or_denied(self, publisher: str, product: str) -> ProductState | Denied:
+        """A served product, or BADPRODUCT."""
+        state = self.products.get((publisher, product))
+        if state is None:
+            return Denied(Status.BADPRODUCT, f"{publisher} {product} is not served here")
+        return state
+
+    def holder(self, handle: str) -> tuple[ProductState, Holder] | Denied:
+        """The product and holder of a handle; LOSTLICENCE or BADHANDLE if not held."""
+        state = self.handles.get(handle)
+        if state is not None:
+            return state, state.holders[handle]
+        tomb = self.tombstones.get(handle)
+        if tomb is not None:
+            return Denied(
+                Status.LOSTLICENCE,
+                f"the licence {handle} of {tomb.key[0]} {tomb.key[1]} was taken back "
+                f"({tomb.reason}); request a new one",
+            )
+        return Denied(Status.BADHANDLE, f"no licence has the handle {handle!r}")
