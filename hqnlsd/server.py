@@ -18,6 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from hqnlsd.answers import client_reply
+from hqnlsd.answers import refusal_reply as refusal_reply
+from hqnlsd.commit import EventSink, NotRecorded, OutcomeUnknown, Refused
 from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
@@ -37,7 +40,6 @@ from hqnlsd.protocols.wire import Err, Listing, Ok, Reply
 from hqnlsd.status import Status
 
 if TYPE_CHECKING:
-    from hqnlsd.domain import Refusal
     from hqnlsd.domain.runtime import DomainRoute, DomainRuntime
 
 #: Dates on the wire, as in permit files.
@@ -54,25 +56,10 @@ def _denied(denied: Denied, **fields: Any) -> Err:
     return Err.of(denied.status, denied.message, **fields)
 
 
-def refusal_reply(refusal: Refusal) -> Err:
-    """The ``ERR`` for a domain member that may not grant: the one place a domain's
-    role and reason become a client reply (``TRY_SERVER n=RANK addr=ADDRESS``
-    when it names the primary to ask; always ``domain=`` with its members)."""
-    domain = " ".join(str(address) for address in refusal.domain)
-    if refusal.primary is not None and refusal.primary_address is not None:
-        return Err.of(
-            refusal.status,
-            refusal.msg,
-            n=refusal.primary,
-            addr=str(refusal.primary_address),
-            domain=domain,
-        )
-    return Err.of(refusal.status, refusal.msg, domain=domain)
-
-
-def _refused(route: DomainRoute) -> Err | None:
-    """The reply when the domain of ``route`` may not grant here, or None if it may."""
-    refusal = route.refusal()
+def _serve(route: DomainRoute) -> Err | None:
+    """Ready the domain of ``route`` to decide here (`DomainRoute.serve`: a member
+    that has just become primary takes over first); the reply if it may not, or None."""
+    refusal = route.serve()
     return None if refusal is None else refusal_reply(refusal)
 
 
@@ -410,7 +397,7 @@ class LicenceServer:
         if len(offer.domain) > 1:
             route = self.domains.route(publisher, product) if self.domains is not None else None
             if route is not None:
-                refusal = _refused(route)
+                refusal = _serve(route)
                 return refusal if refusal is not None else route
             return Err.of(
                 Status.NOTVERIFIED,
@@ -495,7 +482,7 @@ class LicenceServer:
         always waits), so the holder an UPDATE confirms survives too. A denial
         (BADHANDLE, LOSTLICENCE) waits for the state it was decided on.
         """
-        if route is not None and (refusal := _refused(route)) is not None:
+        if route is not None and (refusal := _serve(route)) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
         outcome = (route.engine if route is not None else self.engine).update(command.handle)
@@ -510,14 +497,14 @@ class LicenceServer:
         """RELEASE: answered OK only once the release is durable (single host) or held
         by a quorum of the domain, so an OK is never undone by a crash or failover.
 
-        If the domain refuses at once (`NotServing`) nothing happened: the refusal
+        If the domain refuses at once (`Refused`) nothing happened: the refusal
         is the answer. If the outcome is unknown (the primary lost its authority or
         quorum first) the answer is NEW_MASTER "send it again": a RELEASE sent again
         of a licence that was in fact released answers BADHANDLE, and that answer
         too waits until the state it was read from is durable (`_settled` without
         events), so a client may take it as "released".
         """
-        if route is not None and (refusal := _refused(route)) is not None:
+        if route is not None and (refusal := _serve(route)) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
         outcome = (route.engine if route is not None else self.engine).release(command.handle)
@@ -527,7 +514,7 @@ class LicenceServer:
         return self._settled(where, outcome.events, Ok.of(handle=result.handle))
 
     def _query(self, command: wire.Query, route: DomainRoute | None) -> Reply:
-        if route is not None and (refusal := _refused(route)) is not None:
+        if route is not None and (refusal := _serve(route)) is not None:
             return refusal
         engine = route.engine if route is not None else self.engine
         answer = engine.query(command.handle, command.what.value)
@@ -558,83 +545,52 @@ class LicenceServer:
         *,
         wait: bool = True,
     ) -> Reply | Deferred[Reply]:
-        """`_after` for this engine's products; `_replicated` for a domain's."""
-        if where is None or isinstance(where, Offer):
-            return self._after(events, reply, wait=wait)
-        return self._replicated(where, events, reply, wait=wait)
+        """Answer ``reply`` once ``events`` (and everything before them) are durable.
 
-    def _replicated(
-        self, route: DomainRoute, events: Sequence[Event], reply: Reply, *, wait: bool = True
-    ) -> Reply | Deferred[Reply]:
-        """Answer once a quorum of the domain holds ``events`` (never the journal).
+        They are committed (`hqnlsd.commit.EventSink`) to this daemon's journal
+        for its own products (``where`` None or an `Offer`), or for a domain's
+        (``where`` its route) to this member, which answers once a quorum of the
+        domain holds them. Call in the same reactor turn as the engine command.
+        A failed commit is answered from `hqnlsd.answers.client_reply`: a
+        domain's refusal (nothing happened), NEW_MASTER "send it again" (the
+        outcome is unknown), or INTERNAL (not recorded).
 
-        Call in the same reactor turn as the engine command. Without events (a
-        denial, a BADHANDLE) the answer still waits until everything the engine
-        applied before is held by a quorum (`DomainRoute.submit` of nothing), as
-        the answer was read from that state. ``wait=False`` (UPDATE only: see
-        `_update`) answers at once unless the domain refused the events at once,
-        in which case the refusal is the answer (nothing happened).
+        Without events the answer still waits until everything applied before
+        is durable (a commit of nothing is a barrier), as it was read from that
+        state. ``wait=False`` (UPDATE only: see `_update`) answers at once,
+        unless the commit has already failed (a domain that refused at once:
+        nothing happened, the refusal is the answer); a later failure is only
+        logged. Its loss in a crash takes back nothing its OK promised. A grant
+        and a RELEASE always wait: a grant a crash could forget is how a permit
+        gets served twice, and a RELEASE a crash could forget brings back a
+        licence its client was told it gave up (held again for ever under a
+        policy without GRAB).
         """
-        from hqnlsd.domain import NotServing, OutcomeUnknown
-
-        def failed(failure: Failure) -> Reply:
-            if failure.check(NotServing):
-                refusal = _refused(route)
-                if refusal is not None:
-                    return refusal
-            if failure.check(NotServing, OutcomeUnknown):
-                return Err.of(
-                    Status.NEW_MASTER,
-                    "not confirmed before a change of primary; send it again (a REQUEST "
-                    "with the same client= token; a RELEASE that did take effect is then "
-                    "answered BADHANDLE)",
-                    domain=route.domain_words(),
-                )
-            self.log.failure("domain replication failed; answering INTERNAL", failure)
-            return Err.of(
-                Status.INTERNAL,
-                "the server could not replicate the licence state; try again",
-            )
-
-        done: Deferred[Any] = route.submit(events)
-        done.addCallbacks(lambda _: reply, failed)
-        if wait or done.called:
-            return _now_or_later(done)
-        return reply
-
-    def _after(
-        self, events: Sequence[Event], reply: Reply, *, wait: bool = True
-    ) -> Reply | Deferred[Reply]:
-        """Answer once ``events`` (and everything before them) are durable.
-
-        Without events the answer still waits for the commit already queued (the
-        journal's submit of nothing), as it was read from that state. With
-        ``wait=False`` the events are committed in the same group commit but the
-        answer does not wait for it: only for UPDATE (see `_update`), whose loss in
-        a crash takes back nothing its OK promised. A grant and a RELEASE always
-        wait: a grant a crash could forget is how a permit gets served twice, and a
-        RELEASE a crash could forget brings back a licence its client was told it
-        gave up (held again for ever under a policy without GRAB).
-        """
-        done: Deferred[Any] = self.journal.submit(events)
-        if not wait:
-            done.addErrback(
-                lambda failure: self.log.failure(
-                    "journal commit failed (already answered; the events stay queued)",
-                    failure,
-                )
-            )
+        sink: EventSink = self.journal if where is None or isinstance(where, Offer) else where.sink
+        done: Deferred[Any] = sink.commit(events)
+        if not wait and not done.called:
+            done.addErrback(self._failed_after_answer)
             return reply
-
-        def failed(failure: Failure) -> Reply:
-            self.log.failure("journal commit failed; answering INTERNAL", failure)
-            return Err.of(
-                Status.INTERNAL,
-                "the server could not record the licence state durably; try again",
-            )
-
-        done.addCallbacks(lambda _: reply, failed)
+        done.addCallbacks(lambda _: reply, self._failed_reply)
         return _now_or_later(done)
+
+    def _failed_reply(self, failure: Failure) -> Reply:
+        """The client's reply to a failed commit (`hqnlsd.answers`); INTERNAL is logged."""
+        if not failure.check(Refused, OutcomeUnknown):
+            self.log.failure("{what}; answering INTERNAL", failure, what=_what_failed(failure))
+        return client_reply(failure.value)
+
+    def _failed_after_answer(self, failure: Failure) -> None:
+        """A commit that failed after its (``wait=False``) answer: logged unless refused
+        or unknown (an UPDATE so lost takes back nothing its OK promised)."""
+        if not failure.check(Refused, OutcomeUnknown):
+            self.log.failure("{what} (already answered)", failure, what=_what_failed(failure))
+
+
+def _what_failed(failure: Failure) -> str:
+    """What a commit that was not recorded failed at, in the words of the log."""
+    error = failure.value
+    return error.what if isinstance(error, NotRecorded) else "commit failed"
 
 
 def _now_or_later(done: Deferred[Reply]) -> Reply | Deferred[Reply]:
