@@ -11,7 +11,9 @@ a Deferred. Every submission of a turn is written on the next turn
 (``clock.callLater(0, flush)``) in ONE transaction; the Deferreds fire after the
 COMMIT returns (errback on failure), and only then does the service answer the
 client. Durability therefore costs one fsync per reactor turn, not one per
-request.
+request. ``Journal.commit`` is the same as an `hqnlsd.commit.EventSink` (what the
+dispatcher and the admin handler call): a failed commit fails with
+`hqnlsd.commit.NotRecorded`.
 
 What is durable when:
 
