@@ -18,6 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from hqnlsd.answers import client_reply
+from hqnlsd.answers import refusal_reply as refusal_reply
+from hqnlsd.commit import EventSink, NotRecorded, OutcomeUnknown, Refused
 from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
@@ -33,13 +36,12 @@ from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
 from hqnlsd.permits.seal import TrustedKeys
 from hqnlsd.permits.servercert import ServerKeys
 from hqnlsd.persistence.store import Journal
-from hqnlsd.protocols import grammar as wire
+from hqnlsd.protocols import grammar
 from hqnlsd.protocols.replies import Err, Listing, Ok, Reply
 from hqnlsd.protocols.signing import sign_reply
 from hqnlsd.status import Status
 
 if TYPE_CHECKING:
-    from hqnlsd.domain import Refusal
     from hqnlsd.domain.runtime import DomainRoute, DomainRuntime
 
 #: Dates on the wire, as in permit files.
@@ -56,25 +58,10 @@ def _denied(denied: Denied, **fields: Any) -> Err:
     return Err.of(denied.status, denied.message, **fields)
 
 
-def refusal_reply(refusal: Refusal) -> Err:
-    """The ``ERR`` for a domain member that may not grant: the one place a domain's
-    role and reason become a client reply (``TRY_SERVER n=RANK addr=ADDRESS``
-    when it names the primary to ask; always ``domain=`` with its members)."""
-    domain = " ".join(str(address) for address in refusal.domain)
-    if refusal.primary is not None and refusal.primary_address is not None:
-        return Err.of(
-            refusal.status,
-            refusal.msg,
-            n=refusal.primary,
-            addr=str(refusal.primary_address),
-            domain=domain,
-        )
-    return Err.of(refusal.status, refusal.msg, domain=domain)
-
-
-def _refused(route: DomainRoute) -> Err | None:
-    """The reply when the domain of ``route`` may not grant here, or None if it may."""
-    refusal = route.refusal()
+def _serve(route: DomainRoute) -> Err | None:
+    """Ready the domain of ``route`` to decide here (`DomainRoute.serve`: a member
+    that has just become primary takes over first); the reply if it may not, or None."""
+    refusal = route.serve()
     return None if refusal is None else refusal_reply(refusal)
 
 
@@ -162,7 +149,7 @@ class LicenceServer:
             self.messages = BadInputLog(
                 self.log, clock, noun="message", level=LogLevel.info, burst=MESSAGE_BURST,
                 line_format="client message from {source}: {detail}",
-                max_detail=wire.MAX_LINE_BYTES, interval=log_interval, max_sources=log_sources,
+                max_detail=grammar.MAX_LINE_BYTES, interval=log_interval, max_sources=log_sources,
             )
             self.denials = DenialLog(
                 self.feed, clock, burst=denial_burst, interval=log_interval,
@@ -293,27 +280,27 @@ class LicenceServer:
 
     # -- dispatch -----------------------------------------------------------------------
 
-    def dispatch(self, command: wire.DispatchedCommand, peer: Any) -> Reply | Deferred[Reply]:
+    def dispatch(self, command: grammar.DispatchedCommand, peer: Any) -> Reply | Deferred[Reply]:
         """Answer one client command (the protocol's `Dispatcher` interface)."""
         waiting = self._held(command, peer)
         if waiting is not None:
             return waiting
-        if isinstance(command, wire.Request):
+        if isinstance(command, grammar.Request):
             names = (command.publisher, command.product, command.version)
             return self._signed(command, names, self._request(command, peer))
-        if isinstance(command, wire.Update):
+        if isinstance(command, grammar.Update):
             route = self._route_for_handle(command.handle)
             engine = route.engine if route is not None else self.engine
             # Before the UPDATE: a licence it finds lost has no product afterwards.
             held = engine.product_of(command.handle)
             return self._signed(command, held, self._update(command, route))
-        if isinstance(command, wire.Release):
+        if isinstance(command, grammar.Release):
             return self._release(command, self._route_for_handle(command.handle))
-        if isinstance(command, wire.Query):
+        if isinstance(command, grammar.Query):
             return self._query(command, self._route_for_handle(command.handle))
-        if isinstance(command, wire.Users):
+        if isinstance(command, grammar.Users):
             return self._users(command)
-        if isinstance(command, wire.Message):
+        if isinstance(command, grammar.Message):
             source = str(getattr(peer, "host", peer))
             if self.messages is not None:
                 self.messages.note(source, command.text)
@@ -322,7 +309,7 @@ class LicenceServer:
             return Ok.of()
         return Err.of(Status.UNKNOWN_COMMAND, f"{type(command).__name__} is not served here")
 
-    def _held(self, command: wire.DispatchedCommand, peer: Any) -> Deferred[Reply] | None:
+    def _held(self, command: grammar.DispatchedCommand, peer: Any) -> Deferred[Reply] | None:
         """Hold a command for a domain whose primary (this member) hands over to itself.
 
         A log compaction, or admitting or dropping a higher-ranked member, keeps
@@ -334,9 +321,9 @@ class LicenceServer:
         if self.domains is None:
             return None
         route: DomainRoute | None = None
-        if isinstance(command, wire.Request | wire.Users):
+        if isinstance(command, grammar.Request | grammar.Users):
             route = self.domains.route(command.publisher, command.product)
-        elif isinstance(command, wire.Update | wire.Release | wire.Query):
+        elif isinstance(command, grammar.Update | grammar.Release | grammar.Query):
             route = self.domains.route_for_handle(command.handle)
         if route is None or route.refusal() is None:
             return None
@@ -351,7 +338,7 @@ class LicenceServer:
 
     def _signed(
         self,
-        command: wire.Request | wire.Update,
+        command: grammar.Request | grammar.Update,
         names: tuple[str, str, str] | None,
         answer: Reply | Deferred[Reply],
     ) -> Reply | Deferred[Reply]:
@@ -370,7 +357,7 @@ class LicenceServer:
             if isinstance(reply, Listing):
                 return reply
             handle = (
-                command.handle if isinstance(command, wire.Update) else reply.get("handle") or ""
+                command.handle if isinstance(command, grammar.Update) else reply.get("handle") or ""
             )
             return sign_reply(
                 key,
@@ -412,7 +399,7 @@ class LicenceServer:
         if len(offer.domain) > 1:
             route = self.domains.route(publisher, product) if self.domains is not None else None
             if route is not None:
-                refusal = _refused(route)
+                refusal = _serve(route)
                 return refusal if refusal is not None else route
             return Err.of(
                 Status.NOTVERIFIED,
@@ -422,7 +409,7 @@ class LicenceServer:
             )
         return offer
 
-    def _request(self, command: wire.Request, peer: Any) -> Reply | Deferred[Reply]:
+    def _request(self, command: grammar.Request, peer: Any) -> Reply | Deferred[Reply]:
         offer = self._product_offer(command.publisher, command.product)
         if isinstance(offer, Err):
             self._log_denial(command, peer, offer.status, offer.msg)
@@ -453,7 +440,7 @@ class LicenceServer:
         # domain confirms it (DomainRuntime.event_listeners).
         return self._settled(offer, outcome.events, self._granted(result))
 
-    def _log_denial(self, command: wire.Request, peer: Any, status: Status, reason: str) -> None:
+    def _log_denial(self, command: grammar.Request, peer: Any, status: Status, reason: str) -> None:
         log = self.denials.note if self.denials is not None else self.feed.denied
         who = Requester(
             user=command.user,
@@ -488,7 +475,9 @@ class LicenceServer:
             fields["duplicate"] = 1
         return Ok.of(**fields)
 
-    def _update(self, command: wire.Update, route: DomainRoute | None) -> Reply | Deferred[Reply]:
+    def _update(
+        self, command: grammar.Update, route: DomainRoute | None
+    ) -> Reply | Deferred[Reply]:
         """UPDATE: answered OK at once (``wait=False``); a denial waits like any answer.
 
         Safe to answer before the commit, unlike RELEASE: an OK to UPDATE promises
@@ -500,7 +489,7 @@ class LicenceServer:
         always waits), so the holder an UPDATE confirms survives too. A denial
         (BADHANDLE, LOSTLICENCE) waits for the state it was decided on.
         """
-        if route is not None and (refusal := _refused(route)) is not None:
+        if route is not None and (refusal := _serve(route)) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
         outcome = (route.engine if route is not None else self.engine).update(command.handle)
@@ -511,18 +500,20 @@ class LicenceServer:
             where, outcome.events, Ok.of(handle=result.handle, period=result.period), wait=False
         )
 
-    def _release(self, command: wire.Release, route: DomainRoute | None) -> Reply | Deferred[Reply]:
+    def _release(
+        self, command: grammar.Release, route: DomainRoute | None
+    ) -> Reply | Deferred[Reply]:
         """RELEASE: answered OK only once the release is durable (single host) or held
         by a quorum of the domain, so an OK is never undone by a crash or failover.
 
-        If the domain refuses at once (`NotServing`) nothing happened: the refusal
+        If the domain refuses at once (`Refused`) nothing happened: the refusal
         is the answer. If the outcome is unknown (the primary lost its authority or
         quorum first) the answer is NEW_MASTER "send it again": a RELEASE sent again
         of a licence that was in fact released answers BADHANDLE, and that answer
         too waits until the state it was read from is durable (`_settled` without
         events), so a client may take it as "released".
         """
-        if route is not None and (refusal := _refused(route)) is not None:
+        if route is not None and (refusal := _serve(route)) is not None:
             return refusal
         where: Offer | DomainRoute | None = route
         outcome = (route.engine if route is not None else self.engine).release(command.handle)
@@ -531,8 +522,8 @@ class LicenceServer:
             return self._settled(where, outcome.events, _denied(result, handle=command.handle))
         return self._settled(where, outcome.events, Ok.of(handle=result.handle))
 
-    def _query(self, command: wire.Query, route: DomainRoute | None) -> Reply:
-        if route is not None and (refusal := _refused(route)) is not None:
+    def _query(self, command: grammar.Query, route: DomainRoute | None) -> Reply:
+        if route is not None and (refusal := _serve(route)) is not None:
             return refusal
         engine = route.engine if route is not None else self.engine
         answer = engine.query(command.handle, command.what.value)
@@ -543,7 +534,7 @@ class LicenceServer:
             fields[key] = _field_value(value)
         return Ok.of(**fields)
 
-    def _users(self, command: wire.Users) -> Reply:
+    def _users(self, command: grammar.Users) -> Reply:
         offer = self._product_offer(command.publisher, command.product)
         if isinstance(offer, Err):
             return offer
@@ -563,83 +554,52 @@ class LicenceServer:
         *,
         wait: bool = True,
     ) -> Reply | Deferred[Reply]:
-        """`_after` for this engine's products; `_replicated` for a domain's."""
-        if where is None or isinstance(where, Offer):
-            return self._after(events, reply, wait=wait)
-        return self._replicated(where, events, reply, wait=wait)
+        """Answer ``reply`` once ``events`` (and everything before them) are durable.
 
-    def _replicated(
-        self, route: DomainRoute, events: Sequence[Event], reply: Reply, *, wait: bool = True
-    ) -> Reply | Deferred[Reply]:
-        """Answer once a quorum of the domain holds ``events`` (never the journal).
+        They are committed (`hqnlsd.commit.EventSink`) to this daemon's journal
+        for its own products (``where`` None or an `Offer`), or for a domain's
+        (``where`` its route) to this member, which answers once a quorum of the
+        domain holds them. Call in the same reactor turn as the engine command.
+        A failed commit is answered from `hqnlsd.answers.client_reply`: a
+        domain's refusal (nothing happened), NEW_MASTER "send it again" (the
+        outcome is unknown), or INTERNAL (not recorded).
 
-        Call in the same reactor turn as the engine command. Without events (a
-        denial, a BADHANDLE) the answer still waits until everything the engine
-        applied before is held by a quorum (`DomainRoute.submit` of nothing), as
-        the answer was read from that state. ``wait=False`` (UPDATE only: see
-        `_update`) answers at once unless the domain refused the events at once,
-        in which case the refusal is the answer (nothing happened).
+        Without events the answer still waits until everything applied before
+        is durable (a commit of nothing is a barrier), as it was read from that
+        state. ``wait=False`` (UPDATE only: see `_update`) answers at once,
+        unless the commit has already failed (a domain that refused at once:
+        nothing happened, the refusal is the answer); a later failure is only
+        logged. Its loss in a crash takes back nothing its OK promised. A grant
+        and a RELEASE always wait: a grant a crash could forget is how a permit
+        gets served twice, and a RELEASE a crash could forget brings back a
+        licence its client was told it gave up (held again for ever under a
+        policy without GRAB).
         """
-        from hqnlsd.domain import NotServing, OutcomeUnknown
-
-        def failed(failure: Failure) -> Reply:
-            if failure.check(NotServing):
-                refusal = _refused(route)
-                if refusal is not None:
-                    return refusal
-            if failure.check(NotServing, OutcomeUnknown):
-                return Err.of(
-                    Status.NEW_MASTER,
-                    "not confirmed before a change of primary; send it again (a REQUEST "
-                    "with the same client= token; a RELEASE that did take effect is then "
-                    "answered BADHANDLE)",
-                    domain=route.domain_words(),
-                )
-            self.log.failure("domain replication failed; answering INTERNAL", failure)
-            return Err.of(
-                Status.INTERNAL,
-                "the server could not replicate the licence state; try again",
-            )
-
-        done: Deferred[Any] = route.submit(events)
-        done.addCallbacks(lambda _: reply, failed)
-        if wait or done.called:
-            return _now_or_later(done)
-        return reply
-
-    def _after(
-        self, events: Sequence[Event], reply: Reply, *, wait: bool = True
-    ) -> Reply | Deferred[Reply]:
-        """Answer once ``events`` (and everything before them) are durable.
-
-        Without events the answer still waits for the commit already queued (the
-        journal's submit of nothing), as it was read from that state. With
-        ``wait=False`` the events are committed in the same group commit but the
-        answer does not wait for it: only for UPDATE (see `_update`), whose loss in
-        a crash takes back nothing its OK promised. A grant and a RELEASE always
-        wait: a grant a crash could forget is how a permit gets served twice, and a
-        RELEASE a crash could forget brings back a licence its client was told it
-        gave up (held again for ever under a policy without GRAB).
-        """
-        done: Deferred[Any] = self.journal.submit(events)
-        if not wait:
-            done.addErrback(
-                lambda failure: self.log.failure(
-                    "journal commit failed (already answered; the events stay queued)",
-                    failure,
-                )
-            )
+        sink: EventSink = self.journal if where is None or isinstance(where, Offer) else where.sink
+        done: Deferred[Any] = sink.commit(events)
+        if not wait and not done.called:
+            done.addErrback(self._failed_after_answer)
             return reply
-
-        def failed(failure: Failure) -> Reply:
-            self.log.failure("journal commit failed; answering INTERNAL", failure)
-            return Err.of(
-                Status.INTERNAL,
-                "the server could not record the licence state durably; try again",
-            )
-
-        done.addCallbacks(lambda _: reply, failed)
+        done.addCallbacks(lambda _: reply, self._failed_reply)
         return _now_or_later(done)
+
+    def _failed_reply(self, failure: Failure) -> Reply:
+        """The client's reply to a failed commit (`hqnlsd.answers`); INTERNAL is logged."""
+        if not failure.check(Refused, OutcomeUnknown):
+            self.log.failure("{what}; answering INTERNAL", failure, what=_what_failed(failure))
+        return client_reply(failure.value)
+
+    def _failed_after_answer(self, failure: Failure) -> None:
+        """A commit that failed after its (``wait=False``) answer: logged unless refused
+        or unknown (an UPDATE so lost takes back nothing its OK promised)."""
+        if not failure.check(Refused, OutcomeUnknown):
+            self.log.failure("{what} (already answered)", failure, what=_what_failed(failure))
+
+
+def _what_failed(failure: Failure) -> str:
+    """What a commit that was not recorded failed at, in the words of the log."""
+    error = failure.value
+    return error.what if isinstance(error, NotRecorded) else "commit failed"
 
 
 def _now_or_later(done: Deferred[Reply]) -> Reply | Deferred[Reply]:

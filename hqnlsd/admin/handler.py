@@ -6,9 +6,11 @@ refusal raises `AdminError` with an error name (a licence status name such as
 BADPRODUCT or ILLEGAL, or one of `hqnlsd.admin.wire`'s) and a clear message.
 
 Changes go through the licensing engine, which expresses each as events; the
-events are submitted to the journal and the answer waits for their commit, as
+events are committed to the journal and the answer waits for their commit, as
 a REQUEST's does, so an admin never hears "done" of a change a crash could
-forget. Every change is logged under the ADMIN log switch with who made it.
+forget. A failed commit is answered from `hqnlsd.answers.admin_answer`, the
+table the client dispatcher's answers come from too. Every change is logged
+under the ADMIN log switch with who made it.
 
 A product is named by its number in ``listp`` (``{"index": 1}``) or by
 ``{"publisher": ..., "product": ...}``. Listings show this daemon's own products
@@ -18,7 +20,7 @@ at most the changes in flight).
 
 Products of a multi-host domain are changed on the domain's acting primary:
 there the change goes to the domain's engine and is answered once a quorum of
-the domain holds it (`DomainRoute.submit`), like a REQUEST. A member that is not
+the domain holds it (`DomainMember.commit`), like a REQUEST. A member that is not
 the primary forwards the command over the authenticated peer link
 (`DomainRuntime.forward`) and relays the primary's answer; the primary checks
 that the product (or handle) belongs to the domain the call came for, logs the
@@ -41,6 +43,8 @@ from twisted.python.failure import Failure
 
 import hqnlsd
 from hqnlsd.admin import wire
+from hqnlsd.answers import admin_answer
+from hqnlsd.commit import CommitFailed, EventSink, NotRecorded
 from hqnlsd.identity import HostsTable, format_unique_id
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.results import AdminDone, Denied, Outcome, ProductStatus
@@ -491,7 +495,7 @@ class AdminHandler:
                 f"{target.label or 'that licence'} is not served by the domain the change "
                 "was forwarded for",
             )
-        if change and target.route is not None and not target.route.can_serve:
+        if change and target.route is not None and target.route.serve() is not None:
             raise _Forward(target)
         return target
 
@@ -575,28 +579,27 @@ class AdminHandler:
         return self._after(outcome.events, answer, command, target, who, route)
 
     def _durable(self, events: Sequence[Event], route: DomainRoute | None) -> Deferred[Any]:
-        """The journal's commit of ``events``, or for a domain its quorum's."""
+        """Commit ``events`` to the journal, or for a domain to this member (its quorum).
+
+        A refusal or an unknown outcome fails as its `AdminError`
+        (`hqnlsd.answers.admin_answer`); a commit not recorded stays
+        `NotRecorded`, for `_after` to log with the command (a reinit reports
+        it per domain as it is).
+        """
+        sink: EventSink
         if route is None:
             assert self.root.journal is not None
-            return self.root.journal.submit(events)
-        from hqnlsd.domain.node import NotServing, OutcomeUnknown
+            sink = self.root.journal
+        else:
+            sink = route.sink
 
         def failed(failure: Failure) -> Failure:
-            if failure.check(NotServing):
-                return Failure(
-                    AdminError("NEW_MASTER", "this member lost the primary role; nothing changed")
-                )
-            if failure.check(OutcomeUnknown):
-                return Failure(
-                    AdminError(
-                        wire.INTERNAL,
-                        "the domain did not confirm the change (the primary lost its quorum); "
-                        "it may or may not have been made: check with a listing",
-                    )
-                )
+            error = failure.value
+            if isinstance(error, CommitFailed) and not isinstance(error, NotRecorded):
+                return Failure(AdminError(*admin_answer(error)))
             return failure
 
-        return route.submit(events).addErrback(failed)
+        return sink.commit(events).addErrback(failed)
 
     def _after(
         self,
@@ -624,11 +627,7 @@ class AdminHandler:
             if failure.check(AdminError):
                 failure.raiseException()
             self.log.failure("admin {command}: journal commit failed", failure, command=command)
-            raise AdminError(
-                wire.INTERNAL,
-                "the change could not be recorded durably; it is queued and retried, "
-                "check the daemon's log and the state directory",
-            )
+            raise AdminError(*admin_answer(failure.value))
 
         done.addCallbacks(committed, failed)
         return done
@@ -1246,7 +1245,7 @@ class AdminHandler:
         domains = self.root.domains
         assert domains is not None
         route = DomainRoute(domains.members[key])
-        if route.can_serve:
+        if route.serve() is None:
             return self._reinit_domain_here(route)
         target = _Target(route.engine, route)
         return self._forward("reinit", {}, who, target)
@@ -1278,7 +1277,7 @@ class AdminHandler:
         if member is None:
             raise AdminError("BADPRODUCT", "that domain is no longer served here")
         route = DomainRoute(member)
-        if not route.can_serve:
+        if route.serve() is not None:
             raise self._not_primary(_Target(route.engine, route))
         done = self._reinit_domain_here(route)
 

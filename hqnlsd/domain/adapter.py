@@ -5,9 +5,11 @@ decides *and applies* its events in one step, while `DomainNode.submit` applies
 the submitted entries to its state machine too. Applying a grant twice would
 corrupt the state, and deciding on a scratch copy would cost a copy of the
 whole state per request. So `EngineMachine` lets the engine decide on the real
-state, then submits the events through `submit`, which marks that one batch as
-*already applied*: when the node calls `apply` for it (synchronously, inside
-``DomainNode.submit``) the machine only records it.
+state, then hands the events to the node through `replicate_applied`, which
+marks that one batch as *already applied*: when the node calls `apply` for it
+(synchronously, inside ``DomainNode.submit``) the machine only records it. (The
+domain member's `commit`, `hqnlsd.domain.runtime.DomainMember.commit`, is what
+the daemon calls; it uses `replicate_applied`.)
 
 If the node refuses the submission (``NotServing``: the lease ran out between
 the caller's check and the submit) or its storage fails, the engine holds
@@ -58,8 +60,8 @@ class _NoClock:
 _NO_CLOCK = _NoClock()
 
 
-class Submitter(Protocol):
-    """The part of `DomainNode` the machine submits through."""
+class ReplicatedLog(Protocol):
+    """The part of `DomainNode` the machine hands its batches to."""
 
     def submit(self, entries: Sequence[object]) -> Deferred[None]:
         """Apply ``entries`` locally and replicate them (see `DomainNode.submit`)."""
@@ -82,7 +84,7 @@ def event_of(entry: object) -> Event:
 
 
 class EngineMachine:
-    """`StateMachine` over an `Engine`; decisions go through `submit`."""
+    """`StateMachine` over an `Engine`; decisions go through `replicate_applied`."""
 
     log = Logger()
 
@@ -98,7 +100,7 @@ class EngineMachine:
     # -- StateMachine (called by the node) ----------------------------------------
 
     def apply(self, entries: Sequence[object]) -> None:
-        """Apply one batch, unless it is the one `submit` already applied.
+        """Apply one batch, unless it is the one `replicate_applied` already applied.
 
         All or nothing: if an entry does not fit the state (`EventError`), the
         engine is rebuilt as it was before the batch and the error is raised.
@@ -154,14 +156,15 @@ class EngineMachine:
 
     # -- decisions ---------------------------------------------------------------
 
-    def submit(self, node: Submitter, events: Sequence[Event]) -> Deferred[None]:
+    def replicate_applied(self, node: ReplicatedLog, events: Sequence[Event]) -> Deferred[None]:
         """Replicate ``events``, which the engine has already applied.
 
         Call it in the same reactor turn as the engine command that produced
         the events, after checking the node serves. The Deferred fires when a
         quorum holds them (answer the client then), or fails with the node's
         error: `NotServing` (nothing happened: the engine was rebuilt without
-        them) or an `OutcomeUnknown`.
+        them), an `OutcomeUnknown`, or what the node raised. The member's
+        `commit` turns these into the typed outcomes of `hqnlsd.commit`.
         """
         if not events:
             return succeed(None)
@@ -178,7 +181,7 @@ class EngineMachine:
         return done
 
     def decide(
-        self, node: Submitter, can_serve: bool, command: Callable[[Engine], Outcome[R]]
+        self, node: ReplicatedLog, can_serve: bool, command: Callable[[Engine], Outcome[R]]
     ) -> Deferred[R] | None:
         """Run an engine command and replicate its events; None if not serving.
 
@@ -188,18 +191,19 @@ class EngineMachine:
         if not can_serve:
             return None
         outcome = command(self.engine)
-        return self.submit(node, outcome.events).addCallback(lambda _: outcome.result)
+        return self.replicate_applied(node, outcome.events).addCallback(lambda _: outcome.result)
 
     def take_over_events(self, products: Iterable[ProductPermit]) -> tuple[Event, ...]:
         """What a member decides on becoming primary: resume holders, load its products.
 
-        The engine has applied the events; submit them (`submit`) in the same turn.
+        The engine has applied the events; replicate them (`replicate_applied`, or
+        the member's `commit`) in the same turn.
         """
         return self.engine.resume().events + self.engine.load_products(products).events
 
-    def take_over(self, node: Submitter, products: Iterable[ProductPermit]) -> Deferred[None]:
-        """`take_over_events`, submitted through ``node``."""
-        return self.submit(node, self.take_over_events(products))
+    def take_over(self, node: ReplicatedLog, products: Iterable[ProductPermit]) -> Deferred[None]:
+        """`take_over_events`, replicated through ``node``."""
+        return self.replicate_applied(node, self.take_over_events(products))
 
     def knows_handle(self, handle: str) -> bool:
         """True if ``handle`` is (or was, as a tombstone) a licence of this engine."""

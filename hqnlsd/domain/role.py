@@ -1,7 +1,7 @@
 """What a domain member is doing, and why it may not grant when it may not.
 
 The domain says it in roles and reasons (`RoleInfo`, `Refusal`); the client
-dispatcher (`hqnlsd.server.refusal_reply`) turns a refusal into the reply.
+dispatcher (`hqnlsd.answers.refusal_reply`) turns a refusal into the reply.
 """
 
 from __future__ import annotations

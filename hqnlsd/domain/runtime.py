@@ -8,14 +8,16 @@ stay with the daemon's own engine and journal; this service only answers for
 products of multi-host domains.
 
 For the client dispatcher, `route` (by product) and `route_for_handle` give a
-`DomainRoute`: ``can_serve``; ``refusal()`` (a `Refusal`, why this member may
-not grant: ``TRY_SERVER`` with the primary to ask, ``NEW_MASTER``,
-``LOSTMASTER`` or ``NOTVERIFIED``, each with the domain's addresses; the
-dispatcher writes it as the client's ``ERR``); the
-domain's ``engine`` to decide with; ``submit(events)`` whose Deferred to
-await before answering (a grant is confirmed only once a quorum holds it); and
-``held()``, to wait out a hand-over of this member to itself (a log compaction)
-instead of refusing.
+`DomainRoute`: ``serve()``, the command to call before deciding (it takes over
+first if this member has just become primary, and answers None or a `Refusal`:
+why this member may not grant, ``TRY_SERVER`` with the primary to ask,
+``NEW_MASTER``, ``LOSTMASTER`` or ``NOTVERIFIED``, each with the domain's
+addresses; the dispatcher writes it as the client's ``ERR``); ``refusal()``,
+the same answer read without taking over; the domain's ``engine`` to decide
+with; ``sink``, the member as an `hqnlsd.commit.EventSink` whose ``commit``
+Deferred to await before answering (a grant is confirmed only once a quorum
+holds it); and ``held()``, to wait out a hand-over of this member to itself (a
+log compaction) instead of refusing.
 
 A domain is identified by its server section (`domain_id`: the members'
 addresses and unique ids), so permits with the same servers share one domain,
@@ -24,8 +26,9 @@ from this host's hosts file (`DomainDecision.ranks`); all members must agree
 (the peer hello checks it).
 
 On becoming primary of a view the runtime makes the engine resume its holders
-and load the products this host read (`EngineMachine.take_over`), before the
-first client request is decided (it is also checked on every `route` call).
+and load the products this host read (`DomainMember.take_over_if_primary`),
+before the first client request is decided (the role watch does it every tick,
+and `DomainRoute.serve` before every decision).
 So the acting primary's permit files are the ones the domain serves: keep
 them the same on every member.
 """
@@ -44,10 +47,12 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hqnlsd.commit import CommitFailed, EventSink, NotReplicated, OutcomeUnknown, Refused
 from hqnlsd.domain.adapter import EngineMachine
 from hqnlsd.domain.clock import ReactorMonotonicClock
 from hqnlsd.domain.messages import Ack, Append, Decided, Message
-from hqnlsd.domain.node import DomainNode, NotServing, OutcomeUnknown
+from hqnlsd.domain.node import DomainNode, NotServing
+from hqnlsd.domain.node import OutcomeUnknown as NodeOutcomeUnknown
 from hqnlsd.domain.peers import (
     DEFAULT_PEER_PORT,
     PeerCallError,
@@ -181,7 +186,7 @@ class DomainMember:
         self._send_to = send
         self._ready_epoch: int | None = None
         self.last_role: Role | None = None
-        #: called with (domain id, events) once events submitted here are confirmed
+        #: called with (domain id, events) once events committed here are confirmed
         self.event_listeners: list[Callable[[str, Sequence[Event]], None]] = []
         #: times this member took over as primary (a fail-over or failback here)
         self.takeovers = 0
@@ -239,7 +244,7 @@ class DomainMember:
                 self.observed_round = max(self.observed_round, value.round)
 
     def stop(self) -> None:
-        """Write what is pending, stop the node (waiting submissions fail), close the storage."""
+        """Write what is pending, stop the node (waiting commits fail), close the storage."""
         try:
             self.node.flush()
         except Exception:
@@ -248,8 +253,15 @@ class DomainMember:
         if self.storage is not None:
             self.storage.close()
 
-    def ensure_ready(self) -> bool:
-        """True if serving; on the first call of a new view as primary, take over first."""
+    def take_over_if_primary(self) -> bool:
+        """A command: True if this member may decide now, having taken over first.
+
+        On its first call as primary of a new epoch it commits the take-over
+        events (holders resumed, the products read here loaded:
+        `EngineMachine.take_over_events`), so the epoch's first decision comes
+        after them. Call it before every decision (`DomainRoute.serve` does);
+        the role watch calls it every tick too.
+        """
         if not self.node.can_serve:
             return False
         epoch = self.node.view.epoch
@@ -264,17 +276,35 @@ class DomainMember:
                 epoch=epoch,
                 count=len(self.spec.products),
             )
-            self.submit(self.machine.take_over_events(self.spec.products)).addErrback(
-                self._take_over_failed
-            )
+            self._commit_own(self.machine.take_over_events(self.spec.products))
         return self.node.can_serve
 
-    def submit(self, events: Sequence[Event]) -> Deferred[None]:
-        """Replicate events the engine applied; tell the listeners once confirmed."""
-        done = self.machine.submit(self.node, events)
-        if events and self.event_listeners:
+    def commit(self, events: Sequence[Event]) -> Deferred[None]:
+        """This member as an `hqnlsd.commit.EventSink`: fire once a quorum holds ``events``.
+
+        ``events`` are what the domain's engine applied (in this reactor turn,
+        after `take_over_if_primary` said this member may decide); they are
+        replicated as that one batch (`EngineMachine.replicate_applied`) and the
+        `event_listeners` hear of them once confirmed. With no events it waits
+        until everything applied before is held by a quorum (`DomainNode.barrier`).
+
+        Fails only with: `Refused` at once (nothing happened; the engine was
+        rebuilt without the events; the `Refusal` of that moment says whom to
+        ask), `OutcomeUnknown` (authority or quorum lost before the quorum held
+        them), `NotReplicated` (anything else, such as the log failing).
+        """
+        if not events:
+            return self.node.barrier().addErrback(self._typed)
+        done = self.machine.replicate_applied(self.node, events)
+        if self.event_listeners:
             done.addCallback(self._confirmed, tuple(events))
-        return done
+        return done.addErrback(self._typed)
+
+    def _typed(self, failure: Failure) -> None:
+        """The node's failure as the sinks' typed outcome (the cause chained)."""
+        error = failure.value
+        refusal = None if self.node.can_serve else refusal_of(self)
+        raise commit_failure(error, refusal, self.spec.addresses) from error
 
     def _confirmed(self, result: None, events: tuple[Event, ...]) -> None:
         for listener in self.event_listeners:
@@ -284,24 +314,29 @@ class DomainMember:
                 self.log.failure("domain event listener failed")
         return result
 
+    def _commit_own(self, events: Sequence[Event]) -> None:
+        """Commit events this member decided on its own (take-over, housekeeping, a
+        re-read); a failure is logged. Without events there is nothing to wait for."""
+        if events:
+            self.commit(events).addErrback(self._take_over_failed)
+
     def housekeep(self) -> None:
         """Periodic work of the primary: forget old tombstones."""
-        if self.ensure_ready():
-            self.submit(self.engine.expire().events).addErrback(self._take_over_failed)
+        if self.take_over_if_primary():
+            self._commit_own(self.engine.expire().events)
 
     def reload(self, spec: DomainSpec) -> None:
         """New products for this domain (SIGHUP); the primary loads them now."""
         self.spec = spec
         if self.node.can_serve and self._ready_epoch == self.node.view.epoch:
-            outcome = self.engine.load_products(spec.products)
-            self.submit(outcome.events).addErrback(self._take_over_failed)
+            self._commit_own(self.engine.load_products(spec.products).events)
 
     def _take_over_failed(self, failure: Failure) -> None:
-        if failure.check(NotServing):
+        if failure.check(Refused):
             # Refused at once (the lease ran out that very moment): nothing was
             # applied, so take over again when this member next serves.
             self._ready_epoch = None
-        if failure.check(NotServing, OutcomeUnknown):
+        if failure.check(Refused, OutcomeUnknown):
             self.log.info(
                 "domain {domain}: take-over events not confirmed: {why}",
                 domain=self.spec.domain_id,
@@ -309,6 +344,81 @@ class DomainMember:
             )
             return
         self.log.failure("domain {domain}: take-over failed", failure, domain=self.spec.domain_id)
+
+
+def commit_failure(
+    error: BaseException | None, refusal: Refusal | None, domain: Sequence[Address]
+) -> CommitFailed:
+    """What a domain member's commit failed with, as `hqnlsd.commit`'s typed outcome.
+
+    `NotServing` (nothing happened) is `Refused` with ``refusal``, the member's
+    refusal read at that moment; the node's `OutcomeUnknown` (authority or
+    quorum lost first) is `OutcomeUnknown`; anything else `NotReplicated`.
+    ``domain``: the domain's addresses in rank order.
+    """
+    if isinstance(error, NotServing):
+        return Refused(str(error), refusal, domain)
+    if isinstance(error, NodeOutcomeUnknown):
+        return OutcomeUnknown(str(error), domain)
+    return NotReplicated(str(error))
+
+
+def waiting_words(member: DomainMember, info: RoleInfo) -> str:
+    """The members ``info`` waits for: ``hqnserver1 at 127.0.0.1 and hqnserver2 at ...``."""
+    names = [
+        f"hqnserver{rank} at {member.address_of[rank]}"
+        for rank in sorted(info.waiting)
+        if rank in member.address_of
+    ]
+    if len(names) < 2:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def refusal_of(member: DomainMember) -> Refusal:
+    """Why ``member``, which does not serve now, may not grant (a query).
+
+    While no view change can complete (``RoleInfo.waiting``), the message
+    names the members the domain waits for.
+    """
+    info = member.node.role()
+    domain = member.spec.addresses
+    if member.damaged is not None:
+        return Refusal(
+            Status.NOTVERIFIED,
+            "this member's stored state for this domain is damaged; try another member "
+            "(an administrator recovers it with 'hqn_lsa recover')",
+            domain,
+        )
+    status = info.status or Status.NOTVERIFIED
+    address = None if info.primary is None else member.address_of.get(info.primary)
+    if status is Status.TRY_SERVER and info.primary is not None and address is not None:
+        return Refusal(
+            status,
+            f"this server is a backup; ask the primary hqnserver{info.primary} at {address}",
+            domain,
+            primary=info.primary,
+            primary_address=address,
+        )
+    messages = {
+        Status.NEW_MASTER: "a new primary is taking over; try again in a moment",
+        Status.LOSTMASTER: "this backup lost its primary; a take-over will follow",
+    }
+    text = messages.get(
+        status, "this server has not been verified by its domain; try another member"
+    )
+    if info.waiting:
+        # No take-over can complete: say so, and who is missing.
+        missing = waiting_words(member, info)
+        text = (
+            f"this backup lost its primary and the domain cannot elect another "
+            f"until it reaches {missing}"
+            if status is Status.LOSTMASTER
+            else f"this server cannot be verified by its domain until it reaches {missing}"
+        )
+    if status is Status.TRY_SERVER:
+        status = Status.NOTVERIFIED  # a backup that knows no primary to name
+    return Refusal(status, text, domain)
 
 
 class DomainRoute:
@@ -325,13 +435,32 @@ class DomainRoute:
 
     @property
     def engine(self) -> Engine:
-        """The domain's licence engine: decide with it only when `can_serve`."""
+        """The domain's licence engine: decide with it only once `serve` said None."""
         return self.member.engine
 
     @property
-    def can_serve(self) -> bool:
-        """True if this member may grant now (taking over first if it just became primary)."""
-        return self.member.ensure_ready()
+    def sink(self) -> EventSink:
+        """Where the domain's decisions are committed: this member (`DomainMember.commit`)."""
+        return self.member
+
+    def serve(self) -> Refusal | None:
+        """A command, to call before deciding: None if this member may decide now,
+        else why not (`refusal`).
+
+        If this member has just become primary of a new epoch it takes over
+        first (`DomainMember.take_over_if_primary`: commits the take-over events),
+        so nothing is decided before them.
+        """
+        if self.member.take_over_if_primary():
+            return None
+        return refusal_of(self.member)
+
+    def refusal(self) -> Refusal | None:
+        """Why this member may not grant now, or None if it serves (a query: it never
+        takes over; decide only after `serve`)."""
+        if self.member.node.can_serve:
+            return None
+        return refusal_of(self.member)
 
     def role(self) -> RoleInfo:
         """This member's role in the domain."""
@@ -343,61 +472,7 @@ class DomainRoute:
 
     def waiting_words(self, info: RoleInfo) -> str:
         """The members ``info`` waits for: ``hqnserver1 at 127.0.0.1 and hqnserver2 at ...``."""
-        names = [
-            f"hqnserver{rank} at {self.member.address_of[rank]}"
-            for rank in sorted(info.waiting)
-            if rank in self.member.address_of
-        ]
-        if len(names) < 2:
-            return "".join(names)
-        return ", ".join(names[:-1]) + " and " + names[-1]
-
-    def refusal(self) -> Refusal | None:
-        """Why this member may not grant, or None if it serves.
-
-        While no view change can complete (``RoleInfo.waiting``), the message
-        names the members the domain waits for.
-        """
-        if self.can_serve:
-            return None
-        info = self.role()
-        domain = self.member.spec.addresses
-        if self.member.damaged is not None:
-            return Refusal(
-                Status.NOTVERIFIED,
-                "this member's stored state for this domain is damaged; try another member "
-                "(an administrator recovers it with 'hqn_lsa recover')",
-                domain,
-            )
-        status = info.status or Status.NOTVERIFIED
-        address = None if info.primary is None else self.member.address_of.get(info.primary)
-        if status is Status.TRY_SERVER and info.primary is not None and address is not None:
-            return Refusal(
-                status,
-                f"this server is a backup; ask the primary hqnserver{info.primary} at {address}",
-                domain,
-                primary=info.primary,
-                primary_address=address,
-            )
-        messages = {
-            Status.NEW_MASTER: "a new primary is taking over; try again in a moment",
-            Status.LOSTMASTER: "this backup lost its primary; a take-over will follow",
-        }
-        text = messages.get(
-            status, "this server has not been verified by its domain; try another member"
-        )
-        if info.waiting:
-            # No take-over can complete: say so, and who is missing.
-            missing = self.waiting_words(info)
-            text = (
-                f"this backup lost its primary and the domain cannot elect another "
-                f"until it reaches {missing}"
-                if status is Status.LOSTMASTER
-                else f"this server cannot be verified by its domain until it reaches {missing}"
-            )
-        if status is Status.TRY_SERVER:
-            status = Status.NOTVERIFIED  # a backup that knows no primary to name
-        return Refusal(status, text, domain)
+        return waiting_words(self.member, info)
 
     def held(self) -> Deferred[bool] | None:
         """Wait while this member only hands over to itself (see `DomainNode.held`).
@@ -406,22 +481,6 @@ class DomainRoute:
         fires (True: it serves again; False: answer the refusal of that moment).
         """
         return self.member.node.held()
-
-    def submit(self, events: Sequence[Event]) -> Deferred[None]:
-        """Replicate ``events`` (already applied by the engine command that made them).
-
-        Call in the same reactor turn as the command, after `can_serve`. Answer
-        the client when the Deferred fires; on `NotServing` nothing happened
-        (answer `refusal`); on `OutcomeUnknown` the client should retry (its
-        token makes a retried REQUEST safe).
-
-        With no events it waits until everything applied before is held by a
-        quorum (`DomainNode.barrier`): an answer read from the state (a denial,
-        a BADHANDLE) is never given before the state it was read from is safe.
-        """
-        if not events:
-            return self.member.node.barrier()
-        return self.member.submit(events)
 
 
 class DomainRuntime(MultiService):
@@ -714,7 +773,7 @@ class DomainRuntime(MultiService):
         self._watch_call = None
         try:
             for key, member in self.members.items():
-                member.ensure_ready()
+                member.take_over_if_primary()
                 info = member.node.role()
                 if info.role is not member.last_role:
                     member.last_role = info.role

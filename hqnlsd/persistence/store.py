@@ -11,7 +11,9 @@ a Deferred. Every submission of a turn is written on the next turn
 (``clock.callLater(0, flush)``) in ONE transaction; the Deferreds fire after the
 COMMIT returns (errback on failure), and only then does the service answer the
 client. Durability therefore costs one fsync per reactor turn, not one per
-request.
+request. ``Journal.commit`` is the same as an `hqnlsd.commit.EventSink` (what the
+dispatcher and the admin handler call): a failed commit fails with
+`hqnlsd.commit.NotRecorded`.
 
 What is durable when:
 
@@ -47,7 +49,9 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from hqnlsd.commit import NotRecorded
 from hqnlsd.licensing.events import JSON, Event, EventError, event_from_dict
 from hqnlsd.securefiles import UnsafePathError, open_private, require_regular_all, sqlite_files
 
@@ -286,6 +290,15 @@ class Journal:
             self._flush_call = self._clock.callLater(0, self.flush)
         return waiter
 
+    def commit(self, events: Sequence[Event]) -> Deferred[None]:
+        """`submit`, as an `hqnlsd.commit.EventSink`: a failed commit fails with
+        `NotRecorded` (the events stay queued and are retried, as for `submit`).
+
+        @raise JournalError: if the journal is closed (nothing commits after
+            `close`: a caller that still commits is wrong, not unlucky).
+        """
+        return self.submit(events).addErrback(_not_recorded)
+
     def flush(self) -> None:
         """Commit everything queued now, in one transaction, and fire the Deferreds."""
         if self._flush_call is not None and self._flush_call.active():
@@ -406,3 +419,8 @@ class Journal:
         self._retry_call = None
         if self._unwritten and self._flush_call is None and not self._closed:
             self.flush()
+
+
+def _not_recorded(failure: Failure) -> None:
+    """A failed group commit as the sinks' typed outcome (the cause chained)."""
+    raise NotRecorded(str(failure.value)) from failure.value

@@ -22,8 +22,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 
 from hqnlsd.domain import Refusal
+from hqnlsd.domain.runtime import commit_failure
 from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Granted, Released
@@ -464,19 +466,19 @@ def test_release_frees_the_licence(rig: Rig) -> None:
 
 
 class HeldJournal:
-    """A journal whose commits happen only when the test says so (`commit`)."""
+    """A journal whose commits happen only when the test says so (`write_held`)."""
 
     def __init__(self, real: Journal) -> None:
         self.real = real
         self.waiting: list[tuple[tuple[Any, ...], Deferred[None]]] = []
 
-    def submit(self, events: Sequence[Any]) -> Deferred[None]:
-        """Hold the submission (nothing is written until `commit`)."""
+    def commit(self, events: Sequence[Any]) -> Deferred[None]:
+        """Hold the commit (nothing is written until `write_held`)."""
         done: Deferred[None] = Deferred()
         self.waiting.append((tuple(events), done))
         return done
 
-    def commit(self) -> None:
+    def write_held(self) -> None:
         """Write and confirm everything held, in order."""
         waiting, self.waiting = self.waiting, []
         for events, _ in waiting:
@@ -503,7 +505,7 @@ def test_release_is_answered_only_after_its_commit(rig: Rig) -> None:
     assert got == [], "RELEASE answered before its commit"
     _, logged = rig.journal.load()
     assert not any(isinstance(e, Released) for e in logged)  # a crash now keeps the licence
-    held.commit()
+    held.write_held()
     assert len(got) == 1 and isinstance(got[0], Ok), got
     assert reopened_holders(rig.state_dir, rig.journal) == set()
 
@@ -524,7 +526,7 @@ def test_release_sent_again_waits_for_the_first_commit(rig: Rig) -> None:
     got: list[Any] = []
     again.addBoth(got.append)
     assert got == []
-    held.commit()
+    held.write_held()
     assert len(got) == 1
     err(got[0], Status.BADHANDLE)
 
@@ -813,6 +815,15 @@ class FakeRoute:
         """The configured refusal (None: this member serves)."""
         return self.refused
 
+    def serve(self) -> Refusal | None:
+        """The configured refusal (None: this member serves; nothing to take over)."""
+        return self.refused
+
+    @property
+    def sink(self) -> FakeRoute:
+        """The route itself commits (`commit`), as the member does for a real route."""
+        return self
+
     def held(self) -> Deferred[bool] | None:
         """A Deferred per held command when `waiting` is set, else None (refuse)."""
         if self.waiting is None:
@@ -825,11 +836,17 @@ class FakeRoute:
         """The domain's addresses, as the runtime gives them."""
         return "127.0.0.1 127.0.0.2"
 
-    def submit(self, events: Sequence[Any]) -> Deferred[None]:
-        """Hold the submission; the test fires (or fails) it."""
+    def commit(self, events: Sequence[Any]) -> Deferred[None]:
+        """Hold the commit; the test fires it, or fails it with a node's error, which
+        comes out typed as a member's does (`commit_failure`, with the refusal then)."""
         done: Deferred[None] = Deferred()
         self.submitted.append((tuple(events), done))
-        return done
+
+        def typed(failure: Failure) -> None:
+            addresses = (ME.address, PARTNER.address)
+            raise commit_failure(failure.value, self.refused, addresses) from failure.value
+
+        return done.addErrback(typed)
 
 
 class FakeDomains:

@@ -215,7 +215,7 @@ def test_a_refused_submission_leaves_no_trace() -> None:
     assert isinstance(outcome.result, Grant)
     assert machine.engine.held_count() == 1
     failures: list[Failure] = []
-    machine.submit(node, outcome.events).addErrback(failures.append)
+    machine.replicate_applied(node, outcome.events).addErrback(failures.append)
     assert failures and failures[0].check(NotServing)
     assert machine.engine.held_count() == 0
     assert machine.engine.product(PRODUCT.publisher, PRODUCT.product) == PRODUCT
@@ -255,7 +255,7 @@ def test_failing_storage_is_never_confirmed() -> None:
     outcome = machine.engine.request(request(1))
     assert isinstance(outcome.result, Grant)
     results: list[object] = []
-    machine.submit(node, outcome.events).addBoth(results.append)
+    machine.replicate_applied(node, outcome.events).addBoth(results.append)
     for _ in range(10):
         clock.advance(0.05)
     assert results == [], "confirmed without a durable copy"

@@ -170,7 +170,7 @@ class TestThreeRuntimes(unittest.TestCase):
         one.peer_listeners.append(lambda key, count: reached.append((key, count)))
 
         self.make(2)
-        yield wait_until(self.reactor, lambda: self.route(1).can_serve, WAIT)
+        yield wait_until(self.reactor, lambda: self.route(1).serve() is None, WAIT)
         # The backup learns the view a moment after the primary installs it.
         yield wait_until(self.reactor, lambda: self.route(2).role().epoch >= 1, WAIT)
         redirect = refused(self.route(2))
@@ -183,11 +183,11 @@ class TestThreeRuntimes(unittest.TestCase):
         yield wait_until(
             self.reactor, lambda: one.members[SPEC.domain_id].node.view.members == {1, 2, 3}, WAIT
         )
-        yield wait_until(self.reactor, lambda: self.route(1).can_serve, WAIT)
+        yield wait_until(self.reactor, lambda: self.route(1).serve() is None, WAIT)
         route = self.route(1)
         outcome = route.engine.request(request(11))
         assert isinstance(outcome.result, Grant)
-        yield route.submit(outcome.events).addTimeout(WAIT, self.reactor)
+        yield route.sink.commit(outcome.events).addTimeout(WAIT, self.reactor)
         handle = outcome.result.handle
         assert handle.startswith(handle_tag(SPEC.domain_id) + "-")
         assert (SPEC.domain_id, outcome.events) in confirmed
@@ -217,14 +217,14 @@ class TestThreeRuntimes(unittest.TestCase):
         # simulated time (tests/domain/test_domain_node.py::test_failover_within_five_seconds,
         # test_domain_adapter.py::test_grants_survive_the_primarys_death); here, that it
         # happens at all, with the grant kept.
-        yield wait_until(self.reactor, lambda: self.route(2).can_serve, WAIT)
+        yield wait_until(self.reactor, lambda: self.route(2).serve() is None, WAIT)
         backup = self.route(2)
         holders = backup.engine.holders(PRODUCT.publisher, PRODUCT.product)
         assert not isinstance(holders, Denied)
         assert [h.handle for h in holders] == [handle]
         update = backup.engine.update(handle)
         assert not isinstance(update.result, Denied)
-        yield backup.submit(update.events).addTimeout(WAIT, self.reactor)
+        yield backup.sink.commit(update.events).addTimeout(WAIT, self.reactor)
         again = backup.engine.request(request(11))
         assert isinstance(again.result, Grant) and again.result.handle == handle
         yield wait_until(
@@ -234,7 +234,7 @@ class TestThreeRuntimes(unittest.TestCase):
 
         # The old primary restarts from its state directory and takes its role back.
         self.make(1)
-        yield wait_until(self.reactor, lambda: self.route(1).can_serve, WAIT)
+        yield wait_until(self.reactor, lambda: self.route(1).serve() is None, WAIT)
         assert self.route(1).role().members == {1, 2, 3}
         back = self.route(1).engine.holders(PRODUCT.publisher, PRODUCT.product)
         assert not isinstance(back, Denied) and [h.handle for h in back] == [handle]
@@ -316,9 +316,8 @@ class FakeMember:
         #: why the stored state is unusable (None: it is fine)
         self.damaged: str | None = None
 
-    def ensure_ready(self) -> bool:
-        """Not serving."""
-        return False
+    #: Not serving (what a route reads of the node).
+    can_serve = False
 
     def role(self) -> RoleInfo:
         """The chosen role."""

@@ -140,7 +140,7 @@ class Domain:
     def serving(self) -> int | None:
         """The rank of the member that serves now (taking over first), if any."""
         for rank, member in self.members.items():
-            if member.ensure_ready():
+            if member.take_over_if_primary():
                 return rank
         return None
 
@@ -159,7 +159,7 @@ class Domain:
     def grant(self, rank: int, pid: int) -> str:
         """A confirmed grant at member ``rank`` (the engine and the quorum)."""
         route = DomainRoute(self.members[rank])
-        assert route.refusal() is None
+        assert route.serve() is None
         outcome = route.engine.request(
             LicenceRequest(
                 publisher=PRODUCT.publisher,
@@ -174,7 +174,7 @@ class Domain:
         )
         assert isinstance(outcome.result, Grant), outcome.result
         confirmed: list[object] = []
-        route.submit(outcome.events).addBoth(confirmed.append)
+        route.sink.commit(outcome.events).addBoth(confirmed.append)
         self.run(0.5)
         assert confirmed == [None], confirmed
         return outcome.result.handle

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from hqnlsd.commit import CommitFailed, EventSink, NotRecorded
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Granted
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest, UpdateAck
@@ -524,3 +525,51 @@ def test_unexpected_write_error_errbacks_instead_of_hanging(tmp_path: Path) -> N
     assert isinstance(results.values[0], Failure)
     assert results.values[0].check(JournalError)
     assert not journal.healthy
+
+
+# -- the journal as an EventSink (hqnlsd.commit) ----------------------------------------------
+
+
+def test_commit_fires_once_durable_and_is_a_barrier_without_events(tmp_path: Path) -> None:
+    """`Journal.commit` is an `EventSink`: it fires once the events are written, and a
+    commit of nothing waits for what is queued before it (at once if nothing is)."""
+    clock = new_clock()
+    journal, engine = open_started(tmp_path, clock)
+    sink: EventSink = journal
+    idle = Results()
+    idle.watch(sink.commit([]))
+    assert idle.values == [None]
+    outcome = engine.request(request(1))
+    results = Results()
+    results.watch(sink.commit(outcome.events))
+    results.watch(sink.commit([]))
+    assert results.values == []
+    clock.advance(0)
+    assert results.values == [None, None]
+    journal.close()
+    _, events = open_journal(tmp_path, clock).load()
+    assert any(isinstance(event, Granted) for event in events)
+
+
+def test_commit_that_is_not_written_fails_not_recorded(tmp_path: Path) -> None:
+    """A failed group commit fails the sink's Deferred with `NotRecorded` only (the
+    journal's error chained), and the events are still written by the retry."""
+    clock = new_clock()
+    journal, engine = open_started(tmp_path, clock, connect=flaky_connect)
+    db = journal._db
+    assert isinstance(db, FlakyConnection)
+    db.fail = True
+    results = Results()
+    results.watch(journal.commit(engine.request(request(1)).events))
+    results.watch(journal.commit([]))
+    clock.advance(0)
+    assert len(results.values) == 2
+    for failure in results.values:
+        assert isinstance(failure, Failure) and failure.check(NotRecorded), failure
+        assert isinstance(failure.value, CommitFailed)
+        assert isinstance(failure.value.__cause__, JournalError)
+        assert "disk is full" in str(failure.value)
+    db.fail = False
+    clock.advance(RETRY_FIRST)
+    assert journal.healthy
+    journal.close()
