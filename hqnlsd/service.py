@@ -194,6 +194,7 @@ class HqnlsdService(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop the listeners (and the rest), then the core (flush and close the
         journal), then the log filter."""
+        # Service's own (not running any more): the children are stopped here, in two rounds.
         super(MultiService, self).stopService()
         others = [
             maybeDeferred(child.stopService)

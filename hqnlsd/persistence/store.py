@@ -197,7 +197,7 @@ class Journal:
     def open(self) -> None:
         """Create (mode 0700 / 0600) and open the database; JournalError says why not.
 
-        Apart from the constructor so that the journal can be handed to what commits
+        Separate from the constructor so that the journal can be handed to what commits
         to it when the daemon is built, and its files created only at start, once
         twistd has shed its privileges (they then belong to the daemon's user).
         """
