@@ -59,6 +59,9 @@ class Listener(Service):
         self.endpoint = endpoint
         self.factory = factory
         self.requested = requested
+        #: The connection limits its factory is put under (`hqnlsd.limits` label,
+        #: ``"client"``, ``"peer"``...), set by whoever wraps it so; None: no cap.
+        self.limit_label: str | None = None
         #: The bound port, from the bind until the listener stops (else None).
         self.port: IListeningPort | None = None
         self._wrappers: list[FactoryWrapper] = []

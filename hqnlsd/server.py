@@ -112,8 +112,8 @@ class LicenceServer:
         feed: LicenceFeed | None = None,
         server_keys: ServerKeys | None = None,
         domains: DomainRuntime | None = None,
-        clock: Clock | None = None,
         *,
+        clock: Clock,
         log_interval: float = DEFAULT_INTERVAL,
         log_sources: int = DEFAULT_MAX_SOURCES,
         denial_burst: int = DEFAULT_BURST,
@@ -138,23 +138,19 @@ class LicenceServer:
         #: domain's once that domain verifies this server).
         self.serving_now = 0
         #: MESSAGE texts, logged whole up to 10 a minute per client address and then
-        #: counted (`BadInputLog`), so that MESSAGE cannot flood the log. Without a
-        #: clock every one is logged.
-        self.messages: BadInputLog | None = None
+        #: counted (`BadInputLog`), so that MESSAGE cannot flood the log.
+        self.messages = BadInputLog(
+            self.log, clock, noun="message", level=LogLevel.info, burst=MESSAGE_BURST,
+            line_format="client message from {source}: {detail}",
+            max_detail=grammar.MAX_LINE_BYTES, interval=log_interval, max_sources=log_sources,
+        )
         #: Denied REQUESTs: each logged and recorded up to ``denial_burst`` per
         #: client address per ``log_interval``, the rest counted and summarised
-        #: (`DenialLog`). Without a clock every one is logged.
-        self.denials: DenialLog | None = None
-        if clock is not None:
-            self.messages = BadInputLog(
-                self.log, clock, noun="message", level=LogLevel.info, burst=MESSAGE_BURST,
-                line_format="client message from {source}: {detail}",
-                max_detail=grammar.MAX_LINE_BYTES, interval=log_interval, max_sources=log_sources,
-            )
-            self.denials = DenialLog(
-                self.feed, clock, burst=denial_burst, interval=log_interval,
-                max_sources=log_sources,
-            )
+        #: (`DenialLog`).
+        self.denials = DenialLog(
+            self.feed, clock, burst=denial_burst, interval=log_interval,
+            max_sources=log_sources,
+        )
 
     # -- permits ----------------------------------------------------------------------
 
@@ -302,10 +298,7 @@ class LicenceServer:
             return self._users(command)
         if isinstance(command, grammar.Message):
             source = str(getattr(peer, "host", peer))
-            if self.messages is not None:
-                self.messages.note(source, command.text)
-            else:
-                self.log.info("client message from {peer}: {text}", peer=source, text=command.text)
+            self.messages.note(source, command.text)
             return Ok.of()
         return Err.of(Status.UNKNOWN_COMMAND, f"{type(command).__name__} is not served here")
 
@@ -441,7 +434,6 @@ class LicenceServer:
         return self._settled(offer, outcome.events, self._granted(result))
 
     def _log_denial(self, command: grammar.Request, peer: Any, status: Status, reason: str) -> None:
-        log = self.denials.note if self.denials is not None else self.feed.denied
         who = Requester(
             user=command.user,
             host=command.host,
@@ -449,7 +441,7 @@ class LicenceServer:
             pid=command.pid,
             uid=command.uid,
         )
-        log(
+        self.denials.note(
             publisher=command.publisher,
             product=command.product,
             version=command.version,

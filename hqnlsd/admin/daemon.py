@@ -1,7 +1,7 @@
 """`AdministeredDaemon`: what the admin side needs of the daemon it administers.
 
-The admin handler and protocol are given an object of this shape (the root
-service, `hqnlsd.service.HqnlsdService`, is one) and use nothing else of it, so
+The admin handler and protocol are given an object of this shape (the daemon
+gives `hqnlsd.daemon.adminview.AdminView`) and use nothing else of it, so
 that the admin package depends on the parts it drives (engine, journal, permit
 server, domains, log switches) and never on the service module that builds it.
 """

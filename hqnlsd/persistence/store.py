@@ -144,25 +144,26 @@ def open_journal(
     connect: Callable[[str], sqlite3.Connection] | None = None,
 ) -> Journal:
     """Open (creating if needed, mode 0700 / 0600) the journal in ``state_dir``."""
-    try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = state_dir / DATABASE_NAME
-        # SQLite follows links: nothing of ours in the state directory may be one.
-        require_regular_all(sqlite_files(path))
-        os.close(open_private(path, os.O_CREAT | os.O_RDWR))
-    except UnsafePathError as error:
-        raise JournalError(str(error)) from None
-    except OSError as error:
-        raise JournalError(f"cannot create the state database in {state_dir}: {error}") from None
-    return Journal(
-        path, clock, synchronous=synchronous, compact_after=compact_after, connect=connect
+    journal = Journal(
+        state_dir / DATABASE_NAME,
+        clock,
+        synchronous=synchronous,
+        compact_after=compact_after,
+        connect=connect,
     )
+    journal.open()
+    return journal
 
 
 class Journal:
-    """Group-committed event log with snapshot (see the module docstring)."""
+    """Group-committed event log with snapshot (see the module docstring).
+
+    Made without touching the disk: `open` creates and opens the database
+    (`open_journal` does both at once).
+    """
 
     log = Logger()
+    _db: sqlite3.Connection
 
     def __init__(
         self,
@@ -193,14 +194,37 @@ class Journal:
         #: licence log and usage report see every change, whatever made it.
         self.listeners: list[Callable[[Sequence[Event]], None]] = []
         self._closed = False
+        self._opened = False
+        self._synchronous = synchronous.upper()
+        self._connect = connect or _connect
+
+    def open(self) -> None:
+        """Create (mode 0700 / 0600) and open the database; JournalError says why not.
+
+        Separate from the constructor so that the journal can be handed to what commits
+        to it when the daemon is built, and its files created only at start, once
+        twistd has shed its privileges (they then belong to the daemon's user).
+        """
+        path, state_dir = self.path, self.path.parent
         try:
-            db = (connect or _connect)(str(path))
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # SQLite follows links: nothing of ours in the state directory may be one.
+            require_regular_all(sqlite_files(path))
+            os.close(open_private(path, os.O_CREAT | os.O_RDWR))
+        except UnsafePathError as error:
+            raise JournalError(str(error)) from None
+        except OSError as error:
+            raise JournalError(
+                f"cannot create the state database in {state_dir}: {error}"
+            ) from None
+        try:
+            db = self._connect(str(path))
             db.isolation_level = None  # we issue BEGIN / COMMIT ourselves
             self._db = db
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise JournalError(f"{path}: cannot use WAL mode (got {mode})")
-            db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
@@ -218,6 +242,7 @@ class Journal:
             if "locked" in message:
                 message += " (is another hqnlsd using this state directory?)"
             raise JournalError(f"cannot open the state database {path}: {message}") from None
+        self._opened = True
 
     # -- start-up -------------------------------------------------------------------
 
@@ -273,6 +298,8 @@ class Journal:
         """
         if self._closed:
             raise JournalError("the journal is closed")
+        if not self._opened:
+            raise JournalError("the journal is not open yet")
         if not events and not self._pending and not self._unwritten:
             return succeed(None)
         if events:
@@ -344,6 +371,9 @@ class Journal:
     def close(self) -> None:
         """Write what is queued (best effort) and close the database."""
         if self._closed:
+            return
+        if not self._opened:
+            self._closed = True
             return
         if self._pending or self._unwritten or self._waiters:
             self.flush()

@@ -156,7 +156,7 @@ class RealServer:
             engine = Engine(reactor)
             self.journal = open_journal(self.root / "state", reactor)
             self.journal.restore(engine)
-            self.server = LicenceServer(engine, self.journal, source)
+            self.server = LicenceServer(engine, self.journal, source, clock=reactor)
             self.server.load_permits()
             dispatcher: Any = self.server
             if self.keys is not None:

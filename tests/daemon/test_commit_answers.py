@@ -119,11 +119,11 @@ def test_dispatcher_and_admin_handler_answer_from_the_same_table(
     assert server is not None and journal is not None
     sink = FailingSink(error)
     server.journal = sink  # type: ignore[assignment]
-    rig.root.journal = sink  # type: ignore[assignment]
+    rig.root.core.journal = sink  # type: ignore[assignment]
     try:
         answered = answers_of(rig, sink)
     finally:
-        server.journal = rig.root.journal = journal
+        server.journal = rig.root.core.journal = journal
     reply, admin_error = answered
     assert reply == client_reply(error)
     assert (admin_error.name, admin_error.message) == admin_answer(error)

@@ -192,7 +192,7 @@ def make_rig(state_dir: Path, files: Sequence[PermitFile] | None = None) -> Rig:
     journal = open_journal(state_dir, clock, connect=connect)
     journal.restore(engine)
     source = FakeSource(files_of(HERE, ELSEWHERE, SHARED) if files is None else files)
-    server = LicenceServer(engine, journal, source)
+    server = LicenceServer(engine, journal, source, clock=clock)
     loaded = server.load_permits()
     fired: list[object] = []
     loaded.addBoth(fired.append)
@@ -731,7 +731,7 @@ def test_load_permits_from_real_files(tmp_path: Path) -> None:
             hosts_file=tmp_path / "hosts",
             me=ME,
         )
-        server = LicenceServer(engine, journal, source)
+        server = LicenceServer(engine, journal, source, clock=clock)
         server.load_permits()
         clock.advance(0)
         assert server.discovery is not None
@@ -756,7 +756,9 @@ def test_load_permits_logs_what_is_served(tmp_path: Path) -> None:
     journal = open_journal(tmp_path / "state", clock)
     try:
         journal.restore(engine)
-        server = LicenceServer(engine, journal, FakeSource(files_of(HERE, ELSEWHERE, SHARED)))
+        server = LicenceServer(
+            engine, journal, FakeSource(files_of(HERE, ELSEWHERE, SHARED)), clock=clock
+        )
         with capturedLogs() as events:
             server.load_permits()
         clock.advance(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from twisted.internet.error import CannotListenError
 
 from hqnlsd.config import DaemonConfig
-from hqnlsd.service import TCPListener, explain_cannot_listen, tcp_listeners
+from hqnlsd.daemon.startup import TCPListener, explain_cannot_listen, tcp_listeners
 from tests.configs import daemon_config
 
 

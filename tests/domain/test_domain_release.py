@@ -115,7 +115,7 @@ class Domain:
                 hosts_file=state_dir / "hosts",
                 me=SERVERS[rank - 1],
             )
-            server = LicenceServer(Engine(self.clock), journal, source)
+            server = LicenceServer(Engine(self.clock), journal, source, clock=self.clock)
             server.domains = OneRoute(member)  # type: ignore[assignment]
             server.catalogue = build_catalogue(
                 [PermitFile("/permits/domain-hqn.permit", PERMIT, None)],

@@ -10,7 +10,6 @@ status, so the usage report still counts every denial exactly.
 from __future__ import annotations
 
 import json
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from twisted.internet.address import IPv4Address
 from twisted.logger import LogEvent, Logger, formatEvent
 
 from hqnlsd.configfile import ConfigFileError, parse_config
+from hqnlsd.daemon.core import TimedDispatcher
 from hqnlsd.limits import ConnectionLimits
 from hqnlsd.logging.denials import DenialLog
 from hqnlsd.logging.feed import LicenceFeed
@@ -229,13 +229,10 @@ def test_stop_logs_what_is_counted(denials: Denials) -> None:
 
 def test_metrics_count_every_denial(rig: Rig, tmp_path: Path) -> None:
     """The denial counter is fed by every reply, whether its log line was summarised."""
-    from hqnlsd.service import _LateDispatcher
-
     (tmp_path / "usage").mkdir()
     denials = Denials(rig, tmp_path / "usage")
     metrics = Metrics(runtime=False)
-    root = types.SimpleNamespace(server=denials.server, reactor=rig.clock, metrics=metrics)
-    dispatcher = _LateDispatcher(root)  # type: ignore[arg-type]
+    dispatcher = TimedDispatcher(denials.server, rig.clock, metrics)
     peer = IPv4Address("TCP", "10.0.0.7", 4000)
     for pid in range(500):
         reply = dispatcher.dispatch(
