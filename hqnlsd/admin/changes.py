@@ -47,6 +47,7 @@ class Changes:
         return self.durability.commit(outcome, command, label or target.label, who, target.route)
 
     def policy(self, args: Mapping[str, Any], who: str) -> Any:
+        """``policy p [words]``: show the product's policy flags, or change them (`plan_policy`)."""
         value = args.get("value")
         query = value is None or (isinstance(value, str) and not value.strip())
         target = self.targets.product(args, change=not query)
@@ -108,12 +109,15 @@ class Changes:
         return self.change(target, outcome, what, who).addCallback(add_value)
 
     def crashout(self, args: Mapping[str, Any], who: str) -> Any:
+        """``crashout p [seconds | default]``: show or set the GRAB crashout time."""
         return self._seconds_setting(args, who, "crashout")
 
     def timeout(self, args: Mapping[str, Any], who: str) -> Any:
+        """``timeout p [seconds | default]``: show or set the TIML / LKNL timeout."""
         return self._seconds_setting(args, who, "timeout")
 
     def kill(self, args: Mapping[str, Any], who: str) -> Any:
+        """``kill``: take a licence back, by its handle or by its number in ``listu``."""
         handle = args.get("handle")
         if isinstance(handle, str) and handle:
             domains = self.targets.root.domains
@@ -139,9 +143,11 @@ class Changes:
         return self.change(target, outcome, "addnode" if add else "rmnode", who)
 
     def addnode(self, args: Mapping[str, Any], who: str) -> Any:
+        """``addnode p host [id]``: add a host to the product's locked-node list."""
         return self._node(args, who, add=True)
 
     def rmnode(self, args: Mapping[str, Any], who: str) -> Any:
+        """``rmnode p host [id]``: take a host added with addnode off the locked-node list."""
         return self._node(args, who, add=False)
 
     def _pools(self, args: Mapping[str, Any], who: str, *, to_locked: bool) -> Any:
@@ -153,9 +159,11 @@ class Changes:
         return self.change(target, outcome, "ftol" if to_locked else "ltof", who)
 
     def ftol(self, args: Mapping[str, Any], who: str) -> Any:
+        """``ftol p [count]``: make floating licences node-locked."""
         return self._pools(args, who, to_locked=True)
 
     def ltof(self, args: Mapping[str, Any], who: str) -> Any:
+        """``ltof p [count]``: make licences that ftol converted floating again."""
         return self._pools(args, who, to_locked=False)
 
     def _named(self, args: Mapping[str, Any], who: str, command: str, key: str, what: str) -> Any:
@@ -174,12 +182,15 @@ class Changes:
         return self.change(target, outcome, command, who)
 
     def exhost(self, args: Mapping[str, Any], who: str) -> Any:
+        """``exhost p host``: refuse the product to a host."""
         return self._named(args, who, "exhost", "host", "host name or address")
 
     def unexhost(self, args: Mapping[str, Any], who: str) -> Any:
+        """``unexhost p host``: readmit an excluded host."""
         return self._named(args, who, "unexhost", "host", "host name or address")
 
     def adduser(self, args: Mapping[str, Any], who: str) -> Any:
+        """``adduser p user``: add a named user (USRL), with a warning if USRL is off."""
         done = self._named(args, who, "adduser", "user", "user name")
         target = self.targets.product(args)
         return done.addCallback(self._warn_off, target, Policy.USRL, "named users")
@@ -196,12 +207,15 @@ class Changes:
         return answer
 
     def remuser(self, args: Mapping[str, Any], who: str) -> Any:
+        """``remuser p user``: take a named user off the USRL list."""
         return self._named(args, who, "remuser", "user", "user name")
 
     def remuacc(self, args: Mapping[str, Any], who: str) -> Any:
+        """``remuacc p user``: remove a user's access level."""
         return self._named(args, who, "remuacc", "user", "user name")
 
     def remgacc(self, args: Mapping[str, Any], who: str) -> Any:
+        """``remgacc p group``: remove a group's access level."""
         return self._named(args, who, "remgacc", "group", "group name")
 
     def _access(self, args: Mapping[str, Any], who: str, *, group: bool) -> Any:
@@ -216,7 +230,9 @@ class Changes:
         return done.addCallback(self._warn_off, target, Policy.ACCL, "access levels")
 
     def adduacc(self, args: Mapping[str, Any], who: str) -> Any:
+        """``adduacc p user level``: give a user an access level (ACCL)."""
         return self._access(args, who, group=False)
 
     def addgacc(self, args: Mapping[str, Any], who: str) -> Any:
+        """``addgacc p group level``: give a group an access level (ACCL)."""
         return self._access(args, who, group=True)

@@ -29,10 +29,12 @@ if TYPE_CHECKING:
 class Durability:
     """Commits the admin changes of one daemon (see the module docstring)."""
 
-    log = ADMIN_LOG
 
     def __init__(self, root: AdministeredDaemon) -> None:
         self.root = root
+        #: An instance attribute, not a class one: a `Logger` on a class names its
+        #: lines after that class, and these keep the namespace they always had.
+        self.log = ADMIN_LOG
 
     def commit(
         self,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from hqnlsd.admin import wire
 from hqnlsd.admin.changes import Changes
-from hqnlsd.admin.context import ADMIN_LOG, AdminError, Running
+from hqnlsd.admin.context import AdminError, Running
 from hqnlsd.admin.durability import Durability
 from hqnlsd.admin.forwarding import FORWARD_TIMEOUT, Forwarding
 from hqnlsd.admin.lifecycle import Lifecycle
@@ -63,7 +63,6 @@ __all__ = [
 class AdminHandler:
     """The admin commands of one daemon (see the module docstring)."""
 
-    log = ADMIN_LOG
 
     def __init__(self, root: AdministeredDaemon) -> None:
         #: The daemon administered: only what `AdministeredDaemon` offers is used.

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 class Lifecycle:
     """The daemon-wide admin commands of one daemon (see the module docstring)."""
 
-    log = ADMIN_LOG
 
     def __init__(
         self,
@@ -42,11 +41,15 @@ class Lifecycle:
         forwarding: Forwarding,
     ) -> None:
         self.root = root
+        #: An instance attribute, not a class one: a `Logger` on a class names its
+        #: lines after that class, and these keep the namespace they always had.
+        self.log = ADMIN_LOG
         self.running = running
         self.durability = durability
         self.forwarding = forwarding
 
     def loglevel(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """``loglevel [words]``: list the log switches, or change them (logged under ADMIN)."""
         switches = getattr(self.root, "switches", None) or getattr(self.root, "log_switches", None)
         if switches is None:
             raise AdminError(wire.NOT_AVAILABLE, "log switches are not available yet")

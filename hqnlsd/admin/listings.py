@@ -129,6 +129,7 @@ class Listings:
         }
 
     def id(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """``id``: this host's address and unique id."""
         me = self.root.me
         return {
             "address": str(me.address),
@@ -137,6 +138,7 @@ class Listings:
         }
 
     def sinfo(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """``sinfo``: identity, roles, domains, peer links, permit files read, journal health."""
         root = self.root
         server = root.server
         discovery = server.discovery
@@ -181,6 +183,7 @@ class Listings:
         }
 
     def role_summary(self) -> str:
+        """This daemon's role in words: single-host, or member of which domains."""
         domains = self.root.domains
         if domains is None:
             return "single-host server (no server domains: no --domain-ca)"
@@ -215,6 +218,7 @@ class Listings:
         ]
 
     def listhqn(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """``listhqn``: the ``hqnserverN`` aliases of the hosts file."""
         path = self.root.source.hosts_file
         try:
             table = HostsTable.load(path)
@@ -256,6 +260,7 @@ class Listings:
         ]
 
     def listu(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """``listu [p]``: the licence holders of every product, or of the one named."""
         statuses = self.numbers.listed()
         if args.get("product") is not None:
             statuses = self._only(statuses, self.targets.product(args, change=False))
