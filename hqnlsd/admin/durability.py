@@ -18,12 +18,12 @@ from twisted.python.failure import Failure
 from hqnlsd.admin.context import ADMIN_LOG, AdminError
 from hqnlsd.answers import admin_answer
 from hqnlsd.commit import CommitFailed, EventSink, NotRecorded
-from hqnlsd.domain.runtime import DomainRoute
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.results import AdminDone, Denied, Outcome
 
 if TYPE_CHECKING:
     from hqnlsd.admin.daemon import AdministeredDaemon
+    from hqnlsd.domain.runtime import DomainRoute
 
 
 class Durability:

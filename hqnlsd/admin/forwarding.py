@@ -21,13 +21,14 @@ from twisted.python.failure import Failure
 from hqnlsd.admin import wire
 from hqnlsd.admin.context import AdminError, Running
 from hqnlsd.admin.targets import Target
-from hqnlsd.domain.peers import PeerCallError
-from hqnlsd.domain.view import brief
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address
 
     from hqnlsd.admin.daemon import AdministeredDaemon
+
+# The domain's modules are imported where they are used, not at the top: hqn_lsa
+# imports this package (for the admin service's names) and need not load them to run.
 
 #: How long a member waits for the acting primary to answer a forwarded change.
 FORWARD_TIMEOUT = 8.0
@@ -61,6 +62,9 @@ class Forwarding:
         The change must be on a product (or handle) of that domain; the answer or
         refusal goes back to the member as a `PeerCallError`.
         """
+        from hqnlsd.domain.peers import PeerCallError
+        from hqnlsd.domain.view import brief
+
         command, args, who = body.get("command"), body.get("args"), body.get("who")
         if not isinstance(command, str) or command not in self.forwarded:
             return fail(PeerCallError(wire.BAD_REQUEST, f"{brief(command)} cannot be forwarded"))
@@ -92,6 +96,8 @@ class Forwarding:
         self, command: str, args: Mapping[str, Any], who: str, target: Target
     ) -> Deferred[dict[str, Any]]:
         """Send a change to the acting primary of the target's domain; relay its answer."""
+        from hqnlsd.domain.peers import PeerCallError
+
         domains = self.root.domains
         assert domains is not None and target.route is not None
         key = target.route.domain_id

@@ -20,13 +20,17 @@ from hqnlsd.admin.context import ADMIN_LOG, AdminError, Running, domain_words, i
 from hqnlsd.admin.durability import Durability
 from hqnlsd.admin.forwarding import Forwarding
 from hqnlsd.admin.targets import Target
-from hqnlsd.domain.runtime import DomainRoute, RecoveryRefused
 from hqnlsd.logging.switches import PRESETS, LogLevelError, Switch, preset_name
 from hqnlsd.logging.switches import describe as describe_switches
 from hqnlsd.tls import Role
 
 if TYPE_CHECKING:
     from hqnlsd.admin.daemon import AdministeredDaemon
+    from hqnlsd.domain.runtime import DomainRoute
+
+
+# The domain runtime is imported where it is used, not at the top: hqn_lsa imports
+# this package (for the admin service's names) and need not load it to run.
 
 
 class Lifecycle:
@@ -227,6 +231,8 @@ class Lifecycle:
 
     def _reinit_domain(self, key: str, who: str) -> Deferred[dict[str, Any]]:
         """Reinit one domain: here if this member is its primary, else on its primary."""
+        from hqnlsd.domain.runtime import DomainRoute
+
         domains = self.root.domains
         assert domains is not None
         route = DomainRoute(domains.members[key])
@@ -250,6 +256,8 @@ class Lifecycle:
 
     def _reinit_forwarded(self, key: str, who: str) -> Deferred[dict[str, Any]]:
         """A member's reinit of domain ``key``, on this (its primary): re-read, then reinit."""
+        from hqnlsd.domain.runtime import DomainRoute
+
         server, domains = self.root.server, self.root.domains
         assert domains is not None
         server.load_permits().addErrback(
@@ -279,6 +287,8 @@ class Lifecycle:
     def recover(self, args: Mapping[str, Any], who: str) -> dict[str, Any]:
         """Recover this member of a domain whose stored state is damaged (the domain's
         number in sinfo): see `DomainRuntime.recover` and docs/domains.md."""
+        from hqnlsd.domain.runtime import RecoveryRefused
+
         domains = self.root.domains
         keys = sorted(domains.members) if domains is not None else []
         number = integer_arg(args, "domain", "domain number")

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 import hqnlsd
 from hqnlsd.admin import wire
 from hqnlsd.admin.context import AdminError
-from hqnlsd.admin.numbering import Listed, ProductNumbers
+from hqnlsd.admin.numbering import ProductNumbers
 from hqnlsd.admin.policywords import flag_names
 from hqnlsd.admin.targets import Target, Targets
-from hqnlsd.domain.runtime import DomainRoute
 from hqnlsd.identity import HostsTable, format_unique_id
 from hqnlsd.licensing.results import Denied, ProductStatus
 from hqnlsd.licensing.settings import FULL_ACCESS
@@ -25,7 +24,8 @@ from hqnlsd.permits.policy import describe
 
 if TYPE_CHECKING:
     from hqnlsd.admin.daemon import AdministeredDaemon
-    from hqnlsd.domain.runtime import DomainRuntime
+    from hqnlsd.admin.numbering import Listed
+    from hqnlsd.domain.runtime import DomainRoute, DomainRuntime
 
 
 def _access_level(status: ProductStatus, user: str, group: str | None) -> int:

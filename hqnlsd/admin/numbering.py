@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hqnlsd.domain.runtime import DomainRoute
 from hqnlsd.licensing.results import ProductStatus
 
 if TYPE_CHECKING:
     from hqnlsd.admin.daemon import AdministeredDaemon
+    from hqnlsd.domain.runtime import DomainRoute
 
-#: A listed product: its number, its status, and its domain's route (None: this daemon's own).
-Listed = tuple[int, ProductStatus, DomainRoute | None]
+    #: A listed product: its number, its status, and its domain's route (None: its own).
+    Listed = tuple[int, ProductStatus, DomainRoute | None]
 
 
 class ProductNumbers:
@@ -35,6 +35,10 @@ class ProductNumbers:
         ]
         domains = self.root.domains
         if domains is not None:
+            # Imported here, not at the top: hqn_lsa imports this package (for the admin
+            # service's names), and should not load the domain runtime to run.
+            from hqnlsd.domain.runtime import DomainRoute
+
             for _key, member in sorted(domains.members.items()):
                 route = DomainRoute(member)
                 listed.extend((status, route) for status in member.engine.status())

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from hqnlsd.admin import wire
 from hqnlsd.admin.context import AdminError, Running
 from hqnlsd.admin.numbering import ProductNumbers
-from hqnlsd.domain.runtime import DomainRoute
 from hqnlsd.licensing.results import ProductStatus
 
 if TYPE_CHECKING:
     from hqnlsd.admin.daemon import AdministeredDaemon
+    from hqnlsd.domain.runtime import DomainRoute
     from hqnlsd.licensing.engine import Engine
 
 
