@@ -227,7 +227,7 @@ class LicenceServer:
         self.serving_now = serving
         self.read_not_served = unverified + self._log_not_served(catalogue)
         outcome = self.engine.load_products(single)
-        return self.journal.submit(outcome.events)
+        return self.journal.commit(outcome.events)
 
     def _out_of_date(self, catalogue: Catalogue) -> dict[tuple[str, str], str]:
         """Products of this domain outside their dates today, and why (the engine
