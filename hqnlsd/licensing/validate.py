@@ -13,7 +13,6 @@ indices not free) are made by restoring or applying on a scratch copy, see
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import ipaddress
 import math
@@ -220,11 +219,11 @@ def _event_checks() -> dict[str, dict[str, Check]]:
     checks: dict[str, dict[str, Check]] = {}
     for name, cls in EVENT_TYPES.items():
         fields: dict[str, Check] = {}
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-            check = _BY_FIELD.get((name, field.name)) or _BY_ANNOTATION.get(str(field.type))
+        for field, annotation in cls.dict_fields():
+            check = _BY_FIELD.get((name, field)) or _BY_ANNOTATION.get(annotation)
             if check is None:  # pragma: no cover - a new event type needs a checker
-                raise RuntimeError(f"no validator for {name}.{field.name}: {field.type}")
-            fields[field.name] = check
+                raise RuntimeError(f"no validator for {name}.{field}: {annotation}")
+            fields[field] = check
         checks[name] = fields
     return checks
 
