@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from hqnlsd.licensing.events import EVENT_TYPES, EventError, Reason
+from hqnlsd.licensing.requester import REQUESTER_FIELDS
 from hqnlsd.licensing.snapshot import SNAPSHOT_FORMAT
 from hqnlsd.permits.format import MAX_LICENCES, MAX_UPDATE_MINUTES
 
@@ -194,14 +195,25 @@ _BY_ANNOTATION: dict[str, Check] = {
     "tuple[ProductPermit, ...]": _list_of(_product, 100_000),
 }
 
+#: The stored fields of a `Requester` (flat in a Granted event and in a holder).
+_REQUESTER = {
+    "user": _text,
+    "host": _text,
+    "address": _address,
+    "pid": _word,
+    "uid": _optional(_word),
+    "group": _optional(_text),
+    "hostid": _optional(_id32),
+    "client": _optional(_text),
+}
+if tuple(_REQUESTER) != REQUESTER_FIELDS:  # pragma: no cover - a new field needs a checker
+    raise RuntimeError(f"validate: requester checks {tuple(_REQUESTER)} != {REQUESTER_FIELDS}")
+
 #: Checkers for fields whose range differs from their type's default.
 _BY_FIELD: dict[tuple[str, str], Check] = {
-    ("Granted", "pid"): _word,
-    ("Granted", "uid"): _optional(_word),
+    **{("Granted", name): check for name, check in _REQUESTER.items()},
     ("PolicyChanged", "flags"): _word,
     ("PolicyLocked", "locks"): _word,
-    ("Granted", "address"): _address,
-    ("Granted", "hostid"): _optional(_id32),
     ("Granted", "access"): _level,
     ("Revoked", "reason"): _reason,
     ("LockedNodeAdded", "address"): _address,
@@ -286,14 +298,7 @@ _holder = _record(
         "indices": _indices,
         "locked": _bool,
         "on_locked_node": _bool,
-        "user": _text,
-        "host": _text,
-        "address": _address,
-        "pid": _word,
-        "uid": _optional(_word),
-        "group": _optional(_text),
-        "hostid": _optional(_id32),
-        "client": _optional(_text),
+        **_REQUESTER,
         "access": _level,
         "granted_at": _number,
         "last_update": _number,
