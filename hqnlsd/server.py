@@ -29,7 +29,6 @@ from hqnlsd.licensing.results import Denied, Grant, HolderInfo, LicenceRequest
 from hqnlsd.logging.badinput import DEFAULT_INTERVAL, DEFAULT_MAX_SOURCES, BadInputLog
 from hqnlsd.logging.denials import DEFAULT_BURST, Clock, DenialLog
 from hqnlsd.logging.feed import LicenceFeed
-from hqnlsd.logging.usage import requester_fields
 from hqnlsd.permits.discovery import Discovery, discover
 from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import Catalogue, Offer, read_catalogue
@@ -227,7 +226,7 @@ class LicenceServer:
         self.serving_now = serving
         self.read_not_served = unverified + self._log_not_served(catalogue)
         outcome = self.engine.load_products(single)
-        return self.journal.submit(outcome.events)
+        return self.journal.commit(outcome.events)
 
     def _out_of_date(self, catalogue: Catalogue) -> dict[tuple[str, str], str]:
         """Products of this domain outside their dates today, and why (the engine
@@ -440,6 +439,9 @@ class LicenceServer:
             address=str(getattr(peer, "host", peer)),
             pid=command.pid,
             uid=command.uid,
+            group=command.group,
+            hostid=command.hostid,
+            client=command.client,
         )
         self.denials.note(
             publisher=command.publisher,
@@ -448,7 +450,7 @@ class LicenceServer:
             status=status.name,
             code=status.code,
             reason=reason,
-            **requester_fields(who),
+            who=who,
         )
 
     @staticmethod
@@ -621,9 +623,9 @@ def _user_record(holder: HolderInfo) -> dict[str, Any]:
     return {
         "index": ",".join(map(str, holder.indices)),
         "type": holder.type,
-        "user": holder.user,
-        "host": holder.host,
-        "address": holder.address,
-        "pid": holder.pid,
+        "user": holder.who.user,
+        "host": holder.who.host,
+        "address": holder.who.address,
+        "pid": holder.who.pid,
         "since": datetime.datetime.fromtimestamp(holder.granted).strftime("%d/%m/%Y %H:%M:%S"),
     }

@@ -147,7 +147,8 @@ class LicenceCore(Service):
         self.journal.listeners.append(self.feed.observe)
         self.journal.listeners.append(lambda events: count_events(self.metrics, events))
         # Holders could not UPDATE while we were down: count them as updated now.
-        self.journal.submit(self.engine.resume().events)
+        # (Nothing waits on it; the journal logs and retries a failed commit itself.)
+        self.journal.commit(self.engine.resume().events).addErrback(lambda failure: None)
         self.load_permits()
         self.log_summary()
         self._housekeeping = LoopingCall(self._housekeep)
@@ -203,7 +204,7 @@ class LicenceCore(Service):
     def _housekeep(self) -> None:
         """Periodic work; logs its own errors so one failure never stops the timer."""
         try:
-            self.journal.submit(self.engine.expire().events).addErrback(
+            self.journal.commit(self.engine.expire().events).addErrback(
                 lambda failure: _log.failure(
                     "housekeeping: journal commit failed (the events stay queued)", failure
                 )

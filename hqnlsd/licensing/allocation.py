@@ -256,14 +256,14 @@ def _give(
     if handle is None:
         return Denied(Status.INTERNAL, "could not make a unique licence handle")
     product = ask.product
-    granted = Granted.to(
-        ask.who,
+    granted = Granted(
         publisher=product.key[0],
         product=product.key[1],
         handle=handle,
         indices=indices,
         locked=locked,
         on_locked_node=ask.on_locked_node,
+        who=ask.who,
         access=ask.access,
         at=ask.now,
     )

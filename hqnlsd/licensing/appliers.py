@@ -65,9 +65,10 @@ def _granted(state: EngineState, event: Granted) -> None:
     product = _served(state, event.publisher, event.product)
     if event.handle in state.handles:
         raise EventError(f"handle {event.handle} is already held")
-    token = None if event.client is None else (product.key, event.client)
+    client = event.who.client
+    token = None if client is None else (product.key, client)
     if token is not None and token in state.tokens:
-        raise EventError(f"client token {event.client!r} already holds a licence")
+        raise EventError(f"client token {client!r} already holds a licence")
     max_index = product.node_count if event.locked else product.total
     if not all(0 < index <= max_index for index in event.indices) or not event.indices:
         raise EventError(f"licence indices {event.indices} are not in the pool")

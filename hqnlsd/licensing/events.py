@@ -7,7 +7,10 @@ journal persists them, so each event carries every value the decision made
 source or a policy.
 
 Events are small frozen dataclasses; ``to_dict`` gives a JSON-safe dict with a
-``"type"`` key and ``event_from_dict`` turns it back into the same event.
+``"type"`` key and ``event_from_dict`` turns it back into the same event. A
+`Requester` field is stored flat, its fields side by side with the event's
+others (``Granted`` has always been stored so: journals and domain logs written
+before it carried one record restore unchanged).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from hqnlsd.licensing.requester import Requester
+from hqnlsd.licensing.requester import Requester, requester_dict, requester_from
 from hqnlsd.permits.model import HostId, ProductPermit
 
 #: JSON-safe value (what ``json.dumps`` accepts without help).
@@ -53,11 +56,27 @@ class Event:
     type_name: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, JSON]:
-        """The JSON-safe form: ``{"type": ..., field: value, ...}``."""
+        """The JSON-safe form: ``{"type": ..., field: value, ...}`` (a `Requester` flat)."""
         out: dict[str, JSON] = {"type": self.type_name}
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            out[field.name] = _to_json(getattr(self, field.name))
+            value = getattr(self, field.name)
+            if isinstance(value, Requester):
+                out.update(requester_dict(value))
+            else:
+                out[field.name] = _to_json(value)
         return out
+
+    @classmethod
+    def dict_fields(cls) -> tuple[tuple[str, str], ...]:
+        """The fields of the dict form (``"type"`` aside), in order, each with its
+        annotation: a `Requester` field is spelled out as the requester's own."""
+        out: list[tuple[str, str]] = []
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if field.type == Requester.__name__:
+                out.extend((item.name, str(item.type)) for item in dataclasses.fields(Requester))
+            else:
+                out.append((field.name, str(field.type)))
+        return tuple(out)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, JSON]) -> Event:
@@ -71,6 +90,11 @@ class Event:
     def _from_fields(cls, fields: Mapping[str, JSON]) -> Event:
         """Build the event from the field values of its dict form."""
         values = {name: _from_json(value) for name, value in fields.items()}
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if field.type == Requester.__name__:
+                if field.name in values:  # only ever stored flat
+                    raise TypeError(f"unexpected field {field.name!r}")
+                values[field.name] = requester_from(values)
         return cls(**values)
 
 
@@ -165,64 +189,9 @@ class Granted(Event):
     indices: tuple[int, ...]
     locked: bool  # from the node-locked pool (else floating)
     on_locked_node: bool  # the holder's host is one of the product's locked nodes
-    user: str
-    host: str
-    address: str
-    pid: int
-    uid: int | None
-    group: str | None
-    hostid: int | None
-    client: str | None
+    who: Requester  # stored flat: its fields side by side with the others
     access: int
     at: float
-
-    @property
-    def requester(self) -> Requester:
-        """Who was given the licence (the flat fields above, as one record)."""
-        return Requester(
-            user=self.user,
-            host=self.host,
-            address=self.address,
-            pid=self.pid,
-            uid=self.uid,
-            group=self.group,
-            hostid=self.hostid,
-            client=self.client,
-        )
-
-    @classmethod
-    def to(
-        cls,
-        requester: Requester,
-        *,
-        publisher: str,
-        product: str,
-        handle: str,
-        indices: tuple[int, ...],
-        locked: bool,
-        on_locked_node: bool,
-        access: int,
-        at: float,
-    ) -> Granted:
-        """The grant of a licence to ``requester`` (its fields stored flat, as always)."""
-        return cls(
-            publisher=publisher,
-            product=product,
-            handle=handle,
-            indices=indices,
-            locked=locked,
-            on_locked_node=on_locked_node,
-            user=requester.user,
-            host=requester.host,
-            address=requester.address,
-            pid=requester.pid,
-            uid=requester.uid,
-            group=requester.group,
-            hostid=requester.hostid,
-            client=requester.client,
-            access=access,
-            at=at,
-        )
 
 
 @_register

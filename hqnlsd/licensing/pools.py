@@ -107,7 +107,7 @@ class Holder:
             indices=tuple(event.indices),
             locked=event.locked,
             on_locked_node=event.on_locked_node,
-            who=event.requester,
+            who=event.who,
             access=event.access,
             granted_at=event.at,
             last_update=event.at,

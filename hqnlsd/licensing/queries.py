@@ -137,17 +137,11 @@ def grant_of(product: ProductState, holder: Holder, *, duplicate: bool) -> Grant
 
 def holder_info(holder: Holder, *, with_handle: bool) -> HolderInfo:
     """A holder as listings show it (``with_handle``: for administrators)."""
-    who = holder.who
     return HolderInfo(
         handle=holder.handle if with_handle else None,
         indices=holder.indices,
         type="locked" if holder.locked else "floating",
-        user=who.user,
-        host=who.host,
-        address=who.address,
-        pid=who.pid,
-        uid=who.uid,
-        group=who.group,
+        who=holder.who,
         granted=holder.granted_at,
         last_update=holder.last_update,
     )

@@ -3,14 +3,16 @@
 A REQUEST names its process (user, host, pid, uid, group, hostid, its client
 token) and arrives from an address; the same facts follow the licence through
 its ``Granted`` event, the holder in the pools, the usage report and the log.
-They are spelled out once, here. The journal and the domain still store them
-as flat fields of ``Granted`` (its dict form is unchanged), converted at that
-edge by ``Granted.requester`` and ``Granted.to``.
+They are spelled out once, here. Where they are stored (the journal, the
+domain's log, snapshots) they stay flat, side by side with the other fields of
+their record, as they always were: `requester_dict` and `requester_from` are
+that edge.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,3 +48,20 @@ class Requester:
             and self.hostid == other.hostid
             and self.address == other.address
         )
+
+
+#: The record's fields, in the order they are stored and listed.
+REQUESTER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Requester))
+
+
+def requester_dict(who: Requester) -> dict[str, Any]:
+    """``who`` as flat stored fields (`REQUESTER_FIELDS`, in that order)."""
+    return {name: getattr(who, name) for name in REQUESTER_FIELDS}
+
+
+def requester_from(fields: dict[str, Any]) -> Requester:
+    """The requester whose `REQUESTER_FIELDS` are among ``fields``, removing them.
+
+    Every one must be there (KeyError otherwise): a stored record always wrote them all.
+    """
+    return Requester(**{name: fields.pop(name) for name in REQUESTER_FIELDS})

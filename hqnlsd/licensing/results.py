@@ -13,6 +13,7 @@ import ipaddress
 from typing import Generic, Literal, TypeVar
 
 from hqnlsd.licensing.events import Event
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.status import Status
 
 R = TypeVar("R", covariant=True)
@@ -116,17 +117,16 @@ class Outcome(Generic[R]):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HolderInfo:
-    """One held licence, for listings (``handle`` is None in application USERS lists)."""
+    """One held licence, for listings (``handle`` is None in application USERS lists).
+
+    ``who`` is the whole record; each listing picks the fields it shows (USERS
+    shows no group, host id or client token).
+    """
 
     handle: str | None
     indices: tuple[int, ...]
     type: LicenceType
-    user: str
-    host: str
-    address: str
-    pid: int
-    uid: int | None
-    group: str | None
+    who: Requester
     granted: float
     last_update: float
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from hqnlsd.licensing.events import JSON, EventError, product_from_dict, product_to_dict
 from hqnlsd.licensing.pools import Holder, ProductKey, ProductState, Tombstone
-from hqnlsd.licensing.requester import Requester
+from hqnlsd.licensing.requester import REQUESTER_FIELDS, requester_from
 from hqnlsd.licensing.settings import ProductSettings
 from hqnlsd.licensing.state import EngineState
 
@@ -35,8 +35,6 @@ _HOLDER_FIELDS = (
     "granted_at",
     "last_update",
 )
-#: The keys of those that are the holder's `Requester`.
-_REQUESTER_FIELDS = ("user", "host", "address", "pid", "uid", "group", "hostid", "client")
 
 
 def snapshot_of(state: EngineState, latest: float) -> dict[str, JSON]:
@@ -95,7 +93,7 @@ def _restore_product(state: EngineState, item: Mapping[str, JSON]) -> None:
 def _holder_to_dict(holder: Holder) -> dict[str, JSON]:
     who = holder.who
     out: dict[str, JSON] = {
-        name: getattr(who if name in _REQUESTER_FIELDS else holder, name) for name in _HOLDER_FIELDS
+        name: getattr(who if name in REQUESTER_FIELDS else holder, name) for name in _HOLDER_FIELDS
     }
     out["indices"] = list(holder.indices)
     return out
@@ -103,6 +101,6 @@ def _holder_to_dict(holder: Holder) -> dict[str, JSON]:
 
 def _holder_from_dict(key: ProductKey, data: Mapping[str, JSON]) -> Holder:
     values = {name: data[name] for name in _HOLDER_FIELDS}
-    who = Requester(**{name: values.pop(name) for name in _REQUESTER_FIELDS})
+    who = requester_from(values)
     values["indices"] = tuple(int(index) for index in values["indices"])
     return Holder(key=key, who=who, **values)

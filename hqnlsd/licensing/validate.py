@@ -13,13 +13,13 @@ indices not free) are made by restoring or applying on a scratch copy, see
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import ipaddress
 import math
 from collections.abc import Callable, Mapping
 
 from hqnlsd.licensing.events import EVENT_TYPES, EventError, Reason
+from hqnlsd.licensing.requester import REQUESTER_FIELDS
 from hqnlsd.licensing.snapshot import SNAPSHOT_FORMAT
 from hqnlsd.permits.format import MAX_LICENCES, MAX_UPDATE_MINUTES
 
@@ -195,14 +195,25 @@ _BY_ANNOTATION: dict[str, Check] = {
     "tuple[ProductPermit, ...]": _list_of(_product, 100_000),
 }
 
+#: The stored fields of a `Requester` (flat in a Granted event and in a holder).
+_REQUESTER = {
+    "user": _text,
+    "host": _text,
+    "address": _address,
+    "pid": _word,
+    "uid": _optional(_word),
+    "group": _optional(_text),
+    "hostid": _optional(_id32),
+    "client": _optional(_text),
+}
+if tuple(_REQUESTER) != REQUESTER_FIELDS:  # pragma: no cover - a new field needs a checker
+    raise RuntimeError(f"validate: requester checks {tuple(_REQUESTER)} != {REQUESTER_FIELDS}")
+
 #: Checkers for fields whose range differs from their type's default.
 _BY_FIELD: dict[tuple[str, str], Check] = {
-    ("Granted", "pid"): _word,
-    ("Granted", "uid"): _optional(_word),
+    **{("Granted", name): check for name, check in _REQUESTER.items()},
     ("PolicyChanged", "flags"): _word,
     ("PolicyLocked", "locks"): _word,
-    ("Granted", "address"): _address,
-    ("Granted", "hostid"): _optional(_id32),
     ("Granted", "access"): _level,
     ("Revoked", "reason"): _reason,
     ("LockedNodeAdded", "address"): _address,
@@ -220,11 +231,11 @@ def _event_checks() -> dict[str, dict[str, Check]]:
     checks: dict[str, dict[str, Check]] = {}
     for name, cls in EVENT_TYPES.items():
         fields: dict[str, Check] = {}
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-            check = _BY_FIELD.get((name, field.name)) or _BY_ANNOTATION.get(str(field.type))
+        for field, annotation in cls.dict_fields():
+            check = _BY_FIELD.get((name, field)) or _BY_ANNOTATION.get(annotation)
             if check is None:  # pragma: no cover - a new event type needs a checker
-                raise RuntimeError(f"no validator for {name}.{field.name}: {field.type}")
-            fields[field.name] = check
+                raise RuntimeError(f"no validator for {name}.{field}: {annotation}")
+            fields[field] = check
         checks[name] = fields
     return checks
 
@@ -287,14 +298,7 @@ _holder = _record(
         "indices": _indices,
         "locked": _bool,
         "on_locked_node": _bool,
-        "user": _text,
-        "host": _text,
-        "address": _address,
-        "pid": _word,
-        "uid": _optional(_word),
-        "group": _optional(_text),
-        "hostid": _optional(_id32),
-        "client": _optional(_text),
+        **_REQUESTER,
         "access": _level,
         "granted_at": _number,
         "last_update": _number,

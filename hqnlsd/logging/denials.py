@@ -29,11 +29,11 @@ summarising here never hides one from them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.logger import Logger
 
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.logging.badinput import (
     DEFAULT_INTERVAL,
     DEFAULT_MAX_SOURCES,
@@ -60,9 +60,18 @@ Key = tuple[str | None, str | None, str | None, str, int | None]
 class DenialSink(Protocol):
     """Where denials go (`hqnlsd.logging.feed.LicenceFeed`)."""
 
-    @property
-    def denied(self) -> Callable[..., None]:
-        """One denial (`LicenceFeed.denied`'s keywords): its licence line and record."""
+    def denied(
+        self,
+        *,
+        publisher: str,
+        product: str,
+        version: str | None,
+        status: str,
+        code: int | None,
+        reason: str,
+        who: Requester,
+    ) -> None:
+        """One denial: its licence line and record."""
 
     def denials(
         self,
@@ -155,25 +164,34 @@ class DenialLog:
         """Addresses tracked one by one in the current interval."""
         return self._intervals.tracked
 
-    def note(self, *, address: str, status: str, code: int | None, **fields: Any) -> None:
-        """A REQUEST from ``address`` was refused: log and record it, or count it.
-
-        ``fields`` are those of `LicenceFeed.denied` (publisher, product,
-        version, user, host, pid, uid, reason).
-        """
-        source = _cut(address) or ""
+    def note(
+        self,
+        *,
+        publisher: str,
+        product: str,
+        version: str | None,
+        status: str,
+        code: int | None,
+        reason: str,
+        who: Requester,
+    ) -> None:
+        """A REQUEST from ``who`` was refused: log and record it (`LicenceFeed.denied`),
+        or count it by its source address."""
+        source = _cut(who.address) or ""
         counts = self._intervals.tally(source)
         if counts is not None and counts.seen < self.burst:
             counts.seen += 1
-            self._sink.denied(address=address, status=status, code=code, **fields)
+            self._sink.denied(
+                publisher=publisher,
+                product=product,
+                version=version,
+                status=status,
+                code=code,
+                reason=reason,
+                who=who,
+            )
             return
-        key: Key = (
-            _cut(fields.get("publisher")),
-            _cut(fields.get("product")),
-            _cut(fields.get("version")),
-            status,
-            code,
-        )
+        key: Key = (_cut(publisher), _cut(product), _cut(version), status, code)
         if counts is None:
             if self._others is None:
                 self._others = _Counts(self._clock.seconds())

@@ -91,14 +91,7 @@ class LicenceFeed:
                     product=permit.product,
                     indices=holder.indices,
                     licence_type=holder.type,
-                    who=Requester(
-                        user=holder.user,
-                        host=holder.host,
-                        address=holder.address,
-                        pid=holder.pid,
-                        uid=holder.uid,
-                        group=holder.group,
-                    ),
+                    who=holder.who,
                     granted_at=holder.granted,
                 )
 
@@ -129,7 +122,7 @@ class LicenceFeed:
             product=event.product,
             indices=tuple(event.indices),
             licence_type="locked" if event.locked else "floating",
-            who=event.requester,
+            who=event.who,
             granted_at=event.at,
         )
         self._held[event.handle] = held
@@ -154,13 +147,13 @@ class LicenceFeed:
                 handle=event.handle,
                 indices=held.indices,
                 licence_type=held.licence_type,
-                **requester_fields(held.who, group=True),
+                who=held.who,
                 at=event.at,
             )
 
     def _ended(self, action: str, handle: str, at: float, reason: str | None) -> None:
         held = self._held.pop(handle, None)
-        who = requester_fields(None if held is None else held.who)
+        who = None if held is None else held.who
         if held is None:
             publisher = product = version = licence_type = None
             indices: tuple[int, ...] | None = None
@@ -180,7 +173,7 @@ class LicenceFeed:
             version=version,
             indices=_indices(indices) if indices else None,
             licence_type=licence_type,
-            **who,
+            **requester_fields(who),
             handle=handle,
             reason=reason,
         )
@@ -192,7 +185,7 @@ class LicenceFeed:
             "version": version,
             "handle": handle,
             "indices": indices,
-            **who,
+            "who": who,
             "held_seconds": held_seconds,
             "at": at,
         }
@@ -212,30 +205,32 @@ class LicenceFeed:
         status: str,
         code: int | None,
         reason: str,
-        user: str | None,
-        host: str | None,
-        address: str | None,
-        pid: int | None,
-        uid: int | None = None,
+        who: Requester,
     ) -> None:
-        """A REQUEST was refused: a licence line (redirects under EXTERR) and a record."""
-        fields: dict[str, Any] = {
-            "publisher": publisher,
-            "product": product,
-            "version": version,
-            "user": user,
-            "uid": uid,
-            "host": host,
-            "address": address,
-            "pid": pid,
-            "status": status,
-            "reason": reason,
-        }
+        """A REQUEST from ``who`` was refused: a licence line (redirects under EXTERR)
+        and a record."""
         log_licence(
-            self.log, "denied", switch=denial_switch(status), switches=self.switches, **fields
+            self.log,
+            "denied",
+            switch=denial_switch(status),
+            switches=self.switches,
+            publisher=publisher,
+            product=product,
+            version=version,
+            **requester_fields(who),
+            status=status,
+            reason=reason,
         )
         if self.usage is not None:
-            self.usage.denial(code=code, **fields)
+            self.usage.denial(
+                publisher=publisher,
+                product=product,
+                version=version,
+                status=status,
+                code=code,
+                reason=reason,
+                who=who,
+            )
 
     def denials(
         self,

@@ -186,15 +186,10 @@ class UsageReport:
         handle: str,
         indices: Sequence[int],
         licence_type: str | None,
-        user: str | None,
-        host: str | None,
-        address: str | None,
-        pid: int | None,
-        uid: int | None = None,
-        group: str | None = None,
+        who: Requester,
         at: float | None = None,
     ) -> None:
-        """A licence was given."""
+        """A licence was given to ``who``."""
         self._record(
             "grant",
             at,
@@ -204,12 +199,7 @@ class UsageReport:
             handle=handle,
             indices=list(indices),
             type=licence_type,
-            user=user,
-            uid=uid,
-            group=group,
-            host=host,
-            address=address,
-            pid=pid,
+            **requester_fields(who, group=True),
         )
 
     def release(
@@ -220,15 +210,12 @@ class UsageReport:
         version: str | None,
         handle: str,
         indices: Sequence[int] | None,
-        user: str | None,
-        host: str | None,
-        address: str | None,
-        pid: int | None,
-        uid: int | None = None,
+        who: Requester | None,
         held_seconds: float | None = None,
         at: float | None = None,
     ) -> None:
-        """A holder gave its licence back (``held_seconds`` since the grant, if known)."""
+        """A holder (``who``, None if unknown) gave its licence back (``held_seconds``
+        since the grant, if known)."""
         self._record(
             "release",
             at,
@@ -237,11 +224,7 @@ class UsageReport:
             version=version,
             handle=handle,
             indices=None if indices is None else list(indices),
-            user=user,
-            uid=uid,
-            host=host,
-            address=address,
-            pid=pid,
+            **requester_fields(who),
             held_seconds=held_seconds,
         )
 
@@ -254,14 +237,11 @@ class UsageReport:
         status: str,
         code: int | None,
         reason: str,
-        user: str | None,
-        host: str | None,
-        address: str | None,
-        pid: int | None,
-        uid: int | None = None,
+        who: Requester,
         at: float | None = None,
     ) -> None:
-        """A REQUEST was refused: ``status`` name, numeric ``code``, ``reason`` text."""
+        """A REQUEST from ``who`` was refused: ``status`` name, numeric ``code``,
+        ``reason`` text."""
         self._record(
             "denial",
             at,
@@ -271,11 +251,7 @@ class UsageReport:
             status=status,
             code=None if code is None else f"{code:#x}",
             reason=reason,
-            user=user,
-            uid=uid,
-            host=host,
-            address=address,
-            pid=pid,
+            **requester_fields(who),
         )
 
     def denials(
@@ -313,15 +289,12 @@ class UsageReport:
         handle: str,
         indices: Sequence[int] | None,
         reason: str,
-        user: str | None,
-        host: str | None,
-        address: str | None,
-        pid: int | None,
-        uid: int | None = None,
+        who: Requester | None,
         held_seconds: float | None = None,
         at: float | None = None,
     ) -> None:
-        """A licence was taken back (``reason``: a `hqnlsd.licensing.events.Reason`)."""
+        """A licence was taken back from ``who`` (None if unknown; ``reason``: a
+        `hqnlsd.licensing.events.Reason`)."""
         self._record(
             "revoked",
             at,
@@ -331,11 +304,7 @@ class UsageReport:
             handle=handle,
             indices=None if indices is None else list(indices),
             reason=reason,
-            user=user,
-            uid=uid,
-            host=host,
-            address=address,
-            pid=pid,
+            **requester_fields(who),
             held_seconds=held_seconds,
         )
 

@@ -26,6 +26,7 @@ from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Batch
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import EventError, Granted
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest, Outcome, UpdateAck
 from hqnlsd.permits.model import ProductPermit
 from hqnlsd.status import Status
@@ -281,15 +282,8 @@ def test_entries_are_plain_json() -> None:
         product="Q",
         indices=(1, 2),
         locked=False,
-        user="u",
-        host="h",
-        address="10.0.0.1",
-        pid=3,
         on_locked_node=False,
-        hostid=None,
-        uid=None,
-        group=None,
-        client=None,
+        who=Requester(user="u", host="h", address="10.0.0.1", pid=3),
         access=8,
         at=EPOCH,
     )

@@ -111,7 +111,7 @@ def test_grant_carries_everything_the_reply_needs() -> None:
     assert [type(event) for event in outcome.events] == [Granted]
     event = outcome.events[0]
     assert isinstance(event, Granted)
-    assert (event.user, event.host, event.address, event.pid, event.at) == (
+    assert (event.who.user, event.who.host, event.who.address, event.who.pid, event.at) == (
         "alice",
         "alpha",
         "10.0.0.1",
@@ -264,7 +264,7 @@ def test_address_may_be_an_ipv4address_object() -> None:
     outcome = engine.request(make_request(address=ipaddress.IPv4Address("10.1.2.3")))
     event = outcome.events[0]
     assert isinstance(event, Granted)
-    assert event.address == "10.1.2.3"
+    assert event.who.address == "10.1.2.3"
 
 
 # -- idempotent REQUEST -------------------------------------------------------------------
@@ -469,7 +469,7 @@ def test_users_lists_holders_without_handles_when_uvis() -> None:
     granted(engine, user="bob", host="beta", address="10.0.0.2", pid=7)
     users = engine.users("Harlequin", "LispWorks", "8.0")
     assert not isinstance(users, Denied)
-    assert [(u.user, u.host, u.address, u.pid, u.handle) for u in users] == [
+    assert [(u.who.user, u.who.host, u.who.address, u.who.pid, u.handle) for u in users] == [
         ("alice", "alpha", "10.0.0.1", 100, None),
         ("bob", "beta", "10.0.0.2", 7, None),
     ]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
-from hqnlsd.licensing.events import Granted, event_from_dict
+import pytest
+
+from hqnlsd.licensing.events import EventError, Granted, event_from_dict
 from hqnlsd.licensing.requester import Requester
+from hqnlsd.licensing.validate import check_event_dict
 
 WHO = Requester(
     user="alice",
@@ -21,46 +25,73 @@ WHO = Requester(
 
 def granted(who: Requester) -> Granted:
     """A grant to ``who``."""
-    return Granted.to(
-        who,
+    return Granted(
         publisher="P",
         product="Q",
         handle="h1",
         indices=(1, 2),
         locked=False,
         on_locked_node=False,
+        who=who,
         access=8,
         at=1000.0,
     )
 
 
+#: The dict form of ``granted(WHO)`` as journals, snapshots and domain logs have
+#: always stored it: flat, the requester's fields side by side with the others.
+STORED = {
+    "type": "Granted",
+    "publisher": "P",
+    "product": "Q",
+    "handle": "h1",
+    "indices": [1, 2],
+    "locked": False,
+    "on_locked_node": False,
+    "user": "alice",
+    "host": "alpha",
+    "address": "10.0.0.1",
+    "pid": 42,
+    "uid": 1000,
+    "group": "staff",
+    "hostid": 0x1234,
+    "client": "job-1",
+    "access": 8,
+    "at": 1000.0,
+}
+
+
 def test_granted_stores_the_requester_flat_and_gives_it_back() -> None:
-    """``Granted.to`` spreads the record into the event's own fields; ``requester``
-    reads it back; the dict form has the same flat keys, in the same order, as before."""
+    """``Granted`` carries one `Requester`; its dict form is the flat form stored
+    before it did, byte for byte (same keys, same order, same values)."""
     event = granted(WHO)
-    assert event.requester == WHO
-    assert (event.user, event.host, event.address, event.pid) == ("alice", "alpha", "10.0.0.1", 42)
-    assert list(event.to_dict()) == [
-        "type",
-        "publisher",
-        "product",
-        "handle",
-        "indices",
-        "locked",
-        "on_locked_node",
-        "user",
-        "host",
-        "address",
-        "pid",
-        "uid",
-        "group",
-        "hostid",
-        "client",
-        "access",
-        "at",
-    ]
-    again = event_from_dict(event.to_dict())
-    assert isinstance(again, Granted) and again.requester == WHO
+    assert event.who == WHO
+    assert event.to_dict() == STORED
+    assert json.dumps(event.to_dict()) == json.dumps(STORED)
+    again = event_from_dict(STORED)
+    assert again == event
+    assert isinstance(again, Granted) and again.who == WHO
+    check_event_dict(STORED)
+
+
+def test_a_stored_grant_without_optional_fields_restores() -> None:
+    """Unknown values were stored as nulls; they come back as None in the record."""
+    stored = {**STORED, "uid": None, "group": None, "hostid": None, "client": None}
+    again = event_from_dict(stored)
+    assert isinstance(again, Granted)
+    assert again.who == Requester(user="alice", host="alpha", address="10.0.0.1", pid=42)
+    assert again.to_dict() == stored
+
+
+def test_a_stored_grant_must_spell_out_every_requester_field() -> None:
+    """A requester field missing, or a nested ``who``, is not a stored grant."""
+    missing = {key: value for key, value in STORED.items() if key != "uid"}
+    nested = {**STORED, "who": {"user": "alice"}}
+    for bad in (missing, nested):
+        with pytest.raises(EventError):
+            event_from_dict(bad)
+        with pytest.raises(EventError):
+            check_event_dict(bad)
 
 
 def test_same_process_ignores_only_the_client_token() -> None:

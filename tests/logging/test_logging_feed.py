@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Grant, LicenceRequest
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.logging.observer import SwitchedObserver
@@ -217,8 +218,8 @@ def test_denials_are_logged_and_reported(tmp_path: Path) -> None:
     """A denial: a licence line (reason with EXTERR) and a record with status and code."""
     rig = Rig(tmp_path, STARTUP)
     common: dict[str, Any] = dict(
-        publisher="Harlequin", product="LispWorks", version="8.0", user="dan",
-        host="dan-host", address="10.0.0.4", pid=5,
+        publisher="Harlequin", product="LispWorks", version="8.0",
+        who=Requester(user="dan", host="dan-host", address="10.0.0.4", pid=5),
     )  # fmt: skip
     rig.feed.denied(
         status="NOLICENCES", code=Status.NOLICENCES.code, reason="all 2 in use", **common

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from hqnlsd.licensing.requester import Requester
+from hqnlsd.licensing.requester import REQUESTER_FIELDS, Requester
 from hqnlsd.logging.usage import USAGE_FILE, UsageReport, requester_fields
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()
@@ -42,7 +43,9 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def grant(report: UsageReport, handle: str = "h1", **changes: Any) -> None:
-    """Record a typical grant."""
+    """Record a typical grant (``changes`` of the requester's fields change its record)."""
+    who = Requester(user="alice", host="alpha", address="10.0.0.1", pid=42, uid=1000)
+    who_changes = {name: changes.pop(name) for name in REQUESTER_FIELDS if name in changes}
     values: dict[str, Any] = dict(
         publisher="Harlequin",
         product="LispWorks",
@@ -50,11 +53,7 @@ def grant(report: UsageReport, handle: str = "h1", **changes: Any) -> None:
         handle=handle,
         indices=(1,),
         licence_type="floating",
-        user="alice",
-        host="alpha",
-        address="10.0.0.1",
-        pid=42,
-        uid=1000,
+        who=dataclasses.replace(who, **who_changes),
     )
     values.update(changes)
     report.grant(**values)
@@ -66,16 +65,16 @@ def test_every_kind_of_record(tmp_path: Path) -> None:
     grant(report)
     report.release(
         publisher="Harlequin", product="LispWorks", version="8.0", handle="h1", indices=(1,),
-        user="alice", host="alpha", address="10.0.0.1", pid=42, held_seconds=12.5,
+        who=Requester(user="alice", host="alpha", address="10.0.0.1", pid=42), held_seconds=12.5,
     )  # fmt: skip
     report.denial(
         publisher="Harlequin", product="LispWorks", version="8.0", status="NOLICENCES",
-        code=0xC8041002, reason="all 3 licences are in use", user="bob", host="beta",
-        address="10.0.0.2", pid=7,
+        code=0xC8041002, reason="all 3 licences are in use",
+        who=Requester(user="bob", host="beta", address="10.0.0.2", pid=7),
     )  # fmt: skip
     report.revoked(
         publisher="Harlequin", product="LispWorks", version="8.0", handle="h2", indices=(2,),
-        reason="crashout", user="carol", host="gamma", address="10.0.0.3", pid=9,
+        reason="crashout", who=Requester(user="carol", host="gamma", address="10.0.0.3", pid=9),
     )  # fmt: skip
     report.role(
         domain="127.0.0.1 127.0.0.2", role="primary", previous="backup", rank=2, epoch=5,
@@ -103,11 +102,11 @@ def test_schema_is_stable_per_kind(tmp_path: Path) -> None:
     report, clock = make_report(tmp_path)
     report.revoked(
         publisher=None, product=None, version=None, handle="hx", indices=None,
-        reason="killed", user=None, host=None, address=None, pid=None,
+        reason="killed", who=None,
     )  # fmt: skip
     report.revoked(
         publisher="P", product="Q", version="1", handle="hy", indices=(3,), reason="killed",
-        user="u", host="h", address="10.0.0.9", pid=1, uid=5, held_seconds=1.0,
+        who=Requester(user="u", host="h", address="10.0.0.9", pid=1, uid=5), held_seconds=1.0,
     )  # fmt: skip
     clock.advance(0)
     unknown, known = lines(tmp_path / USAGE_FILE)

@@ -517,7 +517,9 @@ def test_unexpected_write_error_errbacks_instead_of_hanging(tmp_path: Path) -> N
     outcome = engine.request(request(1))
     event = outcome.events[0]
     assert isinstance(event, Granted)
-    bad = dataclasses.replace(event, user=Unencodable())  # type: ignore[arg-type]
+    bad = dataclasses.replace(
+        event, who=dataclasses.replace(event.who, user=Unencodable())  # type: ignore[arg-type]
+    )
     results = Results()
     results.watch(journal.submit([bad]))
     clock.advance(0)
