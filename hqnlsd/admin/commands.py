@@ -37,7 +37,8 @@ class Command:
     revokes: bool = False
     #: What else makes it ask for confirmation unless -y (e.g. "rewrites ..."): "" for nothing.
     asks: str = ""
-    #: The admin protocol command it sends (server commands).
+    #: The admin protocol command it sends (server commands; ``id`` asks the servers it
+    #: names): always one of `hqnlsd.admin.table.NAMES`.
     request: str = ""
     #: Words to request arguments: one dict, or one per item (several items).
     build: Callable[[Sequence[str]], dict[str, Any] | list[dict[str, Any]]] | None = None
@@ -530,6 +531,7 @@ COMMANDS: tuple[Command, ...] = (
         "id [HOST ...]",
         "this machine's address and unique id, or each named server's",
         kind="local",
+        request="id",
     ),
     Command(
         "lk",

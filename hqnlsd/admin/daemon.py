@@ -47,12 +47,12 @@ class AdministeredDaemon(Protocol):
         """The licensing engine of this daemon's own products."""
 
     @property
-    def journal(self) -> Journal | None:
-        """The journal of the engine's events (None until the daemon has started)."""
+    def journal(self) -> Journal:
+        """The journal of the engine's events (built before any admin listener starts)."""
 
     @property
-    def server(self) -> LicenceServer | None:
-        """The permit server (None until the daemon has started)."""
+    def server(self) -> LicenceServer:
+        """The permit server (built before any admin listener starts)."""
 
     @property
     def source(self) -> PermitSource:

@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from hqnlsd.admin.handler import AdminError, AdminHandler, _Forward, _Target, parse_policy
+from hqnlsd.admin.handler import AdminError, AdminHandler, parse_policy
+from hqnlsd.admin.targets import Forward, Target
 from hqnlsd.config import DaemonConfig
 from hqnlsd.licensing.events import Revoked
 from hqnlsd.licensing.results import Grant, LicenceRequest
@@ -338,13 +339,13 @@ def test_a_change_waits_out_a_hand_over_to_this_member(tmp_path: Path, forwarded
     write_site(tmp_path)
     rig = Rig(tmp_path)
     route = _HandingOver()
-    target = _Target(rig.root.engine, route, "Test Publisher", "Widget")  # type: ignore[arg-type]
+    target = Target(rig.root.engine, route, "Test Publisher", "Widget")  # type: ignore[arg-type]
     seen: list[str | None] = []
 
     def change(args: Any, who: str) -> dict[str, Any]:
         seen.append(rig.handler._forwarded_domain)
         if len(seen) == 1:
-            raise _Forward(target)  # not serving yet
+            raise Forward(target)  # not serving yet
         return {"changed": who}
 
     rig.handler._commands["timeout"] = change
