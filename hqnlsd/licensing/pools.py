@@ -84,26 +84,47 @@ class FreeList:
             self._heap = sorted(self._free)
 
 
-@dataclasses.dataclass(slots=True, eq=False)
-class Holder:
-    """A licence held by a process: who, where, since when, last seen when."""
+#: Bits of `Holder`'s packed pool facts.
+_LOCKED = 1
+_ON_LOCKED_NODE = 2
 
-    handle: str
-    key: ProductKey
-    indices: tuple[int, ...]
-    locked: bool
-    on_locked_node: bool
-    who: Requester
-    access: int
-    granted_at: float
-    last_update: float
+
+class Holder:
+    """A licence held by a process: who, where, since when, last seen when.
+
+    Compact, since there is one per held licence: slots only, the two pool facts
+    (``locked``, ``on_locked_node``) packed in one small int, and nothing its
+    product already knows (the product key). ``who`` and ``indices`` are the
+    objects of the `Granted` event, shared with whoever else keeps them.
+    """
+
+    __slots__ = ("_where", "access", "granted_at", "handle", "indices", "last_update", "who")
+
+    def __init__(
+        self,
+        *,
+        handle: str,
+        indices: tuple[int, ...],
+        locked: bool,
+        on_locked_node: bool,
+        who: Requester,
+        access: int,
+        granted_at: float,
+        last_update: float,
+    ) -> None:
+        self.handle = handle
+        self.indices = indices
+        self._where = (_LOCKED if locked else 0) | (_ON_LOCKED_NODE if on_locked_node else 0)
+        self.who = who
+        self.access = access
+        self.granted_at = granted_at
+        self.last_update = last_update
 
     @classmethod
-    def from_event(cls, key: ProductKey, event: Granted) -> Holder:
+    def from_event(cls, event: Granted) -> Holder:
         """The holder a Granted event creates."""
         return cls(
             handle=event.handle,
-            key=key,
             indices=tuple(event.indices),
             locked=event.locked,
             on_locked_node=event.on_locked_node,
@@ -114,9 +135,26 @@ class Holder:
         )
 
     @property
+    def locked(self) -> bool:
+        """Whether the licence is from the node-locked pool (else the floating one)."""
+        return bool(self._where & _LOCKED)
+
+    @property
+    def on_locked_node(self) -> bool:
+        """Whether the holder's host is one of the product's locked nodes."""
+        return bool(self._where & _ON_LOCKED_NODE)
+
+    @property
     def units(self) -> int:
         """How many licences this holder has."""
         return len(self.indices)
+
+    def __repr__(self) -> str:
+        return (
+            f"Holder(handle={self.handle!r}, indices={self.indices!r}, locked={self.locked!r}, "
+            f"on_locked_node={self.on_locked_node!r}, who={self.who!r}, access={self.access!r}, "
+            f"granted_at={self.granted_at!r}, last_update={self.last_update!r})"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,6 +180,7 @@ class ProductState:
         "locked_by_address",
         "permit",
         "settings",
+        "tokens",
     )
 
     def __init__(self, permit: ProductPermit, settings: ProductSettings) -> None:
@@ -152,6 +191,8 @@ class ProductState:
         self.holders: dict[str, Holder] = {}
         #: Handles in update order (the least recently updated first), for GRAB.
         self.by_update: dict[str, None] = {}
+        #: The handle held by each client token (idempotent REQUESTs).
+        self.tokens: dict[str, str] = {}
         self.floating_by_address: dict[str, int] = {}
         self.locked_by_address: dict[str, int] = {}
         self.listings: dict[str, list[int]] = {}
@@ -290,12 +331,15 @@ class ProductState:
     # -- recording decisions ---------------------------------------------------------
 
     def add(self, holder: Holder) -> None:
-        """Record a grant."""
+        """Record a grant (and its client token: the applier has checked it is free)."""
         if holder.handle in self.holders:
             raise EventError(f"handle {holder.handle} is already held")
+        client = holder.who.client
         pool = self.locked if holder.locked else self.floating
         pool.take(holder.indices)
         self.holders[holder.handle] = holder
+        if client is not None:
+            self.tokens[client] = holder.handle
         self.by_update[holder.handle] = None
         counter = self.locked_by_address if holder.locked else self.floating_by_address
         address = holder.who.address
@@ -305,6 +349,8 @@ class ProductState:
         """Record that a holder no longer has its licence."""
         del self.holders[holder.handle]
         del self.by_update[holder.handle]
+        if holder.who.client is not None:
+            self.tokens.pop(holder.who.client, None)
         pool = self.locked if holder.locked else self.floating
         pool.give(holder.indices)
         counter = self.locked_by_address if holder.locked else self.floating_by_address
