@@ -231,7 +231,7 @@ def breakdown(daemon: Daemon, count: int) -> list[tuple[str, float]]:
 
     products = list(state.products.values())
     # Containers first (their own tables), then what they hold.
-    for attribute in ("holders", "by_update", "tokens"):
+    for attribute in ("holders", "by_update", "tokens"):  # by_update: before issue 14
         tables = [getattr(product, attribute) for product in products
                   if hasattr(product, attribute)]
         if tables:

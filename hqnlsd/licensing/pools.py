@@ -96,9 +96,21 @@ class Holder:
     (``locked``, ``on_locked_node``) packed in one small int, and nothing its
     product already knows (the product key). ``who`` and ``indices`` are the
     objects of the `Granted` event, shared with whoever else keeps them.
+    ``older`` and ``newer`` link the product's holders in update order (two slots
+    cost less than a table entry per holder).
     """
 
-    __slots__ = ("_where", "access", "granted_at", "handle", "indices", "last_update", "who")
+    __slots__ = (
+        "_where",
+        "access",
+        "granted_at",
+        "handle",
+        "indices",
+        "last_update",
+        "newer",
+        "older",
+        "who",
+    )
 
     def __init__(
         self,
@@ -119,6 +131,9 @@ class Holder:
         self.access = access
         self.granted_at = granted_at
         self.last_update = last_update
+        #: The neighbours in the product's update order (None: the end, or not held).
+        self.older: Holder | None = None
+        self.newer: Holder | None = None
 
     @classmethod
     def from_event(cls, event: Granted) -> Holder:
@@ -170,14 +185,15 @@ class ProductState:
     """One served product: permit, settings, pools, holders and ONPN counters."""
 
     __slots__ = (
-        "by_update",
         "floating",
         "floating_by_address",
         "holders",
         "key",
+        "least_recent",
         "listings",
         "locked",
         "locked_by_address",
+        "most_recent",
         "permit",
         "settings",
         "tokens",
@@ -189,8 +205,10 @@ class ProductState:
         self.settings = settings
         #: Holders by handle, in grant order (the oldest first).
         self.holders: dict[str, Holder] = {}
-        #: Handles in update order (the least recently updated first), for GRAB.
-        self.by_update: dict[str, None] = {}
+        #: The ends of the holders' update order (linked through `Holder.older` and
+        #: `Holder.newer`), for GRAB: the least recently updated first.
+        self.least_recent: Holder | None = None
+        self.most_recent: Holder | None = None
         #: The handle held by each client token (idempotent REQUESTs).
         self.tokens: dict[str, str] = {}
         self.floating_by_address: dict[str, int] = {}
@@ -338,9 +356,9 @@ class ProductState:
         pool = self.locked if holder.locked else self.floating
         pool.take(holder.indices)
         self.holders[holder.handle] = holder
+        self._append_update(holder)
         if client is not None:
             self.tokens[client] = holder.handle
-        self.by_update[holder.handle] = None
         counter = self.locked_by_address if holder.locked else self.floating_by_address
         address = holder.who.address
         counter[address] = counter.get(address, 0) + holder.units
@@ -348,7 +366,7 @@ class ProductState:
     def remove(self, holder: Holder) -> None:
         """Record that a holder no longer has its licence."""
         del self.holders[holder.handle]
-        del self.by_update[holder.handle]
+        self._unlink_update(holder)
         if holder.who.client is not None:
             self.tokens.pop(holder.who.client, None)
         pool = self.locked if holder.locked else self.floating
@@ -364,16 +382,45 @@ class ProductState:
     def touch(self, holder: Holder, at: float) -> None:
         """Record an UPDATE: the holder moves to the end of the update order."""
         holder.last_update = max(holder.last_update, at)
-        del self.by_update[holder.handle]
-        self.by_update[holder.handle] = None
+        if holder is not self.most_recent:
+            self._unlink_update(holder)
+            self._append_update(holder)
 
     def least_recently_updated(self) -> Iterator[Holder]:
         """Holders from the least recently updated on (for GRAB)."""
-        holders = self.holders
-        for handle in self.by_update:
-            yield holders[handle]
+        holder = self.least_recent
+        while holder is not None:
+            yield holder
+            holder = holder.newer
 
     def resort_updates(self) -> None:
         """Rebuild the update order from the holders' last-update times (restore)."""
         ordered = sorted(self.holders.values(), key=lambda holder: holder.last_update)
-        self.by_update = {holder.handle: None for holder in ordered}
+        self.least_recent = self.most_recent = None
+        for holder in ordered:
+            holder.older = holder.newer = None
+            self._append_update(holder)
+
+    def _append_update(self, holder: Holder) -> None:
+        """Put ``holder`` (not in the update order) at its most recent end."""
+        last = self.most_recent
+        holder.older = last
+        holder.newer = None
+        if last is None:
+            self.least_recent = holder
+        else:
+            last.newer = holder
+        self.most_recent = holder
+
+    def _unlink_update(self, holder: Holder) -> None:
+        """Take ``holder`` out of the update order."""
+        older, newer = holder.older, holder.newer
+        if older is None:
+            self.least_recent = newer
+        else:
+            older.newer = newer
+        if newer is None:
+            self.most_recent = older
+        else:
+            newer.older = older
+        holder.older = holder.newer = None
