@@ -36,8 +36,9 @@ class FreeList:
 
     def __init__(self, indices: range) -> None:
         self.size = len(indices)
-        self._free: set[int] = set(indices)
         self._heap: list[int] = list(indices)  # a range is already a sorted heap
+        # From the list, not the range again: one int object per index, not two.
+        self._free: set[int] = set(self._heap)
 
     def __len__(self) -> int:
         return len(self._free)

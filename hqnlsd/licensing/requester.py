@@ -73,7 +73,16 @@ REQUESTER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fi
 
 def requester_dict(who: Requester) -> dict[str, Any]:
     """``who`` as flat stored fields (`REQUESTER_FIELDS`, in that order)."""
-    return {name: getattr(who, name) for name in REQUESTER_FIELDS}
+    return {
+        "user": who.user,
+        "host": who.host,
+        "address": who.address,
+        "pid": who.pid,
+        "uid": who.uid,
+        "group": who.group,
+        "hostid": who.hostid,
+        "client": who.client,
+    }
 
 
 def requester_from(fields: dict[str, Any]) -> Requester:
