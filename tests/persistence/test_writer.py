@@ -85,13 +85,14 @@ def _nothing() -> None:
 
 
 def started(tmp_path: Path, clock: Clock, **options: Any) -> tuple[Journal, Engine, ManualWriter]:
-    """A journal restored and loaded inline (room for many holders), then switched to a
-    `ManualWriter`."""
-    journal, engine = open_started(tmp_path, clock, **options)
+    """A journal on a `ManualWriter`, restored, with room for many holders, all written."""
+    writer = ManualWriter()
+    journal, engine = open_started(tmp_path, clock, writer=writer, **options)
     journal.submit(engine.load_products([ROOMY]).events)
     clock.advance(0)
-    writer = ManualWriter()
-    journal._writer = writer
+    while writer.held:
+        writer.run_one()
+        clock.advance(0)
     return journal, engine, writer
 
 
@@ -147,6 +148,7 @@ def test_deferreds_fire_in_submission_order_once_durable(tmp_path: Path) -> None
         done.addCallback(lambda _, pid=pid: fired.append(pid))
         if pid % 2 == 0:
             clock.advance(0)
+    assert fired == []  # batch 1 is still being written: nobody is answered
     while writer.held:
         writer.run_one()
         clock.advance(0)
@@ -354,10 +356,11 @@ def test_thread_writer_commits_off_the_calling_thread(tmp_path: Path) -> None:
     journal = open_journal(tmp_path, clock, connect=noting, writer=writer)
     engine = new_engine(clock)
     journal.restore(engine)
-    journal.submit(engine.load_products([ROOMY]).events)
+    loaded = Results()
+    loaded.watch(journal.submit(engine.load_products([ROOMY]).events))
     clock.advance(0)
-    while journal._in_flight is not None:
-        reactor.run_calls(wait=10)
+    reactor.run_calls(wait=10)
+    assert loaded.values == [None]
     fired: list[int] = []
     for pid in range(1, 5):
         grant(engine, journal, pid)[1].addCallback(lambda _, pid=pid: fired.append(pid))
