@@ -44,10 +44,10 @@ What is durable when:
 
 Compaction while serving writes ``engine.snapshot()`` (taken on the reactor
 thread when the batch is taken) and deletes the log in the batch's transaction,
-only when the number of events the engine has applied
-equals the number the journal has been given (so the snapshot is exactly the
-log's state), and only after ``max(compact_after, 4 x holders)`` events so its
-cost per event stays constant.
+only when the number of events the engine has applied equals the number the
+journal has been given (so the snapshot is exactly the log's state), and only
+after ``max(compact_after, 4 x holders)`` events so its cost per event stays
+constant.
 """
 
 from __future__ import annotations
