@@ -8,7 +8,9 @@ applies (where it hands them to the journal) and turns each into one licence
 line (tagged LICENSE, for the log filter) and one usage record. A `Released`
 or `Revoked` event carries only the handle, so the feed keeps a small mirror
 of the holders (handle -> who, what), filled by `Granted` events and, at start
-up, by `seed` from the restored engine.
+up, by `seed` from the restored engine. The feed runs after every commit, so a
+line whose switches are off is not even built (`licence_logged` is asked first);
+the usage record is always written.
 
 Denials change no state and produce no event: the server calls `denied`, or,
 for denials beyond a burst per address, `hqnlsd.logging.denials.DenialLog`

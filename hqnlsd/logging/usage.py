@@ -208,16 +208,28 @@ class UsageReport:
         at: float | None = None,
     ) -> None:
         """A licence was given to ``who``."""
-        self._record(
-            "grant",
-            at,
-            publisher=publisher,
-            product=product,
-            version=version,
-            handle=handle,
-            indices=list(indices),
-            type=licence_type,
-            **requester_fields(who, group=True),
+        if self._refused("grant"):
+            return
+        when, stamp = self._time(at)
+        # One literal in the record's order (a hot path: every licence given).
+        self._add(
+            {
+                "ts": stamp,
+                "at": when,
+                "event": "grant",
+                "publisher": publisher,
+                "product": product,
+                "version": version,
+                "handle": handle,
+                "indices": list(indices),
+                "type": licence_type,
+                "user": who.user,
+                "uid": who.uid,
+                "group": who.group,
+                "host": who.host,
+                "address": who.address,
+                "pid": who.pid,
+            }
         )
 
     def release(
@@ -234,17 +246,22 @@ class UsageReport:
     ) -> None:
         """A holder (``who``, None if unknown) gave its licence back (``held_seconds``
         since the grant, if known)."""
-        self._record(
-            "release",
-            at,
-            publisher=publisher,
-            product=product,
-            version=version,
-            handle=handle,
-            indices=None if indices is None else list(indices),
-            **requester_fields(who),
-            held_seconds=held_seconds,
-        )
+        if self._refused("release"):
+            return
+        when, stamp = self._time(at)
+        record = {
+            "ts": stamp,
+            "at": when,
+            "event": "release",
+            "publisher": publisher,
+            "product": product,
+            "version": version,
+            "handle": handle,
+            "indices": None if indices is None else list(indices),
+        }
+        record.update(requester_fields(who))
+        record["held_seconds"] = held_seconds
+        self._add(record)
 
     def denial(
         self,
@@ -352,17 +369,29 @@ class UsageReport:
         )
 
     def _record(self, kind: str, at: float | None, **fields: Any) -> None:
+        if self._refused(kind):
+            return
+        when, stamp = self._time(at)
+        record = {"ts": stamp, "at": when, "event": kind}
+        record.update(fields)
+        self._add(record)
+
+    def _refused(self, kind: str) -> bool:
         if self._closed:
             self.log.warn("usage report closed; {kind} record not written", kind=kind)
-            return
+        return self._closed
+
+    def _time(self, at: float | None) -> tuple[float, str]:
+        """The record's time (``at``, or now) and its ISO stamp."""
         when = self._clock.seconds() if at is None else at
         if when != self._stamped_at:
             # The records of one batch of events share their time: one stamp for all.
             stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
             self._stamp = stamp.isoformat(timespec="milliseconds")
             self._stamped_at = when
-        record = {"ts": self._stamp, "at": when, "event": kind}
-        record.update(fields)
+        return when, self._stamp
+
+    def _add(self, record: dict[str, Any]) -> None:
         self._pending.append(json_line(record))
         self.stats.records += 1
         if len(self._pending) > self.max_pending:
