@@ -17,6 +17,8 @@ switches are on (PRODUCT: publisher and version beside the product name;
 HOSTNAME, HOSTADDR, USERNAME, UID; EXTERR: the reason of a denial) and removes
 the other fields from the event, so neither the text log, syslog nor a JSON log
 shows them. Without the filter (tests, tools) a licence line shows every field.
+A caller that knows the switches asks `licence_logged` first and does not build
+a line the filter would drop (the licence feed does, after every commit).
 
 Every string field of a kept event (not the ``log_*`` keys Twisted and the
 code set, which hold the format and not the values) passes through
