@@ -32,7 +32,7 @@ from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.logging.usage import UsageReport
 from hqnlsd.metrics import Metrics
 from hqnlsd.permits.model import HostId
-from hqnlsd.persistence.store import DATABASE_NAME, Journal, JournalError
+from hqnlsd.persistence.store import DATABASE_NAME, Journal, JournalError, writer_for
 from hqnlsd.protocols.replies import Err, Reply
 from hqnlsd.server import LicenceServer, PermitSource
 
@@ -113,7 +113,10 @@ class LicenceCore(Service):
             server_keys=config.server_keys,
         )
         #: Opened by `startService` (see the module docstring).
-        self.journal = Journal(config.state_dir / DATABASE_NAME, reactor)
+        #: Its commits run on a thread of their own (off the reactor) with a real reactor.
+        self.journal = Journal(
+            config.state_dir / DATABASE_NAME, reactor, writer=writer_for(reactor)
+        )
         self.server = LicenceServer(
             self.engine, self.journal, self.source, feed, domains=domains,
             clock=reactor, log_interval=config.limits.log_interval,

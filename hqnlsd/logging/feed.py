@@ -8,7 +8,9 @@ applies (where it hands them to the journal) and turns each into one licence
 line (tagged LICENSE, for the log filter) and one usage record. A `Released`
 or `Revoked` event carries only the handle, so the feed keeps a small mirror
 of the holders (handle -> who, what), filled by `Granted` events and, at start
-up, by `seed` from the restored engine.
+up, by `seed` from the restored engine. The feed runs after every commit, so a
+line whose switches are off is not even built (`licence_logged` is asked first);
+the usage record is always written.
 
 Denials change no state and produce no event: the server calls `denied`, or,
 for denials beyond a burst per address, `hqnlsd.logging.denials.DenialLog`
@@ -28,7 +30,7 @@ from hqnlsd.licensing.events import Event, Granted, ProductsLoaded, Released, Re
 from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Denied, HolderInfo
 from hqnlsd.logging.denials import Key as DenialKey
-from hqnlsd.logging.observer import denial_switch, log_licence
+from hqnlsd.logging.observer import denial_switch, licence_logged, log_licence
 from hqnlsd.logging.switches import LogSwitches
 from hqnlsd.logging.usage import UsageReport, requester_fields
 from hqnlsd.permits.model import ProductPermit
@@ -127,18 +129,20 @@ class LicenceFeed:
         )
         self._held[event.handle] = held
         version = self._versions.get((event.publisher, event.product))
-        log_licence(
-            self.log,
-            "granted",
-            switches=self.switches,
-            publisher=event.publisher,
-            product=event.product,
-            version=version,
-            indices=_indices(held.indices),
-            licence_type=held.licence_type,
-            **requester_fields(held.who),
-            handle=event.handle,
-        )
+        # Asked first: a line the switches drop is not even built.
+        if licence_logged(self.switches):
+            log_licence(
+                self.log,
+                "granted",
+                switches=self.switches,
+                publisher=event.publisher,
+                product=event.product,
+                version=version,
+                indices=_indices(held.indices),
+                licence_type=held.licence_type,
+                **requester_fields(held.who),
+                handle=event.handle,
+            )
         if self.usage is not None:
             self.usage.grant(
                 publisher=event.publisher,
@@ -164,19 +168,20 @@ class LicenceFeed:
             licence_type = held.licence_type
             indices = held.indices
             held_seconds = round(at - held.granted_at, 3)
-        log_licence(
-            self.log,
-            action,
-            switches=self.switches,
-            publisher=publisher,
-            product=product,
-            version=version,
-            indices=_indices(indices) if indices else None,
-            licence_type=licence_type,
-            **requester_fields(who),
-            handle=handle,
-            reason=reason,
-        )
+        if licence_logged(self.switches):
+            log_licence(
+                self.log,
+                action,
+                switches=self.switches,
+                publisher=publisher,
+                product=product,
+                version=version,
+                indices=_indices(indices) if indices else None,
+                licence_type=licence_type,
+                **requester_fields(who),
+                handle=handle,
+                reason=reason,
+            )
         if self.usage is None:
             return
         record: dict[str, Any] = {
@@ -209,18 +214,20 @@ class LicenceFeed:
     ) -> None:
         """A REQUEST from ``who`` was refused: a licence line (redirects under EXTERR)
         and a record."""
-        log_licence(
-            self.log,
-            "denied",
-            switch=denial_switch(status),
-            switches=self.switches,
-            publisher=publisher,
-            product=product,
-            version=version,
-            **requester_fields(who),
-            status=status,
-            reason=reason,
-        )
+        switch = denial_switch(status)
+        if licence_logged(self.switches, switch):
+            log_licence(
+                self.log,
+                "denied",
+                switch=switch,
+                switches=self.switches,
+                publisher=publisher,
+                product=product,
+                version=version,
+                **requester_fields(who),
+                status=status,
+                reason=reason,
+            )
         if self.usage is not None:
             self.usage.denial(
                 publisher=publisher,

@@ -17,6 +17,8 @@ switches are on (PRODUCT: publisher and version beside the product name;
 HOSTNAME, HOSTADDR, USERNAME, UID; EXTERR: the reason of a denial) and removes
 the other fields from the event, so neither the text log, syslog nor a JSON log
 shows them. Without the filter (tests, tools) a licence line shows every field.
+A caller that knows the switches asks `licence_logged` first and does not build
+a line the filter would drop (the licence feed does, after every commit).
 
 Every string field of a kept event (not the ``log_*`` keys Twisted and the
 code set, which hold the format and not the values) passes through
@@ -86,6 +88,10 @@ _WARNING_LEVELS = frozenset({LogLevel.warn, LogLevel.error})
 
 # A tag is looked up in this cache; misses are parsed once ("LICENSE|EXTERR").
 _TAGS: dict[object, Switch | None] = {member.name: member for member in Switch}
+# The same as plain ints, for the per-event checks.
+_TAG_BITS: dict[object, int | None] = {member.name: int(member) for member in Switch}
+_WARNING_BIT = int(Switch.WARNING)
+_INFO_BIT = int(Switch.INFO)
 
 
 def switch_of(tag: object) -> Switch | None:
@@ -117,19 +123,43 @@ def switch_of(tag: object) -> Switch | None:
     return found
 
 
-def admits(event: Mapping[str, Any], switches: Switch) -> bool:
+def admits(event: Mapping[str, Any], switches: Switch | int) -> bool:
     """True if ``event`` is to be logged under ``switches`` (see the module doc)."""
     tag = event.get(SWITCH_KEY)
     level = event.get("log_level")
     if level is LogLevel.critical:
         return True
+    # Plain ints from here: `enum.IntFlag` operators run in Python, on every event.
+    mask = int(switches)
     if tag is None:
-        needed = Switch.WARNING if level in _WARNING_LEVELS else Switch.INFO
-        return bool(switches & needed)
-    required = switch_of(tag)
+        return bool(mask & (_WARNING_BIT if level in _WARNING_LEVELS else _INFO_BIT))
+    required = _required_bits(tag)
     if required is None:  # a misspelt tag must not make an event vanish
         return True
-    return switches & required == required
+    return mask & required == required
+
+
+def _required_bits(tag: object) -> int | None:
+    try:
+        return _TAG_BITS[tag]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable: never a valid tag
+        return None
+    required = switch_of(tag)
+    bits = None if required is None else int(required)
+    if len(_TAG_BITS) < 1024:
+        _TAG_BITS[tag] = bits
+    return bits
+
+
+def licence_logged(switches: LogSwitches | None, switch: str = "LICENSE") -> bool:
+    """Whether a licence line tagged ``switch`` would pass the filter now (always
+    True without ``switches``): callers ask before building the line at all."""
+    if switches is None:
+        return True
+    required = _required_bits(switch)
+    return required is None or int(switches.value) & required == required
 
 
 #: Every field a licence line can show.
@@ -148,7 +178,7 @@ LICENCE_FIELDS = (
     "status",
     "reason",
 )
-_FORMATS: dict[tuple[str, tuple[str, ...], int], str] = {}
+_FORMATS: dict[tuple[str, tuple[str, ...], int], tuple[str, tuple[str, ...]]] = {}
 
 
 def licence_format(action: str, fields: Mapping[str, Any], switches: Switch) -> str:
@@ -158,16 +188,31 @@ def licence_format(action: str, fields: Mapping[str, Any], switches: Switch) -> 
     values, so a value with braces cannot break the formatting. Formats are
     memoised by (action, fields present, switches): a few dozen in practice.
     """
-    present = tuple(key for key in LICENCE_FIELDS if fields.get(key) is not None)
-    key = (action, present, int(switches))
+    return _plan(action, fields, int(switches))[0]
+
+
+def _plan(action: str, fields: Mapping[str, Any], mask: int) -> tuple[str, tuple[str, ...]]:
+    """The format string of a licence line under ``mask``, and the fields to remove
+    from the event (their switches are off), memoised."""
+    present = tuple([key for key in LICENCE_FIELDS if fields.get(key) is not None])
+    key = (action, present, mask)
     try:
         return _FORMATS[key]
     except KeyError:
         pass
-    text = _build_format(action, frozenset(present), switches)
+    switches = Switch(mask)
+    plan = (_build_format(action, frozenset(present), switches), _hidden(action, switches))
     if len(_FORMATS) < 4096:
-        _FORMATS[key] = text
-    return text
+        _FORMATS[key] = plan
+    return plan
+
+
+def _hidden(action: str, switches: Switch) -> tuple[str, ...]:
+    return tuple(
+        key
+        for key, needed in FIELD_SWITCHES.items()
+        if not (key == "reason" and action in _ALWAYS_REASON) and not switches & needed
+    )
 
 
 def _build_format(action: str, present: frozenset[str], switches: Switch) -> str:
@@ -212,12 +257,14 @@ def _build_format(action: str, present: frozenset[str], switches: Switch) -> str
     return text
 
 
+_ALL_BITS = int(ALL)
+
 #: The key of a licence line's text, rendered once by `trim_licence_event`.
 RENDERED_KEY = "licence_text"
 _RENDERED_FORMAT = "{" + RENDERED_KEY + "}"
 
 
-def trim_licence_event(event: LogEvent, switches: Switch) -> LogEvent:
+def trim_licence_event(event: LogEvent, switches: Switch | int) -> LogEvent:
     """A copy of a licence line with its text rebuilt and switched-off fields removed.
 
     The text is rendered here once, with `str.format_map` (the same substitution
@@ -228,13 +275,10 @@ def trim_licence_event(event: LogEvent, switches: Switch) -> LogEvent:
     """
     action = str(event.get(LICENCE_KEY))
     trimmed = dict(event)
-    text_format = licence_format(action, event, switches)
+    text_format, hidden = _plan(action, event, int(switches))
     trimmed["log_format"] = text_format
-    for key, needed in FIELD_SWITCHES.items():
-        if key == "reason" and action in _ALWAYS_REASON:
-            continue
-        if not switches & needed:
-            trimmed.pop(key, None)
+    for key in hidden:
+        trimmed.pop(key, None)
     try:
         trimmed[RENDERED_KEY] = text_format.format_map(trimmed)
     except (KeyError, IndexError, ValueError, TypeError, AttributeError):
@@ -259,13 +303,11 @@ def log_licence(
     the call returns at once when the line would be dropped anyway: the cheap
     path for the hot request loop.
     """
-    if switches is not None and level is not LogLevel.critical:
-        required = switch_of(switch)
-        if required is not None and switches.value & required != required:
-            return
+    if level is not LogLevel.critical and not licence_logged(switches, switch):
+        return
     log.emit(
         level,
-        licence_format(action, fields, ALL),
+        _plan(action, fields, _ALL_BITS)[0],
         log_switch=switch,
         licence_action=action,
         **fields,
@@ -335,7 +377,7 @@ class SwitchedObserver:
 
     def __call__(self, event: LogEvent) -> None:
         """Filter, trim and forward one event."""
-        value = self.switches.value
+        value = int(self.switches.value)
         if not admits(event, value):
             return
         event = escape_event(event)

@@ -87,13 +87,18 @@ def _json_escape(ch: str) -> str:
     return f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}"
 
 
+# Made once: `json.dumps` with options builds a new encoder for every record.
+# The same options as ``json.dumps(record, separators=(",", ":"), ensure_ascii=False)``.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def json_line(record: dict[str, Any]) -> str:
     """``record`` as compact JSON on one line of printable text (UTF-8 kept readable).
 
     `json.dumps` escapes the C0 controls; any other character that is not
     printable can only be inside a string, where ``\\uXXXX`` means the same.
     """
-    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODER.encode(record)
     if text.isprintable():
         return text
     return "".join(ch if ch.isprintable() else _json_escape(ch) for ch in text)
@@ -105,11 +110,22 @@ def requester_fields(who: Requester | None, *, group: bool = False) -> dict[str,
     a requester the caller does not know."""
     if who is None:
         return dict.fromkeys(_WHO_WITH_GROUP if group else _WHO, None)
-    fields: dict[str, Any] = {"user": who.user, "uid": who.uid}
     if group:
-        fields["group"] = who.group
-    fields.update(host=who.host, address=who.address, pid=who.pid)
-    return fields
+        return {
+            "user": who.user,
+            "uid": who.uid,
+            "group": who.group,
+            "host": who.host,
+            "address": who.address,
+            "pid": who.pid,
+        }
+    return {
+        "user": who.user,
+        "uid": who.uid,
+        "host": who.host,
+        "address": who.address,
+        "pid": who.pid,
+    }
 
 
 _WHO = ("user", "uid", "host", "address", "pid")
@@ -174,6 +190,8 @@ class UsageReport:
         self._call: Any = None
         self._closed = False
         self._failing = False
+        self._stamped_at: float | None = None  # the time `_stamp` shows
+        self._stamp = ""
 
     # -- records ----------------------------------------------------------------------
 
@@ -190,16 +208,28 @@ class UsageReport:
         at: float | None = None,
     ) -> None:
         """A licence was given to ``who``."""
-        self._record(
-            "grant",
-            at,
-            publisher=publisher,
-            product=product,
-            version=version,
-            handle=handle,
-            indices=list(indices),
-            type=licence_type,
-            **requester_fields(who, group=True),
+        if self._refused("grant"):
+            return
+        when, stamp = self._time(at)
+        # One literal in the record's order (a hot path: every licence given).
+        self._add(
+            {
+                "ts": stamp,
+                "at": when,
+                "event": "grant",
+                "publisher": publisher,
+                "product": product,
+                "version": version,
+                "handle": handle,
+                "indices": list(indices),
+                "type": licence_type,
+                "user": who.user,
+                "uid": who.uid,
+                "group": who.group,
+                "host": who.host,
+                "address": who.address,
+                "pid": who.pid,
+            }
         )
 
     def release(
@@ -216,17 +246,22 @@ class UsageReport:
     ) -> None:
         """A holder (``who``, None if unknown) gave its licence back (``held_seconds``
         since the grant, if known)."""
-        self._record(
-            "release",
-            at,
-            publisher=publisher,
-            product=product,
-            version=version,
-            handle=handle,
-            indices=None if indices is None else list(indices),
-            **requester_fields(who),
-            held_seconds=held_seconds,
-        )
+        if self._refused("release"):
+            return
+        when, stamp = self._time(at)
+        record = {
+            "ts": stamp,
+            "at": when,
+            "event": "release",
+            "publisher": publisher,
+            "product": product,
+            "version": version,
+            "handle": handle,
+            "indices": None if indices is None else list(indices),
+        }
+        record.update(requester_fields(who))
+        record["held_seconds"] = held_seconds
+        self._add(record)
 
     def denial(
         self,
@@ -334,13 +369,29 @@ class UsageReport:
         )
 
     def _record(self, kind: str, at: float | None, **fields: Any) -> None:
+        if self._refused(kind):
+            return
+        when, stamp = self._time(at)
+        record = {"ts": stamp, "at": when, "event": kind}
+        record.update(fields)
+        self._add(record)
+
+    def _refused(self, kind: str) -> bool:
         if self._closed:
             self.log.warn("usage report closed; {kind} record not written", kind=kind)
-            return
+        return self._closed
+
+    def _time(self, at: float | None) -> tuple[float, str]:
+        """The record's time (``at``, or now) and its ISO stamp."""
         when = self._clock.seconds() if at is None else at
-        stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
-        record = {"ts": stamp.isoformat(timespec="milliseconds"), "at": when, "event": kind}
-        record.update(fields)
+        if when != self._stamped_at:
+            # The records of one batch of events share their time: one stamp for all.
+            stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
+            self._stamp = stamp.isoformat(timespec="milliseconds")
+            self._stamped_at = when
+        return when, self._stamp
+
+    def _add(self, record: dict[str, Any]) -> None:
         self._pending.append(json_line(record))
         self.stats.records += 1
         if len(self._pending) > self.max_pending:

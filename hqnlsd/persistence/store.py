@@ -7,11 +7,23 @@ empty the log, in one transaction).
 
 Serving: the caller applies events to the engine (the engine's commands do it)
 and, *in the same reactor turn*, hands them to ``Journal.submit``, which returns
-a Deferred. Every submission of a turn is written on the next turn
-(``clock.callLater(0, flush)``) in ONE transaction; the Deferreds fire after the
-COMMIT returns (errback on failure), and only then does the service answer the
-client. Durability therefore costs one fsync per reactor turn, not one per
-request. ``Journal.commit`` is the same as an `hqnlsd.commit.EventSink` (what the
+a Deferred. Every submission of a turn is taken on the next turn
+(``clock.callLater(0, flush)``) as one *batch*, written in ONE transaction by the
+journal's `Writer`; the Deferreds fire, in submission order, after the COMMIT
+returns (errback on failure), and only then does the service answer the client.
+
+The daemon's writer is a `ThreadWriter`: one thread of its own, so the commit and
+its fsync run off the reactor thread and the reactor keeps parsing and answering
+while the disk works. One batch is in flight at a time; whatever is submitted
+meanwhile waits and is taken, all together, as the next batch once the previous
+one is settled. Durability therefore costs one fsync per batch, not one per
+request, and more requests share an fsync the busier the daemon is. Every use of
+the SQLite connection (open, load, restore's compaction, the batches, close) runs
+on the writer, one at a time, so nothing else touches it while a batch is written.
+The default writer, `InlineWriter`, writes on the calling thread at once: the
+same sequence of batches, deterministic under ``task.Clock`` (tests, tools).
+
+``Journal.commit`` is the same as an `hqnlsd.commit.EventSink` (what the
 dispatcher and the admin handler call): a failed commit fails with
 `hqnlsd.commit.NotRecorded`.
 
@@ -30,11 +42,12 @@ What is durable when:
   the same state directory fails at start-up instead of serving the same
   licences twice.
 
-Compaction while serving writes ``engine.snapshot()`` and deletes the log in
-the commit transaction, only when the number of events the engine has applied
-equals the number the journal has been given (so the snapshot is exactly the
-log's state), and only after ``max(compact_after, 4 x holders)`` events so its
-cost per event stays constant.
+Compaction while serving writes ``engine.snapshot()`` (taken on the reactor
+thread when the batch is taken) and deletes the log in the batch's transaction,
+only when the number of events the engine has applied equals the number the
+journal has been given (so the snapshot is exactly the log's state), and only
+after ``max(compact_after, 4 x holders)`` events so its cost per event stays
+constant.
 """
 
 from __future__ import annotations
@@ -44,10 +57,12 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -77,6 +92,9 @@ _SCHEMA = (
 def _connect(path: str) -> sqlite3.Connection:
     # Short busy timeout: the only contender for the lock is another daemon.
     return sqlite3.connect(path, timeout=0.5)
+
+
+_T = TypeVar("_T")
 
 
 class JournalError(Exception):
@@ -117,6 +135,93 @@ class Restorable(Protocol):
         ...
 
 
+class Writer(Protocol):
+    """Where the journal's SQLite work runs: one piece of work at a time, in order.
+
+    `InlineWriter` runs it at once on the calling thread; `ThreadWriter` on a
+    thread of its own, off the reactor.
+    """
+
+    def submit(self, work: Callable[[], None], done: Callable[[], None]) -> None:
+        """Run ``work`` after what was submitted before, then ``done`` on the reactor
+        thread. ``work`` must not raise (a batch records its own outcome)."""
+        ...
+
+    def call(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` after what was submitted before; wait for it and return its
+        result (or raise its exception). For start-up and close, which may block."""
+        ...
+
+    def stop(self) -> None:
+        """Wait for the work submitted and end (the journal is closed)."""
+        ...
+
+
+class InlineWriter:
+    """A `Writer` that runs everything at once on the calling thread.
+
+    The journal then commits on the reactor thread, as before issue 14: the
+    default, so that tests driven by ``task.Clock`` stay deterministic.
+    """
+
+    def submit(self, work: Callable[[], None], done: Callable[[], None]) -> None:
+        """Run ``work`` then ``done``, now."""
+        work()
+        done()
+
+    def call(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` now."""
+        return work()
+
+    def stop(self) -> None:
+        """Nothing to wait for."""
+
+
+class ThreadWriter:
+    """A `Writer` with one thread of its own: the commits and their fsyncs run off
+    the reactor thread; ``done`` comes back through ``reactor.callFromThread``.
+
+    The thread is started by the first piece of work (the journal's `Journal.open`,
+    at start, after twistd has forked), not when the writer is made.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, *, name: str = "hqnlsd-journal") -> None:
+        self._reactor = reactor
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            # One worker: the SQLite connection is used from this thread only.
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        return self._executor
+
+    def submit(self, work: Callable[[], None], done: Callable[[], None]) -> None:
+        """Queue ``work`` on the writer thread; ``done`` on the reactor thread after it."""
+        future = self._pool().submit(work)
+        future.add_done_callback(lambda _: self._reactor.callFromThread(done))
+
+    def call(self, work: Callable[[], _T]) -> _T:
+        """Queue ``work`` and block until it has run."""
+        future: Future[_T] = self._pool().submit(work)
+        return future.result()
+
+    def stop(self) -> None:
+        """Wait for the queued work and join the thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def writer_for(reactor: object) -> Writer:
+    """The writer a daemon's journal should use with ``reactor``: a `ThreadWriter` for a
+    real reactor, an `InlineWriter` for a fake one (``task.Clock``, ``MemoryReactor``),
+    which cannot take calls from another thread."""
+    if IReactorFromThreads.providedBy(reactor):
+        return ThreadWriter(reactor)
+    return InlineWriter()
+
+
 @dataclasses.dataclass(slots=True)
 class JournalStats:
     """Counters for logs, metrics and tests."""
@@ -142,6 +247,7 @@ def open_journal(
     synchronous: str = "FULL",
     compact_after: int = COMPACT_AFTER,
     connect: Callable[[str], sqlite3.Connection] | None = None,
+    writer: Writer | None = None,
 ) -> Journal:
     """Open (creating if needed, mode 0700 / 0600) the journal in ``state_dir``."""
     journal = Journal(
@@ -150,9 +256,27 @@ def open_journal(
         synchronous=synchronous,
         compact_after=compact_after,
         connect=connect,
+        writer=writer,
     )
     journal.open()
     return journal
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Batch:
+    """Events taken together and written in one transaction, and who waits for them.
+
+    ``work`` runs on the writer and records its outcome here; the journal settles
+    the batch (fires or fails ``waiters``) on the reactor thread, exactly once.
+    """
+
+    events: list[Event]
+    waiters: list[Deferred[None]]
+    #: The snapshot to store in the same transaction (compaction), already encoded.
+    snapshot: str | None = None
+    written_at: float = 0.0
+    error: BaseException | None = None
+    settled: bool = False
 
 
 class Journal:
@@ -173,11 +297,13 @@ class Journal:
         synchronous: str = "FULL",
         compact_after: int = COMPACT_AFTER,
         connect: Callable[[str], sqlite3.Connection] | None = None,
+        writer: Writer | None = None,
     ) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = path
         self._clock = clock
+        self._writer: Writer = writer if writer is not None else InlineWriter()
         self.compact_after = compact_after
         self.stats = JournalStats()
         self._engine: Restorable | None = None
@@ -186,6 +312,7 @@ class Journal:
         self._pending: list[Event] = []
         self._waiters: list[Deferred[None]] = []
         self._unwritten: list[Event] = []  # from failed commits, written first next time
+        self._in_flight: _Batch | None = None  # the batch the writer has now, if any
         self._flush_call: Any = None
         self._retry_call: Any = None
         self._retry_delay = RETRY_FIRST
@@ -217,10 +344,14 @@ class Journal:
             raise JournalError(
                 f"cannot create the state database in {state_dir}: {error}"
             ) from None
+        # Connected on the writer: the connection is used from that thread only.
+        self._db = self._writer.call(lambda: self._open_database(path))
+        self._opened = True
+
+    def _open_database(self, path: Path) -> sqlite3.Connection:
         try:
             db = self._connect(str(path))
             db.isolation_level = None  # we issue BEGIN / COMMIT ourselves
-            self._db = db
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise JournalError(f"{path}: cannot use WAL mode (got {mode})")
@@ -242,17 +373,13 @@ class Journal:
             if "locked" in message:
                 message += " (is another hqnlsd using this state directory?)"
             raise JournalError(f"cannot open the state database {path}: {message}") from None
-        self._opened = True
+        return db
 
     # -- start-up -------------------------------------------------------------------
 
     def load(self) -> tuple[dict[str, JSON] | None, list[Event]]:
         """The stored snapshot (None if none yet) and the events logged after it."""
-        try:
-            row = self._db.execute("SELECT state FROM snapshot WHERE id = 1").fetchone()
-            rows = self._db.execute("SELECT seq, body FROM events ORDER BY seq").fetchall()
-        except sqlite3.Error as error:
-            raise JournalError(f"cannot read {self.path}: {error}") from None
+        row, rows = self._writer.call(self._read_all)
         snapshot = None
         if row is not None:
             try:
@@ -267,11 +394,20 @@ class Journal:
                 raise JournalError(f"{self.path}: event {seq} is damaged: {error}") from None
         return snapshot, events
 
+    def _read_all(self) -> tuple[Any, list[Any]]:
+        try:
+            row = self._db.execute("SELECT state FROM snapshot WHERE id = 1").fetchone()
+            rows = self._db.execute("SELECT seq, body FROM events ORDER BY seq").fetchall()
+        except sqlite3.Error as error:
+            raise JournalError(f"cannot read {self.path}: {error}") from None
+        return row, rows
+
     def restore(self, engine: Restorable) -> RestoreReport:
         """Load the durable state into ``engine``, compact, and journal for it from now on.
 
-        A state that does not replay (a damaged file) raises JournalError: better
-        to refuse to start than to serve licences already granted.
+        Synchronous (the daemon serves nobody before it returns). A state that does
+        not replay (a damaged file) raises JournalError: better to refuse to start
+        than to serve licences already granted.
         """
         snapshot, events = self.load()
         try:
@@ -292,16 +428,25 @@ class Journal:
         """Queue events for the next group commit; the Deferred fires once they are durable.
 
         Call it in the same reactor turn as the engine command that produced the
-        events. With no events, the Deferred waits for the commit already queued
-        (if any), or for the events of a failed commit to be written, so an answer
-        never overtakes the state it depends on.
+        events. With no events, the Deferred waits for what was submitted before
+        (the batch being written, the one queued), or for the events of a failed
+        commit to be written, so an answer never overtakes the state it depends on.
+        Deferreds fire in the order of their submissions.
         """
         if self._closed:
             raise JournalError("the journal is closed")
         if not self._opened:
             raise JournalError("the journal is not open yet")
-        if not events and not self._pending and not self._unwritten:
-            return succeed(None)
+        in_flight = self._in_flight
+        queued = bool(self._pending or self._waiters)
+        if not events and not queued:
+            if in_flight is not None:
+                # A barrier behind the batch being written: it shares that batch's fate.
+                barrier: Deferred[None] = Deferred()
+                in_flight.waiters.append(barrier)
+                return barrier
+            if not self._unwritten:
+                return succeed(None)
         if events:
             for listener in self.listeners:
                 try:
@@ -313,7 +458,7 @@ class Journal:
         self._given += len(events)
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
-        if self._flush_call is None:
+        if self._flush_call is None and in_flight is None:
             self._flush_call = self._clock.callLater(0, self.flush)
         return waiter
 
@@ -327,116 +472,164 @@ class Journal:
         return self.submit(events).addErrback(_not_recorded)
 
     def flush(self) -> None:
-        """Commit everything queued now, in one transaction, and fire the Deferreds."""
+        """Take everything queued now as one batch and hand it to the writer.
+
+        With the `InlineWriter` the batch is written, and its Deferreds fired,
+        before this returns. While a batch is being written this does nothing:
+        what is queued is taken as soon as that batch is settled.
+        """
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        waiters, self._waiters = self._waiters, []
-        events = self._unwritten + self._pending
-        self._pending = []
-        if not events:
-            for waiter in waiters:
-                waiter.callback(None)
+        if self._in_flight is not None:
             return
-        try:
-            self._write(events)
-        except Exception as error:  # sqlite3.Error, or an event that will not encode
-            self._unwritten = events
-            self.stats.failures += 1
-            self.last_error = error
-            self.log.error(
-                "journal commit of {count} events failed ({error}); will retry",
-                count=len(events),
-                error=str(error),
-            )
-            self._schedule_retry()
-            failure = JournalError(f"could not write the licence state: {error}")
-            for waiter in waiters:
-                waiter.errback(failure)
+        batch = self._take_batch()
+        if batch is None:
             return
-        self._unwritten = []
-        self.last_error = None
-        self._retry_delay = RETRY_FIRST
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
-        for waiter in waiters:
-            waiter.callback(None)
+        self._in_flight = batch
+        self._writer.submit(lambda: self._write(batch), lambda: self._settle(batch))
 
     @property
     def healthy(self) -> bool:
-        """False while events from a failed commit are still waiting to be written."""
-        return not self._unwritten
+        """False from a failed commit until its events have been written."""
+        return self.last_error is None
 
     def close(self) -> None:
-        """Write what is queued (best effort) and close the database."""
+        """Write what is queued (best effort), close the database and end the writer."""
         if self._closed:
             return
         if not self._opened:
             self._closed = True
+            self._writer.stop()
             return
-        if self._pending or self._unwritten or self._waiters:
-            self.flush()
+        in_flight = self._in_flight
+        if in_flight is not None:
+            self._writer.call(lambda: None)  # the writer has finished the batch
+            self._settle(in_flight)
+        batch = self._take_batch()
+        if batch is not None:
+            self._in_flight = batch
+            self._writer.call(lambda: self._write(batch))
+            self._settle(batch)
         for call in (self._flush_call, self._retry_call):
             if call is not None and call.active():
                 call.cancel()
         self._closed = True
-        self._db.close()
+        self._writer.call(self._db.close)
+        self._writer.stop()
 
     # -- internals ------------------------------------------------------------------
 
-    def _write(self, events: list[Event]) -> None:
-        rows = [(json.dumps(event.to_dict(), separators=(",", ":")),) for event in events]
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT INTO events (body) VALUES (?)", rows)
-            self._since_compaction += len(events)
-            compacted = self._compact_if_due()
-            db.execute("COMMIT")
-        except BaseException:
-            self._since_compaction -= len(events)
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self.stats.commits += 1
-        self.stats.events_written += len(events)
-        if compacted:
-            self.stats.compactions += 1
-            self._since_compaction = 0
-
-    def _compact_if_due(self) -> bool:
+    def _take_batch(self) -> _Batch | None:
+        """What is queued, as the next batch; waiters with nothing to write fire now."""
+        waiters, self._waiters = self._waiters, []
+        events = self._unwritten + self._pending
+        self._pending = []
+        self._unwritten = []
+        if not events:
+            for waiter in waiters:
+                waiter.callback(None)
+            return None
+        batch = _Batch(events, waiters)
         engine = self._engine
-        if engine is None:
-            return False
-        due = max(self.compact_after, 4 * engine.held_count())
-        if self._since_compaction < due or engine.applied != self._given:
-            return False
-        self._store_snapshot(engine.snapshot())
-        return True
+        if engine is not None:
+            due = max(self.compact_after, 4 * engine.held_count())
+            # Every event given is in this batch or already durable (one batch at a
+            # time), so the engine's state now is exactly the log's after this batch.
+            if self._since_compaction + len(events) >= due and engine.applied == self._given:
+                batch.snapshot = json.dumps(engine.snapshot(), separators=(",", ":"))
+                batch.written_at = self._clock.seconds()
+        return batch
 
-    def _store_snapshot(self, state: dict[str, JSON]) -> None:
-        body = json.dumps(state, separators=(",", ":"))
+    def _write(self, batch: _Batch) -> None:
+        """On the writer: the batch in one transaction; the outcome kept in the batch."""
+        try:
+            rows = [
+                (json.dumps(event.to_dict(), separators=(",", ":")),) for event in batch.events
+            ]
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO events (body) VALUES (?)", rows)
+                if batch.snapshot is not None:
+                    self._store_snapshot(batch.snapshot, batch.written_at)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except Exception as error:  # sqlite3.Error, or an event that will not encode
+            batch.error = error
+
+    def _settle(self, batch: _Batch) -> None:
+        """On the reactor thread: fire (or fail) the batch's Deferreds, in order, once."""
+        if batch.settled:
+            return
+        batch.settled = True
+        if self._in_flight is batch:
+            self._in_flight = None
+        error = batch.error
+        if error is None:
+            self.stats.commits += 1
+            self.stats.events_written += len(batch.events)
+            if batch.snapshot is not None:
+                self.stats.compactions += 1
+                self._since_compaction = 0
+            else:
+                self._since_compaction += len(batch.events)
+            self.last_error = None
+            self._retry_delay = RETRY_FIRST
+            if self._retry_call is not None and self._retry_call.active():
+                self._retry_call.cancel()
+            self._retry_call = None
+            outcome: JournalError | None = None
+        else:
+            # Never dropped: written first by the next batch, ahead of anything newer.
+            self._unwritten = batch.events + self._unwritten
+            self.stats.failures += 1
+            self.last_error = error
+            self.log.error(
+                "journal commit of {count} events failed ({error}); will retry",
+                count=len(batch.events),
+                error=str(error),
+            )
+            if not self._closed:
+                self._schedule_retry()
+            outcome = JournalError(f"could not write the licence state: {error}")
+        for waiter in batch.waiters:
+            if outcome is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(outcome)
+        if (self._pending or self._waiters) and self._flush_call is None and not self._closed:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def _store_snapshot(self, body: str, written_at: float) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO snapshot (id, state, written) VALUES (1, ?, ?)",
-            (body, self._clock.seconds()),
+            (body, written_at),
         )
         self._db.execute("DELETE FROM events")
 
     def _compact_now(self) -> None:
         engine = self._engine
         assert engine is not None
+        body = json.dumps(engine.snapshot(), separators=(",", ":"))
+        written_at = self._clock.seconds()
+        self._writer.call(lambda: self._write_snapshot(body, written_at))
+        self._since_compaction = 0
+        self.stats.compactions += 1
+
+    def _write_snapshot(self, body: str, written_at: float) -> None:
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            self._store_snapshot(engine.snapshot())
+            self._store_snapshot(body, written_at)
             db.execute("COMMIT")
         except sqlite3.Error as error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise JournalError(f"cannot write {self.path}: {error}") from None
-        self._since_compaction = 0
-        self.stats.compactions += 1
 
     def _schedule_retry(self) -> None:
         if self._retry_call is not None and self._retry_call.active():
@@ -447,7 +640,12 @@ class Journal:
 
     def _retry(self) -> None:
         self._retry_call = None
-        if self._unwritten and self._flush_call is None and not self._closed:
+        if (
+            self._unwritten
+            and self._flush_call is None
+            and self._in_flight is None
+            and not self._closed
+        ):
             self.flush()
 
 

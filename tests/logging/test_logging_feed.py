@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from zope.interface import implementer
@@ -16,8 +17,9 @@ from hqnlsd.licensing.engine import Engine
 from hqnlsd.licensing.events import Event
 from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Grant, LicenceRequest
+from hqnlsd.logging import feed as feed_module
 from hqnlsd.logging.feed import LicenceFeed
-from hqnlsd.logging.observer import SwitchedObserver
+from hqnlsd.logging.observer import SwitchedObserver, log_licence
 from hqnlsd.logging.switches import ALL, STARTUP, LogSwitches, Switch
 from hqnlsd.logging.usage import USAGE_FILE, UsageReport
 from hqnlsd.permits.model import ProductPermit
@@ -248,3 +250,41 @@ def test_role_changes_are_reported(tmp_path: Path) -> None:
     rig.switches.apply("info-")
     rig.feed.role(domain="d", role="backup", previous="primary", rank=2, epoch=4, primary=1)
     assert len(rig.records()) == 2 and len(rig.texts) == 1
+
+
+def test_nothing_is_emitted_for_a_licence_line_whose_switch_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With LICENSE off the feed does not build or emit a licence event at all (the
+    filter is never asked, the line's fields are not even gathered); the usage report
+    still gets every record."""
+    rig = Rig(tmp_path, STARTUP & ~Switch.LICENSE)
+    emitted: list[LogEvent] = []
+    rig.feed.log = Logger(observer=Keep(emitted))  # before any filter: every emission
+    built: list[str] = []
+
+    def counted(log: Logger, action: str, **fields: Any) -> None:
+        built.append(action)
+        log_licence(log, action, **fields)
+
+    monkeypatch.setattr(feed_module, "log_licence", counted)
+    grant = rig.request("alice", 42)
+    rig.observe(rig.engine.release(grant.handle).events)
+    rig.observe(rig.engine.kill(rig.request("bob", 43).handle).events)
+    who = Requester(user="dan", host="dan-host", address="10.0.0.4", pid=5)
+    rig.feed.denied(
+        publisher="Harlequin", product="LispWorks", version="8.0", status="NOLICENCES",
+        code=Status.NOLICENCES.code, reason="all 2 in use", who=who,
+    )  # fmt: skip
+    assert emitted == []
+    assert [r["event"] for r in rig.records()] == ["grant", "release", "grant", "revoked", "denial"]
+    rig.switches.apply("license+ exterr-")
+    rig.feed.denied(
+        publisher="Harlequin", product="LispWorks", version="8.0", status="TRY_SERVER",
+        code=Status.TRY_SERVER.code, reason="ask 2", who=who,
+    )  # fmt: skip
+    assert emitted == []  # a redirect needs EXTERR as well
+    assert built == []
+    rig.request("carol", 44)
+    assert [event["licence_action"] for event in emitted] == ["granted"]
+    assert built == ["granted"]

@@ -279,3 +279,48 @@ def test_requester_fields_follow_the_record_order() -> None:
     ]
     assert list(requester_fields(who)) == ["user", "uid", "host", "address", "pid"]
     assert requester_fields(None) == dict.fromkeys(["user", "uid", "host", "address", "pid"])
+
+
+def test_grant_release_and_revoked_lines_byte_for_byte(tmp_path: Path) -> None:
+    """The exact text of the hot records (key order, separators, escapes, the time
+    stamp shared by records of the same time), as the report has always written it."""
+    clock = Clock()
+    clock.advance(1813060800.0)
+    report = UsageReport(tmp_path, clock)
+    who = Requester(
+        user="al\u2028ice", host="alpha", address="10.0.0.1", pid=42, uid=1000, group="staff"
+    )
+    report.grant(
+        publisher="Harlequin", product="LispWorks", version=None, handle="h1", indices=(1, 3),
+        licence_type="floating", who=who,
+    )  # fmt: skip
+    clock.advance(12.3456)
+    report.release(
+        publisher="Harlequin", product="LispWorks", version="8.0", handle="h1", indices=(1, 3),
+        who=who, held_seconds=12.346,
+    )  # fmt: skip
+    report.release(
+        publisher=None, product=None, version=None, handle="h9", indices=None, who=None
+    )
+    report.revoked(
+        publisher="Harlequin", product="LispWorks", version="8.0", handle="h2", indices=(2,),
+        reason="killed", who=who, held_seconds=0.5, at=1813060900.25,
+    )  # fmt: skip
+    clock.advance(0)
+    assert (tmp_path / USAGE_FILE).read_text(encoding="utf-8").splitlines() == [
+        '{"ts":"2027-06-15T12:00:00.000+00:00","at":1813060800.0,"event":"grant",'
+        '"publisher":"Harlequin","product":"LispWorks","version":null,"handle":"h1",'
+        '"indices":[1,3],"type":"floating","user":"al\\u2028ice","uid":1000,"group":"staff",'
+        '"host":"alpha","address":"10.0.0.1","pid":42}',
+        '{"ts":"2027-06-15T12:00:12.345+00:00","at":1813060812.3456,"event":"release",'
+        '"publisher":"Harlequin","product":"LispWorks","version":"8.0","handle":"h1",'
+        '"indices":[1,3],"user":"al\\u2028ice","uid":1000,"host":"alpha",'
+        '"address":"10.0.0.1","pid":42,"held_seconds":12.346}',
+        '{"ts":"2027-06-15T12:00:12.345+00:00","at":1813060812.3456,"event":"release",'
+        '"publisher":null,"product":null,"version":null,"handle":"h9","indices":null,'
+        '"user":null,"uid":null,"host":null,"address":null,"pid":null,"held_seconds":null}',
+        '{"ts":"2027-06-15T12:01:40.250+00:00","at":1813060900.25,"event":"revoked",'
+        '"publisher":"Harlequin","product":"LispWorks","version":"8.0","handle":"h2",'
+        '"indices":[2],"reason":"killed","user":"al\\u2028ice","uid":1000,"host":"alpha",'
+        '"address":"10.0.0.1","pid":42,"held_seconds":0.5}',
+    ]
