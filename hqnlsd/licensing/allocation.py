@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import ipaddress
 from collections.abc import Callable, Sequence
 
-from hqnlsd.licensing.checks import invalid_request
+from hqnlsd.licensing.checks import invalid_request, normal_address
 from hqnlsd.licensing.events import Event, Granted, Reason, Revoked, Updated
 from hqnlsd.licensing.ledger import Ledger
 from hqnlsd.licensing.pools import FreeList, Holder, ProductState
 from hqnlsd.licensing.queries import grant_of
-from hqnlsd.licensing.requester import Requester
+from hqnlsd.licensing.requester import Requester, shared, shared_or_none
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest
 from hqnlsd.licensing.settings import FULL_ACCESS
 from hqnlsd.licensing.state import EngineState
@@ -105,13 +104,14 @@ def _checked(
         return product
     if request.version != product.permit.version:
         return wrong_version(product, request.version)
+    # Names repeat across holders: each held licence keeps the one shared copy.
     who = Requester(
-        user=request.user,
-        host=request.host,
-        address=str(ipaddress.IPv4Address(request.address)),
+        user=shared(request.user),
+        host=shared(request.host),
+        address=normal_address(request.address),
         pid=request.pid,
         uid=request.uid,
-        group=request.group,
+        group=shared_or_none(request.group),
         hostid=request.hostid,
         client=request.client,
     )
@@ -128,7 +128,7 @@ def _repeated(
 ) -> Grant | Denied | None:
     """A client token already holding a licence: the same grant again, counted as an
     UPDATE, if its holder asks; TOKEN_HELD for anyone else; None if not held."""
-    handle = ledger.state.tokens.get((product.key, client))
+    handle = product.tokens.get(client)
     if handle is None:
         return None
     holder = product.holders[handle]

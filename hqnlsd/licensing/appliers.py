@@ -66,17 +66,14 @@ def _granted(state: EngineState, event: Granted) -> None:
     if event.handle in state.handles:
         raise EventError(f"handle {event.handle} is already held")
     client = event.who.client
-    token = None if client is None else (product.key, client)
-    if token is not None and token in state.tokens:
+    if client is not None and client in product.tokens:
         raise EventError(f"client token {client!r} already holds a licence")
     max_index = product.node_count if event.locked else product.total
     if not all(0 < index <= max_index for index in event.indices) or not event.indices:
         raise EventError(f"licence indices {event.indices} are not in the pool")
-    product.add(Holder.from_event(product.key, event))
+    product.add(Holder.from_event(event))
     state.handles[event.handle] = product
     state.tombstones.pop(event.handle, None)
-    if token is not None:
-        state.tokens[token] = event.handle
 
 
 def _updated(state: EngineState, event: Updated) -> None:
@@ -89,10 +86,7 @@ def _drop(state: EngineState, handle: str) -> ProductState | None:
     product = state.handles.pop(handle, None)
     if product is None:
         return None
-    holder = product.holders[handle]
-    product.remove(holder)
-    if holder.who.client is not None:
-        state.tokens.pop((product.key, holder.who.client), None)
+    product.remove(product.holders[handle])
     return product
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from hqnlsd.licensing.results import Denied, LicenceRequest
@@ -48,14 +49,28 @@ def _bad_number(request: LicenceRequest) -> str | None:
     return None
 
 
+#: Distinct peer addresses whose normal form is remembered (a site's client hosts).
+ADDRESS_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE, typed=True)
+def normal_address(address: ipaddress.IPv4Address | str) -> str:
+    """The dotted-quad text of an IPv4 address; ValueError if it is not one.
+
+    Remembered: every request from a host gives the same string object (one copy
+    for all its held licences) without parsing the address again.
+    """
+    return str(ipaddress.IPv4Address(address))
+
+
 def invalid_request(request: LicenceRequest) -> str | None:
     """What is wrong with a request's values, or None."""
     problem = _bad_text(request) or _bad_number(request)
     if problem is not None:
         return problem
     try:
-        ipaddress.IPv4Address(request.address)
-    except ValueError:
+        normal_address(request.address)
+    except (ValueError, TypeError):
         return f"peer address {request.address!r} is not an IPv4 address"
     return None
 

@@ -58,12 +58,12 @@ class Event:
     def to_dict(self) -> dict[str, JSON]:
         """The JSON-safe form: ``{"type": ..., field: value, ...}`` (a `Requester` flat)."""
         out: dict[str, JSON] = {"type": self.type_name}
-        for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
             if isinstance(value, Requester):
                 out.update(requester_dict(value))
             else:
-                out[field.name] = _to_json(value)
+                out[name] = _to_json(value)
         return out
 
     @classmethod
@@ -98,6 +98,19 @@ class Event:
         return cls(**values)
 
 
+#: The field names of each event class, in order (`dataclasses.fields` is slow for
+#: a call per event written).
+_FIELD_NAMES: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = tuple(field.name for field in dataclasses.fields(cls))  # type: ignore[arg-type]
+        _FIELD_NAMES[cls] = names
+    return names
+
+
 _E = TypeVar("_E", bound=type[Event])
 EVENT_TYPES: dict[str, type[Event]] = {}
 
@@ -109,11 +122,17 @@ def _register(cls: _E) -> _E:
 
 
 def _to_json(value: Any) -> JSON:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, tuple):
         return [_to_json(item) for item in value]
     if isinstance(value, ProductPermit):
         return product_to_dict(value)
     return value
+
+
+#: Types `_to_json` gives back as they are, tested first (the usual field values).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _from_json(value: JSON) -> Any:

@@ -36,8 +36,9 @@ class FreeList:
 
     def __init__(self, indices: range) -> None:
         self.size = len(indices)
-        self._free: set[int] = set(indices)
         self._heap: list[int] = list(indices)  # a range is already a sorted heap
+        # From the list, not the range again: one int object per index, not two.
+        self._free: set[int] = set(self._heap)
 
     def __len__(self) -> int:
         return len(self._free)
@@ -84,26 +85,62 @@ class FreeList:
             self._heap = sorted(self._free)
 
 
-@dataclasses.dataclass(slots=True, eq=False)
-class Holder:
-    """A licence held by a process: who, where, since when, last seen when."""
+#: Bits of `Holder`'s packed pool facts.
+_LOCKED = 1
+_ON_LOCKED_NODE = 2
 
-    handle: str
-    key: ProductKey
-    indices: tuple[int, ...]
-    locked: bool
-    on_locked_node: bool
-    who: Requester
-    access: int
-    granted_at: float
-    last_update: float
+
+class Holder:
+    """A licence held by a process: who, where, since when, last seen when.
+
+    Compact, since there is one per held licence: slots only, the two pool facts
+    (``locked``, ``on_locked_node``) packed in one small int, and nothing its
+    product already knows (the product key). ``who`` and ``indices`` are the
+    objects of the `Granted` event, shared with whoever else keeps them.
+    ``older`` and ``newer`` link the product's holders in update order (two slots
+    cost less than a table entry per holder).
+    """
+
+    __slots__ = (
+        "_where",
+        "access",
+        "granted_at",
+        "handle",
+        "indices",
+        "last_update",
+        "newer",
+        "older",
+        "who",
+    )
+
+    def __init__(
+        self,
+        *,
+        handle: str,
+        indices: tuple[int, ...],
+        locked: bool,
+        on_locked_node: bool,
+        who: Requester,
+        access: int,
+        granted_at: float,
+        last_update: float,
+    ) -> None:
+        self.handle = handle
+        self.indices = indices
+        self._where = (_LOCKED if locked else 0) | (_ON_LOCKED_NODE if on_locked_node else 0)
+        self.who = who
+        self.access = access
+        self.granted_at = granted_at
+        self.last_update = last_update
+        #: The neighbours in the product's update order (None: the end, or not held).
+        self.older: Holder | None = None
+        self.newer: Holder | None = None
 
     @classmethod
-    def from_event(cls, key: ProductKey, event: Granted) -> Holder:
+    def from_event(cls, event: Granted) -> Holder:
         """The holder a Granted event creates."""
         return cls(
             handle=event.handle,
-            key=key,
             indices=tuple(event.indices),
             locked=event.locked,
             on_locked_node=event.on_locked_node,
@@ -114,9 +151,26 @@ class Holder:
         )
 
     @property
+    def locked(self) -> bool:
+        """Whether the licence is from the node-locked pool (else the floating one)."""
+        return bool(self._where & _LOCKED)
+
+    @property
+    def on_locked_node(self) -> bool:
+        """Whether the holder's host is one of the product's locked nodes."""
+        return bool(self._where & _ON_LOCKED_NODE)
+
+    @property
     def units(self) -> int:
         """How many licences this holder has."""
         return len(self.indices)
+
+    def __repr__(self) -> str:
+        return (
+            f"Holder(handle={self.handle!r}, indices={self.indices!r}, locked={self.locked!r}, "
+            f"on_locked_node={self.on_locked_node!r}, who={self.who!r}, access={self.access!r}, "
+            f"granted_at={self.granted_at!r}, last_update={self.last_update!r})"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,16 +186,18 @@ class ProductState:
     """One served product: permit, settings, pools, holders and ONPN counters."""
 
     __slots__ = (
-        "by_update",
         "floating",
         "floating_by_address",
         "holders",
         "key",
+        "least_recent",
         "listings",
         "locked",
         "locked_by_address",
+        "most_recent",
         "permit",
         "settings",
+        "tokens",
     )
 
     def __init__(self, permit: ProductPermit, settings: ProductSettings) -> None:
@@ -150,8 +206,12 @@ class ProductState:
         self.settings = settings
         #: Holders by handle, in grant order (the oldest first).
         self.holders: dict[str, Holder] = {}
-        #: Handles in update order (the least recently updated first), for GRAB.
-        self.by_update: dict[str, None] = {}
+        #: The ends of the holders' update order (linked through `Holder.older` and
+        #: `Holder.newer`), for GRAB: the least recently updated first.
+        self.least_recent: Holder | None = None
+        self.most_recent: Holder | None = None
+        #: The handle held by each client token (idempotent REQUESTs).
+        self.tokens: dict[str, str] = {}
         self.floating_by_address: dict[str, int] = {}
         self.locked_by_address: dict[str, int] = {}
         self.listings: dict[str, list[int]] = {}
@@ -290,13 +350,16 @@ class ProductState:
     # -- recording decisions ---------------------------------------------------------
 
     def add(self, holder: Holder) -> None:
-        """Record a grant."""
+        """Record a grant (and its client token: the applier has checked it is free)."""
         if holder.handle in self.holders:
             raise EventError(f"handle {holder.handle} is already held")
+        client = holder.who.client
         pool = self.locked if holder.locked else self.floating
         pool.take(holder.indices)
         self.holders[holder.handle] = holder
-        self.by_update[holder.handle] = None
+        self._append_update(holder)
+        if client is not None:
+            self.tokens[client] = holder.handle
         counter = self.locked_by_address if holder.locked else self.floating_by_address
         address = holder.who.address
         counter[address] = counter.get(address, 0) + holder.units
@@ -304,7 +367,9 @@ class ProductState:
     def remove(self, holder: Holder) -> None:
         """Record that a holder no longer has its licence."""
         del self.holders[holder.handle]
-        del self.by_update[holder.handle]
+        self._unlink_update(holder)
+        if holder.who.client is not None:
+            self.tokens.pop(holder.who.client, None)
         pool = self.locked if holder.locked else self.floating
         pool.give(holder.indices)
         counter = self.locked_by_address if holder.locked else self.floating_by_address
@@ -318,16 +383,45 @@ class ProductState:
     def touch(self, holder: Holder, at: float) -> None:
         """Record an UPDATE: the holder moves to the end of the update order."""
         holder.last_update = max(holder.last_update, at)
-        del self.by_update[holder.handle]
-        self.by_update[holder.handle] = None
+        if holder is not self.most_recent:
+            self._unlink_update(holder)
+            self._append_update(holder)
 
     def least_recently_updated(self) -> Iterator[Holder]:
         """Holders from the least recently updated on (for GRAB)."""
-        holders = self.holders
-        for handle in self.by_update:
-            yield holders[handle]
+        holder = self.least_recent
+        while holder is not None:
+            yield holder
+            holder = holder.newer
 
     def resort_updates(self) -> None:
         """Rebuild the update order from the holders' last-update times (restore)."""
         ordered = sorted(self.holders.values(), key=lambda holder: holder.last_update)
-        self.by_update = {holder.handle: None for holder in ordered}
+        self.least_recent = self.most_recent = None
+        for holder in ordered:
+            holder.older = holder.newer = None
+            self._append_update(holder)
+
+    def _append_update(self, holder: Holder) -> None:
+        """Put ``holder`` (not in the update order) at its most recent end."""
+        last = self.most_recent
+        holder.older = last
+        holder.newer = None
+        if last is None:
+            self.least_recent = holder
+        else:
+            last.newer = holder
+        self.most_recent = holder
+
+    def _unlink_update(self, holder: Holder) -> None:
+        """Take ``holder`` out of the update order."""
+        older, newer = holder.older, holder.newer
+        if older is None:
+            self.least_recent = newer
+        else:
+            older.newer = newer
+        if newer is None:
+            self.most_recent = older
+        else:
+            newer.older = older
+        holder.older = holder.newer = None

@@ -12,6 +12,7 @@ that edge.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 
@@ -50,18 +51,53 @@ class Requester:
         )
 
 
+def shared(text: str) -> str:
+    """``text``, as the one string object every equal name shares (`sys.intern`).
+
+    Users, hosts, groups and addresses repeat across many held licences, and each
+    parsed line or decoded record brings a fresh copy: held licences keep one. An
+    interned string is freed with its last holder. A str subclass is kept as it is
+    (it cannot be interned).
+    """
+    return sys.intern(text) if type(text) is str else text
+
+
+def shared_or_none(text: str | None) -> str | None:
+    """`shared`, for an optional name."""
+    return None if text is None else shared(text)
+
+
 #: The record's fields, in the order they are stored and listed.
 REQUESTER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Requester))
 
 
 def requester_dict(who: Requester) -> dict[str, Any]:
     """``who`` as flat stored fields (`REQUESTER_FIELDS`, in that order)."""
-    return {name: getattr(who, name) for name in REQUESTER_FIELDS}
+    return {
+        "user": who.user,
+        "host": who.host,
+        "address": who.address,
+        "pid": who.pid,
+        "uid": who.uid,
+        "group": who.group,
+        "hostid": who.hostid,
+        "client": who.client,
+    }
 
 
 def requester_from(fields: dict[str, Any]) -> Requester:
     """The requester whose `REQUESTER_FIELDS` are among ``fields``, removing them.
 
     Every one must be there (KeyError otherwise): a stored record always wrote them all.
+    The repeated names (user, host, address, group) are `shared`.
     """
-    return Requester(**{name: fields.pop(name) for name in REQUESTER_FIELDS})
+    values = {name: fields.pop(name) for name in REQUESTER_FIELDS}
+    for name in _SHARED_FIELDS:
+        value = values[name]
+        if type(value) is str:
+            values[name] = sys.intern(value)
+    return Requester(**values)
+
+
+#: The fields whose values repeat across holders (not the pid, nor the client token).
+_SHARED_FIELDS = ("user", "host", "address", "group")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hqnlsd.licensing.events import JSON, EventError, product_from_dict, product_to_dict
-from hqnlsd.licensing.pools import Holder, ProductKey, ProductState, Tombstone
+from hqnlsd.licensing.pools import Holder, ProductState, Tombstone
 from hqnlsd.licensing.requester import REQUESTER_FIELDS, requester_from
 from hqnlsd.licensing.settings import ProductSettings
 from hqnlsd.licensing.state import EngineState
@@ -80,13 +80,11 @@ def _restore_product(state: EngineState, item: Mapping[str, JSON]) -> None:
         raise EventError(f"product {permit.key} twice in the snapshot")
     state.products[permit.key] = product
     for data in item["holders"]:
-        holder = _holder_from_dict(permit.key, data)
+        holder = _holder_from_dict(data)
         if holder.handle in state.handles:
             raise EventError(f"handle {holder.handle} twice in the snapshot")
         product.add(holder)
         state.handles[holder.handle] = product
-        if holder.who.client is not None:
-            state.tokens[(permit.key, holder.who.client)] = holder.handle
     product.resort_updates()
 
 
@@ -99,8 +97,8 @@ def _holder_to_dict(holder: Holder) -> dict[str, JSON]:
     return out
 
 
-def _holder_from_dict(key: ProductKey, data: Mapping[str, JSON]) -> Holder:
+def _holder_from_dict(data: Mapping[str, JSON]) -> Holder:
     values = {name: data[name] for name in _HOLDER_FIELDS}
     who = requester_from(values)
     values["indices"] = tuple(int(index) for index in values["indices"])
-    return Holder(key=key, who=who, **values)
+    return Holder(who=who, **values)

@@ -1,4 +1,6 @@
-"""The engine's whole state: served products, held handles, client tokens, tombstones.
+"""The engine's whole state: served products, held handles, tombstones.
+
+Client tokens are per product (`ProductState.tokens`).
 
 Plain containers, changed only by the appliers (`hqnlsd.licensing.appliers`)
 and replaced whole by a restore (`hqnlsd.licensing.snapshot`).
@@ -16,13 +18,11 @@ from hqnlsd.status import Status
 
 @dataclasses.dataclass(slots=True)
 class EngineState:
-    """Products by key, and the indices that find a licence by handle or client token."""
+    """Products by key, and the index that finds a licence by handle."""
 
     products: dict[ProductKey, ProductState] = dataclasses.field(default_factory=dict)
     #: The product of every held handle.
     handles: dict[str, ProductState] = dataclasses.field(default_factory=dict)
-    #: The handle held by each (product, client token).
-    tokens: dict[tuple[ProductKey, str], str] = dataclasses.field(default_factory=dict)
     #: Handles taken back, remembered for LOSTLICENCE.
     tombstones: dict[str, Tombstone] = dataclasses.field(default_factory=dict)
 

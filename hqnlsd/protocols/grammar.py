@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeAlias
@@ -303,6 +304,16 @@ class VerbSpec:
     reply: str
     topic_word: bool = False
 
+    @functools.cached_property
+    def arg_names(self) -> frozenset[str]:
+        """The keys this verb takes (computed once, not for every line)."""
+        return frozenset(arg.name for arg in self.args)
+
+    @functools.cached_property
+    def required_names(self) -> frozenset[str]:
+        """The keys this verb requires."""
+        return frozenset(arg.name for arg in self.args if arg.required)
+
     @property
     def usage(self) -> str:
         """The one-line synopsis, as HELP shows it."""
@@ -419,17 +430,19 @@ def _build(spec: VerbSpec, words: list[Word]) -> Command:
         if key in values:
             raise syntax_error(f"{key}= given twice")
         values[key] = value
-    known = {arg.name for arg in spec.args}
-    unknown = [key for key in values if key not in known]
-    if unknown:
+    # The usual line is well formed: test with the sets made once per verb, and build
+    # the lists of what is wrong only when something is.
+    known = spec.arg_names
+    if not known.issuperset(values):
+        unknown = [key for key in values if key not in known]
         if not spec.args:
             raise syntax_error(f"{spec.name} takes no arguments")
         raise syntax_error(
             f"{spec.name} does not take {', '.join(k + '=' for k in unknown)}; "
             f"usage: {spec.usage}"
         )
-    missing = [arg.name for arg in spec.args if arg.required and arg.name not in values]
-    if missing:
+    if not spec.required_names.issubset(values):
+        missing = [arg.name for arg in spec.args if arg.required and arg.name not in values]
         raise syntax_error(
             f"{spec.name} is missing {', '.join(k + '=' for k in missing)}; usage: {spec.usage}"
         )

@@ -93,12 +93,81 @@ _WORD_RE = re.compile(
 )
 
 
+#: Keys known to be good, so that the usual ones are checked once, not on every line
+#: (at most `_GOOD_KEYS_KEPT` of them: a client cannot make the set grow without end).
+_GOOD_KEYS: set[str] = set()
+_GOOD_KEYS_KEPT = 256
+
+
+def _good_key(key: str) -> bool:
+    if key in _GOOD_KEYS:
+        return True
+    if not KEY_RE.match(key):
+        return False
+    if len(_GOOD_KEYS) < _GOOD_KEYS_KEPT:
+        _GOOD_KEYS.add(key)
+    return True
+
+
 def split_words(text: str) -> list[Word]:
     """Split a line (without its line end) into words; raise WireError(SYNTAX).
 
     Blanks are spaces and tabs. A bare word may not contain ``=`` or ``"``;
     ``key=value`` needs a lowercase identifier as key.
     """
+    if '"' not in text:
+        return _split_unquoted(text)
+    return _split_matched(text)
+
+
+def _split_unquoted(text: str) -> list[Word]:
+    """`split_words` for a line without quotes (most lines): the same words and errors
+    as `_split_quoted` gives it, without a regular expression.
+
+    Without a quote every run of non-blanks is one word: ``key=value`` split at its
+    first ``=`` (the value may hold more), or a bare word if it has no ``=``.
+    """
+    words: list[Word] = []
+    for chunk in text.replace("\t", " ").split(" "):
+        if not chunk:
+            continue
+        key, equals, value = chunk.partition("=")
+        if not equals:
+            words.append((None, chunk))
+        elif _good_key(key):
+            words.append((key, value))
+        else:
+            raise _bad_key(key)
+    return words
+
+
+def _split_matched(text: str) -> list[Word]:
+    """`split_words` for a line with quotes: the words one after the other as the
+    regular expression finds them; a line where it skips something (a word that does
+    not split) goes to `_split_quoted`, which says what is wrong."""
+    words: list[Word] = []
+    pos = 0
+    for match in _WORD_RE.finditer(text):
+        if match.start() != pos:
+            return _split_quoted(text)
+        pos = match.end()
+        key, quoted, bare, word = match.groups()
+        if key is None:
+            words.append((None, word))
+        elif not _good_key(key):
+            raise _bad_key(key)
+        elif quoted is not None:
+            words.append((key, _unescape(quoted, key)))
+        else:
+            words.append((key, bare))
+    if text[pos:].strip(_BLANKS):
+        return _split_quoted(text)
+    return words
+
+
+def _split_quoted(text: str) -> list[Word]:
+    """`split_words` for any line: one regular expression match per word, and the
+    reason why when one does not match."""
     words: list[Word] = []
     pos = 0
     n = len(text)
@@ -111,17 +180,15 @@ def split_words(text: str) -> list[Word]:
         if match is None:
             raise _diagnose(text, pos)
         pos = match.end()
-        key = match.group("key")
+        key, quoted, bare, word = match.groups()
         if key is None:
-            words.append((None, match.group("word")))
-            continue
-        if not KEY_RE.match(key):
+            words.append((None, word))
+        elif not _good_key(key):
             raise _bad_key(key)
-        quoted = match.group("quoted")
-        if quoted is not None:
+        elif quoted is not None:
             words.append((key, _unescape(quoted, key)))
         else:
-            words.append((key, match.group("bare")))
+            words.append((key, bare))
 
 
 def _bad_key(key: str) -> WireError:
