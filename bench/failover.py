@@ -385,6 +385,10 @@ def describe_load(result: dict[str, Any]) -> str:
 # -- failover --------------------------------------------------------------------------
 
 
+#: Signals that stop the script: only the main thread takes them (`Prober.start`).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 class Prober:
     """Hammers one member with REQUESTs (a new token each) after a start signal.
 
@@ -416,8 +420,17 @@ class Prober:
         self.client = self.daemon.client(timeout=PROBE_TIMEOUT)
 
     def start(self) -> None:
-        """Start the thread; it waits for ``go``."""
-        self.thread.start()
+        """Start the thread; it waits for ``go``.
+
+        The thread is started with SIGINT and SIGTERM blocked (a thread inherits its
+        creator's mask), so the kernel delivers them to the main thread: one taken
+        by a probe thread would leave the main thread blocked in its join until the
+        join's timeout, and the script would not stop promptly."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self.thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _main(self) -> None:
         try:

@@ -19,10 +19,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -189,3 +191,38 @@ def test_bad_arguments_exit_2() -> None:
         done = run_script(args, SIGNAL_BOUND)
         assert done.returncode == 2, (args, done.stderr)
         assert "must be" in done.stderr, (args, done.stderr)
+
+
+def _blocked_signals(thread_id: int) -> int:
+    """The signal mask (``SigBlk``) of this process's thread ``thread_id`` (Linux)."""
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("SigBlk:")]
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_probe_threads_leave_interrupts_to_the_main_thread() -> None:
+    """A SIGINT or SIGTERM is delivered to the main thread, never to a probe thread.
+
+    The kernel gives a process-directed signal to any thread that does not block
+    it; one taken by a probe thread left the main thread blocked in its join until
+    the join's timeout, so the script did not stop promptly (seen under load in
+    `test_signal_kills_every_daemon`)."""
+    from bench.failover import Prober
+
+    go, done = threading.Event(), threading.Event()
+    member = cast(Any, types.SimpleNamespace(name="hqnserver2"))  # never dialled: no go
+    prober = Prober(member, 0, 1, go, done, 0.01, [], threading.Lock())
+    prober.start()  # waits for go
+    try:
+        deadline = time.monotonic() + SIGNAL_BOUND
+        while prober.thread.native_id is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        blocked = _blocked_signals(prober.thread.native_id)
+    finally:
+        done.set()
+        prober.thread.join(SIGNAL_BOUND)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        assert blocked & (1 << (signum - 1)), f"{signum.name} is not blocked in the probe thread"
+    assert not _blocked_signals(threading.get_native_id()) & (1 << (signal.SIGINT - 1))
