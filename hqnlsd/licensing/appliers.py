@@ -3,7 +3,9 @@
 One free function per event type; ``apply_event`` dispatches. Applying never
 consults a clock, a random source or a policy (the decision did), so a backup
 replaying the same events ends in the same state. Events that name a handle no
-longer held change nothing, so replaying a journal is robust.
+longer held change nothing, so replaying a journal is robust. Applying a
+`Released` or `Revoked` that ends a holding records it on the event, in memory
+only (``dropped``), for whoever hears of the event next (the licence feed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from hqnlsd.licensing.events import (
     CrashoutChanged,
+    Dropped,
     Event,
     EventError,
     Granted,
@@ -34,6 +37,7 @@ from hqnlsd.licensing.events import (
     TombstonesPurged,
     Updated,
     UserAccessSet,
+    set_dropped,
 )
 from hqnlsd.licensing.pools import Holder, ProductState, Tombstone
 from hqnlsd.licensing.settings import ProductSettings
@@ -82,20 +86,35 @@ def _updated(state: EngineState, event: Updated) -> None:
         product.touch(product.holders[event.handle], event.at)
 
 
-def _drop(state: EngineState, handle: str) -> ProductState | None:
-    product = state.handles.pop(handle, None)
+def _drop(state: EngineState, event: Released | Revoked) -> ProductState | None:
+    """Drop the holder of the event's handle, recording on the event what it held
+    (`Dropped`, in memory only) for whoever hears of the event after it is applied."""
+    product = state.handles.pop(event.handle, None)
     if product is None:
         return None
-    product.remove(product.holders[handle])
+    holder = product.holders[event.handle]
+    product.remove(holder)
+    publisher, name = product.key
+    set_dropped(
+        event,
+        Dropped(
+            publisher=publisher,
+            product=name,
+            indices=holder.indices,
+            locked=holder.locked,
+            who=holder.who,
+            granted_at=holder.granted_at,
+        ),
+    )
     return product
 
 
 def _released(state: EngineState, event: Released) -> None:
-    _drop(state, event.handle)
+    _drop(state, event)
 
 
 def _revoked(state: EngineState, event: Revoked) -> None:
-    product = _drop(state, event.handle)
+    product = _drop(state, event)
     if product is not None:
         state.tombstones[event.handle] = Tombstone(product.key, str(event.reason), event.at)
 

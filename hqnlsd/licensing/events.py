@@ -11,6 +11,13 @@ Events are small frozen dataclasses; ``to_dict`` gives a JSON-safe dict with a
 `Requester` field is stored flat, its fields side by side with the event's
 others (``Granted`` has always been stored so: journals and domain logs written
 before it carried one record restore unchanged).
+
+`Released` and `Revoked` also have a field that is not in the dict form:
+``dropped``, the `Dropped` holding they ended, set when the event is applied
+(``hqnlsd.licensing.appliers``). It is for whoever hears of the event in this
+process (the licence feed names the holder in its line and record) and is gone
+once the event is stored or sent: the journal, snapshots and domain logs keep
+exactly what they kept before, and an event read back from them says None.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ class Event:
     type_name: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, JSON]:
-        """The JSON-safe form: ``{"type": ..., field: value, ...}`` (a `Requester` flat)."""
+        """The JSON-safe form: ``{"type": ..., field: value, ...}`` (a `Requester` flat;
+        an `IN_MEMORY` field left out)."""
         out: dict[str, JSON] = {"type": self.type_name}
         for name in _field_names(type(self)):
             value = getattr(self, name)
@@ -71,7 +79,7 @@ class Event:
         """The fields of the dict form (``"type"`` aside), in order, each with its
         annotation: a `Requester` field is spelled out as the requester's own."""
         out: list[tuple[str, str]] = []
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for field in _stored_fields(cls):
             if field.type == Requester.__name__:
                 out.extend((item.name, str(item.type)) for item in dataclasses.fields(Requester))
             else:
@@ -90,7 +98,7 @@ class Event:
     def _from_fields(cls, fields: Mapping[str, JSON]) -> Event:
         """Build the event from the field values of its dict form."""
         values = {name: _from_json(value) for name, value in fields.items()}
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for field in _stored_fields(cls):
             if field.type == Requester.__name__:
                 if field.name in values:  # only ever stored flat
                     raise TypeError(f"unexpected field {field.name!r}")
@@ -98,15 +106,29 @@ class Event:
         return cls(**values)
 
 
-#: The field names of each event class, in order (`dataclasses.fields` is slow for
-#: a call per event written).
+#: Marks a dataclass field of an event that is not part of its dict form (see the
+#: module doc): ``dataclasses.field(metadata=IN_MEMORY, ...)``.
+IN_MEMORY: Mapping[str, bool] = {"in_memory": True}
+
+
+def _stored_fields(cls: type[Event]) -> tuple[dataclasses.Field[Any], ...]:
+    """The dataclass fields of ``cls`` that its dict form has, in order."""
+    return tuple(
+        field
+        for field in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if not field.metadata.get("in_memory")
+    )
+
+
+#: The stored field names of each event class, in order (`dataclasses.fields` is
+#: slow for a call per event written).
 _FIELD_NAMES: dict[type[Event], tuple[str, ...]] = {}
 
 
 def _field_names(cls: type[Event]) -> tuple[str, ...]:
     names = _FIELD_NAMES.get(cls)
     if names is None:
-        names = tuple(field.name for field in dataclasses.fields(cls))  # type: ignore[arg-type]
+        names = tuple(field.name for field in _stored_fields(cls))
         _FIELD_NAMES[cls] = names
     return names
 
@@ -197,6 +219,31 @@ def product_from_dict(data: Mapping[str, JSON]) -> ProductPermit:
 # -- licence events ---------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dropped:
+    """The holding a `Released` or `Revoked` event ended, as its holder had it.
+
+    Never stored (see the module doc): the applier sets it on the event it applies,
+    so that whoever hears of the event can name the holder it is gone from.
+    """
+
+    publisher: str
+    product: str
+    indices: tuple[int, ...]
+    locked: bool  # from the node-locked pool (else floating)
+    who: Requester
+    granted_at: float
+
+
+def set_dropped(event: Released | Revoked, dropped: Dropped) -> None:
+    """Record on ``event`` the holding it ended (by the applier, as it applies it).
+
+    The event is frozen for everything it stores; this field is filled in after
+    the decision because only applying the event finds the holder.
+    """
+    object.__setattr__(event, "dropped", dropped)
+
+
 @_register
 @dataclasses.dataclass(frozen=True, slots=True)
 class Granted(Event):
@@ -229,6 +276,11 @@ class Released(Event):
 
     handle: str
     at: float
+    #: In memory only: the holding ended, once applied (None if nothing was held). Not
+    #: an argument, not compared, not shown: repr, equality and hash are as before.
+    dropped: Dropped | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False, metadata=IN_MEMORY
+    )
 
 
 @_register
@@ -239,6 +291,11 @@ class Revoked(Event):
     handle: str
     reason: str  # a Reason value
     at: float
+    #: In memory only: the holding ended, once applied (None if nothing was held). Not
+    #: an argument, not compared, not shown: repr, equality and hash are as before.
+    dropped: Dropped | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False, metadata=IN_MEMORY
+    )
 
 
 @_register

@@ -4,11 +4,14 @@ Grants, releases and revocations are all licensing events (`Granted`,
 `Released`, `Revoked`) whatever caused them: a REQUEST, a RELEASE, a reclaim
 inside a request, a crash-out found by housekeeping, ``hqn_lsa kill``, a
 ``reinit``. `LicenceFeed.observe` is given every batch of events the daemon
-applies (where it hands them to the journal) and turns each into one licence
-line (tagged LICENSE, for the log filter) and one usage record. A `Released`
-or `Revoked` event carries only the handle, so the feed keeps a small mirror
-of the holders (handle -> who, what), filled by `Granted` events and, at start
-up, by `seed` from the restored engine. The feed runs after every commit, so a
+applies (where it hands them to the journal, or once a domain confirms them) and
+turns each into one licence line (tagged LICENSE, for the log filter) and one
+usage record. A `Released` or `Revoked` event stores only the handle; applying
+it recorded on it, in memory, the holding it ended (``event.dropped``, see
+`hqnlsd.licensing.events.Dropped`), and that names the holder, so the feed keeps
+no copy of the holders. It keeps the version served of each product, learnt
+from `ProductsLoaded` events and, at start up, by `seed` from the restored
+engine. The feed runs after every commit, so a
 line whose switches are off is not even built (`licence_logged` is asked first);
 the usage record is always written.
 
@@ -20,15 +23,13 @@ Role changes come from the domain layer: it calls `role`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from hqnlsd.licensing.events import Event, Granted, ProductsLoaded, Released, Revoked
+from hqnlsd.licensing.events import Dropped, Event, Granted, ProductsLoaded, Released, Revoked
 from hqnlsd.licensing.requester import Requester
-from hqnlsd.licensing.results import Denied, HolderInfo
 from hqnlsd.logging.denials import Key as DenialKey
 from hqnlsd.logging.observer import denial_switch, licence_logged, log_licence
 from hqnlsd.logging.switches import LogSwitches
@@ -37,27 +38,11 @@ from hqnlsd.permits.model import ProductPermit
 
 
 class EngineView(Protocol):
-    """The read-only engine calls `LicenceFeed.seed` uses."""
+    """The read-only engine call `LicenceFeed.seed` uses."""
 
     def served(self) -> tuple[ProductPermit, ...]:
         """The products served."""
         ...
-
-    def holders(self, publisher: str, product: str) -> list[HolderInfo] | Denied:
-        """Every holder of a product, with handles."""
-        ...
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Held:
-    """What the feed remembers of a held licence."""
-
-    publisher: str
-    product: str
-    indices: tuple[int, ...]
-    licence_type: str
-    who: Requester
-    granted_at: float
 
 
 class LicenceFeed:
@@ -73,34 +58,16 @@ class LicenceFeed:
         self.usage = usage
         self.switches = switches
         self.log = log if log is not None else Logger(namespace="hqnlsd.licence")
-        self._held: dict[str, _Held] = {}
         self._versions: dict[tuple[str, str], str] = {}
 
-    # -- state mirror -----------------------------------------------------------------
+    # -- product versions ---------------------------------------------------------------
 
     def seed(self, engine: EngineView) -> None:
-        """Learn the products and holders a restored engine already has."""
+        """Learn the products a restored engine already serves (their versions name
+        the product in the lines of its holders). Its holders need no learning: the
+        events that end them say who they were."""
         for permit in engine.served():
             self._versions[(permit.publisher, permit.product)] = permit.version
-            holders = engine.holders(permit.publisher, permit.product)
-            if isinstance(holders, Denied):
-                continue
-            for holder in holders:
-                if holder.handle is None:
-                    continue
-                self._held[holder.handle] = _Held(
-                    publisher=permit.publisher,
-                    product=permit.product,
-                    indices=holder.indices,
-                    licence_type=holder.type,
-                    who=holder.who,
-                    granted_at=holder.granted,
-                )
-
-    @property
-    def held(self) -> int:
-        """Licences the mirror knows to be held."""
-        return len(self._held)
 
     # -- events -------------------------------------------------------------------------
 
@@ -110,24 +77,17 @@ class LicenceFeed:
             if isinstance(event, Granted):
                 self._granted(event)
             elif isinstance(event, Released):
-                self._ended("released", event.handle, event.at, None)
+                self._ended("released", event.handle, event.at, None, event.dropped)
             elif isinstance(event, Revoked):
-                self._ended("revoked", event.handle, event.at, event.reason)
+                self._ended("revoked", event.handle, event.at, event.reason, event.dropped)
             elif isinstance(event, ProductsLoaded):
                 self._versions = {
                     (permit.publisher, permit.product): permit.version for permit in event.products
                 }
 
     def _granted(self, event: Granted) -> None:
-        held = _Held(
-            publisher=event.publisher,
-            product=event.product,
-            indices=tuple(event.indices),
-            licence_type="locked" if event.locked else "floating",
-            who=event.who,
-            granted_at=event.at,
-        )
-        self._held[event.handle] = held
+        indices = tuple(event.indices)
+        licence_type = _licence_type(event.locked)
         version = self._versions.get((event.publisher, event.product))
         # Asked first: a line the switches drop is not even built.
         if licence_logged(self.switches):
@@ -138,9 +98,9 @@ class LicenceFeed:
                 publisher=event.publisher,
                 product=event.product,
                 version=version,
-                indices=_indices(held.indices),
-                licence_type=held.licence_type,
-                **requester_fields(held.who),
+                indices=_indices(indices),
+                licence_type=licence_type,
+                **requester_fields(event.who),
                 handle=event.handle,
             )
         if self.usage is not None:
@@ -149,14 +109,17 @@ class LicenceFeed:
                 product=event.product,
                 version=version,
                 handle=event.handle,
-                indices=held.indices,
-                licence_type=held.licence_type,
-                who=held.who,
+                indices=indices,
+                licence_type=licence_type,
+                who=event.who,
                 at=event.at,
             )
 
-    def _ended(self, action: str, handle: str, at: float, reason: str | None) -> None:
-        held = self._held.pop(handle, None)
+    def _ended(
+        self, action: str, handle: str, at: float, reason: str | None, held: Dropped | None
+    ) -> None:
+        """A licence ended; ``held`` is what the event's holder had (None: the event
+        does not say, as when it was read back from storage)."""
         who = None if held is None else held.who
         if held is None:
             publisher = product = version = licence_type = None
@@ -165,7 +128,7 @@ class LicenceFeed:
         else:
             publisher, product = held.publisher, held.product
             version = self._versions.get((publisher, product))
-            licence_type = held.licence_type
+            licence_type = _licence_type(held.locked)
             indices = held.indices
             held_seconds = round(at - held.granted_at, 3)
         if licence_logged(self.switches):
@@ -306,3 +269,7 @@ class LicenceFeed:
 
 def _indices(indices: Sequence[int]) -> str:
     return ",".join(map(str, indices))
+
+
+def _licence_type(locked: bool) -> str:
+    return "locked" if locked else "floating"
