@@ -670,10 +670,27 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    """SIGINT: a KeyboardInterrupt wherever the main thread is, the load included."""
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT leave through the ``finally`` clauses, which kill every daemon.
+
+    SIGINT gets a handler of its own (raising KeyboardInterrupt, as Python's default
+    one does) because ``asyncio.run`` (the load generator) takes SIGINT over while
+    Python's default handler is installed and turns it into a cancellation of its
+    main task, which a task finishing at that moment can swallow: the script then
+    went on to its failover runs instead of stopping."""
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _interrupted)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; the exit status."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
+    install_signal_handlers()
     try:
         with contextlib.ExitStack() as stack:
             if args.workdir is None:

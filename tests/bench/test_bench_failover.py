@@ -226,3 +226,27 @@ def test_probe_threads_leave_interrupts_to_the_main_thread() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         assert blocked & (1 << (signum - 1)), f"{signum.name} is not blocked in the probe thread"
     assert not _blocked_signals(threading.get_native_id()) & (1 << (signal.SIGINT - 1))
+
+
+def test_interrupt_during_the_load_stops_the_script() -> None:
+    """SIGINT while the load generator runs (asyncio) stops the script like anywhere else.
+
+    ``asyncio.run`` takes SIGINT over when Python's default handler is in place and
+    turns it into a cancellation, which a task finishing at that moment can swallow:
+    the script then went on to its failover runs (seen under load in
+    `test_signal_kills_every_daemon`). The script's own handler keeps it an exception."""
+    import bench.failover as failover
+
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        failover.install_signal_handlers()
+        handler = signal.getsignal(signal.SIGINT)
+        assert handler is not signal.default_int_handler, "asyncio.run would take SIGINT over"
+        assert callable(handler)
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+        with pytest.raises(SystemExit):
+            cast(Any, signal.getsignal(signal.SIGTERM))(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
