@@ -1061,6 +1061,10 @@ def missing_executables(only: Sequence[str]) -> dict[str, str]:
     return missing
 
 
+#: The most licences one product's permit can hold (the permit format's limit).
+MAX_HELD = 65535
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(
@@ -1080,8 +1084,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=None,
                         help="open loop: pairs/s offered (default 1000; quick 250)")
     parser.add_argument("--hold", type=int, default=None,
-                        help="licences held for the memory figure (default 100000; quick 1000; "
-                             "0 skips it)")
+                        help="licences held for the memory figure (default 60000; quick 1000; "
+                             f"0 skips it; at most {MAX_HELD}, what one product's permit "
+                             "holds: bench/holders.py measures 100,000 in process)")
     parser.add_argument("--failover-runs", type=int, default=None,
                         help="fresh clusters per system for the failover figure "
                              "(default 3; quick 1; 0 skips it)")
@@ -1097,7 +1102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     for name, full, short in (("repeats", 3, 1), ("seconds", 8.0, 2.0), ("connections", 50, 8),
-                              ("rate", 1000.0, 250.0), ("hold", 100_000, 1000),
+                              ("rate", 1000.0, 250.0), ("hold", 60_000, 1000),
                               ("failover_runs", 3, 1)):
         if getattr(args, name) is None:
             setattr(args, name, short if quick else full)
@@ -1109,6 +1114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeats, --seconds, --connections and --load-processes must be positive")
     if args.rate <= 0 or args.hold < 0 or args.failover_runs < 0:
         parser.error("--rate must be positive, --hold and --failover-runs not negative")
+    if args.hold > MAX_HELD:
+        parser.error(
+            f"--hold: at most {MAX_HELD} (the licences one product's permit can hold); "
+            "bench/holders.py measures 100,000 held in process"
+        )
     return args
 
 

@@ -170,7 +170,7 @@ def test_quick_defaults_and_explicit_values() -> None:
     quick = parse_args(["--quick", "--seconds", "3"])
     assert (quick.repeats, quick.seconds, quick.hold, quick.failover_runs) == (1, 3.0, 1000, 1)
     full = parse_args([])
-    assert (full.repeats, full.seconds, full.hold, full.rate) == (3, 8.0, 100_000, 1000.0)
+    assert (full.repeats, full.seconds, full.hold, full.rate) == (3, 8.0, 60_000, 1000.0)
     assert full.only == ["hqnlsd", "redis", "etcd"]
     assert parse_args(["--only", "hqnlsd, etcd"]).only == ["hqnlsd", "etcd"]
     with pytest.raises(SystemExit):
@@ -185,3 +185,13 @@ def test_missing_executable_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
     assert "apt-get install -y redis-server" in missing["redis"]
     assert "apt-get install -y etcd-server" in missing["etcd"]
     assert missing_executables(["hqnlsd"]) == {}
+
+
+def test_the_full_size_hold_fits_one_product_permit() -> None:
+    """The default (full-size) hold is what one product's permit can hold (65,535
+    licences at most), and more is refused with a clear message instead of a traceback
+    when the permit is written."""
+    assert 0 < parse_args([]).hold <= 65535
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--hold", "100000"])
+    assert refused.value.code == 2
