@@ -18,8 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from hqnlsd.answers import client_reply
-from hqnlsd.answers import refusal_reply as refusal_reply
+from hqnlsd.answers import client_reply, refusal_reply
 from hqnlsd.commit import EventSink, NotRecorded, OutcomeUnknown, Refused
 from hqnlsd.identity import HostsTable
 from hqnlsd.licensing.engine import Engine

@@ -332,7 +332,7 @@ def _client_factory(root: HqnlsdService, reactor: Any, others: Iterable[IService
     limit leaves after the reserve and the caps of the other listeners (``others``,
     as built: each one under a connection cap counts)."""
     config = root.config
-    capped = sum(1 for _label, listener in _listeners(others) if _is_capped(listener))
+    capped = sum(1 for _label, listener in _listeners(others) if listener.limit_label is not None)
     nofile = soft_nofile()
     cap = client_connection_cap(config.limits, other_listeners=capped, nofile=nofile)
     root.metrics.set_connection_limit("client", cap)
@@ -346,12 +346,6 @@ def _client_factory(root: HqnlsdService, reactor: Any, others: Iterable[IService
     return limit_listener(
         "client", root.factory, config.limits, reactor, root.metrics, client_cap=cap
     )
-
-
-def _is_capped(listener: Listener) -> bool:
-    """Whether ``listener`` takes its connections under a cap of its own
-    (`_limit_listener` put its factory under one)."""
-    return listener.limit_label is not None
 
 
 def _limit_listener(root: HqnlsdService, service: Any, label: str, reactor: Any) -> None:

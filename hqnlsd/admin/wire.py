@@ -38,7 +38,6 @@ UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
 LINE_TOO_LONG = "LINE_TOO_LONG"
 VERSION = "VERSION"
 NOTADMIN = "NOTADMIN"
-STARTING = "STARTING"
 INTERNAL = "INTERNAL"
 NOT_AVAILABLE = "NOT_AVAILABLE"
 #: The admin is known, but its certificate does not allow this command (e.g. a remote down).

@@ -221,8 +221,10 @@ def test_probe_threads_leave_interrupts_to_the_main_thread() -> None:
             time.sleep(0.01)
         blocked = _blocked_signals(prober.thread.native_id)
     finally:
-        done.set()
+        done.set()  # then go: the thread leaves without dialling the stand-in member
+        go.set()
         prober.thread.join(SIGNAL_BOUND)
+    assert not prober.thread.is_alive()
     for signum in (signal.SIGINT, signal.SIGTERM):
         assert blocked & (1 << (signum - 1)), f"{signum.name} is not blocked in the probe thread"
     assert not _blocked_signals(threading.get_native_id()) & (1 << (signal.SIGINT - 1))

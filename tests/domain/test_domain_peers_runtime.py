@@ -18,6 +18,7 @@ import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from hqnlsd.answers import refusal_reply
 from hqnlsd.domain.peers import PeerCallError, PeerTimers
 from hqnlsd.domain.role import Role, RoleInfo
 from hqnlsd.domain.runtime import (
@@ -40,7 +41,6 @@ from hqnlsd.permits.reader import (
     Serving,
 )
 from hqnlsd.protocols.replies import Err
-from hqnlsd.server import refusal_reply
 from hqnlsd.status import Status
 from tests.domain.test_domain_peers_helpers import (
     DomainCA,
