@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -185,17 +185,22 @@ def harness(root: Path) -> Iterator[DaemonHarness]:
             print(tails.getvalue(), file=sys.stderr)
 
 
-def the_product(floating_count: int) -> ProductPermit:
-    """The benchmark's product permit."""
+def the_product(floating_count: int, name: str = PRODUCT) -> ProductPermit:
+    """The benchmark's product permit (or another product ``name`` of its publisher)."""
     return product_permit(
-        PRODUCT, publisher=PUBLISHER, version=VERSION, floating_count=floating_count
+        name, publisher=PUBLISHER, version=VERSION, floating_count=floating_count
     )
 
 
-def single_host(daemons: DaemonHarness, floating_count: int) -> Daemon:
-    """A daemon (not started) on 127.0.0.1 serving a permit whose only server is itself."""
+def single_host(
+    daemons: DaemonHarness, floating_count: int, others: Sequence[tuple[str, int]] = ()
+) -> Daemon:
+    """A daemon (not started) on 127.0.0.1 serving a permit whose only server is itself:
+    the benchmark's product with ``floating_count`` licences, and ``others`` (name,
+    licences) of the same publisher and version."""
     daemons.write_hosts([loopback(1)])
-    daemons.write_permit(make_permit([daemons.host(1)], [the_product(floating_count)]))
+    products = [the_product(floating_count), *(the_product(n, name) for name, n in others)]
+    daemons.write_permit(make_permit([daemons.host(1)], products))
     return daemons.daemon("single", n=1)
 
 

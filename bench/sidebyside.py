@@ -355,9 +355,10 @@ DECISIONS = failover.DECISIONS
 class HqnlsdClient(Client):
     """The hqnlsd text protocol (REQUEST / RELEASE), through `checkout.Connection`."""
 
-    def __init__(self, conn: checkout.Connection, fields: dict[str, Any]) -> None:
+    def __init__(self, conn: checkout.Connection, fields: dict[str, Any], hold: int = 0) -> None:
         self.conn = conn
         self.fields = fields
+        self.hold = hold
 
     @classmethod
     async def open(cls, index: int, target: dict[str, Any]) -> HqnlsdClient:
@@ -367,18 +368,21 @@ class HqnlsdClient(Client):
             "publisher": failover.PUBLISHER, "product": failover.PRODUCT,
             "version": failover.VERSION, "user": "bench", "host": "benchhost",
         }
-        return cls(conn, fields)
+        return cls(conn, fields, target.get("hold", 0))
 
     async def acquire(self, holder: str, held: int | None = None) -> str | None:
         """REQUEST as bench/checkout.py does: in the churn one process per connection,
-        in the hold a process and a ``client=`` token per licence."""
+        in the hold a process and a ``client=`` token per licence, of the product
+        `hold_product` names (the hold is spread over products)."""
         if held is None:
             reply = await self.conn.call(
                 "REQUEST", **self.fields, pid=checkout.CHURN_PID_BASE + self.conn.index
             )
         else:
+            product = hold_product(held, self.hold) if self.hold else failover.PRODUCT
+            fields = dict(self.fields, product=product)
             reply = await self.conn.call(
-                "REQUEST", **self.fields, pid=checkout.HOLD_PID_BASE + held, client=holder
+                "REQUEST", **fields, pid=checkout.HOLD_PID_BASE + held, client=holder
             )
         if isinstance(reply, Err):
             if reply.status.standard in DECISIONS:
@@ -929,13 +933,16 @@ def single_host_phase(root: Path, args: argparse.Namespace, record: Record) -> N
         holders: list[tuple[str, Callable[[], dict[str, Any]]]] = []
         if "hqnlsd" in args.only:
             daemons = stack.enter_context(failover.harness(root / "single"))
-            daemon = failover.single_host(daemons, max(CHURN_LICENCES, args.hold))
+            shares = hold_products(args.hold)
+            first = max([CHURN_LICENCES, *(n for _, n in shares[:1])])
+            daemon = failover.single_host(daemons, first, shares[1:])
             daemon.start_and_wait()
             target = {"host": daemon.address, "port": daemon.port}
             pid = daemon.pid
             runners.append(("hqnlsd", lambda rate: churn("hqnlsd", target, [pid], args, rate)))
-            holders.append(("hqnlsd hold", lambda: asyncio.run(
-                hold_async("hqnlsd", target, pid, args.hold, min(args.connections, args.hold)))))
+            holders.append(("hqnlsd hold", lambda: asyncio.run(hold_async(
+                "hqnlsd", dict(target, hold=args.hold), pid, args.hold,
+                min(args.connections, args.hold)))))
         if "redis" in args.only:
             started = stack.enter_context(servers())
             redis, rtarget = start_redis(root / "redis", started)
@@ -1061,8 +1068,29 @@ def missing_executables(only: Sequence[str]) -> dict[str, str]:
     return missing
 
 
-#: The most licences one product's permit can hold (the permit format's limit).
-MAX_HELD = 65535
+#: The most licences the hold asks of one product: one product's permit holds at
+#: most 65,535 (the permit format's limit), so a larger hold is spread over products.
+HOLD_PER_PRODUCT = 50_000
+#: The largest hold: 20 products of `HOLD_PER_PRODUCT`.
+MAX_HELD = 20 * HOLD_PER_PRODUCT
+
+
+def hold_products(hold: int) -> list[tuple[str, int]]:
+    """The products a hold of ``hold`` licences is spread over, with each one's licence
+    count: as few as hold at most `HOLD_PER_PRODUCT` each, evenly; the first is the
+    churn's product."""
+    if hold <= 0:
+        return []
+    count = -(-hold // HOLD_PER_PRODUCT)
+    share = -(-hold // count)
+    return [(failover.PRODUCT if i == 0 else f"{failover.PRODUCT} {i + 1}", share)
+            for i in range(count)]
+
+
+def hold_product(k: int, hold: int) -> str:
+    """The product licence ``k`` of a hold of ``hold`` is asked of (round robin)."""
+    products = hold_products(hold)
+    return products[k % len(products)][0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1084,9 +1112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=None,
                         help="open loop: pairs/s offered (default 1000; quick 250)")
     parser.add_argument("--hold", type=int, default=None,
-                        help="licences held for the memory figure (default 60000; quick 1000; "
-                             f"0 skips it; at most {MAX_HELD}, what one product's permit "
-                             "holds: bench/holders.py measures 100,000 in process)")
+                        help="licences held for the memory figure (default 100000; quick "
+                             "1000; 0 skips it; spread over products of at most "
+                             f"{HOLD_PER_PRODUCT:,} each, since one product's permit holds at "
+                             f"most 65,535; at most {MAX_HELD:,})")
     parser.add_argument("--failover-runs", type=int, default=None,
                         help="fresh clusters per system for the failover figure "
                              "(default 3; quick 1; 0 skips it)")
@@ -1102,7 +1131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     for name, full, short in (("repeats", 3, 1), ("seconds", 8.0, 2.0), ("connections", 50, 8),
-                              ("rate", 1000.0, 250.0), ("hold", 60_000, 1000),
+                              ("rate", 1000.0, 250.0), ("hold", 100_000, 1000),
                               ("failover_runs", 3, 1)):
         if getattr(args, name) is None:
             setattr(args, name, short if quick else full)
@@ -1116,8 +1145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rate must be positive, --hold and --failover-runs not negative")
     if args.hold > MAX_HELD:
         parser.error(
-            f"--hold: at most {MAX_HELD} (the licences one product's permit can hold); "
-            "bench/holders.py measures 100,000 held in process"
+            f"--hold: at most {MAX_HELD:,} ({MAX_HELD // HOLD_PER_PRODUCT} products of "
+            f"{HOLD_PER_PRODUCT:,} licences)"
         )
     return args
 

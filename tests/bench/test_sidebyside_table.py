@@ -8,12 +8,18 @@ the ones the issue states; no server is started here.
 from __future__ import annotations
 
 import argparse
+import collections
 
 import pytest
 
+from bench.failover import PRODUCT
 from bench.sidebyside import (
+    HOLD_PER_PRODUCT,
+    MAX_HELD,
     Row,
     format_table,
+    hold_product,
+    hold_products,
     missing_executables,
     parse_args,
     ratio,
@@ -170,7 +176,7 @@ def test_quick_defaults_and_explicit_values() -> None:
     quick = parse_args(["--quick", "--seconds", "3"])
     assert (quick.repeats, quick.seconds, quick.hold, quick.failover_runs) == (1, 3.0, 1000, 1)
     full = parse_args([])
-    assert (full.repeats, full.seconds, full.hold, full.rate) == (3, 8.0, 60_000, 1000.0)
+    assert (full.repeats, full.seconds, full.hold, full.rate) == (3, 8.0, 100_000, 1000.0)
     assert full.only == ["hqnlsd", "redis", "etcd"]
     assert parse_args(["--only", "hqnlsd, etcd"]).only == ["hqnlsd", "etcd"]
     with pytest.raises(SystemExit):
@@ -187,11 +193,35 @@ def test_missing_executable_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
     assert missing_executables(["hqnlsd"]) == {}
 
 
-def test_the_full_size_hold_fits_one_product_permit() -> None:
-    """The default (full-size) hold is what one product's permit can hold (65,535
-    licences at most), and more is refused with a clear message instead of a traceback
-    when the permit is written."""
-    assert 0 < parse_args([]).hold <= 65535
-    with pytest.raises(SystemExit) as refused:
-        parse_args(["--hold", "100000"])
-    assert refused.value.code == 2
+def test_the_full_size_hold_is_the_issues_100000_over_several_products() -> None:
+    """The default (full-size) hold is the 100,000 licences the issue measures; one
+    product's permit holds at most 65,535, so the hold is spread evenly over as many
+    products as it needs (at most `HOLD_PER_PRODUCT` each), the first one the churn's."""
+    assert parse_args([]).hold == 100_000
+    assert hold_products(100_000) == [(PRODUCT, 50_000), (f"{PRODUCT} 2", 50_000)]
+    assert hold_products(1000) == [(PRODUCT, 1000)]
+    assert hold_products(50_001) == [(PRODUCT, 25_001), (f"{PRODUCT} 2", 25_001)]
+    shares = hold_products(250_000)
+    assert len(shares) == 5 and sum(n for _, n in shares) == 250_000
+    assert all(n <= HOLD_PER_PRODUCT <= 65535 for _, n in shares)
+    assert hold_products(0) == []
+
+
+def test_the_hold_takes_each_licence_of_its_product() -> None:
+    """Licence k of the hold is asked of product k mod the number of products, so each
+    product's share is exactly what its permit holds."""
+    assert [hold_product(k, 7) for k in range(7)] == [PRODUCT] * 7
+    shares = hold_products(100_001)
+    taken = collections.Counter(hold_product(k, 100_001) for k in range(100_001))
+    assert set(taken) == {name for name, _ in shares}
+    assert all(taken[name] <= count for name, count in shares)
+    assert sum(taken.values()) == 100_001
+
+
+def test_a_negative_or_huge_hold_is_refused() -> None:
+    """--hold below 0, or beyond what the bench spreads over products, is refused with a
+    clear message (exit status 2) instead of a traceback."""
+    for bad in ("-1", str(MAX_HELD + 1)):
+        with pytest.raises(SystemExit) as refused:
+            parse_args(["--hold", bad])
+        assert refused.value.code == 2
