@@ -51,6 +51,12 @@ p99 < 2x Redis AOF's; <= 300 bytes resident per held licence, taken in < 10 s (t
 issue's size is 100,000 held); domain pairs/s >= 2x etcd's with 0 refusals;
 failover is reported only.
 
+With ``--profile``, one more closed-loop run on the hqnlsd single host and on the
+domain (not in the medians) is sampled by py-spy (`bench/profiles.py`): the reactor
+thread's time by area (idle, logging, protocol, journal, licensing engine, domain,
+TLS, reactor and sockets) and by function, and how busy every other thread was:
+what limits each figure, measured.
+
 Examples (from the repository root)::
 
     python bench/sidebyside.py                      # full size: several minutes
@@ -82,6 +88,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -93,7 +100,7 @@ if __package__ in (None, ""):
     # Run as a script from anywhere: the repository root holds hqnlsd, tests/ and bench/.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import checkout, failover
+from bench import checkout, failover, profiles
 from hqnlsd.protocols.replies import Err
 from tests.daemons import DaemonError, _die_with_parent, free_port, free_port_on_all, loopback
 
@@ -924,10 +931,20 @@ def rotated(items: Sequence[Any], turn: int) -> list[Any]:
 
 
 Record = Callable[[str, dict[str, Any]], None]
+#: Profile one extra run: its name, the (label, pid) of the processes to sample,
+#: and the run (`measure`'s ``profile``; a no-op without ``--profile``).
+ProfileRun = Callable[[str, Sequence[tuple[str, int]], Callable[[], Any]], None]
 
 
-def single_host_phase(root: Path, args: argparse.Namespace, record: Record) -> None:
-    """hqnlsd single host and Redis: closed loops, open loops, held licences."""
+def no_profile(name: str, pids: Sequence[tuple[str, int]], run: Callable[[], Any]) -> None:
+    """Without ``--profile``: no extra run."""
+
+
+def single_host_phase(
+    root: Path, args: argparse.Namespace, record: Record, profile: ProfileRun = no_profile
+) -> None:
+    """hqnlsd single host and Redis: closed loops, open loops, held licences (and
+    with ``--profile`` one more closed loop on hqnlsd, sampled)."""
     with contextlib.ExitStack() as stack:
         runners: list[tuple[str, Callable[[float], dict[str, Any]]]] = []
         holders: list[tuple[str, Callable[[], dict[str, Any]]]] = []
@@ -967,13 +984,19 @@ def single_host_phase(root: Path, args: argparse.Namespace, record: Record) -> N
                 record(f"{name} closed", run(0.0))
             for name, run in rotated([r for r in runners if r[0] != "redis-nofsync"], turn):
                 record(f"{name} open", run(args.rate))
+        if "hqnlsd" in args.only:
+            profile("hqnlsd single host", [("daemon", pid)], lambda: runners[0][1](0.0))
         if args.hold:
             for name, hold in holders:
                 record(name, hold())
 
 
-def domain_phase(root: Path, args: argparse.Namespace, record: Record) -> None:
-    """The 3-member hqnlsd domain and 3-node etcd: closed loops, interleaved."""
+def domain_phase(
+    root: Path, args: argparse.Namespace, record: Record, profile: ProfileRun = no_profile
+) -> None:
+    """The 3-member hqnlsd domain and 3-node etcd: closed loops, interleaved (and with
+    ``--profile`` one more closed loop on the domain, its primary and a backup
+    sampled)."""
     with contextlib.ExitStack() as stack:
         runners: list[tuple[str, Callable[[], dict[str, Any]]]] = []
         if "hqnlsd" in args.only:
@@ -991,6 +1014,8 @@ def domain_phase(root: Path, args: argparse.Namespace, record: Record) -> None:
         for turn in range(args.repeats):
             for name, run in rotated(runners, turn):
                 record(f"{name} closed", run())
+        if "hqnlsd" in args.only:
+            profile("hqnlsd domain", [("primary", pids[0]), ("backup", pids[1])], runners[0][1])
 
 
 async def etcd_probe(target: dict[str, Any], index: int, bound: float) -> float:
@@ -1128,6 +1153,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where to put the servers' trees (default: a temporary directory)")
     parser.add_argument("--json", action="store_true",
                         help="also print every figure as one JSON object (last line)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the measured runs, one more closed-loop run on the hqnlsd "
+                             "single host and domain sampled by py-spy (pip install py-spy): "
+                             "where the time goes, by area and function (not in the medians)")
     args = parser.parse_args(argv)
     quick = args.quick
     for name, full, short in (("repeats", 3, 1), ("seconds", 8.0, 2.0), ("connections", 50, 8),
@@ -1143,6 +1172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeats, --seconds, --connections and --load-processes must be positive")
     if args.rate <= 0 or args.hold < 0 or args.failover_runs < 0:
         parser.error("--rate must be positive, --hold and --failover-runs not negative")
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile: py-spy not found (pip install py-spy)")
     if args.hold > MAX_HELD:
         parser.error(
             f"--hold: at most {MAX_HELD:,} ({MAX_HELD // HOLD_PER_PRODUCT} products of "
@@ -1170,17 +1201,51 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
           f"{args.seconds:g} s, {args.connections} connections, {args.load_processes} load "
           f"process(es); open loop {args.rate:g} pairs/s; {args.hold} held; "
           f"{args.failover_runs} failover run(s)", flush=True)
-    single_host_phase(root, args, record)
+    profiled: dict[str, dict[str, Any]] = {}
+
+    def profile(name: str, pids: Sequence[tuple[str, int]], run: Callable[[], Any]) -> None:
+        """One more closed-loop run with py-spy sampling ``pids``; not in the medians."""
+        if not args.profile:
+            return
+        spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+
+        def sample() -> None:  # when the load starts (churn's start_at), for its length
+            for label, pid in pids:
+                out = root / f"profile-{name.replace(' ', '-')}-{label}.txt"
+                spies.append((label, out, profiles.start(pid, args.seconds, out)))
+
+        timer = threading.Timer(1.0 + 0.5 * min(args.load_processes, args.connections), sample)
+        timer.start()
+        try:
+            run()
+        finally:
+            timer.join()
+        for label, out, spy in spies:
+            found = profiles.finish(spy, out, args.seconds + 30.0)
+            profiled[f"{name}, {label}"] = found.as_dict()
+            print(f"  profile of {name}, {label}: {found.summary()}", flush=True)
+
+    single_host_phase(root, args, record, profile)
     if {"hqnlsd", "etcd"} & set(args.only):
-        domain_phase(root, args, record)
+        domain_phase(root, args, record, profile)
     if args.failover_runs and {"hqnlsd", "etcd"} & set(args.only):
         failover_phase(root, args, record)
     figures = summarise(runs, args)
     rows = table_rows(figures)
     print()
     print(format_table(rows))
+    if profiled:
+        print()
+        print("Where hqnlsd's time goes (py-spy, one more closed-loop run each, not in the "
+              "table; the reactor thread's share of time):")
+        for name, found in profiled.items():
+            areas = ", ".join(f"{a} {v:g}%" for a, v in found["areas"].items() if v >= 0.5)
+            busy = ", ".join(f"{t} busy {v:g}%" for t, v in found["threads_busy"].items()
+                             if v >= 0.5)
+            print(f"- {name} ({found['samples']} samples): {areas}"
+                  + (f"; {busy}" if busy else ""))
     return {"machine": host, "settings": settings_of(args), "runs": dict(runs),
-            "medians": figures, "rows": [r.as_dict() for r in rows]}
+            "medians": figures, "rows": [r.as_dict() for r in rows], "profiles": profiled}
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:

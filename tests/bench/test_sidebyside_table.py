@@ -225,3 +225,12 @@ def test_a_negative_or_huge_hold_is_refused() -> None:
         with pytest.raises(SystemExit) as refused:
             parse_args(["--hold", bad])
         assert refused.value.code == 2
+
+
+def test_profile_without_py_spy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--profile needs py-spy: without it the command line says how to install it."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--profile"])
+    assert refused.value.code == 2
+    assert parse_args([]).profile is False
