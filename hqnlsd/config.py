@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hqnlsd.limits import ConnectionLimits
+from hqnlsd.listen import loopback_unless_named, split_description
 from hqnlsd.protocols import DEFAULT_CLIENT_PORT
 
 DEFAULT_STATE_DIR = Path("/var/lib/hqnlsd")
@@ -82,6 +83,10 @@ class DaemonConfig:
     manhole_listen: str | None = None
     manhole_keys: Path | None = None
     metrics_listen: str | None = None
+    #: The web console's listen description (loopback unless it names an interface;
+    #: None: no console), and whether it is served over TLS to admin certificates.
+    web_listen: str | None = None
+    web_tls: bool = False
     #: Directory of server keys for challenge/response (`hqn_mp servercert`).
     server_keys: Path | None = None
     #: Local admin socket (None: none), its mode and group.
@@ -129,6 +134,8 @@ class DaemonConfig:
         manhole: str | None = None,
         manhole_keys: str | None = None,
         metrics: str | None = None,
+        web: str | None = None,
+        web_tls: bool = False,
         command_line: Mapping[str, object] | None = None,
         admin_socket: str | None = None,
         admin_socket_mode: str | None = None,
@@ -160,6 +167,7 @@ class DaemonConfig:
         env = dict(os.environ if environ is None else environ)
         runtime = _runtime_dir(runtime_dir, socket_path, env)
         tls_files = _domain_tls_files(domain_tls, admin_tls)
+        web_listen = _web_listen(web, web_tls, tls_files)
         server_key_dir = _server_keys(server_keys)
         peer = _peer_port(peer_port)
         dial = None if peer_dial_port is None else _peer_port(peer_dial_port, '--peer-dial-port')
@@ -177,6 +185,8 @@ class DaemonConfig:
             manhole_listen=manhole or None,
             manhole_keys=manhole_key_file,
             metrics_listen=metrics or None,
+            web_listen=web_listen,
+            web_tls=bool(web_tls and web_listen),
             command_line=dict(command_line or {}),
             server_keys=server_key_dir,
             admin_socket=socket_path,
@@ -318,6 +328,52 @@ def _domain_tls_files(
             "member certificate from hqn_ca member)"
         )
     return tls_files
+
+
+def _web_listen(
+    web: str | None, web_tls: bool, tls_files: list[Path | None]
+) -> str | None:
+    """--web: a TCP description, on loopback unless it names an interface; one on
+    any other interface needs --web-tls (and --web-tls the domain TLS files)."""
+    if not web:
+        if web_tls:
+            raise ConfigError("--web-tls is only used with --web LISTEN")
+        return None
+    try:
+        description = loopback_unless_named(
+            web, what="web console", kinds=frozenset({"tcp", "tcp6"})
+        )
+    except ValueError as error:
+        raise ConfigError(f"--web: {error}") from None
+    if web_tls and not all(tls_files):
+        raise ConfigError(
+            "--web-tls needs --domain-ca, --domain-cert and --domain-key (the daemon's "
+            "member certificate from hqn_ca member; browsers present an admin certificate)"
+        )
+    interface = _interface_of(description)
+    if not web_tls and not _is_loopback(interface):
+        raise ConfigError(
+            f"--web {web}: the web console shows who holds which licence; on an interface "
+            "other than loopback it is served only over TLS (add --web-tls, with the "
+            "domain certificates)"
+        )
+    return description
+
+
+def _interface_of(description: str) -> str:
+    """The ``interface=`` of a (loopback-completed) TCP description, unescaped."""
+    for option in split_description(description)[1:]:
+        key, sep, value = option.partition("=")
+        if sep and key.lower() == "interface":
+            return value.replace("\\", "")
+    return ""
+
+
+def _is_loopback(interface: str) -> bool:
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface.lower() == "localhost"
 
 
 def _server_keys(server_keys: str | None) -> Path | None:

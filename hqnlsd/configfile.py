@@ -16,6 +16,8 @@ Keys (file -> option: value):
 - ``[manhole] listen`` -> ``manhole``: port number or strports description
 - ``[manhole] authorized-keys`` -> ``manhole-keys``: path (OpenSSH authorized_keys)
 - ``[metrics] listen`` -> ``metrics``: port number or strports description
+- ``[web] listen`` -> ``web``: port number or strports description (the web console)
+- ``[web] tls`` -> ``web-tls``: boolean (serve the console over TLS to admin certificates)
 - ``[domain] ca``, ``cert``, ``key`` -> ``domain-ca``, ``domain-cert``,
   ``domain-key``: paths (domain CA certificate, this member's certificate and key)
 - ``[domain] peer-port`` -> ``peer-port``: port number of the peer listener
@@ -228,6 +230,10 @@ _TABLES: dict[str, tuple[_Key, ...]] = {
         ),
     ),
     "metrics": (_Key("listen", "metrics", _port_or_description(_LISTEN.format(port=9236))),),
+    "web": (
+        _Key("listen", "web", _port_or_description(_LISTEN.format(port=8236))),
+        _Key("tls", "web-tls", _boolean("true or false")),
+    ),
     "admin": (
         _Key("socket", "admin-socket", _path('a socket path such as "/run/hqnlsd/admin.sock"')),
         _Key("socket-mode", "admin-socket-mode", _string('an octal file mode such as "660"')),
@@ -502,6 +508,8 @@ def config_from(command_line: Mapping[str, Any]) -> DaemonConfig:
         manhole=text("manhole"),
         manhole_keys=text("manhole-keys"),
         metrics=text("metrics"),
+        web=text("web"),
+        web_tls=bool(merged.get("web-tls")),
         admin_socket=text("admin-socket"),
         admin_socket_mode=text("admin-socket-mode"),
         admin_socket_group=text("admin-socket-group"),

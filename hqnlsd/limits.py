@@ -48,7 +48,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 #: Labels of the limited listeners (the ``listener`` label of the metrics).
-LISTENERS = ("client", "admin_tls", "peer", "metrics", "manhole")
+LISTENERS = ("client", "admin_tls", "peer", "metrics", "manhole", "web", "web_tls")
 
 #: TCP keepalive timing: first probe after this much silence, then every
 #: KEEPALIVE_INTERVAL, and the connection is dropped after KEEPALIVE_COUNT unanswered.
@@ -93,6 +93,8 @@ class ConnectionLimits:
     admin_idle_timeout: float | None = 3600.0
     #: A metrics connection that sends nothing for this long is closed.
     metrics_idle_timeout: float = 60.0
+    #: A web console connection that sends nothing for this long is closed.
+    web_idle_timeout: float = 60.0
     #: SO_KEEPALIVE on every accepted TCP connection.
     keepalive: bool = True
     #: Seconds over which repeated bad lines, MESSAGEs and denials of one source
@@ -501,6 +503,13 @@ def _client_refusal() -> bytes:
     )
 
 
+def _set_site_timeout(factory: Any, seconds: float) -> None:
+    """Set twisted.web's own idle timer of a site (under a TLS factory, or not)."""
+    site = getattr(factory, "wrappedFactory", factory)
+    if hasattr(site, "timeOut"):
+        site.timeOut = seconds
+
+
 def limit_listener(
     listener: str,
     factory: Any,
@@ -519,6 +528,8 @@ def limit_listener(
       ``admin_idle_timeout``;
     - ``manhole``: the SSH login within ``handshake_timeout``, then no idle limit;
     - ``metrics``: ``metrics_idle_timeout`` (also the HTTP site's own timeout);
+    - ``web``: ``web_idle_timeout`` (also the HTTP site's own timeout); ``web_tls``:
+      the same, and the TLS handshake within ``handshake_timeout``;
     - ``peer``: the peer links watch their own handshake and silence;
     - every one: keepalive, and the others at most ``listener_max_connections``.
     """
@@ -560,6 +571,17 @@ def limit_listener(
             factory,
             max_connections=limits.listener_max_connections,
             idle_timeout=limits.metrics_idle_timeout,
+            **common,
+        )
+    elif listener in ("web", "web_tls"):
+        _set_site_timeout(factory, limits.web_idle_timeout)
+        tls = listener == "web_tls"
+        limited = LimitedFactory(
+            factory,
+            max_connections=limits.listener_max_connections,
+            handshake_timeout=limits.handshake_timeout if tls else None,
+            established=tls_established if tls else None,
+            idle_timeout=limits.web_idle_timeout,
             **common,
         )
     elif listener == "peer":

@@ -9,7 +9,8 @@ depends on it, so nothing is bound late):
    is not yet restored; its dispatcher was given to the client listener's factory
    when the tree was built;
 3. `ReloadService`: SIGHUP;
-4. the listeners (`build_service`): client first, metrics, manhole, admin, domains;
+4. the listeners (`build_service`): client first, metrics, web console, manhole,
+   admin, domains;
 5. the systemd notifier, last (READY=1 once every sibling has started).
 
 On stop the listeners stop first; only then does the core flush and close the
@@ -56,6 +57,7 @@ from hqnlsd.persistence.store import Journal
 from hqnlsd.protocols.client import ClientProtocolFactory
 from hqnlsd.sdnotify import SystemdNotifier
 from hqnlsd.server import LicenceServer, PermitSource
+from hqnlsd.web.recent import RecentEvents, RecordingUsageReport
 
 __all__ = [
     "RESTART_ONLY",
@@ -79,7 +81,15 @@ class HqnlsdService(MultiService):
         self.terminal: FailureReport | None = None
         #: hqn_lsa loglevel: apply(text); reset() on reinit.
         self.switches = LogSwitches.load(config.state_dir, domain_logging=config.domain_logging)
-        self.usage = UsageReport(config.state_dir, reactor)
+        #: The latest denials and reclaims, for the web console (only when it is on:
+        #: its usage report feeds them, and writes what a plain one writes).
+        self.recent: RecentEvents | None = None
+        self.usage: UsageReport
+        if config.web_listen is not None:
+            self.recent = RecentEvents()
+            self.usage = RecordingUsageReport(config.state_dir, reactor, recent=self.recent)
+        else:
+            self.usage = UsageReport(config.state_dir, reactor)
         self.feed = LicenceFeed(usage=self.usage, switches=self.switches)
         # Read at scrape time only, when the core below exists.
         self.metrics = Metrics(lambda: licence_counts(self._licence_figures()))
@@ -261,13 +271,15 @@ def build_service(config: DaemonConfig, reactor: Any) -> IService:
 
 def _other_listeners(root: HqnlsdService, config: DaemonConfig, reactor: Any) -> list[IService]:
     """The listeners besides the client's, each under its limits, in start order:
-    metrics, manhole, admin, the domains' peer listener."""
+    metrics, web console, manhole, admin, the domains' peer listener."""
     others: list[IService] = []
     if config.metrics_listen is not None:
         metrics = make_metrics_service(config.metrics_listen, root.metrics, reactor)
         metrics.setName("metrics")
         _limit_listener(root, metrics, "metrics", reactor)
         others.append(metrics)
+    if config.web_listen is not None:
+        others.append(_web_service(root, config, reactor))
     if config.manhole_listen is not None:
         from hqnlsd.manhole import make_manhole_service
 
@@ -287,6 +299,30 @@ def _other_listeners(root: HqnlsdService, config: DaemonConfig, reactor: Any) ->
         _limit_listener(root, root.domains.network.listener, "peer", reactor)
         others.append(root.domains)
     return others
+
+
+def _web_service(root: HqnlsdService, config: DaemonConfig, reactor: Any) -> IService:
+    """The web console: the admin handler's read-only view (`HqnlsdService.admin_view`)
+    and the recent events; TLS with the domain certificates if asked."""
+    from hqnlsd.tls import DomainCredentials, TLSConfigError
+    from hqnlsd.web.site import make_web_service
+    from hqnlsd.web.view import ConsoleView
+
+    assert config.web_listen is not None
+    credentials = None
+    if config.web_tls:
+        assert config.domain_ca and config.domain_cert and config.domain_key
+        try:
+            credentials = DomainCredentials.load(
+                config.domain_ca, config.domain_cert, config.domain_key
+            )
+        except TLSConfigError as error:
+            raise StartupError(f"web console: {error}") from None
+    web = make_web_service(
+        config.web_listen, ConsoleView(root.admin_view(), root.recent), reactor, credentials
+    )
+    _limit_listener(root, web, "web_tls" if credentials is not None else "web", reactor)
+    return web
 
 
 def _admin_services(
@@ -364,6 +400,7 @@ def _limit_listener(root: HqnlsdService, service: Any, label: str, reactor: Any)
 _LISTENER_LABELS = {
     "client-listener": "client listener",
     "metrics": "metrics listener",
+    "web": "web console listener",
     "manhole": "manhole listener",
     "admin-socket": "admin socket",
     "admin-tls": "admin TLS listener",

@@ -42,6 +42,12 @@ class Options(usage.Options):
             "Accept a domain peer whose connection comes from another address than its "
             "certificate's (NAT between members).",
         ],
+        [
+            "web-tls",
+            None,
+            "Serve the web console over TLS (the domain certificates; browsers present an "
+            "admin certificate of the domain CA).",
+        ],
     ]
     optParameters = [
         ["permit-path", "p", None, "Colon-separated directories to search for permits."],
@@ -139,6 +145,13 @@ class Options(usage.Options):
             None,
             "Prometheus metrics listener (strports, e.g. tcp:9236; "
             "loopback unless interface= is given). Off by default.",
+        ],
+        [
+            "web",
+            None,
+            None,
+            "Web console listener (strports, e.g. tcp:8236; loopback unless interface= "
+            "is given, which needs --web-tls). Off by default.",
         ],
     ]
 

@@ -28,6 +28,8 @@ RESTART_ONLY = (
     "manhole_listen",
     "manhole_keys",
     "metrics_listen",
+    "web_listen",
+    "web_tls",
     "domain_ca",
     "domain_cert",
     "domain_key",

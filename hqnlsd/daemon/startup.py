@@ -68,6 +68,7 @@ def tcp_listeners(config: DaemonConfig) -> list[TCPListener]:
         wanted.append(("--peer-port", "--address", peer))
     for option, description in (
         ("--metrics", config.metrics_listen),
+        ("--web", config.web_listen),
         ("--manhole", config.manhole_listen),
         ("--admin-tls", config.admin_tls),
     ):

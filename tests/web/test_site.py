@@ -1,0 +1,216 @@
+"""`hqnlsd.web.site`: the console's resources on a real listener on 127.0.0.1 (port
+0), over a fake daemon with an in-memory engine (`tests.web.test_view`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from hqnlsd.licensing.requester import Requester
+from hqnlsd.web.recent import RecentEvents
+from hqnlsd.web.site import API, MAX_HEADER_BYTES, make_web_service
+from hqnlsd.web.view import ConsoleView
+from tests.web.test_view import NOW, FakeDaemon
+
+WAIT_LIMIT = 20
+SCRIPT_USER = "<script>alert(1)</script>"
+
+
+class _RawClient(protocol.Protocol):
+    """Sends bytes and collects everything until the server closes."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.data = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.done.callback(self.data)
+
+
+Answer = tuple[int, dict[bytes, bytes], bytes]
+
+
+class ConsoleOverHTTP(unittest.TestCase):
+    """A real web console listener on 127.0.0.1, asked over TCP."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        clock = Clock()
+        clock.advance(NOW)
+        self.daemon = FakeDaemon(clock)
+        self.recent = RecentEvents()
+        view = ConsoleView(self.daemon, self.recent)  # type: ignore[arg-type]
+        self.service = make_web_service("tcp:0:interface=127.0.0.1", view, self.reactor)
+        self.service.privilegedStartService()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        port = self.service.listening_port
+        assert port is not None
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        self.port: int = address.port
+
+    def send(self, raw: bytes) -> defer.Deferred[Answer]:
+        """Send ``raw``; fire with (status code, lower-cased headers, body); bounded."""
+        client = _RawClient(raw)
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
+        connected = connectProtocol(endpoint, client)
+
+        def parse(raw_answer: bytes) -> Answer:
+            head, _, body = raw_answer.partition(b"\r\n\r\n")
+            status_line, *header_lines = head.split(b"\r\n")
+            fields = dict(line.split(b": ", 1) for line in header_lines if b": " in line)
+            return int(status_line.split()[1]), {k.lower(): v for k, v in fields.items()}, body
+
+        body: defer.Deferred[bytes] = connected.addCallback(lambda _: client.done)
+        body.addTimeout(WAIT_LIMIT, self.reactor)
+        return body.addCallback(parse)
+
+    def get(self, path: bytes, method: bytes = b"GET", *headers: bytes) -> defer.Deferred[Answer]:
+        """One HTTP/1.0 request (the server closes after its answer)."""
+        extra = b"".join(h + b"\r\n" for h in headers)
+        return self.send(method + b" " + path + b" HTTP/1.0\r\n" + extra + b"\r\n")
+
+    def assert_secured(self, headers: dict[bytes, bytes]) -> None:
+        csp = headers[b"content-security-policy"]
+        self.assertIn(b"default-src 'none'", csp)
+        self.assertIn(b"frame-ancestors 'none'", csp)
+        self.assertNotIn(b"unsafe-inline", csp)
+        self.assertEqual(headers[b"x-content-type-options"], b"nosniff")
+
+    @defer.inlineCallbacks
+    def test_every_page_is_html_with_the_security_headers(self) -> Any:
+        """Each page: 200, HTML, the headers, the navigation, a refresh without JavaScript."""
+        for path in (b"/", b"/products", b"/holders", b"/domains", b"/events", b"/permits"):
+            code, headers, body = yield self.get(path)
+            self.assertEqual(code, 200, path)
+            self.assertEqual(headers[b"content-type"], b"text/html; charset=utf-8")
+            self.assert_secured(headers)
+            self.assertIn(b'<meta http-equiv="refresh"', body)
+            self.assertIn(b'href="/holders"', body)
+            self.assertIn(b'name="viewport"', body)
+        code, headers, body = yield self.get(b"/console.css")
+        self.assertEqual((code, headers[b"content-type"]), (200, b"text/css; charset=utf-8"))
+        self.assertIn(b"@media", body)
+        code, headers, body = yield self.get(b"/console.js")
+        self.assertEqual(code, 200)
+        self.assert_secured(headers)
+
+    @defer.inlineCallbacks
+    def test_holders_in_html_and_json_escaped(self) -> Any:
+        """A holder named like a script is shown as text, never as markup; the API has it as is."""
+        self.daemon.take("Widget", SCRIPT_USER, host='"><img src=x>', pid=77)
+        code, headers, body = yield self.get(b"/holders")
+        self.assertEqual(code, 200)
+        self.assertNotIn(b"<script>alert", body)
+        self.assertNotIn(b"<img src=x>", body)
+        self.assertIn(b"&lt;script&gt;alert(1)&lt;/script&gt;", body)
+        self.assertIn(b"&quot;&gt;&lt;img src=x&gt;", body)
+        code, headers, body = yield self.get(b"/api/holders")
+        self.assertEqual((code, headers[b"content-type"]), (200, b"application/json"))
+        self.assert_secured(headers)
+        holders = json.loads(body)["holders"]
+        self.assertEqual([(h["user"], h["pid"]) for h in holders], [(SCRIPT_USER, 77)])
+
+    @defer.inlineCallbacks
+    def test_events_page_and_api_show_the_reason(self) -> Any:
+        """A denial in the ring is on /events and /api/events with its reason, escaped."""
+        who = Requester(user=SCRIPT_USER, host="h", address="10.1.2.3", pid=5)
+        self.recent.denial(
+            NOW,
+            publisher="P",
+            product="Widget",
+            version="1.0",
+            status="NOLICENCES",
+            reason="all 3 licences are in use",
+            who=who,
+        )
+        _, _, body = yield self.get(b"/events")
+        self.assertIn(b"all 3 licences are in use", body)
+        self.assertIn(b"&lt;script&gt;", body)
+        self.assertNotIn(b"<script>alert", body)
+        _, _, body = yield self.get(b"/api/events")
+        events = json.loads(body)["events"]
+        self.assertEqual(
+            [(e["kind"], e["status"], e["reason"]) for e in events],
+            [("denial", "NOLICENCES", "all 3 licences are in use")],
+        )
+
+    @defer.inlineCallbacks
+    def test_every_api_is_json(self) -> Any:
+        for name in API:
+            code, headers, body = yield self.get(b"/api/" + name.encode())
+            self.assertEqual((code, headers[b"content-type"]), (200, b"application/json"), name)
+            self.assertIsInstance(json.loads(body), dict)
+        _, _, body = yield self.get(b"/api/overview")
+        self.assertEqual(json.loads(body)["served"], 2)
+
+    @defer.inlineCallbacks
+    def test_anything_else_is_not_found(self) -> Any:
+        """No listing, no file, nothing below a page."""
+        for path in (
+            b"/nope",
+            b"/api",
+            b"/api/",
+            b"/api/nope",
+            b"/holders/x",
+            b"/console.css/x",
+            b"/../etc/passwd",
+            b"/%2e%2e/",
+        ):
+            code, headers, _ = yield self.get(path)
+            self.assertEqual(code, 404, path)
+            self.assert_secured(headers)
+
+    @defer.inlineCallbacks
+    def test_only_get_and_head(self) -> Any:
+        """HEAD has no body; POST, PUT, DELETE... are 405, with Allow."""
+        code, headers, body = yield self.get(b"/holders", b"HEAD")
+        self.assertEqual((code, body), (200, b""))
+        for method in (b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"):
+            code, headers, _ = yield self.get(b"/api/holders", method)
+            self.assertEqual(code, 405, method)
+            self.assertEqual(headers[b"allow"], b"GET, HEAD")
+            self.assert_secured(headers)
+
+    @defer.inlineCallbacks
+    def test_bodies_and_big_headers_are_refused(self) -> Any:
+        """A request body (by length or chunked) gets 413; headers too big get 400."""
+        code, _, _ = yield self.get(b"/", b"GET", b"Content-Length: 5")
+        self.assertEqual(code, 413)
+        code, _, _ = yield self.send(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        self.assertEqual(code, 413)
+        half = b"a" * (MAX_HEADER_BYTES // 2)
+        code, _, _ = yield self.get(b"/", b"GET", b"X-A: " + half, b"X-B: " + half)
+        self.assertEqual(code, 400)
+        # One line longer than the whole bound: the connection is closed, unanswered.
+        client = _RawClient(b"GET /" + b"a" * MAX_HEADER_BYTES + b" HTTP/1.0\r\n\r\n")
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
+        yield connectProtocol(endpoint, client)
+        answer = yield client.done.addTimeout(WAIT_LIMIT, self.reactor)
+        self.assertEqual(answer, b"")
+        many = [b"X-H%d: 1" % n for n in range(100)]
+        code, _, _ = yield self.get(b"/", b"GET", *many)
+        self.assertEqual(code, 400)
