@@ -1,0 +1,124 @@
+"""The web console in a real headless browser (Chromium and chromedriver from the
+system's packages, installed by ``.ci/run``): a grant shows on the holders page
+within seconds, without reloading it; the holder goes on release; a denial shows on
+the events page with its reason. Screenshots are written to a folder the test prints
+(``HQNLSD_SCREENSHOTS`` names it; by default one under the test's tmp_path).
+
+A missing browser or driver fails the test (it is not skipped): CI installs both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hqnlsd.client.errors import LicenceDenied
+from tests.daemons import DaemonHarness
+from tests.web.test_e2e_web import client_for, start_with_web
+
+pytestmark = pytest.mark.e2e
+
+#: Seconds a change may take to show in the browser (the page polls every 3 s).
+SHOWN_WITHIN = 15.0
+#: Seconds a page may take to load.
+LOAD_LIMIT = 30.0
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[DaemonHarness]:
+    with DaemonHarness(tmp_path) as harness:
+        yield harness
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Headless Chromium driven by the system's chromedriver."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, (
+        "the browser tests need Chromium and its driver (Debian packages chromium and "
+        "chromium-driver; .ci/run installs them)"
+    )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(LOAD_LIMIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("HQNLSD_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"web console screenshots in {folder}")
+    return folder
+
+
+def test_the_console_follows_grants_releases_and_denials(
+    daemons: DaemonHarness, browser: object, screenshots: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    assert isinstance(driver, WebDriver)
+    daemon, port = start_with_web(daemons)
+    driver.get(f"http://127.0.0.1:{port}/holders")
+    main = driver.find_element(By.ID, "main")
+    assert "No licence is held." in main.text
+    driver.save_screenshot(str(screenshots / "holders-empty.png"))
+
+    def page_text() -> str:
+        return str(driver.find_element(By.ID, "main").text)
+
+    licence = client_for(daemon, "ann", 4242).request("Test Publisher", "Widget", "1.0")
+    try:
+        WebDriverWait(driver, SHOWN_WITHIN, poll_frequency=0.2).until(
+            lambda _: "ann" in page_text() and "4242" in page_text()
+        )
+        # Refreshed in place (the script), not reloaded: the same <main> element is there.
+        assert driver.find_element(By.ID, "main") == main
+        driver.save_screenshot(str(screenshots / "holders-ann.png"))
+
+        with pytest.raises(LicenceDenied):
+            client_for(daemon, "bob", 777).request("Test Publisher", "Widget", "1.0")
+        driver.get(f"http://127.0.0.1:{port}/events")
+        WebDriverWait(driver, SHOWN_WITHIN, poll_frequency=0.2).until(
+            lambda _: "bob" in page_text() and "NOLICENCES" in page_text()
+        )
+        driver.save_screenshot(str(screenshots / "events-denial.png"))
+        driver.get(f"http://127.0.0.1:{port}/holders")
+    finally:
+        licence.release()
+    WebDriverWait(driver, SHOWN_WITHIN, poll_frequency=0.2).until(
+        lambda _: "No licence is held." in page_text()
+    )
+    driver.set_window_size(390, 844)  # a phone
+    driver.get(f"http://127.0.0.1:{port}/products")
+    driver.save_screenshot(str(screenshots / "products-phone.png"))
+    assert sorted(p.name for p in screenshots.iterdir()) == [
+        "events-denial.png",
+        "holders-ann.png",
+        "holders-empty.png",
+        "products-phone.png",
+    ]
