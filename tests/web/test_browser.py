@@ -1,8 +1,9 @@
 """The web console in a real headless browser (Chromium and chromedriver from the
 system's packages, installed by ``.ci/run``): a grant shows on the holders page
 within seconds, without reloading it; the holder goes on release; a denial shows on
-the events page with its reason. Screenshots are written to a folder the test prints
-(``HQNLSD_SCREENSHOTS`` names it; by default one under the test's tmp_path).
+the events page with its reason; a backup's domains page shows a failover.
+Screenshots are written to a folder the test prints (``HQNLSD_SCREENSHOTS`` names
+it; by default one under the test's tmp_path).
 
 A missing browser or driver fails the test (it is not skipped): CI installs both.
 """
@@ -13,6 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +67,20 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
+def wait(driver: Any, seconds: float) -> Any:
+    """A bounded wait that polls often and ignores elements replaced meanwhile (the
+    page swaps its <main> at each refresh)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(
+        driver,
+        seconds,
+        poll_frequency=0.2,
+        ignored_exceptions=(StaleElementReferenceException,),
+    )
+
+
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("HQNLSD_SCREENSHOTS") or tmp_path / "screenshots")
@@ -78,7 +94,6 @@ def test_the_console_follows_grants_releases_and_denials(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = browser
     assert isinstance(driver, WebDriver)
@@ -93,9 +108,7 @@ def test_the_console_follows_grants_releases_and_denials(
 
     licence = client_for(daemon, "ann", 4242).request("Test Publisher", "Widget", "1.0")
     try:
-        WebDriverWait(driver, SHOWN_WITHIN, poll_frequency=0.2).until(
-            lambda _: "ann" in page_text() and "4242" in page_text()
-        )
+        wait(driver, SHOWN_WITHIN).until(lambda _: "ann" in page_text() and "4242" in page_text())
         # Refreshed in place (the script), not reloaded: the same <main> element is there.
         assert driver.find_element(By.ID, "main") == main
         driver.save_screenshot(str(screenshots / "holders-ann.png"))
@@ -103,22 +116,59 @@ def test_the_console_follows_grants_releases_and_denials(
         with pytest.raises(LicenceDenied):
             client_for(daemon, "bob", 777).request("Test Publisher", "Widget", "1.0")
         driver.get(f"http://127.0.0.1:{port}/events")
-        WebDriverWait(driver, SHOWN_WITHIN, poll_frequency=0.2).until(
+        wait(driver, SHOWN_WITHIN).until(
             lambda _: "bob" in page_text() and "NOLICENCES" in page_text()
         )
         driver.save_screenshot(str(screenshots / "events-denial.png"))
         driver.get(f"http://127.0.0.1:{port}/holders")
     finally:
         licence.release()
-    WebDriverWait(driver, SHOWN_WITHIN, poll_frequency=0.2).until(
-        lambda _: "No licence is held." in page_text()
-    )
+    wait(driver, SHOWN_WITHIN).until(lambda _: "No licence is held." in page_text())
     driver.set_window_size(390, 844)  # a phone
     driver.get(f"http://127.0.0.1:{port}/products")
     driver.save_screenshot(str(screenshots / "products-phone.png"))
-    assert sorted(p.name for p in screenshots.iterdir()) == [
+    written = {p.name for p in screenshots.iterdir()}
+    assert written >= {
         "events-denial.png",
         "holders-ann.png",
         "holders-empty.png",
         "products-phone.png",
-    ]
+    }
+
+
+def test_the_domain_page_shows_a_failover(
+    daemons: DaemonHarness, browser: object, screenshots: Path
+) -> None:
+    """A backup's domains page names the primary; the primary is killed: the page,
+    left open, names the new one and shows the old one's link down."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    from tests.web.test_e2e_web_domain import (
+        ELECTION_BOUND,
+        FAILOVER_BOUND,
+        domain_with_web,
+    )
+
+    driver = browser
+    assert isinstance(driver, WebDriver)
+    (first, second, _third), port = domain_with_web(daemons)
+    driver.get(f"http://{second.address}:{port}/domains")
+
+    def cells(label: str) -> list[str]:
+        found = driver.find_elements(By.CSS_SELECTOR, f'td[data-label="{label}"]')
+        return [str(cell.text) for cell in found]
+
+    wait(driver, ELECTION_BOUND).until(
+        lambda _: (
+            cells("Primary") == ["127.0.0.1"]
+            and cells("Link").count("up") == 2
+            and all(cells("Round trip"))
+        )
+    )
+    driver.save_screenshot(str(screenshots / "domains-before-failover.png"))
+    first.kill()
+    wait(driver, FAILOVER_BOUND).until(
+        lambda _: cells("Primary") in (["127.0.0.2"], ["127.0.0.3"]) and "down" in cells("Link")
+    )
+    driver.save_screenshot(str(screenshots / "domains-after-failover.png"))
