@@ -18,7 +18,7 @@ from hqnlsd.admin.numbering import ProductNumbers
 from hqnlsd.admin.policywords import flag_names
 from hqnlsd.admin.targets import Target, Targets
 from hqnlsd.identity import HostsTable, format_unique_id
-from hqnlsd.licensing.results import Denied, ProductStatus
+from hqnlsd.licensing.results import Denied, HolderInfo, ProductStatus
 from hqnlsd.licensing.settings import FULL_ACCESS
 from hqnlsd.permits.policy import describe
 
@@ -61,6 +61,24 @@ def _status_dict(index: int, status: ProductStatus) -> dict[str, Any]:
         "named_users": list(status.named_users),
         "user_access": dict(status.user_access),
         "group_access": dict(status.group_access),
+    }
+
+
+def holder_record(status: ProductStatus, holder: HolderInfo) -> dict[str, Any]:
+    """One holder of ``status``'s product as ``listu`` lists it."""
+    return {
+        "handle": holder.handle,
+        "indices": list(holder.indices),
+        "type": holder.type,
+        "user": holder.who.user,
+        "host": holder.who.host,
+        "address": holder.who.address,
+        "pid": holder.who.pid,
+        "uid": holder.who.uid,
+        "group": holder.who.group,
+        "access": _access_level(status, holder.who.user, holder.who.group),
+        "granted": holder.granted,
+        "last_update": holder.last_update,
     }
 
 
@@ -276,23 +294,7 @@ class Listings:
                     "product": status.product,
                     "version": status.version,
                     **self.domain_fields(route),
-                    "holders": [
-                        {
-                            "handle": holder.handle,
-                            "indices": list(holder.indices),
-                            "type": holder.type,
-                            "user": holder.who.user,
-                            "host": holder.who.host,
-                            "address": holder.who.address,
-                            "pid": holder.who.pid,
-                            "uid": holder.who.uid,
-                            "group": holder.who.group,
-                            "access": _access_level(status, holder.who.user, holder.who.group),
-                            "granted": holder.granted,
-                            "last_update": holder.last_update,
-                        }
-                        for holder in holders
-                    ],
+                    "holders": [holder_record(status, holder) for holder in holders],
                 }
             )
         return {"products": products}

@@ -18,6 +18,9 @@ from typing import Any
 #: Seconds between refreshes of a page.
 REFRESH_SECONDS = 3
 
+#: Holders shown on the holders page at most (the JSON API lists the rest).
+PAGE_ROWS = 500
+
 #: The pages: path, title (in the navigation bar).
 PAGES: tuple[tuple[str, str], ...] = (
     ("", "Overview"),
@@ -175,8 +178,8 @@ def products(data: dict[str, Any]) -> str:
 
 
 def holders(data: dict[str, Any]) -> str:
-    """The holders page's body."""
-    return table(
+    """The holders page's body (at most `PAGE_ROWS` of them; it says so when there are more)."""
+    listed = table(
         (
             "Product",
             "Licence",
@@ -204,6 +207,14 @@ def holders(data: dict[str, Any]) -> str:
         ),
         empty="No licence is held.",
         css="holders",
+    )
+    shown, total = len(data["holders"]), data["total"]
+    if shown >= total:
+        return listed
+    rest = f"/api/holders?offset={data['offset'] + shown}"
+    return (
+        f'<p class="more">Showing {e(shown)} of the {e(total)} licences held; the rest '
+        f'as JSON: <a href="{e(rest)}">{e(rest)}</a></p>{listed}'
     )
 
 

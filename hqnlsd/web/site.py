@@ -155,7 +155,10 @@ class PageResource(_Leaf):
     def answer(self, request: Request) -> bytes:
         """The whole page."""
         title, method, body = pages.BODIES[self.path]
-        data = getattr(self.view, method)()
+        if method == "holders":
+            data = self.view.holders(limit=pages.PAGE_ROWS)
+        else:
+            data = getattr(self.view, method)()
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return pages.page(self.path, title, body(data)).encode("utf-8")
 
@@ -169,10 +172,32 @@ class ApiResource(_Leaf):
         self.name = name
 
     def answer(self, request: Request) -> bytes:
-        """The figures, as JSON."""
-        data = getattr(self.view, self.name)()
+        """The figures, as JSON (``/api/holders`` takes ``offset`` and ``limit``)."""
+        if self.name == "holders":
+            try:
+                data = self.view.holders(**_slice_arguments(request))
+            except ValueError as error:
+                return _plain(request, http.BAD_REQUEST, str(error))
+        else:
+            data = getattr(self.view, self.name)()
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(data, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def _slice_arguments(request: Request) -> dict[str, int]:
+    """``offset`` and ``limit`` of the query, each at most once, as whole numbers;
+    ValueError otherwise."""
+    arguments: dict[str, int] = {}
+    for name in ("offset", "limit"):
+        values = (request.args or {}).get(name.encode(), [])
+        if len(values) > 1:
+            raise ValueError(f"{name} given more than once")
+        if values:
+            text = values[0].decode("ascii", "replace")
+            if not (text.isascii() and text.isdigit()) or len(text) > 9:
+                raise ValueError(f"{name} must be a whole number, 0 or more")
+            arguments[name] = int(text)
+    return arguments
 
 
 class StaticText(_Leaf):

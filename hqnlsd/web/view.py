@@ -17,13 +17,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hqnlsd.admin.context import Running
-from hqnlsd.admin.listings import Listings
+from hqnlsd.admin.listings import Listings, holder_record
 from hqnlsd.admin.numbering import ProductNumbers
 from hqnlsd.admin.targets import Targets
+from hqnlsd.licensing.results import Denied
 from hqnlsd.web.recent import RecentEvents
 
 if TYPE_CHECKING:
     from hqnlsd.admin.daemon import AdministeredDaemon
+
+#: Holders listed at once unless fewer are asked for, and the most that may be asked
+#: for (a site may hold 100,000 licences: a whole listing would hold the reactor
+#: thread for seconds, and the page would be tens of megabytes).
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10000
 
 #: Who the listings are asked for (their ``who`` argument; they log nothing with it).
 _WHO = "web console"
@@ -35,6 +42,7 @@ class ConsoleView:
 
     def __init__(self, root: AdministeredDaemon, recent: RecentEvents | None = None) -> None:
         numbers = ProductNumbers(root)
+        self._numbers = numbers
         self._root = root
         self._listings = Listings(root, numbers, Targets(root, numbers, Running()))
         self._recent = recent
@@ -98,31 +106,56 @@ class ConsoleView:
             ]
         }
 
-    def holders(self) -> dict[str, Any]:
-        """Every licence held: product, licence index(es), user, host, address, pid,
-        since when, last update (no handle)."""
-        listed = self._listings.listu(_NO_ARGS, _WHO)["products"]
-        holders = []
-        for product in listed:
-            for holder in product["holders"]:
-                holders.append(
+    def holders(self, *, offset: int = 0, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
+        """The licences held, ``limit`` of them from ``offset`` (in ``listp`` order of
+        the products, each product's holders as ``listu`` lists them), and how many
+        there are in all: product, licence index(es), user, host, address, pid, since
+        when, last update (no handle). Only the slice is built; ValueError for an
+        offset below 0 or a limit outside 0..MAX_LIMIT."""
+        if offset < 0 or not 0 <= limit <= MAX_LIMIT:
+            raise ValueError(f"offset must be 0 or more and limit 0 to {MAX_LIMIT}")
+        rows: list[dict[str, Any]] = []
+        total = 0
+        for index, status, route in self._numbers.listed():
+            engine = route.engine if route is not None else self._root.engine
+            found = engine.holders(status.publisher, status.product)
+            if isinstance(found, Denied) or not found:
+                continue
+            start = max(0, offset - total)
+            end = max(0, offset + limit - total)
+            total += len(found)
+            chosen = found[start:end]
+            if not chosen:
+                continue
+            product = {
+                "product_index": index,
+                "publisher": status.publisher,
+                "product": status.product,
+                "version": status.version,
+                "domain": self._listings.domain_fields(route)["domain"],
+            }
+            for holder in chosen:
+                record = holder_record(status, holder)
+                rows.append(
                     {
-                        "product_index": product["index"],
-                        "publisher": product["publisher"],
-                        "product": product["product"],
-                        "version": product["version"],
-                        "domain": product["domain"],
-                        "indices": holder["indices"],
-                        "type": holder["type"],
-                        "user": holder["user"],
-                        "host": holder["host"],
-                        "address": holder["address"],
-                        "pid": holder["pid"],
-                        "since": holder["granted"],
-                        "last_update": holder["last_update"],
+                        **product,
+                        "indices": record["indices"],
+                        "type": record["type"],
+                        "user": record["user"],
+                        "host": record["host"],
+                        "address": record["address"],
+                        "pid": record["pid"],
+                        "since": record["granted"],
+                        "last_update": record["last_update"],
                     }
                 )
-        return {"now": self._root.reactor.seconds(), "holders": holders}
+        return {
+            "now": self._root.reactor.seconds(),
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "holders": rows,
+        }
 
     def domains(self) -> dict[str, Any]:
         """Each server domain (view, epoch, primary, role here) and each peer link

@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from hqnlsd.licensing.requester import Requester
+from hqnlsd.web import pages
 from hqnlsd.web.recent import RecentEvents
 from hqnlsd.web.site import API, MAX_HEADER_BYTES, make_web_service
 from hqnlsd.web.view import ConsoleView
@@ -214,3 +215,24 @@ class ConsoleOverHTTP(unittest.TestCase):
         many = [b"X-H%d: 1" % n for n in range(100)]
         code, _, _ = yield self.get(b"/", b"GET", *many)
         self.assertEqual(code, 400)
+
+    @defer.inlineCallbacks
+    def test_holders_a_slice_at_a_time(self) -> Any:
+        """/api/holders?offset=&limit= (bad values: 400); the page shows at most
+        PAGE_ROWS holders and says how many there are."""
+        for n in range(4):
+            self.daemon.take("Widget" if n < 3 else "Gadget", f"user{n}", pid=n)
+        code, _, body = yield self.get(b"/api/holders?offset=1&limit=2")
+        self.assertEqual(code, 200)
+        answer = json.loads(body)
+        self.assertEqual((answer["total"], answer["offset"], answer["limit"]), (4, 1, 2))
+        self.assertEqual(len(answer["holders"]), 2)
+        for bad in (b"limit=-1", b"limit=10001", b"offset=x", b"offset=-3", b"limit=1&limit=2"):
+            code, headers, _ = yield self.get(b"/api/holders?" + bad)
+            self.assertEqual(code, 400, bad)
+            self.assert_secured(headers)
+        self.patch(pages, "PAGE_ROWS", 3)
+        _, _, body = yield self.get(b"/holders")
+        self.assertEqual(body.count(b'<td data-label="User">'), 3)
+        self.assertIn(b"3 of the 4 licences held", body)
+        self.assertIn(b"/api/holders?offset=3", body)

@@ -21,7 +21,7 @@ from hqnlsd.permits.model import HostId, Permit
 from hqnlsd.permits.policy import describe
 from hqnlsd.permits.reader import FileReport, PermitFile
 from hqnlsd.web.recent import RecentEvents, RecordingUsageReport
-from hqnlsd.web.view import ConsoleView
+from hqnlsd.web.view import DEFAULT_LIMIT, MAX_LIMIT, ConsoleView
 from tests.daemons import product_permit
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()
@@ -272,3 +272,25 @@ def test_recording_usage_report_feeds_the_ring_and_writes_the_same(
     assert events[2]["reason"] == "no licences left" and events[2]["at"] == NOW
     assert events[1]["count"] == 9 and "10.0.0.5" in events[1]["reason"]
     assert events[0]["indices"] == [2]
+
+
+def test_holders_are_listed_a_slice_at_a_time(daemon: FakeDaemon, clock: Clock) -> None:
+    """With many holders only the slice asked for is built: offset and limit over
+    every product in listp order, and the total."""
+    for n in range(3):
+        daemon.take("Widget", f"w{n}", pid=n)
+    for n in range(2):
+        daemon.take("Gadget", f"g{n}", pid=10 + n)
+    view = view_of(daemon)
+    everything = view.holders()
+    assert everything["total"] == 5 and len(everything["holders"]) == 5
+    assert (everything["offset"], everything["limit"]) == (0, DEFAULT_LIMIT)
+    users = [row["user"] for row in everything["holders"]]
+    page = view.holders(offset=2, limit=2)
+    assert page["total"] == 5 and (page["offset"], page["limit"]) == (2, 2)
+    assert [row["user"] for row in page["holders"]] == users[2:4]
+    assert view.holders(offset=5, limit=2)["holders"] == []
+    with pytest.raises(ValueError):
+        view.holders(limit=MAX_LIMIT + 1)
+    with pytest.raises(ValueError):
+        view.holders(offset=-1)
