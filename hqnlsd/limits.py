@@ -85,7 +85,8 @@ class ConnectionLimits:
     client_max_connections: int | None = None
     #: Descriptors kept from the client port for the journal, logs and admin sockets.
     descriptor_reserve: int = 64
-    #: Connections at once on each other TCP listener (admin TLS, peers, metrics, manhole).
+    #: Connections at once on each other TCP listener (admin TLS, peers, metrics, web,
+    #: manhole).
     listener_max_connections: int = 32
     #: TLS handshake (admin TLS) and SSH login (manhole) deadline.
     handshake_timeout: float = 10.0
