@@ -277,6 +277,12 @@ def test_every_name_used_is_exposed_by_real_daemons(daemons: DaemonHarness) -> N
 
     wait_for("the primary grants", lambda: ask("first"), is_grant, ELECTION_BOUND)
     wait_for("a denial", lambda: ask("second"), is_status(Status.NOLICENCES), ELECTION_BOUND)
+    alert_names = names_in([rule["expr"] for rule in alert_rules()])
+    dashboard_names = names_in(dashboard_queries())
+    assert {"hqnlsd_journal_healthy", "hqnlsd_domain_role", "hqnlsd_peers_up"} <= alert_names
+    assert {"hqnlsd_request_duration_seconds_bucket", "hqnlsd_failovers_total"} <= dashboard_names
+    # Both members reach each other and know their roles (a backup may be
+    # verified a moment after the primary grants): scrape until they do, boundedly.
     deadline = time.monotonic() + ELECTION_BOUND
     while True:
         texts = [scrape(port, m.address) for m, port in zip(members, ports, strict=True)]
@@ -286,20 +292,29 @@ def test_every_name_used_is_exposed_by_real_daemons(daemons: DaemonHarness) -> N
             s, d = exposed(text)
             sampled |= s
             declared |= d
-        if "hqnlsd_peers_up" in sampled or time.monotonic() > deadline:
+        roles = sorted(
+            float(value)
+            for text in texts
+            for value in re.findall(r"\nhqnlsd_domain_role\{domain=.*\} (\S+)\n", text)
+        )
+        peered = roles == [1.0, 2.0] and all(
+            re.search(r"\nhqnlsd_peers_up\{domain=.*\} 1\.0\n", t) for t in texts
+        )
+        if (peered and alert_names <= sampled) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    alert_names = names_in([rule["expr"] for rule in alert_rules()])
-    dashboard_names = names_in(dashboard_queries())
-    assert {"hqnlsd_journal_healthy", "hqnlsd_domain_role", "hqnlsd_peers_up"} <= alert_names
-    assert {"hqnlsd_request_duration_seconds_bucket", "hqnlsd_failovers_total"} <= dashboard_names
     assert not alert_names - sampled, f"alerts use names no daemon exposes: {alert_names - sampled}"
     assert not dashboard_names - declared, (
         f"the dashboard uses names no daemon exposes: {dashboard_names - declared}"
     )
-    # The domain's series are really there on both members, with the values expected.
-    assert all("hqnlsd_domain_peers{domain=" in text for text in texts)
-    assert all("hqnlsd_journal_healthy 1.0" in text for text in texts)
+    # The new series have the values expected on both members: one peer of one,
+    # reached; a healthy journal; one primary and one backup.
+    for text in texts:
+        assert re.search(r"\nhqnlsd_domain_peers\{domain=.*\} 1\.0\n", text), text
+        assert re.search(r"\nhqnlsd_peers_up\{domain=.*\} 1\.0\n", text), text
+        assert "\nhqnlsd_journal_healthy 1.0\n" in text
+        assert "\nhqnlsd_journal_commit_failures_total 0.0\n" in text
+    assert roles == [1.0, 2.0], roles
 
 
 def test_readme_scrape_configuration_is_valid(tmp_path: Path) -> None:
