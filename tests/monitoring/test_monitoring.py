@@ -5,7 +5,8 @@
   is meant for and not on healthy ones. promtool comes from Debian's
   ``prometheus`` package (installed by .ci/run); without it these tests fail.
 - conf/grafana-dashboard.json is a dashboard Grafana imports anywhere: a schema
-  version, panels with targets, and every query on a ``datasource`` variable.
+  version, panels with targets, and every query on a ``datasource`` variable;
+  every panel query is valid PromQL (promtool parses it, variables replaced).
 - Every metric name the dashboard and the alerts use is one real daemons expose:
   a two-member server domain is started with a metrics listener on each member,
   a licence is granted and one refused, and both members are scraped.
@@ -222,6 +223,35 @@ def test_dashboard_shows_what_the_issue_asks() -> None:
     for title, parts in wanted.items():
         for part in parts:
             assert part in by_title[title], (title, part)
+
+
+#: What Grafana puts in place of the dashboard's variables, for checking the PromQL.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "6h",
+    "$job": ".*",
+    "$instance": ".*",
+    "$product": ".*",
+}
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """Every panel query, its variables replaced as Grafana would, parses: promtool
+    checks them as the expressions of recording rules."""
+    rules = []
+    for n, panel in enumerate(dashboard_panels()):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, (panel["title"], expr)
+            rules.append({"record": f"dashboard:panel{n}:{target['refId']}", "expr": expr})
+    checked = tmp_path / "dashboard-queries.yml"
+    checked.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = run_promtool("check", "rules", str(checked))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout, result.stdout
 
 
 # -- against real daemons ----------------------------------------------------------------
