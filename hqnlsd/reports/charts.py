@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from hqnlsd.logging.escape import escape_text
-from hqnlsd.reports.analysis import Analysis, ProductUsage
+from hqnlsd.reports.analysis import DAY, HOUR, Analysis, ProductUsage
 
 #: Bars shown at most in one chart (the CSV files have them all).
 MAX_BARS = 20
@@ -89,28 +89,34 @@ def in_use(usage: ProductUsage, end: float) -> bytes:
         return _png(figure)
 
 
-def _per_bucket(analysis: Analysis, which: str, title: str) -> bytes:
+def _per_bucket(analysis: Analysis, which: str, size: float, title: str) -> bytes:
+    """Each bucket drawn across its whole hour or day (steps), peak solid, average dashed."""
     with matplotlib.rc_context(_STYLE):
         figure, axes = _figure(title)
         products = list(analysis.products.values())[:MAX_PRODUCTS]
         drawn = False
+        top = 1.0
         for number, usage in enumerate(products):
             buckets = getattr(usage, which)
             if not buckets:
                 continue
             drawn = True
             colour = f"C{number % 10}"
-            times = [_when(b.start) for b in buckets]
-            axes.plot(
-                cast(Any, times),
-                [b.peak for b in buckets],
+            times = cast(Any, [_when(b.start) for b in buckets] + [_when(buckets[-1].start + size)])
+            peaks = [b.peak for b in buckets]
+            averages = [b.average for b in buckets]
+            top = max(top, *peaks)
+            axes.step(
+                times,
+                [*peaks, peaks[-1]],
+                where="post",
                 color=colour,
-                marker=".",
                 label=f"{label(usage.key)} peak",
             )
-            axes.plot(
-                cast(Any, times),
-                [b.average for b in buckets],
+            axes.step(
+                times,
+                [*averages, averages[-1]],
+                where="post",
                 color=colour,
                 linestyle="--",
                 label=f"{label(usage.key)} average",
@@ -118,7 +124,8 @@ def _per_bucket(analysis: Analysis, which: str, title: str) -> bytes:
         if not drawn:
             _empty(axes)
         else:
-            axes.set_ylim(bottom=0)
+            axes.set_ylim(bottom=0, top=top * 1.15)
+            axes.yaxis.set_major_locator(MaxNLocator(integer=True))
             axes.set_ylabel("licences")
             axes.set_xlabel("UTC")
             axes.legend(loc="upper left", fontsize=7)
@@ -128,12 +135,12 @@ def _per_bucket(analysis: Analysis, which: str, title: str) -> bytes:
 
 def hourly(analysis: Analysis) -> bytes:
     """Peak and average use per hour, per product."""
-    return _per_bucket(analysis, "hourly", "Peak and average licences in use per hour")
+    return _per_bucket(analysis, "hourly", HOUR, "Peak and average licences in use per hour")
 
 
 def daily(analysis: Analysis) -> bytes:
     """Peak and average use per day, per product."""
-    return _per_bucket(analysis, "daily", "Peak and average licences in use per day")
+    return _per_bucket(analysis, "daily", DAY, "Peak and average licences in use per day")
 
 
 def _bars(title: str, names: Sequence[str], values: Sequence[float], unit: str) -> bytes:
