@@ -12,8 +12,9 @@ several members) and `Options`, and returns an `Analysis`:
   from the start of the report; its peak (the highest level at any instant) and
   its time-weighted average, overall and per UTC hour and day.
 - **denials** per product and status (single ``denial`` records and the counts
-  of ``denials`` summaries), and **true denials**: a refused user who was not
-  given a licence of that product within ``true_denial_seconds`` after the
+  of ``denials`` summaries; redirects, TRY_SERVER and TRY_DOMAIN, counted apart:
+  they send a client elsewhere, they refuse no one), and **true denials**: a
+  refused user who was not given a licence of that product within ``true_denial_seconds`` after the
   refusal. A refusal whose window outlasts the records is *undecided*; the
   summaries name no user and are not judged.
 - **top users and hosts** (sessions started in the report's range, licence-hours
@@ -48,6 +49,10 @@ HOUR = 3600.0
 DAY = 86400.0
 #: Default window of a true denial (seconds).
 TRUE_DENIAL_SECONDS = 600.0
+
+#: Statuses that send a client to another server (a backup names the primary, a
+#: server names another domain's): not refusals, counted apart as redirects.
+REDIRECT_STATUSES = frozenset({"TRY_SERVER", "TRY_DOMAIN"})
 
 #: Session length buckets: label, lower bound (seconds, included).
 LENGTH_BUCKETS: tuple[tuple[str, float], ...] = (
@@ -143,6 +148,7 @@ class ProductTotals:
 
     sessions: int = 0
     denials: int = 0
+    redirects: int = 0
     true: int = 0
     undecided: int = 0
     revoked: int = 0
@@ -180,6 +186,7 @@ class Analysis:
     totals: dict[str, ProductTotals]
     sessions: list[Session]
     denials: dict[tuple[str | None, str | None, str], int]
+    redirects: dict[tuple[str | None, str | None, str], int]
     true_denials: list[Denial]
     users: list[Top]
     hosts: list[Top]
@@ -233,6 +240,7 @@ def analyse(records: Sequence[Record], options: Options) -> Analysis:
         totals=defaultdict(ProductTotals),
         sessions=[s for s in in_range if start is not None and s.start >= start],
         denials={},
+        redirects={},
         true_denials=[],
         users=[],
         hosts=[],
@@ -400,6 +408,7 @@ def _denials(
 ) -> None:
     options = analysis.options
     counts: Counter[tuple[str | None, str | None, str]] = Counter()
+    redirects: Counter[tuple[str | None, str | None, str]] = Counter()
     granted: dict[tuple[str, str, str | None], list[float]] = defaultdict(list)
     for record in records:
         if isinstance(record, Grant):
@@ -412,16 +421,27 @@ def _denials(
             continue
         if isinstance(record, DenialCount):
             for row in record.rows:
-                if options.wants(row.publisher, row.product):
-                    counts[(row.publisher, row.product, row.status)] += row.count
-                    if row.product is not None:
-                        key = product_key(row.publisher, row.product)
-                        analysis.totals[key].denials += row.count
+                if not options.wants(row.publisher, row.product):
+                    continue
+                redirect = row.status in REDIRECT_STATUSES
+                (redirects if redirect else counts)[(row.publisher, row.product, row.status)] += (
+                    row.count
+                )
+                if row.product is not None:
+                    row_totals = analysis.totals[product_key(row.publisher, row.product)]
+                    if redirect:
+                        row_totals.redirects += row.count
+                    else:
+                        row_totals.denials += row.count
             continue
         if not isinstance(record, Denial) or not options.wants(record.publisher, record.product):
             continue
-        counts[(record.publisher, record.product, record.status)] += 1
         totals = analysis.totals[product_key(record.publisher, record.product)]
+        if record.status in REDIRECT_STATUSES:
+            redirects[(record.publisher, record.product, record.status)] += 1
+            totals.redirects += 1
+            continue
+        counts[(record.publisher, record.product, record.status)] += 1
         totals.denials += 1
         times = granted.get((record.publisher or "", record.product or "", record.user), [])
         after = bisect.bisect_left(times, record.at)
@@ -433,6 +453,7 @@ def _denials(
             totals.true += 1
             analysis.true_denials.append(record)
     analysis.denials = dict(sorted(counts.items(), key=lambda item: (-item[1], str(item[0]))))
+    analysis.redirects = dict(sorted(redirects.items(), key=lambda item: (-item[1], str(item[0]))))
 
 
 def _people(

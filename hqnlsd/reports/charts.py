@@ -128,7 +128,7 @@ def _per_bucket(analysis: Analysis, which: str, size: float, title: str) -> byte
             axes.yaxis.set_major_locator(MaxNLocator(integer=True))
             axes.set_ylabel("licences")
             axes.set_xlabel("UTC")
-            axes.legend(loc="upper left", fontsize=7)
+            axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
             figure.autofmt_xdate()
         return _png(figure)
 

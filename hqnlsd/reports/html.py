@@ -104,6 +104,7 @@ def render(
                 "average",
                 "licences given",
                 "denials",
+                "redirects",
                 f"true denials ({minutes:g} min)",
                 "undecided",
                 "revoked",
@@ -118,6 +119,7 @@ def render(
                     usage.average if usage else 0.0,
                     t.sessions,
                     t.denials,
+                    t.redirects,
                     t.true,
                     t.undecided,
                     t.revoked,
@@ -153,6 +155,14 @@ def render(
         _table(
             ("publisher", "product", "status", "denials"),
             ((pub, prod, status, n) for (pub, prod, status), n in analysis.denials.items()),
+        ),
+        "<h3>Redirects</h3>",
+        '<p class="note">REQUESTs answered TRY_SERVER or TRY_DOMAIN: sent to the server '
+        "that serves the product (a domain's acting primary, another domain), not "
+        "refused; not counted as denials.</p>",
+        _table(
+            ("publisher", "product", "status", "redirects"),
+            ((pub, prod, status, n) for (pub, prod, status), n in analysis.redirects.items()),
         ),
         "<h3>True denials</h3>",
         _table(

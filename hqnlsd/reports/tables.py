@@ -64,6 +64,7 @@ def csv_files(analysis: Analysis) -> dict[str, str]:
                 "average",
                 "sessions",
                 "denials",
+                "redirects",
                 "true_denials",
                 "undecided_denials",
                 "revoked",
@@ -78,6 +79,7 @@ def csv_files(analysis: Analysis) -> dict[str, str]:
                     usage.average if usage else 0.0,
                     totals.sessions,
                     totals.denials,
+                    totals.redirects,
                     totals.true,
                     totals.undecided,
                     totals.revoked,
@@ -104,6 +106,10 @@ def csv_files(analysis: Analysis) -> dict[str, str]:
         "denials.csv": _csv(
             ("publisher", "product", "status", "count"),
             ((pub, prod, status, count) for (pub, prod, status), count in analysis.denials.items()),
+        ),
+        "redirects.csv": _csv(
+            ("publisher", "product", "status", "count"),
+            ((pub, prod, status, n) for (pub, prod, status), n in analysis.redirects.items()),
         ),
         "true_denials.csv": _csv(
             ("time", "publisher", "product", "status", "user", "host", "address", "pid"),
@@ -159,6 +165,7 @@ def summary(analysis: Analysis, inputs: dict[str, Any]) -> dict[str, Any]:
         "true_denial_minutes": analysis.options.true_denial_seconds / 60,
         "inputs": inputs,
         "total_denials": analysis.total_denials,
+        "total_redirects": sum(analysis.redirects.values()),
         "products": {
             key: {
                 "permitted": usage.permitted if usage else None,
@@ -167,6 +174,7 @@ def summary(analysis: Analysis, inputs: dict[str, Any]) -> dict[str, Any]:
                 "average": round(usage.average, 4) if usage else 0.0,
                 "sessions": totals.sessions,
                 "denials": totals.denials,
+                "redirects": totals.redirects,
                 "true_denials": totals.true,
                 "undecided_denials": totals.undecided,
                 "revoked": totals.revoked,

@@ -264,3 +264,21 @@ def test_malformed_records_raise_one_error(text: str) -> None:
 def test_unknown_kinds_parse_to_none() -> None:
     """A record of a kind this reader does not know (a newer daemon) is not an error."""
     assert parse_record('{"ts": "x", "at": 1.0, "event": "future"}') is None
+
+
+def test_redirects_are_not_denials() -> None:
+    """A REQUEST sent to another server (TRY_SERVER, TRY_DOMAIN: a backup or another
+    domain's server) is counted apart: the client is told where to ask, not refused."""
+    records = parsed(
+        denial(10, status="TRY_SERVER"),
+        denial(11, status="TRY_DOMAIN", user="b"),
+        denial(12),
+    )
+    analysis = analyse(records, Options(true_denial_seconds=1))
+    assert analysis.denials == {("Test Publisher", "Widget", "NOLICENCES"): 1}
+    assert analysis.redirects == {
+        ("Test Publisher", "Widget", "TRY_SERVER"): 1,
+        ("Test Publisher", "Widget", "TRY_DOMAIN"): 1,
+    }
+    totals = analysis.totals[KEY]
+    assert (totals.denials, totals.redirects, totals.true) == (1, 2, 0)

@@ -81,6 +81,7 @@ def test_writes_every_output_and_embeds_every_chart(state: Path, tmp_path: Path)
         "hourly",
         "daily",
         "denials",
+        "redirects",
         "true_denials",
         "users",
         "hosts",
