@@ -1,7 +1,10 @@
 """The report as one self-contained HTML page: styles inline, charts as ``data:`` URIs.
 
-Every value shown is escaped (`html.escape`, quotes included): user, host and
-product names, statuses and file names may hold anything a client sent.
+Every value shown is escaped: user, host and product names, statuses and file
+names may hold anything a client sent. First to one line of printable text
+(`hqnlsd.logging.escape.escape_text`, as the daemon's log lines: a NUL, ESC or a
+bidi override shows as ``\x00``, ``\x1b``, ``\u202e``), then `html.escape`
+(quotes included).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from hqnlsd.logging.escape import escape_text
 from hqnlsd.reports.analysis import Analysis
 from hqnlsd.reports.charts import Chart
 from hqnlsd.reports.records import RECLAIM_REASONS
@@ -38,7 +42,9 @@ def _e(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:,.2f}"
-    return html.escape(str(value), quote=True)
+    # One line of printable text first (controls, bidi overrides... as \\x1b,
+    # \\u202e; a backslash doubled), then HTML's own characters.
+    return html.escape(escape_text(str(value)), quote=True)
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, limit: int = MAX_ROWS) -> str:

@@ -99,7 +99,7 @@ def test_network_text_is_escaped_in_the_page_and_csv(state: Path, tmp_path: Path
     assert run(str(state), "-o", str(out))[0] == 0
     page = (out / "report.html").read_text("utf-8")
     assert "<script" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;$\\x$" in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;$\\\\x$" in page
     (state / "usage.jsonl").write_text(lines(grant(0, "f", user="=cmd|' /C calc'!A0")))
     assert run(str(state), "-o", str(out))[0] == 0
     rows = list(csv.DictReader((out / "users.csv").open()))
@@ -198,3 +198,39 @@ def test_console_script_is_declared() -> None:
     scripts = parser["options.entry_points"]["console_scripts"]
     assert "hqn_report = hqnlsd.tools.report:main" in scripts
     assert "matplotlib" in parser["options"]["install_requires"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\x00\x1b[31m",
+        "\u202eevil",
+        "😀 中文 ä",
+        "$\\frac{a}{b}$",
+        "^_{}",
+        "a" * 500,
+        "\n\r\t",
+        "%s {} \\",
+        "\U000e0001",
+        "",
+    ],
+)
+def test_any_text_from_the_network_is_drawn_and_escaped(tmp_path: Path, text: str) -> None:
+    """Controls, bidi overrides, other scripts, TeX, huge names: the report is
+    written, every chart drawn, and the page holds no control character."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "usage.jsonl").write_text(
+        lines(
+            grant(0, "h1", user=text, host=text, product=text),
+            denial(5, user=text, host=text, product=text, status=text),
+            release(60, "h1", held=60, user=text, product=text, event="revoked", reason=text),
+        ),
+        "utf-8",
+    )
+    out = tmp_path / "out"
+    status, _, err = run(str(state), "-o", str(out))
+    assert status == 0, err
+    page = (out / "report.html").read_text("utf-8")
+    assert "<script" not in page and "\x00" not in page and "\x1b" not in page
+    assert len(list(out.glob("*.png"))) == 9  # one product: one in-use chart, eight others
