@@ -469,6 +469,7 @@ def _people(
         if (
             isinstance(record, Denial)
             and start <= record.at <= end
+            and record.status not in REDIRECT_STATUSES
             and analysis.options.wants(record.publisher, record.product)
         ):
             denied_users[_name(record.user)] += 1

@@ -282,3 +282,4 @@ def test_redirects_are_not_denials() -> None:
     }
     totals = analysis.totals[KEY]
     assert (totals.denials, totals.redirects, totals.true) == (1, 2, 0)
+    assert [(user.name, user.denials) for user in analysis.users] == [("amy", 1)]
