@@ -159,6 +159,8 @@ def _bars(title: str, names: Sequence[str], values: Sequence[float], unit: str) 
         axes.set_yticks(positions, [name for name, _ in shown])
         axes.invert_yaxis()
         axes.set_xlabel(unit)
+        if unit != "licence-hours":  # counts
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         return _png(figure)
 
 
@@ -200,6 +202,7 @@ def true_denials(analysis: Analysis) -> bytes:
         axes.set_yticks(positions, [label(key) for key, _ in rows])
         axes.invert_yaxis()
         axes.set_xlabel("denials")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend(loc="lower right")
         return _png(figure)
 
@@ -219,6 +222,7 @@ def session_lengths(analysis: Analysis) -> bytes:
             return _png(figure)
         axes.bar([b.label for b in buckets], [b.count for b in buckets], color="tab:green")
         axes.set_ylabel("sessions")
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         return _png(figure)
 
 
