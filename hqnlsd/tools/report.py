@@ -100,10 +100,15 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=Path("hqn-report"),
+        metavar="DIR",
         help="directory to write the report into (default: %(default)s)",
     )
-    parser.add_argument("--since", type=parse_when, help="report from this time (UTC)")
-    parser.add_argument("--until", type=parse_when, help="report up to this time (UTC)")
+    parser.add_argument(
+        "--since", type=parse_when, metavar="WHEN", help="report from this time (UTC)"
+    )
+    parser.add_argument(
+        "--until", type=parse_when, metavar="WHEN", help="report up to this time (UTC)"
+    )
     parser.add_argument(
         "--product",
         action="append",
