@@ -302,6 +302,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         ("redis_bytes", "redis-always hold", "bytes_per_licence"),
         ("hqnlsd_failover", "hqnlsd failover", "seconds"),
         ("etcd_failover", "etcd failover", "seconds"),
+        ("hqnlsd_client_cpu_us", "hqnlsd closed", "client_cpu_us_per_pair"),
+        ("redis_client_cpu_us", "redis-always closed", "client_cpu_us_per_pair"),
+        ("domain_client_cpu_us", "hqnlsd-domain closed", "client_cpu_us_per_pair"),
+        ("etcd_client_cpu_us", "etcd closed", "client_cpu_us_per_pair"),
     ):
         value = med(name, field)
         if value is not None:
@@ -652,6 +656,7 @@ async def load_worker(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, spec["start_at"] - time.time()))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + spec["seconds"]
+        cpu_started = time.thread_time()  # this loop's thread: the load generator's CPU
         await asyncio.wait_for(
             asyncio.gather(*(
                 churn_one(c, i, spec["connections"], spec["rate"], deadline, out, spec["run"])
@@ -659,6 +664,7 @@ async def load_worker(spec: dict[str, Any]) -> dict[str, Any]:
             )),
             spec["seconds"] + 2 * REPLY_TIMEOUT + 1,
         )
+        out["client_cpu"] = time.thread_time() - cpu_started
         return out
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -731,6 +737,8 @@ def churn(
     if cpu is not None:
         result["server_cpu_seconds"] = round(cpu, 3)
         result["cpu_us_per_pair"] = round(cpu / pairs * 1e6, 1)
+    client_cpu = sum(o["client_cpu"] for o in outs)
+    result["client_cpu_us_per_pair"] = round(client_cpu / pairs * 1e6, 1)
     return result
 
 
@@ -1190,7 +1198,8 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     def record(name: str, result: dict[str, Any]) -> None:
         runs[name].append(result)
         shown = {k: v for k, v in result.items()
-                 if k in ("pairs_per_second", "p50_ms", "p99_ms", "cpu_us_per_pair", "refused",
+                 if k in ("pairs_per_second", "p50_ms", "p99_ms", "cpu_us_per_pair",
+                          "client_cpu_us_per_pair", "refused",
                           "bytes_per_licence", "seconds_to_take", "seconds")}
         print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
 
@@ -1234,6 +1243,13 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     rows = table_rows(figures)
     print()
     print(format_table(rows))
+    generator = [(label, figures.get(key)) for label, key in (
+        ("hqnlsd", "hqnlsd_client_cpu_us"), ("Redis AOF always", "redis_client_cpu_us"),
+        ("hqnlsd domain", "domain_client_cpu_us"), ("etcd", "etcd_client_cpu_us"))]
+    if any(value is not None for _, value in generator):
+        print()
+        print("Load generator CPU per pair (closed loop, its own thread): " + ", ".join(
+            f"{label} {value:.0f} us" for label, value in generator if value is not None))
     if profiled:
         print()
         print("Where hqnlsd's time goes (py-spy, one more closed-loop run each, not in the "

@@ -5,9 +5,10 @@ so tests and several daemons in one process never share a figure. The core calls
 its small methods on events it already handles (a grant, a denial, a failover...);
 nothing on the hot path does more than bump a counter.
 
-Licence totals and use are not book-kept here at all: a *callback collector* asks a
-provider function for the current figures when (and only when) somebody scrapes,
-so the figures can never drift from the engine's own state.
+Licence totals and use, the journal's health and each domain's peers are not
+book-kept here at all: *callback collectors* ask provider functions for the current
+figures when (and only when) somebody scrapes, so the figures can never drift from
+the state they describe.
 
 Metric names (all prefixed ``hqnlsd_``):
 
@@ -22,11 +23,15 @@ name                                     type       labels
 ``permit_read_errors_total``             counter    ``condition`` (100 .. 118)
 ``domain_role``                          gauge      ``domain`` (0 none, 1 backup, 2 primary)
 ``domain_epoch``                         gauge      ``domain``
-``peers_up``                             gauge      ``domain``
+``peers_up``                             gauge      ``domain`` (other members reached)
+``domain_peers``                         gauge      ``domain`` (other members in all)
 ``domain_damaged``                       gauge      ``domain`` (1: stored state unusable)
 ``failovers_total``                      counter    ``domain``
 ``licences_permitted``                   gauge      ``publisher product version pool``
 ``licences_in_use``                      gauge      ``publisher product version pool``
+``journal_healthy``                      gauge      (1; 0 from a failed commit until
+                                                    its events are written)
+``journal_commit_failures_total``        counter
 ``connections_open``                     gauge      ``listener`` (client, admin_tls, ...)
 ``connection_limit``                     gauge      ``listener``
 ``connections_refused_total``            counter    ``listener reason`` (per_source, global)
@@ -51,7 +56,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -167,13 +172,63 @@ def licence_counts(products: Iterable[ProductUse]) -> Iterator[LicenceCount]:
         yield LicenceCount(p.publisher, p.product, p.version, "locked", p.node_count, p.locked_used)
 
 
-class _LicenceCollector:
-    """Asks the provider for licence figures at scrape time (nothing kept in between)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class JournalHealth:
+    """The journal's health (`hqnlsd.persistence.store.Journal`) at one scrape."""
 
-    _LABELS = ("publisher", "product", "version", "pool")
+    healthy: bool
+    commit_failures: int
 
-    def __init__(self, provider: LicenceProvider | None) -> None:
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DomainPeers:
+    """One domain's other members and how many of them this member reaches."""
+
+    domain: str
+    peers: int
+    up: int
+
+
+class _ScrapeTimeCollector:
+    """Asks a provider for figures at scrape time (nothing kept in between).
+
+    Subclasses name their families (`_families`) and fill them from what the
+    provider returned (`_fill`). A failing provider is logged and its families go
+    out without samples; the rest of the scrape is unharmed.
+    """
+
+    what = "figures"
+
+    def __init__(self, provider: Callable[[], Any] | None) -> None:
         self.provider = provider
+
+    def _families(self) -> tuple[Metric, ...]:
+        raise NotImplementedError
+
+    def _fill(self, families: tuple[Any, ...], figures: Any) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> list[Metric]:
+        """The families (without samples), so the registry can check names."""
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        """The current figures; a failing provider is logged and yields none."""
+        families = self._families()
+        if self.provider is not None:
+            try:
+                self._fill(families, self.provider())
+            except Exception:
+                _log.failure("the {what} for a metrics scrape could not be read", what=self.what)
+                families = self._families()
+        yield from families
+
+
+class _LicenceCollector(_ScrapeTimeCollector):
+    """Licences permitted and in use, per product and pool."""
+
+    what = "licence figures"
+    _LABELS = ("publisher", "product", "version", "pool")
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         permitted = GaugeMetricFamily(
@@ -188,25 +243,60 @@ class _LicenceCollector:
         )
         return permitted, in_use
 
-    def describe(self) -> list[Metric]:
-        """The families (without samples), so the registry can check names."""
-        return list(self._families())
+    def _fill(self, families: tuple[Any, ...], figures: Iterable[LicenceCount]) -> None:
+        permitted, in_use = families
+        for c in list(figures):
+            labels = [c.publisher, c.product, c.version, c.pool]
+            permitted.add_metric(labels, c.permitted)
+            in_use.add_metric(labels, c.in_use)
 
-    def collect(self) -> Iterator[Metric]:
-        """The current figures; a failing provider is logged and yields none."""
-        permitted, in_use = self._families()
-        if self.provider is not None:
-            try:
-                counts = list(self.provider())
-            except Exception:
-                _log.failure("the licence figures for a metrics scrape could not be read")
-                counts = []
-            for c in counts:
-                labels = [c.publisher, c.product, c.version, c.pool]
-                permitted.add_metric(labels, c.permitted)
-                in_use.add_metric(labels, c.in_use)
-        yield permitted
-        yield in_use
+
+class _JournalCollector(_ScrapeTimeCollector):
+    """The journal's health and its failed commits."""
+
+    what = "journal figures"
+
+    def _families(self) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        healthy = GaugeMetricFamily(
+            f"{PREFIX}_journal_healthy",
+            "1 while the licence state journal commits; 0 from a failed commit until "
+            "its events have been written.",
+        )
+        failures = CounterMetricFamily(
+            f"{PREFIX}_journal_commit_failures",
+            "Group commits of the licence state journal that failed (each is retried).",
+        )
+        return healthy, failures
+
+    def _fill(self, families: tuple[Any, ...], figures: JournalHealth) -> None:
+        healthy, failures = families
+        healthy.add_metric([], 1 if figures.healthy else 0)
+        failures.add_metric([], figures.commit_failures)
+
+
+class _PeerCollector(_ScrapeTimeCollector):
+    """Each domain's other members, and those this member reaches."""
+
+    what = "domain peer figures"
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        peers = GaugeMetricFamily(
+            f"{PREFIX}_domain_peers",
+            "Other members of a server domain (hqnlsd_peers_up counts those reached).",
+            labels=["domain"],
+        )
+        up = GaugeMetricFamily(
+            f"{PREFIX}_peers_up",
+            "Other members of a server domain this daemon's links reach.",
+            labels=["domain"],
+        )
+        return peers, up
+
+    def _fill(self, families: tuple[Any, ...], figures: Iterable[DomainPeers]) -> None:
+        peers, up = families
+        for d in list(figures):
+            peers.add_metric([d.domain], d.peers)
+            up.add_metric([d.domain], d.up)
 
 
 class Metrics:
@@ -262,12 +352,6 @@ class Metrics:
             ["domain"],
             registry=r,
         )
-        self._peers_up = Gauge(
-            f"{PREFIX}_peers_up",
-            "Peers of a domain this daemon is in touch with.",
-            ["domain"],
-            registry=r,
-        )
         self._damaged = Gauge(
             f"{PREFIX}_domain_damaged",
             "1 while this daemon's stored state for a server domain cannot be used "
@@ -308,7 +392,10 @@ class Metrics:
             registry=r,
         )
         self._licences = _LicenceCollector(licence_provider)
-        r.register(self._licences)
+        self._journal = _JournalCollector(None)
+        self._peers = _PeerCollector(None)
+        for collector in (self._licences, self._journal, self._peers):
+            r.register(collector)
         if runtime:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -349,16 +436,14 @@ class Metrics:
     # -- domains -------------------------------------------------------------------
 
     def set_domain_role(self, domain: str, role: DomainRole) -> None:
-        """This daemon's role in domain is now role."""
+        """This daemon's role in domain is now role (its failover count exists from
+        then on, at zero, so that increase() sees the first failover)."""
         self._role.labels(domain).set(int(role))
+        self._failovers.labels(domain)
 
     def set_domain_epoch(self, domain: str, epoch: int) -> None:
         """The domain's current view has this epoch."""
         self._epoch.labels(domain).set(epoch)
-
-    def set_peers_up(self, domain: str, count: int) -> None:
-        """This daemon is in touch with count peers of domain."""
-        self._peers_up.labels(domain).set(count)
 
     def set_domain_damaged(self, domain: str, reason: str | None) -> None:
         """This daemon's stored state for domain is damaged (a reason) or fine (None)."""
@@ -370,7 +455,7 @@ class Metrics:
 
     def forget_domain(self, domain: str) -> None:
         """Drop every series of a domain no longer served (after a permit re-read)."""
-        for metric in (self._role, self._epoch, self._peers_up, self._failovers, self._damaged):
+        for metric in (self._role, self._epoch, self._failovers, self._damaged):
             with contextlib.suppress(KeyError):
                 metric.remove(domain)
 
@@ -402,6 +487,14 @@ class Metrics:
     def set_licence_provider(self, provider: LicenceProvider | None) -> None:
         """Ask provider for the licence figures at each scrape from now on."""
         self._licences.provider = provider
+
+    def set_journal_provider(self, provider: Callable[[], JournalHealth] | None) -> None:
+        """Ask provider for the journal's health at each scrape from now on."""
+        self._journal.provider = provider
+
+    def set_peer_provider(self, provider: Callable[[], Iterable[DomainPeers]] | None) -> None:
+        """Ask provider for each domain's peers (all, and reached) at each scrape."""
+        self._peers.provider = provider
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The scrape body and its content type, chosen from an HTTP Accept header."""

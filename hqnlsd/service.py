@@ -51,7 +51,7 @@ from hqnlsd.listeners import Listener
 from hqnlsd.logging.feed import LicenceFeed
 from hqnlsd.logging.switches import LogSwitches
 from hqnlsd.logging.usage import UsageReport
-from hqnlsd.metrics import Metrics, licence_counts, make_metrics_service
+from hqnlsd.metrics import JournalHealth, Metrics, licence_counts, make_metrics_service
 from hqnlsd.permits.model import HostId
 from hqnlsd.persistence.store import Journal
 from hqnlsd.protocols.client import ClientProtocolFactory
@@ -106,6 +106,10 @@ class HqnlsdService(MultiService):
             usage=self.usage,
             metrics=self.metrics,
             domains=self.domains,
+        )
+        journal = self.core.journal
+        self.metrics.set_journal_provider(
+            lambda: JournalHealth(journal.healthy, journal.stats.failures)
         )
         self.reloader = ReloadService(config, self.core, self.notifier, reactor)
         self.factory = ClientProtocolFactory(

@@ -13,7 +13,7 @@ from hqnlsd.daemon.startup import StartupError
 from hqnlsd.domain.role import Role, RoleInfo
 from hqnlsd.domain.runtime import DomainRuntime
 from hqnlsd.logging.feed import LicenceFeed
-from hqnlsd.metrics import DomainRole, Metrics
+from hqnlsd.metrics import DomainPeers, DomainRole, Metrics
 
 
 def make_domains(
@@ -22,7 +22,8 @@ def make_domains(
     """The domain runtime: peer links, one node per multi-host domain, its listeners.
 
     Its events go to the licence feed and the metrics like the journal's; role
-    changes to the metrics and the feed (`DomainRoles`). StartupError if the
+    changes to the metrics and the feed (`DomainRoles`); the metrics read each
+    domain's peers from it at scrape time (`domain_peers`). StartupError if the
     domain credentials cannot be used.
     """
     # Late: the TLS stack is loaded only by a daemon that has domains.
@@ -52,9 +53,19 @@ def make_domains(
     domains.event_listeners.append(lambda key, events: feed.observe(events))
     domains.event_listeners.append(lambda key, events: count_events(metrics, events))
     domains.role_listeners.append(DomainRoles(feed, metrics).changed)
-    domains.peer_listeners.append(metrics.set_peers_up)
+    metrics.set_peer_provider(lambda: domain_peers(domains))
     domains.damage_listeners.append(metrics.set_domain_damaged)
     return domains
+
+
+def domain_peers(domains: DomainRuntime) -> list[DomainPeers]:
+    """Each domain's other members and how many of them this member's links reach."""
+    figures = []
+    for key, member in domains.members.items():
+        others = [address for address in member.spec.ranks if address != domains.me]
+        up = sum(1 for address in others if domains.network.is_up(address))
+        figures.append(DomainPeers(key, len(others), up))
+    return figures
 
 
 class DomainRoles:

@@ -104,6 +104,10 @@ def test_hqnlsd_only_tiny_run_prints_the_table_and_json(workdir: Path) -> None:
                         "bytes_per_licence", "seconds_to_take", "seconds"):
                 if key in run:
                     assert positive(run[key]), f"{name} {key}: {run[key]!r}"
+            if "pairs_per_second" in run:  # a load run: the generator's own CPU too
+                assert positive(run["client_cpu_us_per_pair"]), f"{name}: {run!r}"
+    assert positive(medians["hqnlsd_client_cpu_us"])
+    assert "Load generator CPU per pair" in done.stdout
 
     rows = results["rows"]
     assert [set(row) for row in rows] == [

@@ -23,7 +23,9 @@ from twisted.trial import unittest
 
 from hqnlsd.metrics import (
     VERBS,
+    DomainPeers,
     DomainRole,
+    JournalHealth,
     LicenceCount,
     Metrics,
     MetricsError,
@@ -118,25 +120,23 @@ class TestCounters:
         assert sample(m, "hqnlsd_permit_read_errors_total", condition="103") == 1
 
     def test_domain_figures_and_forgetting_a_domain(self) -> None:
-        """Role, epoch, peers up and failovers per domain; forget_domain drops them all."""
+        """Role, epoch and failovers per domain; forget_domain drops them all."""
         m = Metrics(runtime=False)
         a, b = "127.0.0.1 127.0.0.2 127.0.0.3", "127.0.0.4 127.0.0.5"
         m.set_domain_role(a, DomainRole.PRIMARY)
         m.set_domain_role(b, DomainRole.BACKUP)
         m.set_domain_epoch(a, 7)
-        m.set_peers_up(a, 2)
         m.failover(a)
         m.failover(a)
         assert sample(m, "hqnlsd_domain_role", domain=a) == 2
         assert sample(m, "hqnlsd_domain_role", domain=b) == 1
         assert sample(m, "hqnlsd_domain_epoch", domain=a) == 7
-        assert sample(m, "hqnlsd_peers_up", domain=a) == 2
         assert sample(m, "hqnlsd_failovers_total", domain=a) == 2
         m.set_domain_role(a, DomainRole.NONE)
         assert sample(m, "hqnlsd_domain_role", domain=a) == 0
         m.forget_domain(a)
         m.forget_domain("never seen")  # no error for an unknown domain
-        for name in ("hqnlsd_domain_role", "hqnlsd_domain_epoch", "hqnlsd_peers_up"):
+        for name in ("hqnlsd_domain_role", "hqnlsd_domain_epoch"):
             assert sample(m, name, domain=a) is None
         assert sample(m, "hqnlsd_failovers_total", domain=a) is None
         assert sample(m, "hqnlsd_domain_role", domain=b) == 1
@@ -154,6 +154,67 @@ class TestCounters:
         with_runtime, bare = Metrics(), Metrics(runtime=False)
         assert b"\npython_info{" in with_runtime.exposition()[0]
         assert b"python_info" not in bare.exposition()[0]
+
+
+class TestScrapeTimeState:
+    """Journal health and domain peers come from providers at scrape time, and only then."""
+
+    def test_journal_health(self) -> None:
+        """hqnlsd_journal_healthy is 1 or 0 and the commit failures a counter, as the
+        provider says at each scrape; without a provider there are no samples."""
+        m = Metrics(runtime=False)
+        assert sample(m, "hqnlsd_journal_healthy") is None
+        health = {"now": JournalHealth(healthy=True, commit_failures=0)}
+        m.set_journal_provider(lambda: health["now"])
+        assert sample(m, "hqnlsd_journal_healthy") == 1
+        assert sample(m, "hqnlsd_journal_commit_failures_total") == 0
+        health["now"] = JournalHealth(healthy=False, commit_failures=3)
+        assert sample(m, "hqnlsd_journal_healthy") == 0
+        assert sample(m, "hqnlsd_journal_commit_failures_total") == 3
+        assert b"# TYPE hqnlsd_journal_commit_failures_total counter" in m.exposition()[0]
+
+    def test_domain_peers_and_peers_up(self) -> None:
+        """Per domain: the other members and how many of them this one reaches; a
+        domain the provider no longer lists is gone from the next scrape."""
+        m = Metrics(runtime=False)
+        listed = [DomainPeers("D", peers=2, up=1), DomainPeers("E", peers=1, up=0)]
+        m.set_peer_provider(lambda: listed)
+        assert sample(m, "hqnlsd_domain_peers", domain="D") == 2
+        assert sample(m, "hqnlsd_peers_up", domain="D") == 1
+        assert sample(m, "hqnlsd_domain_peers", domain="E") == 1
+        assert sample(m, "hqnlsd_peers_up", domain="E") == 0
+        listed.pop()
+        assert sample(m, "hqnlsd_domain_peers", domain="E") is None
+        assert sample(m, "hqnlsd_peers_up", domain="E") is None
+
+    def test_failing_providers_cost_only_their_figures(self) -> None:
+        """A provider that raises is logged; the rest of the scrape is there."""
+
+        def broken() -> Any:
+            raise RuntimeError("not ready")
+
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        try:
+            m = Metrics(runtime=False)
+            m.set_journal_provider(broken)
+            m.set_peer_provider(broken)
+            m.granted()
+            text = m.exposition()[0].decode()
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        assert "hqnlsd_grants_total 1.0" in text
+        assert "\nhqnlsd_journal_healthy " not in text
+        assert "hqnlsd_peers_up{" not in text
+        assert len([e for e in events if "log_failure" in e]) == 2
+
+    def test_failovers_exist_at_zero_once_a_role_is_known(self) -> None:
+        """A domain's failover counter is there from its first role, so increase()
+        sees the first failover."""
+        m = Metrics(runtime=False)
+        m.set_domain_role("D", DomainRole.BACKUP)
+        assert sample(m, "hqnlsd_failovers_total", domain="D") == 0
 
 
 class TestLicenceCollector:
@@ -384,7 +445,6 @@ class TestScrapeOverHTTP(unittest.TestCase):
         m.denied(Status.NOLICENCES)
         m.observe_request("REQUEST", 0.003)
         m.set_domain_role("127.0.0.1", DomainRole.PRIMARY)
-        m.set_peers_up("127.0.0.1", 0)
         self.in_use = 3
         code, headers, body = yield self.get(b"/metrics")
         self.assertEqual(code, 200)

@@ -121,3 +121,18 @@ def test_admin_handler_is_given_the_admin_view(tmp_path: Path) -> None:
     view = handler.root
     assert view.engine is root.engine and view.journal is root.journal
     assert view.server is root.server and view.config is root.config
+
+
+def test_metrics_show_the_journal_health(tmp_path: Path) -> None:
+    """hqnlsd_journal_healthy and hqnlsd_journal_commit_failures_total follow the
+    journal's own health and failure count at each scrape."""
+    root = HqnlsdService(config(tmp_path), MemoryReactorClock())
+    registry = root.metrics.registry
+    assert registry.get_sample_value("hqnlsd_journal_healthy") == 1
+    assert registry.get_sample_value("hqnlsd_journal_commit_failures_total") == 0
+    root.journal.last_error = OSError("disk full")
+    root.journal.stats.failures = 2
+    assert registry.get_sample_value("hqnlsd_journal_healthy") == 0
+    assert registry.get_sample_value("hqnlsd_journal_commit_failures_total") == 2
+    root.journal.last_error = None
+    assert registry.get_sample_value("hqnlsd_journal_healthy") == 1

@@ -7,7 +7,9 @@ driven directly (with a `MemoryReactorClock`, so nothing listens).
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -124,7 +126,7 @@ def test_bad_credentials_stop_startup(tmp_path: Path) -> None:
 
 def test_metrics_count_the_domains_this_member_is_primary_of(tmp_path: Path) -> None:
     """Licence figures: this daemon's own products plus those of the domains it is the
-    acting primary of; peers_up follows the runtime's link count."""
+    acting primary of; peers_up and domain_peers follow the runtime's members and links."""
     from hqnlsd.licensing.engine import Engine
     from tests.daemons import product_permit
 
@@ -138,8 +140,15 @@ def test_metrics_count_the_domains_this_member_is_primary_of(tmp_path: Path) -> 
     service.domains.serving_engines = lambda: [engine]  # type: ignore[method-assign]
     (figures,) = service._licence_figures()
     assert (figures.product, figures.floating_count) == ("Domain Widget", 4)
-    for listener in service.domains.peer_listeners:
-        listener("D", 2)
+    # Peers: read from the runtime's members and links at each scrape.
+    me, up, down = (ipaddress.IPv4Address(f"127.0.0.{n}") for n in (1, 2, 3))
+    member = SimpleNamespace(spec=SimpleNamespace(ranks={me: 1, up: 2, down: 3}))
+    service.domains.members = {"D": member}  # type: ignore[dict-item]
+    service.domains.network.is_up = lambda address: address == up  # type: ignore[method-assign]
+    scrape = service.metrics.exposition()[0]
+    assert b'hqnlsd_peers_up{domain="D"} 1.0' in scrape
+    assert b'hqnlsd_domain_peers{domain="D"} 2.0' in scrape
+    service.domains.network.is_up = lambda address: True  # type: ignore[method-assign]
     assert b'hqnlsd_peers_up{domain="D"} 2.0' in service.metrics.exposition()[0]
 
 

@@ -1,0 +1,94 @@
+"""`hqnlsd.reports.sources`: finding and reading ``usage.jsonl`` and its rotations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hqnlsd.reports.analysis import Options, analyse
+from hqnlsd.reports.records import Grant
+from hqnlsd.reports.sources import ReportInputError, read_sources, usage_files
+from tests.reports.records import denial, grant, lines, release
+
+
+def test_rotated_files_are_read_oldest_first(tmp_path: Path) -> None:
+    """``usage.jsonl.2`` (oldest), ``.1``, then ``usage.jsonl``: a licence granted in
+    the oldest file and released in the live one has its whole length."""
+    (tmp_path / "usage.jsonl.2").write_text(lines(grant(0, "old")))
+    (tmp_path / "usage.jsonl.1").write_text(lines(grant(10, "mid")))
+    (tmp_path / "usage.jsonl").write_text(lines(release(100, "old", held=None)))
+    (tmp_path / "usage.jsonl.x").write_text("not a rotation\n")
+    names = [path.name for path in usage_files(tmp_path)]
+    assert names == ["usage.jsonl.2", "usage.jsonl.1", "usage.jsonl"]
+    read = read_sources([tmp_path])
+    assert [type(r).__name__ for r in read.records] == ["Grant", "Grant", "End"]
+    first = read.records[0]
+    assert isinstance(first, Grant) and first.handle == "old"
+    sessions = {s.handle: s for s in analyse(read.records, Options()).sessions}
+    assert sessions["old"].seconds == 100
+
+
+def test_a_file_source_brings_its_rotations(tmp_path: Path) -> None:
+    """A ``usage.jsonl`` path names the file and its rotations beside it."""
+    (tmp_path / "usage.jsonl.1").write_text(lines(grant(0, "a")))
+    (tmp_path / "usage.jsonl").write_text(lines(grant(1, "b")))
+    assert [p.name for p in usage_files(tmp_path / "usage.jsonl")] == [
+        "usage.jsonl.1",
+        "usage.jsonl",
+    ]
+
+
+def test_two_members_are_read_and_deduplicated(tmp_path: Path) -> None:
+    """Two members' state directories: records in both count once."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "usage.jsonl").write_text(lines(grant(0, "h1"), denial(5)))
+    (b / "usage.jsonl").write_text(lines(grant(0, "h1"), denial(5), release(50, "h1", held=50)))
+    read = read_sources([a, b])
+    assert read.duplicates == 2
+    assert len(read.records) == 3
+    assert read.files == [a / "usage.jsonl", b / "usage.jsonl"]
+
+
+def test_malformed_lines_are_counted_not_fatal(tmp_path: Path) -> None:
+    """Bad JSON, a truncated last line and a wrong-typed record are skipped and
+    counted with their file and line; the good records are read."""
+    good = lines(grant(0, "h1"))
+    bad_type = json.dumps({**grant(1, "h2"), "indices": "x"})
+    (tmp_path / "usage.jsonl").write_text(
+        good + "garbage\n" + bad_type + "\n\n" + lines(denial(3)) + '{"ts": "2026'
+    )
+    read = read_sources([tmp_path])
+    assert len(read.records) == 2
+    assert read.skipped == 3
+    assert [(p.line, p.path.name) for p in read.problems] == [
+        (2, "usage.jsonl"),
+        (3, "usage.jsonl"),
+        (6, "usage.jsonl"),
+    ]
+    assert "indices" in read.problems[1].why
+
+
+def test_undecodable_bytes_are_a_malformed_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 make that line malformed, not the file unreadable."""
+    (tmp_path / "usage.jsonl").write_bytes(b"\xff\xfe\n" + lines(grant(0, "h")).encode())
+    read = read_sources([tmp_path])
+    assert (read.skipped, len(read.records)) == (1, 1)
+
+
+def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    """A path that does not exist, or a directory without a usage report."""
+    with pytest.raises(ReportInputError, match="no such file or directory"):
+        read_sources([tmp_path / "nowhere"])
+    with pytest.raises(ReportInputError, match=r"no usage\.jsonl"):
+        read_sources([tmp_path])
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A usage file that cannot be read (here: a directory in its place)."""
+    (tmp_path / "usage.jsonl").mkdir()
+    with pytest.raises(ReportInputError, match=r"usage\.jsonl"):
+        read_sources([tmp_path])
