@@ -124,6 +124,7 @@ def names_in(expressions: list[str]) -> set[str]:
 # -- the rules ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # runs promtool
 def test_promtool_checks_the_rules() -> None:
     """`promtool check rules conf/prometheus-alerts.yml` passes, with every alert."""
     result = run_promtool("check", "rules", str(ALERTS))
@@ -132,6 +133,7 @@ def test_promtool_checks_the_rules() -> None:
     assert {rule["alert"] for rule in alert_rules()} == EXPECTED_ALERTS
 
 
+@pytest.mark.e2e  # runs promtool
 def test_promtool_unit_tests_of_the_alerts() -> None:
     """`promtool test rules`: every alert fires on its input and not on healthy series."""
     result = run_promtool("test", "rules", str(ALERT_TESTS))
@@ -140,6 +142,7 @@ def test_promtool_unit_tests_of_the_alerts() -> None:
     assert tested == EXPECTED_ALERTS
 
 
+@pytest.mark.e2e  # runs promtool
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """The unit tests notice a wrong rule: with the 95 % threshold at 85 %, a product
     9 of 10 used fires where the tests say it must not."""
@@ -236,6 +239,7 @@ GRAFANA_VARIABLES = {
 }
 
 
+@pytest.mark.e2e  # runs promtool
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """Every panel query, its variables replaced as Grafana would, parses: promtool
     checks them as the expressions of recording rules."""
@@ -347,6 +351,7 @@ def test_every_name_used_is_exposed_by_real_daemons(daemons: DaemonHarness) -> N
     assert roles == [1.0, 2.0], roles
 
 
+@pytest.mark.e2e  # runs promtool
 def test_readme_scrape_configuration_is_valid(tmp_path: Path) -> None:
     """The prometheus.yml of the README's "Grafana and Prometheus" section passes
     `promtool check config`, with its rule file path pointed at conf/."""
