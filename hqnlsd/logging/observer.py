@@ -43,6 +43,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.logger import (
+    FileLogObserver,
     ILogFilterPredicate,
     ILogObserver,
     LogEvent,
@@ -50,6 +51,7 @@ from twisted.logger import (
     LogLevel,
     LogPublisher,
     PredicateResult,
+    formatTime,
     globalLogPublisher,
 )
 from zope.interface import implementer
@@ -366,14 +368,120 @@ class SwitchPredicate:
         return result
 
 
+#: What `twisted.logger.textFileLogObserver` names the formatter it gives its observer.
+_TEXT_FORMATTER = ("twisted.logger._file", "textFileLogObserver.<locals>.formatEvent")
+#: The largest fraction of a second whose microseconds cannot round up to the next
+#: second (`datetime.fromtimestamp` rounds to the microsecond, half to even).
+_SAFE_FRACTION = 0.999999
+
+
+class ClassicTextFile:
+    """The lines twistd's text file observer (`textFileLogObserver`, what twistd logs
+    through to ``--logfile`` or stdout) writes for licence lines, written straight to
+    that observer's file: the same text, byte for byte, without Twisted's generic
+    formatting (``string.Formatter`` over the event, a time zone and ``strftime``
+    per line), which is most of a licence line's cost at thousands a second.
+
+    The line is Twisted's ``"{time} [{namespace}#{level}] {text}\n"``
+    (`formatEventAsClassicLogText`). The time is formatted by Twisted's
+    `formatTime` once per second and reused within it (its format has no
+    ``%f``, and a time whose microseconds could round up into the next second
+    is formatted afresh). It goes to the observer's own file object (a twistd
+    `LogFile` rotates in its ``write``) and is flushed, as the observer does.
+    """
+
+    def __init__(self, observer: FileLogObserver, time_format: str | None) -> None:
+        self.observer = observer
+        self.time_format = time_format
+        self._by_second = time_format is not None and "%f" not in time_format
+        self._second = -1
+        self._stamp = ""
+
+    @classmethod
+    def behind(cls, observer: object) -> ClassicTextFile | None:
+        """The fast writer for ``observer`` if it is a `textFileLogObserver`'s, else None."""
+        if type(observer) is not FileLogObserver:
+            return None
+        formatter = getattr(observer, "formatEvent", None)
+        code = getattr(formatter, "__code__", None)
+        closure = getattr(formatter, "__closure__", None)
+        if (
+            code is None
+            or (getattr(formatter, "__module__", None), getattr(formatter, "__qualname__", None))
+            != _TEXT_FORMATTER
+            or code.co_freevars != ("timeFormat",)
+            or closure is None
+        ):
+            return None
+        time_format = closure[0].cell_contents
+        if time_format is not None and not isinstance(time_format, str):
+            return None
+        if not hasattr(observer, "_outFile") or not hasattr(observer, "_encoding"):
+            return None
+        return cls(observer, time_format)
+
+    def _time(self, when: object) -> str:
+        if when is None or self.time_format is None:
+            return "-"
+        if self._by_second and type(when) is float and when >= 0.0:
+            second = int(when)
+            if when - second < _SAFE_FRACTION:
+                if second != self._second:
+                    self._stamp = formatTime(when, self.time_format)
+                    self._second = second
+                return self._stamp
+        return formatTime(when, self.time_format)  # type: ignore[arg-type]
+
+    def write(self, event: LogEvent, text: str) -> bool:
+        """Write licence line ``event`` whose rendered text is ``text``; False (nothing
+        written) when the event is not one this knows how to write as Twisted would."""
+        if not text or "log_failure" in event or "log_flattened" in event:
+            return False
+        if event.get("log_system") is not None:
+            return False
+        level = event.get("log_level")
+        level_name = "-" if level is None else getattr(level, "name", None)
+        namespace = event.get("log_namespace", "-")
+        if type(namespace) is not str or type(level_name) is not str:
+            return False
+        line = f"{self._time(event.get('log_time'))} [{namespace}#{level_name}] {text}"
+        if "\n" in line:
+            line = line.replace("\n", "\n\t")
+        line += "\n"
+        observer = self.observer
+        encoding = observer._encoding
+        out = observer._outFile
+        out.write(line if encoding is None else line.encode(encoding))
+        out.flush()
+        return True
+
+
+def licence_text(event: LogEvent, switches: Switch | int) -> str | None:
+    """The text of licence line ``event`` under ``switches`` (what `trim_licence_event`
+    renders into ``licence_text``), or None if it does not render."""
+    text_format = _plan(str(event.get(LICENCE_KEY)), event, int(switches))[0]
+    try:
+        # The format names only fields whose switches are on: the hidden ones,
+        # which `trim_licence_event` removes, are never read.
+        return text_format.format_map(event)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+        return None
+
+
 @implementer(ILogObserver)
 class SwitchedObserver:
     """Passes to ``observer`` the events the switches admit, their values escaped
-    and licence lines trimmed."""
+    and licence lines trimmed.
+
+    In front of twistd's text file observer, licence lines are written through
+    `ClassicTextFile` (the same bytes, a fraction of the cost); every other event,
+    and every licence line in front of any other observer, goes to ``observer``.
+    """
 
     def __init__(self, observer: ILogObserver, switches: LogSwitches) -> None:
         self.observer = observer
         self.switches = switches
+        self.text_file = ClassicTextFile.behind(observer)
 
     def __call__(self, event: LogEvent) -> None:
         """Filter, trim and forward one event."""
@@ -382,6 +490,11 @@ class SwitchedObserver:
             return
         event = escape_event(event)
         if LICENCE_KEY in event:
+            text_file = self.text_file
+            if text_file is not None:
+                text = licence_text(event, value)
+                if text is not None and text_file.write(event, text):
+                    return
             event = trim_licence_event(event, value)
         if "syslogPriority" not in event:
             event["syslogPriority"] = _PRIORITY.get(event.get("log_level"), LOG_INFO)
