@@ -38,6 +38,7 @@ the lifetime of a service.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -307,6 +308,8 @@ def log_licence(
     """
     if level is not LogLevel.critical and not licence_logged(switches, switch):
         return
+    if switches is not None and _written_directly(log, level, action, switch, fields):
+        return
     log.emit(
         level,
         _plan(action, fields, _ALL_BITS)[0],
@@ -314,6 +317,75 @@ def log_licence(
         licence_action=action,
         **fields,
     )
+
+
+#: The clock of licence lines written directly (`Logger.emit`'s: ``time.time``).
+_now = time.time
+#: Keys a licence line's fields never hold; with one, the line is emitted as ever.
+_EMITTED_KEYS = frozenset(
+    {
+        SWITCH_KEY,
+        LICENCE_KEY,
+        "log_logger",
+        "log_level",
+        "log_namespace",
+        "log_source",
+        "log_time",
+        "log_format",
+        "log_trace",
+        "log_system",
+        "log_failure",
+        "log_flattened",
+    }
+)
+
+
+def _written_directly(
+    log: Logger, level: LogLevel, action: str, switch: str, fields: dict[str, Any]
+) -> bool:
+    """Write a licence line straight to twistd's text log file, when that file is all
+    the line would reach: ``log`` emits to a `LogPublisher` whose only observer is a
+    `SwitchedObserver` in front of twistd's text file observer (a daemon's licence
+    log). Then `Logger.emit`, the publisher and the line's unfiltered format are
+    skipped: the filter's decision, the escaping, the text and the file are the
+    ones `SwitchedObserver` makes of the emitted event. False (nothing done) when
+    the line is not one for this path; the caller then emits it.
+    """
+    publisher = log.observer
+    if type(publisher) is not LogPublisher:
+        return False
+    observers = publisher._observers
+    if len(observers) != 1:
+        return False
+    switched = observers[0]
+    if type(switched) is not SwitchedObserver or switched.text_file is None:
+        return False
+    if level not in _PRIORITY or not _EMITTED_KEYS.isdisjoint(fields):
+        return False  # Logger.emit reports a bad level, or the event is unusual
+    # The event Logger.emit would make (without the unfiltered format, unused here).
+    event = {
+        **fields,
+        SWITCH_KEY: switch,
+        LICENCE_KEY: action,
+        "log_logger": log,
+        "log_level": level,
+        "log_namespace": log.namespace,
+        "log_source": log.source,
+        "log_time": _now(),
+    }
+    value = int(switched.switches.value)
+    if not admits(event, value):
+        return True  # dropped, as the filter drops it
+    event = escape_event(event)
+    text = licence_text(event, value)
+    if text is None:
+        return False
+    try:
+        return switched.text_file.write(event, text)
+    except Exception:
+        # The publisher catches what an observer raises and tells its other
+        # observers, of which there are none here.
+        return True
 
 
 #: Statuses that only redirect a client elsewhere: logged under EXTERR as well.

@@ -19,8 +19,10 @@ from twisted.logger import (
     formatEventAsClassicLogText,
     textFileLogObserver,
 )
+from twisted.logger import _logger as logger_module
 from twisted.python.logfile import LogFile
 
+from hqnlsd.logging import observer as observer_module
 from hqnlsd.logging.observer import (
     ClassicTextFile,
     SwitchedObserver,
@@ -196,3 +198,80 @@ def test_rotation_through_twistds_log_file_is_unchanged(tmp_path: Path) -> None:
         contents.append({p.name: p.read_bytes() for p in sorted(directory.iterdir())})
     assert len(contents[0]) > 5
     assert contents[0] == contents[1]
+
+
+# -- licence lines written without Logger.emit ------------------------------------------
+
+
+def clock(monkeypatch: pytest.MonkeyPatch, times: list[float]) -> None:
+    """Both paths' clocks (Logger.emit's and the direct path's) read ``times`` in turn."""
+    ticks = iter(times)
+    monkeypatch.setattr(observer_module, "_now", lambda: next(ticks))
+    monkeypatch.setattr(logger_module, "time", lambda: next(ticks))
+
+
+def emitted(
+    monkeypatch: pytest.MonkeyPatch, mask: Switch, seed: int, *, direct: bool
+) -> tuple[str, int]:
+    """The text file after `log_licence` calls (as the feed makes them, with
+    ``switches``) for random lines; with ``direct`` False, a second observer on
+    the publisher keeps every line on the old path (emit, publisher, the trimmed
+    event to twistd's own formatter). Also how many lines went through emit."""
+    rng = random.Random(seed)
+    out = io.StringIO()
+    switches = LogSwitches(mask)
+    publisher = LogPublisher()
+    switched = SwitchedObserver(textFileLogObserver(out), switches)
+    publisher.addObserver(switched)
+    if not direct:
+        switched.text_file = None
+        publisher.addObserver(lambda event: None)
+    log = Logger(namespace="hqnlsd.licence", observer=publisher)
+    emits = 0
+    original = log.emit
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        nonlocal emits
+        emits += 1
+        original(*args, **kwargs)
+
+    log.emit = counted  # type: ignore[method-assign]
+    clock(monkeypatch, [t for t in TIMES if t is not None] * 100)
+    for _ in range(300):
+        action = rng.choice(ACTIONS)
+        fields = {key: rng.choice(values) for key, values in VALUES.items()}
+        status = fields["status"] or "NOLICENCES"
+        switch = denial_switch(status) if action == "denied" else "LICENSE"
+        level = rng.choice([LogLevel.info, LogLevel.warn, LogLevel.critical])
+        log_licence(log, action, switch=switch, level=level, switches=switches, **fields)
+    return out.getvalue(), emits
+
+
+@pytest.mark.parametrize("mask", masks()[:10], ids=lambda m: hex(int(m)))
+def test_lines_written_without_emit_are_byte_identical(
+    monkeypatch: pytest.MonkeyPatch, mask: Switch
+) -> None:
+    """The direct path writes the file the old path (Logger.emit, the publisher,
+    twistd's formatter) writes, and does not call emit."""
+    new, new_emits = emitted(monkeypatch, mask, int(mask), direct=True)
+    old, old_emits = emitted(monkeypatch, mask, int(mask), direct=False)
+    assert new == old
+    assert new_emits == 0
+    assert old_emits > 0
+
+
+def test_unusual_lines_and_publishers_still_go_through_emit() -> None:
+    """A second observer, another publisher type, a clashing field: emitted as ever."""
+    kept: list[LogEvent] = []
+    out = io.StringIO()
+    switches = LogSwitches(ALL)
+    publisher = LogPublisher(SwitchedObserver(textFileLogObserver(out), switches), kept.append)
+    log = Logger(namespace="hqnlsd.licence", observer=publisher)
+    log_licence(log, "granted", switches=switches, product="P", user="u")
+    assert kept[0]["licence_action"] == "granted"
+    assert out.getvalue().endswith("] granted P to user u\n")
+    publisher.removeObserver(kept.append)
+    with pytest.raises(TypeError):
+        log_licence(log, "granted", switches=switches, product="P", licence_action="x")
+    log_licence(log, "granted", switches=switches, product="P", log_system="sys")
+    assert out.getvalue().splitlines()[-1].endswith(" [sys] granted P")
