@@ -41,19 +41,25 @@ from hqnlsd.logging.switches import STARTUP, SWITCHES_FILE, Switch, _encode
 from tests import daemons as daemons_module
 
 
+def write_switches(state_dir: Path, switches_off: list[str]) -> Path:
+    """The log switches file ``hqn_lsa loglevel`` writes: the start-up switches
+    without ``switches_off``, read by the daemon at start."""
+    value = STARTUP
+    for off in switches_off:
+        value &= ~Switch[off]
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_dir / SWITCHES_FILE
+    path.write_text(_encode(Switch(value)))
+    path.chmod(0o600)
+    return path
+
+
 def start(tree: Path, root: Path, name: str, switches_off: list[str]) -> Any:
     """A started single-host daemon whose code comes from ``tree``."""
     harness = failover.DaemonHarness(root)
     daemon = failover.single_host(harness, sidebyside.CHURN_LICENCES)
     if switches_off:
-        value = STARTUP
-        for off in switches_off:
-            value &= ~Switch[off]
-        state = daemon.state_dir
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = state / SWITCHES_FILE
-        path.write_text(_encode(Switch(value)))
-        path.chmod(0o600)
+        write_switches(daemon.state_dir, switches_off)
     saved = daemons_module.REPO_ROOT
     daemons_module.REPO_ROOT = tree.resolve()
     try:
@@ -79,15 +85,15 @@ def thread_ticks(pid: int) -> dict[str, tuple[int, int]]:
 def split_us(
     before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], pairs: int
 ) -> dict[str, float]:
-    """Per pair, microseconds of user and system CPU of the main and other threads."""
+    """Per pair, microseconds of user and of system CPU, by thread name (``/proc``
+    comm: Python 3.11 threads keep the process's, so usually one name)."""
     tick = 1e6 / os.sysconf("SC_CLK_TCK") / pairs
     out: dict[str, float] = {}
     for name, (user, system) in after.items():
         u0, s0 = before.get(name, (0, 0))
-        kind = "main" if name.startswith("python") or name == "twistd" else "other"
-        out[f"{kind} user"] = out.get(f"{kind} user", 0.0) + (user - u0) * tick
-        out[f"{kind} sys"] = out.get(f"{kind} sys", 0.0) + (system - s0) * tick
-    return {k: round(v, 1) for k, v in out.items()}
+        out[f"{name} user"] = round((user - u0) * tick, 1)
+        out[f"{name} sys"] = round((system - s0) * tick, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
