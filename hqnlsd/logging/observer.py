@@ -354,8 +354,8 @@ def _written_directly(
     publisher = log.observer
     if type(publisher) is not LogPublisher:
         return False
-    observers = publisher._observers
-    if len(observers) != 1:
+    observers = getattr(publisher, "_observers", None)  # see `_registered`
+    if type(observers) is not list or len(observers) != 1:
         return False
     switched = observers[0]
     if type(switched) is not SwitchedObserver or switched.text_file is None:
