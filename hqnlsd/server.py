@@ -9,6 +9,7 @@ calls `dispatch`, tests call it directly with a `task.Clock`.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,7 +49,9 @@ DATE_FORMAT = "%d/%m/%Y"
 MESSAGE_BURST = 10
 
 
+@functools.lru_cache(maxsize=256)
 def _date(day: datetime.date) -> str:
+    # A grant's start and expiry dates are those of its permit: a handful in all.
     return day.strftime(DATE_FORMAT)
 
 

@@ -54,6 +54,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -90,6 +91,44 @@ def _json_escape(ch: str) -> str:
 # Made once: `json.dumps` with options builds a new encoder for every record.
 # The same options as ``json.dumps(record, separators=(",", ":"), ensure_ascii=False)``.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def iso_stamp(when: float) -> str:
+    """``when`` as the report's ``ts``: what
+    ``datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")`` gives."""
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+#: The start of the last second `datetime` can show (9999-12-31T23:59:59).
+_LAST_SECOND = 253_402_300_799.0
+
+
+class StampCache:
+    """`iso_stamp`, the date and time of day made once per second.
+
+    The milliseconds are those `datetime.fromtimestamp` shows: its microseconds,
+    ``when``'s fraction of a second times a million rounded half to even (the
+    same double and the same rounding as CPython's), truncated to milliseconds
+    by ``isoformat``. A time whose microseconds round up into the next second,
+    a negative time or one that is not a float goes to `iso_stamp` itself.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1.0
+        self._prefix = ""
+
+    def __call__(self, when: float) -> str:
+        if type(when) is not float or not 0.0 <= when < _LAST_SECOND:
+            return iso_stamp(when)
+        fraction, second = math.modf(when)
+        micro = round(fraction * 1e6)
+        if micro >= 1_000_000:
+            return iso_stamp(when)
+        if second != self._second:
+            whole = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._prefix = whole.strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._prefix}.{micro // 1000:03d}+00:00"
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -192,6 +231,7 @@ class UsageReport:
         self._failing = False
         self._stamped_at: float | None = None  # the time `_stamp` shows
         self._stamp = ""
+        self._stamps = StampCache()
 
     # -- records ----------------------------------------------------------------------
 
@@ -386,8 +426,7 @@ class UsageReport:
         when = self._clock.seconds() if at is None else at
         if when != self._stamped_at:
             # The records of one batch of events share their time: one stamp for all.
-            stamp = datetime.datetime.fromtimestamp(when, datetime.UTC)
-            self._stamp = stamp.isoformat(timespec="milliseconds")
+            self._stamp = self._stamps(when)
             self._stamped_at = when
         return when, self._stamp
 

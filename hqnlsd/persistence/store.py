@@ -537,7 +537,7 @@ class Journal:
             # Every event given is in this batch or already durable (one batch at a
             # time), so the engine's state now is exactly the log's after this batch.
             if self._since_compaction + len(events) >= due and engine.applied == self._given:
-                batch.snapshot = json.dumps(engine.snapshot(), separators=(",", ":"))
+                batch.snapshot = _encode(engine.snapshot())
                 batch.written_at = self._clock.seconds()
         return batch
 
@@ -545,7 +545,7 @@ class Journal:
         """On the writer: the batch in one transaction; the outcome kept in the batch."""
         try:
             rows = [
-                (json.dumps(event.to_dict(), separators=(",", ":")),) for event in batch.events
+                (_encode(event.to_dict()),) for event in batch.events
             ]
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -614,7 +614,7 @@ class Journal:
     def _compact_now(self) -> None:
         engine = self._engine
         assert engine is not None
-        body = json.dumps(engine.snapshot(), separators=(",", ":"))
+        body = _encode(engine.snapshot())
         written_at = self._clock.seconds()
         self._writer.call(lambda: self._write_snapshot(body, written_at))
         self._since_compaction = 0
@@ -647,6 +647,11 @@ class Journal:
             and not self._closed
         ):
             self.flush()
+
+
+# Made once: `json.dumps` with options builds a new encoder for every call. The
+# same options as ``json.dumps(obj, separators=(",", ":"))``, so the same text.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _not_recorded(failure: Failure) -> None:

@@ -44,9 +44,17 @@ ALWAYS_QUOTED = frozenset({"msg", "data"})
 _LINE_BREAKS_RE = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
+#: Keys already found good by `_check_key` (the daemon's replies use a few dozen).
+_GOOD_KEYS: set[str] = set()
+
+
 def _check_key(key: str) -> str:
+    if key in _GOOD_KEYS:
+        return key
     if not KEY_RE.match(key):
         raise ValueError(f"reply key {key!r} is not a lowercase identifier")
+    if type(key) is str and len(_GOOD_KEYS) < 1024:
+        _GOOD_KEYS.add(key)
     return key
 
 
@@ -55,7 +63,7 @@ def make_fields(items: Mapping[str, object] | Iterable[tuple[str, object]]) -> F
 
     Values must be `FieldValue` (str or int, not bool); anything else is a TypeError.
     """
-    pairs = items.items() if isinstance(items, Mapping) else items
+    pairs = items.items() if type(items) is dict or isinstance(items, Mapping) else items
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for key, value in pairs:
@@ -63,9 +71,12 @@ def make_fields(items: Mapping[str, object] | Iterable[tuple[str, object]]) -> F
         if key in seen:
             raise ValueError(f"reply key {key!r} given twice")
         seen.add(key)
-        if isinstance(value, bool) or not isinstance(value, int | str):
+        if type(value) is str:
+            out.append((key, value))
+        elif isinstance(value, bool) or not isinstance(value, int | str):
             raise TypeError(f"reply value of {key!r} must be str or int, not {type(value)}")
-        out.append((key, value if isinstance(value, str) else str(value)))
+        else:
+            out.append((key, value if isinstance(value, str) else str(value)))
     return tuple(out)
 
 
@@ -89,7 +100,14 @@ class Ok:
     @classmethod
     def of(cls, word: str = "", /, **fields: FieldValue) -> Ok:
         """``Ok.of(handle="H1", period=300)``, ``Ok.of("bye")``."""
-        return cls(make_fields(fields), word)
+        checked = make_fields(fields)
+        if word:
+            _check_key(word)
+        # Checked once, here: `__post_init__` would only check them again.
+        reply = object.__new__(cls)
+        object.__setattr__(reply, "fields", checked)
+        object.__setattr__(reply, "word", word)
+        return reply
 
     def get(self, key: str) -> str | None:
         """The value of `key`, or None."""

@@ -28,6 +28,7 @@ from hqnlsd.licensing.events import Granted
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest, UpdateAck
 from hqnlsd.permits.model import ProductPermit
 from hqnlsd.permits.policy import Policy
+from hqnlsd.persistence import store
 from hqnlsd.persistence.store import (
     DATABASE_NAME,
     RETRY_FIRST,
@@ -575,3 +576,30 @@ def test_commit_that_is_not_written_fails_not_recorded(tmp_path: Path) -> None:
     clock.advance(RETRY_FIRST)
     assert journal.healthy
     journal.close()
+
+
+def test_rows_are_the_compact_json_of_the_events_and_snapshot(tmp_path: Path) -> None:
+    """The journal's rows and snapshot (one encoder made once) are the text
+    ``json.dumps(..., separators=(",", ":"))`` wrote for them before."""
+    clock = new_clock()
+    journal, engine = open_started(tmp_path, clock)
+    submitted = []
+    for pid in range(5):
+        outcome = engine.request(request(pid, client=f"c-\u00e9\u2603-{pid}"))
+        assert isinstance(outcome.result, Grant)
+        submitted += outcome.events
+        journal.submit(outcome.events)
+        released = engine.release(outcome.result.handle)
+        submitted += released.events
+        journal.submit(released.events)
+    clock.advance(0)
+    snapshot = engine.snapshot()
+    journal.close()
+    db = sqlite3.connect(tmp_path / DATABASE_NAME)
+    try:
+        rows = [body for (body,) in db.execute("SELECT body FROM events ORDER BY rowid")]
+    finally:
+        db.close()
+    expected = [json.dumps(event.to_dict(), separators=(",", ":")) for event in submitted]
+    assert rows[-len(expected) :] == expected
+    assert store._encode(snapshot) == json.dumps(snapshot, separators=(",", ":"))

@@ -369,6 +369,22 @@ def test_reply_validation() -> None:
         Ok((), "Pong")
 
 
+def test_ok_of_checks_what_the_constructor_checks() -> None:
+    """`Ok.of` (which checks its fields once, not again in __post_init__) refuses what
+    `Ok` refuses, a key found good before included, and builds the same value."""
+    assert Ok.of("bye") == Ok((), "bye")
+    assert Ok.of(handle="H1", period=300) == Ok((("handle", "H1"), ("period", "300")))
+    for _ in range(2):  # the second time, the keys are known good
+        with pytest.raises(ValueError, match="lowercase"):
+            Ok.of("Pong", handle="H1")
+        with pytest.raises(ValueError, match="lowercase"):
+            Ok.of(**{"handle": "H1", "Bad": "x"})
+        with pytest.raises(TypeError):
+            Ok.of(handle=1.5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            Ok.of(handle=False)
+
+
 statuses = st.sampled_from(list(Status))
 field_lists = st.dictionaries(
     keys.filter(lambda k: k not in ("code", "msg")), st.text()
