@@ -214,22 +214,9 @@ def _deep_size(root: object, seen: set[int], stop: set[int]) -> int:
     return total
 
 
-def breakdown(daemon: Daemon, count: int) -> list[tuple[str, float]]:
-    """Bytes per held licence of each structure that grows with the holders, each object
-    counted once, in the order listed (a string shared by two is the first's)."""
-    state = daemon.engine._ledger.state  # the bench looks inside, on purpose
-    stop = {id(product) for product in state.products.values()}
-    stop |= {id(product.permit) for product in state.products.values()}
-    stop |= {id(product.key) for product in state.products.values()}
-    stop |= {id(None), id(True), id(False)}
-    seen: set[int] = set()
-    rows: list[tuple[str, float]] = []
-
-    def row(name: str, *roots: object) -> None:
-        size = sum(_deep_size(root, seen, stop) for root in roots)
-        rows.append((name, size / count))
-
-    products = list(state.products.values())
+def _breakdown_before(state: Any, products: list[Any], count: int, seen: set[int],
+                      rows: list[tuple[str, float]], row: Any) -> None:
+    """The breakdown of the structures before issue 14's columns (one object per holder)."""
     # Containers first (their own tables), then what they hold.
     for attribute in ("holders", "by_update", "tokens"):  # by_update: before issue 14
         tables = [getattr(product, attribute) for product in products
@@ -247,6 +234,53 @@ def breakdown(daemon: Daemon, count: int) -> list[tuple[str, float]]:
     whos = [holder.who for holder in holders]
     row("requesters (and their strings, ints)", *whos)
     row("holders (and their indices, times, handles)", *holders)
+
+
+
+def breakdown(daemon: Daemon, count: int) -> list[tuple[str, float]]:
+    """Bytes per held licence of each structure that grows with the holders, each object
+    counted once, in the order listed (a string shared by two is the first's)."""
+    state = daemon.engine._ledger.state  # the bench looks inside, on purpose
+    stop = {id(product) for product in state.products.values()}
+    stop |= {id(product.permit) for product in state.products.values()}
+    stop |= {id(product.key) for product in state.products.values()}
+    stop |= {id(None), id(True), id(False)}
+    seen: set[int] = set()
+    rows: list[tuple[str, float]] = []
+
+    def row(name: str, *roots: object) -> None:
+        size = sum(_deep_size(root, seen, stop) for root in roots)
+        rows.append((name, size / count))
+
+    products = list(state.products.values())
+    if all(hasattr(product, "store") for product in products):
+        # Since issue 14 (memory part): holders stored by column, per product.
+        rows.append(("state.handles (open-addressing table)",
+                     _deep_size(state.handles, seen, stop) / count))
+        stores = [product.store for product in products]
+        for name, attributes in (
+            ("store ints (handle bits, pid, uid, hostid, access, index)", ("ints",)),
+            ("store links (grant and update order)", ("links",)),
+            ("store times (granted, last update)", ("times",)),
+            ("store prefixes, flags", ("prefixes", "flags")),
+            ("store client token tables", ("token_table",)),
+            ("store rare: spilled ints, many indices, odd handles, free slots",
+             ("spill", "many", "odd", "free")),
+        ):
+            row(name, *[getattr(store, attribute) for store in stores
+                        for attribute in attributes])
+        refs = [store.refs for store in stores]
+        rows.append(("store refs (user, host, address, group, token)",
+                     sum(sys.getsizeof(table) for table in refs) / count))
+        seen |= {id(table) for table in refs}
+        tokens = [token for store in stores for token in store.refs[4::5] if token is not None]
+        row("client token strings", *tokens)
+        row("user, host, address, group strings (shared)",
+            *[name for store in stores for k, name in enumerate(store.refs) if k % 5 != 4])
+        row("rest of products (holders, tokens views)",
+            *[(product.holders, product.tokens) for product in products])
+    else:
+        _breakdown_before(state, products, count, seen, rows, row)
     row("product pools, counters (rest of products)",
         *[(product.locked, product.floating, product.floating_by_address,
            product.locked_by_address) for product in products])
@@ -292,13 +326,16 @@ def main(argv: list[str] | None = None) -> int:
         base_traced = tracemalloc.get_traced_memory()[0] if args.trace else 0
         base_rss = rss_bytes()
         started = time.perf_counter()
+        started_cpu = time.process_time()
         held = daemon.take(lines, addresses, args.batch)
         took = time.perf_counter() - started
+        took_cpu = time.process_time() - started_cpu
         gc.collect()
         rss = rss_bytes() - base_rss
         result: dict[str, Any] = {
             "held": held,
             "seconds_to_take": round(took, 3),
+            "cpu_seconds_to_take": round(took_cpu, 3),
             "rss_bytes_per_licence": round(rss / held, 1),
             "journal": not args.no_journal,
             "feed": not args.no_feed,
@@ -323,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         result["sites"] = dict(sites)
         print(json.dumps(result))
         return 0
-    print(f"{held:,} licences held, taken in {took:.2f} s "
+    print(f"{held:,} licences held, taken in {took:.2f} s ({took_cpu:.2f} s CPU) "
           f"({'journal' if not args.no_journal else 'no journal'}, "
           f"{'feed' if not args.no_feed else 'no feed'}, Python {result['python']})")
     print(f"  RSS delta:        {result['rss_bytes_per_licence']:8.1f} bytes per held licence")

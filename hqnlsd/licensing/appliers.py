@@ -39,7 +39,7 @@ from hqnlsd.licensing.events import (
     UserAccessSet,
     set_dropped,
 )
-from hqnlsd.licensing.pools import Holder, ProductState, Tombstone
+from hqnlsd.licensing.pools import ProductState, Tombstone
 from hqnlsd.licensing.settings import ProductSettings
 from hqnlsd.licensing.state import EngineState
 from hqnlsd.licensing.wording import product_name
@@ -67,45 +67,51 @@ def _served(state: EngineState, publisher: str, product: str) -> ProductState:
 
 def _granted(state: EngineState, event: Granted) -> None:
     product = _served(state, event.publisher, event.product)
-    if event.handle in state.handles:
-        raise EventError(f"handle {event.handle} is already held")
     client = event.who.client
     if client is not None and client in product.tokens:
         raise EventError(f"client token {client!r} already holds a licence")
     max_index = product.node_count if event.locked else product.total
     if not all(0 < index <= max_index for index in event.indices) or not event.indices:
         raise EventError(f"licence indices {event.indices} are not in the pool")
-    product.add(Holder.from_event(event))
-    state.handles[event.handle] = product
+    product.add(
+        state.handles,
+        handle=event.handle,
+        indices=tuple(event.indices),
+        locked=event.locked,
+        on_locked_node=event.on_locked_node,
+        who=event.who,
+        access=event.access,
+        granted_at=event.at,
+        last_update=event.at,
+    )
     state.tombstones.pop(event.handle, None)
 
 
 def _updated(state: EngineState, event: Updated) -> None:
-    product = state.handles.get(event.handle)
-    if product is not None:
-        product.touch(product.holders[event.handle], event.at)
+    found = state.handles.holder(event.handle)
+    if found is not None:
+        product, holder = found
+        product.touch(holder, event.at)
 
 
 def _drop(state: EngineState, event: Released | Revoked) -> ProductState | None:
     """Drop the holder of the event's handle, recording on the event what it held
     (`Dropped`, in memory only) for whoever hears of the event after it is applied."""
-    product = state.handles.pop(event.handle, None)
-    if product is None:
+    found = state.handles.holder(event.handle)
+    if found is None:
         return None
-    holder = product.holders[event.handle]
-    product.remove(holder)
+    product, holder = found
     publisher, name = product.key
-    set_dropped(
-        event,
-        Dropped(
-            publisher=publisher,
-            product=name,
-            indices=holder.indices,
-            locked=holder.locked,
-            who=holder.who,
-            granted_at=holder.granted_at,
-        ),
+    dropped = Dropped(
+        publisher=publisher,
+        product=name,
+        indices=holder.indices,
+        locked=holder.locked,
+        who=holder.who,
+        granted_at=holder.granted_at,
     )
+    product.remove(holder)
+    set_dropped(event, dropped)
     return product
 
 
@@ -127,9 +133,7 @@ def _purged(state: EngineState, event: TombstonesPurged) -> None:
 
 def _refreshed(state: EngineState, event: HoldersRefreshed) -> None:
     for product in state.products.values():
-        for holder in product.holders.values():
-            holder.last_update = max(holder.last_update, event.at)
-        product.resort_updates()
+        product.refresh(event.at)
 
 
 # -- products -------------------------------------------------------------------------

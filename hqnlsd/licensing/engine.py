@@ -184,7 +184,7 @@ class Engine:
         found = self._ledger.state.holder(handle)
         if isinstance(found, Denied):
             return Outcome(found)
-        state, holder = found
+        state, _holder = found
         if self._today(now) > state.permit.expiry:
             return Outcome(
                 Denied(
@@ -194,8 +194,8 @@ class Engine:
                 )
             )
         batch: list[Event] = []
-        self._ledger.emit(Updated(holder.handle, now), batch)
-        return Outcome(UpdateAck(holder.handle, state.period), tuple(batch))
+        self._ledger.emit(Updated(handle, now), batch)
+        return Outcome(UpdateAck(handle, state.period), tuple(batch))
 
     def release(self, handle: str) -> Outcome[ReleaseAck | Denied]:
         """RELEASE: give the licence back."""

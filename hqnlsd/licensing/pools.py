@@ -11,7 +11,18 @@ import dataclasses
 import heapq
 from collections.abc import Iterable, Iterator
 
-from hqnlsd.licensing.events import EventError, Granted
+from hqnlsd.licensing.events import EventError
+from hqnlsd.licensing.holdings import (
+    LOCKED,
+    NO_SLOT,
+    ON_LOCKED_NODE,
+    HandleIndex,
+    HolderStore,
+    split_new,
+)
+from hqnlsd.licensing.holdings import (
+    Holder as Holder,
+)
 from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.settings import (
     DEFAULT_CRASHOUT_PERIODS,
@@ -20,7 +31,7 @@ from hqnlsd.licensing.settings import (
     ProductSettings,
 )
 from hqnlsd.permits.model import ProductPermit
-from hqnlsd.permits.policy import flags_of, locks_of
+from hqnlsd.permits.policy import KNOWN_FLAGS
 
 ProductKey = tuple[str, str]
 
@@ -85,94 +96,6 @@ class FreeList:
             self._heap = sorted(self._free)
 
 
-#: Bits of `Holder`'s packed pool facts.
-_LOCKED = 1
-_ON_LOCKED_NODE = 2
-
-
-class Holder:
-    """A licence held by a process: who, where, since when, last seen when.
-
-    Compact, since there is one per held licence: slots only, the two pool facts
-    (``locked``, ``on_locked_node``) packed in one small int, and nothing its
-    product already knows (the product key). ``who`` and ``indices`` are the
-    objects of the `Granted` event, shared with whoever else keeps them.
-    ``older`` and ``newer`` link the product's holders in update order (two slots
-    cost less than a table entry per holder).
-    """
-
-    __slots__ = (
-        "_where",
-        "access",
-        "granted_at",
-        "handle",
-        "indices",
-        "last_update",
-        "newer",
-        "older",
-        "who",
-    )
-
-    def __init__(
-        self,
-        *,
-        handle: str,
-        indices: tuple[int, ...],
-        locked: bool,
-        on_locked_node: bool,
-        who: Requester,
-        access: int,
-        granted_at: float,
-        last_update: float,
-    ) -> None:
-        self.handle = handle
-        self.indices = indices
-        self._where = (_LOCKED if locked else 0) | (_ON_LOCKED_NODE if on_locked_node else 0)
-        self.who = who
-        self.access = access
-        self.granted_at = granted_at
-        self.last_update = last_update
-        #: The neighbours in the product's update order (None: the end, or not held).
-        self.older: Holder | None = None
-        self.newer: Holder | None = None
-
-    @classmethod
-    def from_event(cls, event: Granted) -> Holder:
-        """The holder a Granted event creates."""
-        return cls(
-            handle=event.handle,
-            indices=tuple(event.indices),
-            locked=event.locked,
-            on_locked_node=event.on_locked_node,
-            who=event.who,
-            access=event.access,
-            granted_at=event.at,
-            last_update=event.at,
-        )
-
-    @property
-    def locked(self) -> bool:
-        """Whether the licence is from the node-locked pool (else the floating one)."""
-        return bool(self._where & _LOCKED)
-
-    @property
-    def on_locked_node(self) -> bool:
-        """Whether the holder's host is one of the product's locked nodes."""
-        return bool(self._where & _ON_LOCKED_NODE)
-
-    @property
-    def units(self) -> int:
-        """How many licences this holder has."""
-        return len(self.indices)
-
-    def __repr__(self) -> str:
-        return (
-            f"Holder(handle={self.handle!r}, indices={self.indices!r}, locked={self.locked!r}, "
-            f"on_locked_node={self.on_locked_node!r}, who={self.who!r}, access={self.access!r}, "
-            f"granted_at={self.granted_at!r}, last_update={self.last_update!r})"
-        )
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Tombstone:
     """A handle whose licence was taken away: its holder gets LOSTLICENCE."""
@@ -189,14 +112,15 @@ class ProductState:
         "floating",
         "floating_by_address",
         "holders",
+        "index",
         "key",
-        "least_recent",
         "listings",
         "locked",
         "locked_by_address",
-        "most_recent",
+        "number",
         "permit",
         "settings",
+        "store",
         "tokens",
     )
 
@@ -204,14 +128,17 @@ class ProductState:
         self.key: ProductKey = permit.key
         self.permit = permit
         self.settings = settings
-        #: Holders by handle, in grant order (the oldest first).
-        self.holders: dict[str, Holder] = {}
-        #: The ends of the holders' update order (linked through `Holder.older` and
-        #: `Holder.newer`), for GRAB: the least recently updated first.
-        self.least_recent: Holder | None = None
-        self.most_recent: Holder | None = None
-        #: The handle held by each client token (idempotent REQUESTs).
-        self.tokens: dict[str, str] = {}
+        #: The holders' columns (`hqnlsd.licensing.holdings`), with their grant and
+        #: update orders and client tokens.
+        self.store = HolderStore()
+        #: The engine's index of held handles (set by the first `add`), and this
+        #: product's number in it.
+        self.index: HandleIndex[ProductState] | None = None
+        self.number = -1
+        #: Holders by handle, in grant order (the oldest first): a view of ``store``.
+        self.holders = Holders(self)
+        #: The handle held by each client token (idempotent REQUESTs): a view.
+        self.tokens = Tokens(self)
         self.floating_by_address: dict[str, int] = {}
         self.locked_by_address: dict[str, int] = {}
         self.listings: dict[str, list[int]] = {}
@@ -242,16 +169,20 @@ class ProductState:
     @property
     def locks(self) -> int:
         """Flags the publisher locked (from the permit)."""
-        return int(locks_of(self.permit.policy))
+        # Plain ints (as `locks_of`, without building a Policy: on every REQUEST).
+        return (self.permit.policy >> 16) & KNOWN_FLAGS
 
     @property
     def flags(self) -> int:
         """Policy flags in force; locked flags always as the permit says."""
-        permit_flags = int(flags_of(self.permit.policy))
-        if self.settings.flags is None:
+        # Plain ints (as `flags_of`, without building a Policy: on every REQUEST).
+        policy = self.permit.policy
+        permit_flags = policy & KNOWN_FLAGS
+        flags = self.settings.flags
+        if flags is None:
             return permit_flags
-        locks = self.locks
-        return (self.settings.flags & ~locks) | (permit_flags & locks)
+        locks = (policy >> 16) & KNOWN_FLAGS
+        return (flags & ~locks) | (permit_flags & locks)
 
     @property
     def policy_word(self) -> int:
@@ -349,32 +280,60 @@ class ProductState:
 
     # -- recording decisions ---------------------------------------------------------
 
-    def add(self, holder: Holder) -> None:
-        """Record a grant (and its client token: the applier has checked it is free)."""
-        if holder.handle in self.holders:
-            raise EventError(f"handle {holder.handle} is already held")
-        client = holder.who.client
-        pool = self.locked if holder.locked else self.floating
-        pool.take(holder.indices)
-        self.holders[holder.handle] = holder
-        self._append_update(holder)
-        if client is not None:
-            self.tokens[client] = holder.handle
-        counter = self.locked_by_address if holder.locked else self.floating_by_address
-        address = holder.who.address
-        counter[address] = counter.get(address, 0) + holder.units
+    def add(
+        self,
+        handles: HandleIndex[ProductState],
+        *,
+        handle: str,
+        indices: tuple[int, ...],
+        locked: bool,
+        on_locked_node: bool,
+        who: Requester,
+        access: int,
+        granted_at: float,
+        last_update: float,
+    ) -> Holder:
+        """Record a grant in this product and in ``handles`` (the engine's index).
+
+        EventError (nothing changed) if the handle is held or an index is not free;
+        the applier has checked that the client token is free.
+        """
+        prefix, bits = split_new(handles, handle)
+        pool = self.locked if locked else self.floating
+        pool.take(indices)
+        store = self.store
+        slot = store.add(
+            prefix,
+            bits,
+            handle,
+            indices,
+            (LOCKED if locked else 0) | (ON_LOCKED_NODE if on_locked_node else 0),
+            who,
+            access,
+            granted_at,
+            last_update,
+        )
+        self.index = handles
+        handles.add(handle, self, slot)
+        counter = self.locked_by_address if locked else self.floating_by_address
+        address = who.address
+        counter[address] = counter.get(address, 0) + len(indices)
+        return Holder(store, slot)
 
     def remove(self, holder: Holder) -> None:
         """Record that a holder no longer has its licence."""
-        del self.holders[holder.handle]
-        self._unlink_update(holder)
-        if holder.who.client is not None:
-            self.tokens.pop(holder.who.client, None)
-        pool = self.locked if holder.locked else self.floating
-        pool.give(holder.indices)
-        counter = self.locked_by_address if holder.locked else self.floating_by_address
-        address = holder.who.address
-        left = counter[address] - holder.units
+        store = holder.store
+        slot = holder.slot
+        locked = holder.locked
+        indices = holder.indices
+        address = store.address(slot)
+        assert self.index is not None and address is not None
+        self.index.remove(self, slot, holder.given_handle)
+        store.remove(slot)
+        pool = self.locked if locked else self.floating
+        pool.give(indices)
+        counter = self.locked_by_address if locked else self.floating_by_address
+        left = counter[address] - len(indices)
         if left:
             counter[address] = left
         else:
@@ -382,46 +341,90 @@ class ProductState:
 
     def touch(self, holder: Holder, at: float) -> None:
         """Record an UPDATE: the holder moves to the end of the update order."""
-        holder.last_update = max(holder.last_update, at)
-        if holder is not self.most_recent:
-            self._unlink_update(holder)
-            self._append_update(holder)
+        holder.store.touch(holder.slot, at)
+
+    def refresh(self, at: float) -> None:
+        """Count every holder as updated at ``at`` at the latest (HoldersRefreshed)."""
+        self.store.refresh(at)
 
     def least_recently_updated(self) -> Iterator[Holder]:
         """Holders from the least recently updated on (for GRAB)."""
-        holder = self.least_recent
-        while holder is not None:
-            yield holder
-            holder = holder.newer
+        store = self.store
+        for slot in store.in_update_order():
+            yield Holder(store, slot)
 
     def resort_updates(self) -> None:
-        """Rebuild the update order from the holders' last-update times (restore)."""
-        ordered = sorted(self.holders.values(), key=lambda holder: holder.last_update)
-        self.least_recent = self.most_recent = None
-        for holder in ordered:
-            holder.older = holder.newer = None
-            self._append_update(holder)
+        """Rebuild the update order from the holders' last-update times (restore);
+        equal times in grant order."""
+        self.store.resort_updates()
 
-    def _append_update(self, holder: Holder) -> None:
-        """Put ``holder`` (not in the update order) at its most recent end."""
-        last = self.most_recent
-        holder.older = last
-        holder.newer = None
-        if last is None:
-            self.least_recent = holder
-        else:
-            last.newer = holder
-        self.most_recent = holder
 
-    def _unlink_update(self, holder: Holder) -> None:
-        """Take ``holder`` out of the update order."""
-        older, newer = holder.older, holder.newer
-        if older is None:
-            self.least_recent = newer
-        else:
-            older.newer = newer
-        if newer is None:
-            self.most_recent = older
-        else:
-            newer.older = older
-        holder.older = holder.newer = None
+class Holders:
+    """A product's holders as a read-only mapping, handle -> `Holder`, in grant order."""
+
+    __slots__ = ("_product",)
+
+    def __init__(self, product: ProductState) -> None:
+        self._product = product
+
+    def __len__(self) -> int:
+        return self._product.store.count
+
+    def __bool__(self) -> bool:
+        return self._product.store.count > 0
+
+    def _found(self, handle: str) -> Holder | None:
+        product = self._product
+        index = product.index
+        if index is None:
+            return None
+        slot = index.slot_in(handle, product)
+        return None if slot == NO_SLOT else Holder(product.store, slot, handle)
+
+    def __contains__(self, handle: object) -> bool:
+        return isinstance(handle, str) and self._found(handle) is not None
+
+    def __getitem__(self, handle: str) -> Holder:
+        product = self._product
+        index = product.index
+        slot = NO_SLOT if index is None else index.slot_in(handle, product)
+        if slot == NO_SLOT:
+            raise KeyError(handle)
+        return Holder(product.store, slot, handle)
+
+    def __iter__(self) -> Iterator[str]:
+        store = self._product.store
+        for slot in store.in_grant_order():
+            yield store.handle(slot)
+
+    def values(self) -> Iterator[Holder]:
+        """The holders, the oldest grant first."""
+        store = self._product.store
+        for slot in store.in_grant_order():
+            yield Holder(store, slot)
+
+
+class Tokens:
+    """A product's client tokens as a read-only mapping, token -> handle."""
+
+    __slots__ = ("_product",)
+
+    def __init__(self, product: ProductState) -> None:
+        self._product = product
+
+    def get(self, token: str, default: str | None = None) -> str | None:
+        product = self._product
+        store = product.store
+        slot = store.token_slot(token)
+        if slot == NO_SLOT:
+            return default
+        handle = store.handle(slot)
+        if product.index is not None:  # the handle is looked up next
+            product.index.remember(handle, product, slot)
+        return handle
+
+    def __contains__(self, token: object) -> bool:
+        return isinstance(token, str) and self._product.store.token_slot(token) != NO_SLOT
+
+    def __len__(self) -> int:
+        return self._product.store.token_count

@@ -80,11 +80,12 @@ def _restore_product(state: EngineState, item: Mapping[str, JSON]) -> None:
         raise EventError(f"product {permit.key} twice in the snapshot")
     state.products[permit.key] = product
     for data in item["holders"]:
-        holder = _holder_from_dict(data)
-        if holder.handle in state.handles:
-            raise EventError(f"handle {holder.handle} twice in the snapshot")
-        product.add(holder)
-        state.handles[holder.handle] = product
+        values = {name: data[name] for name in _HOLDER_FIELDS}
+        who = requester_from(values)
+        values["indices"] = tuple(int(index) for index in values["indices"])
+        if values["handle"] in state.handles:
+            raise EventError(f"handle {values['handle']} twice in the snapshot")
+        product.add(state.handles, who=who, **values)
     product.resort_updates()
 
 
@@ -95,10 +96,3 @@ def _holder_to_dict(holder: Holder) -> dict[str, JSON]:
     }
     out["indices"] = list(holder.indices)
     return out
-
-
-def _holder_from_dict(data: Mapping[str, JSON]) -> Holder:
-    values = {name: data[name] for name in _HOLDER_FIELDS}
-    who = requester_from(values)
-    values["indices"] = tuple(int(index) for index in values["indices"])
-    return Holder(who=who, **values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from hqnlsd.licensing.holdings import HandleIndex
 from hqnlsd.licensing.pools import Holder, ProductKey, ProductState, Tombstone
 from hqnlsd.licensing.results import Denied
 from hqnlsd.permits.model import ProductPermit
@@ -21,8 +22,8 @@ class EngineState:
     """Products by key, and the index that finds a licence by handle."""
 
     products: dict[ProductKey, ProductState] = dataclasses.field(default_factory=dict)
-    #: The product of every held handle.
-    handles: dict[str, ProductState] = dataclasses.field(default_factory=dict)
+    #: The product (and slot) of every held handle.
+    handles: HandleIndex[ProductState] = dataclasses.field(default_factory=HandleIndex)
     #: Handles taken back, remembered for LOSTLICENCE.
     tombstones: dict[str, Tombstone] = dataclasses.field(default_factory=dict)
 
@@ -39,9 +40,9 @@ class EngineState:
 
     def holder(self, handle: str) -> tuple[ProductState, Holder] | Denied:
         """The product and holder of a handle; LOSTLICENCE or BADHANDLE if not held."""
-        state = self.handles.get(handle)
-        if state is not None:
-            return state, state.holders[handle]
+        found = self.handles.holder(handle)
+        if found is not None:
+            return found
         tomb = self.tombstones.get(handle)
         if tomb is not None:
             return Denied(
