@@ -12,11 +12,13 @@ domain's identity (`domain_file_name`), so several domains share one state
 directory. The domain's identity is also written inside the file and checked
 on open: a file of another domain is refused rather than silently used.
 
-Writes are synchronous (one fsync each) on the reactor thread. The node
-groups its log writes: every batch submitted, and every Append received, in
-one reactor turn is written by one `append` call at the end of the turn
-(`DomainNode._flush`), so a member does one fsync per turn under load, plus
-one per view change, never per heartbeat.
+Every call is synchronous (one fsync each, durable on return). A daemon's node
+makes them on a writer thread of its own (`hqnlsd.persistence.store.ThreadWriter`,
+`DomainNode`), so the fsync does not stop the reactor. The node groups its log
+writes: one `append` is in flight at a time, and every batch submitted, and every
+Append received, while it is in flight is written by the next one, so a member
+does one fsync per write under load however many requests it carries, plus one
+per view change, never per heartbeat.
 """
 
 from __future__ import annotations
@@ -99,7 +101,11 @@ class SqliteDomainStorage:
         except OSError as error:
             raise DomainStoreError(f"domain database {self.path}: {error}") from None
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=0.5, isolation_level=None)
+            # Used from the node's writer thread (one call at a time, `DomainNode`),
+            # and from the reactor thread only when no writer is running.
+            self._db = sqlite3.connect(
+                str(self.path), timeout=0.5, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as error:
             raise DomainStoreError(f"domain database {self.path}: {error}") from None
         try:

@@ -297,11 +297,15 @@ class SqliteSimulation(Simulation):
             disk.close()
 
 
-def test_simulated_domain_on_sqlite(tmp_path: Path) -> None:
-    """Three members on SQLite through crashes and restarts keep every invariant."""
-    simulation = SqliteSimulation(
-        SimSettings(size=3, count=2, duration=30.0, timers=DomainTimers()), 5, tmp_path
+@pytest.mark.parametrize("disk_delay", [0.0, 0.05])
+def test_simulated_domain_on_sqlite(tmp_path: Path, disk_delay: float) -> None:
+    """Three members on SQLite through crashes and restarts keep every invariant
+    (with ``disk_delay``: each write completes up to 50 ms later, as on the
+    daemon's writer thread, and a crash loses the writes in flight)."""
+    settings = SimSettings(
+        size=3, count=2, duration=30.0, timers=DomainTimers(), disk_delay=disk_delay
     )
+    simulation = SqliteSimulation(settings, 5, tmp_path)
     try:
         stats = simulation.run()
     finally:
