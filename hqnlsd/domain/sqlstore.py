@@ -92,6 +92,10 @@ class SqliteDomainStorage:
         self.domain_id = domain_id
         #: durable writes made through this object, for tests and metrics
         self.writes = 0
+        #: rows of ``entries`` as of the last write (None: ask the database), and
+        #: whether the member row is known to exist: saves two queries per append
+        self._count: int | None = None
+        self._member_known = False
         try:
             # SQLite follows links: none may stand where our files go; a new file is
             # made 0600 here, never through a link.
@@ -172,6 +176,7 @@ class SqliteDomainStorage:
     def save_view(self, view: View, base: object) -> None:
         """See `DomainStorage.save_view`."""
         view_text, base_text = _dumps(view.to_json()), _dumps(base)
+        self._count = None
         with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO member (id, view, base, promised, accepted)"
@@ -179,6 +184,7 @@ class SqliteDomainStorage:
                 (view_text, base_text),
             )
             self._db.execute("DELETE FROM entries")
+        self._count, self._member_known = 0, True
 
     def save_amnesia(self, amnesia: Amnesia | None) -> None:
         """See `DomainStorage.save_amnesia` (kept in the ``meta`` table)."""
@@ -190,6 +196,7 @@ class SqliteDomainStorage:
         """Recovery: replace everything by ``view``/``base``, no log, no acceptor
         state, with the amnesia record, in one transaction."""
         view_text, base_text = _dumps(view.to_json()), _dumps(base)
+        self._count = None
         with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO member (id, view, base, promised, accepted)"
@@ -198,6 +205,7 @@ class SqliteDomainStorage:
             )
             self._db.execute("DELETE FROM entries")
             self._set_amnesia(amnesia)
+        self._count, self._member_known = 0, True
 
     def salvage(self, domain: frozenset[int]) -> tuple[int | None, int]:
         """What can still be believed of a damaged store: the epoch of the stored
@@ -258,13 +266,17 @@ class SqliteDomainStorage:
     def append(self, start: int, batches: Sequence[Batch]) -> None:
         """See `DomainStorage.append`."""
         rows = [(start + i, _dumps(list(batch))) for i, batch in enumerate(batches)]
+        count, self._count = self._count, None  # known again only once committed
         with self._transaction():
             self._require()
-            (count,) = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()
+            if count is None:
+                (count,) = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()
             if start > count:
                 raise ValueError(f"append at {start} leaves a gap after {count} entries")
-            self._db.execute("DELETE FROM entries WHERE idx >= ?", (start,))
+            if start < count:
+                self._db.execute("DELETE FROM entries WHERE idx >= ?", (start,))
             self._db.executemany("INSERT INTO entries (idx, batch) VALUES (?, ?)", rows)
+        self._count = start + len(rows)
 
     # -- housekeeping ------------------------------------------------------------
 
@@ -286,9 +298,12 @@ class SqliteDomainStorage:
             )
 
     def _require(self) -> None:
+        if self._member_known:
+            return  # the member row is never deleted
         row = self._db.execute("SELECT 1 FROM member WHERE id = 1").fetchone()
         if row is None:
             raise RuntimeError("save_view must come before any other write")
+        self._member_known = True
 
     def _check_meta(self) -> None:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
