@@ -201,8 +201,13 @@ def _strict_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+#: Made once: `json.dumps` with options builds a new encoder for every call. The
+#: same options as ``json.dumps(payload, separators=(",", ":"), allow_nan=False)``.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def _json(payload: Mapping[str, object]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _encode(payload).encode("utf-8")
 
 
 def encode_message(domain_id: str, message: Message) -> bytes:

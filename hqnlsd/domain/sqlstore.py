@@ -76,7 +76,12 @@ def domain_file_name(domain_id: str) -> str:
 
 def _dumps(value: object) -> str:
     """JSON text of ``value``; TypeError/ValueError if it is not JSON-safe."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _encode(value)
+
+
+#: Made once: `json.dumps` with options builds a new encoder for every call. The
+#: same options as ``json.dumps(value, separators=(",", ":"), allow_nan=False)``.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class SqliteDomainStorage:
