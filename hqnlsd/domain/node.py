@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from hqnlsd.domain.membership import best_quorum_value, is_quorum, validate_ranks
 from hqnlsd.domain.messages import (
@@ -37,6 +38,7 @@ from hqnlsd.domain.storage import Amnesia, DomainStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.validate import Facts, problem
 from hqnlsd.domain.view import Ballot, Batch, Value, View, initial_view
+from hqnlsd.persistence.store import InlineWriter, Writer
 
 #: Most batches sent to one member in one `Append`.
 _MAX_BATCHES_PER_APPEND = 256
@@ -172,8 +174,15 @@ class DomainNode:
         storage: DomainStorage,
         app: StateMachine,
         timers: DomainTimers | None = None,
+        writer: Writer | None = None,
     ) -> None:
-        """Build a stopped member ``rank`` of ``domain``; call `start` next."""
+        """Build a stopped member ``rank`` of ``domain``; call `start` next.
+
+        ``writer`` runs every call of ``storage`` (`hqnlsd.persistence.store.Writer`):
+        the default `InlineWriter` at once on the calling thread (deterministic under
+        ``task.Clock``); a daemon's `ThreadWriter` off the reactor thread, so the
+        reactor goes on receiving and sending while the disk works.
+        """
         self.rank = rank
         self.domain = validate_ranks(domain)
         if rank not in self.domain:
@@ -182,6 +191,7 @@ class DomainNode:
         self._clock = clock
         self._send = send
         self._storage = storage
+        self._writer: Writer = writer if writer is not None else InlineWriter()
         self._app = app
         self._running = False
         self._tick_call: Timer | None = None
@@ -208,6 +218,9 @@ class DomainNode:
         self._candidacy: _Candidacy | None = None
         # primary state
         self._match: dict[int, int] = {}
+        #: where the next `Append` to each member starts, unless a tick resends (the
+        #: entries before were sent on the current link; not yet all acknowledged)
+        self._sent: dict[int, int] = {}
         self._granted_at: dict[int, float] = {}
         self._stale: set[int] = set()
         self._lease_until: float | None = None
@@ -220,9 +233,15 @@ class DomainNode:
         #: while handing over to a view it stays primary of: when holding ends
         self._hold_until: float | None = None
         self._held: list[Deferred[bool]] = []
-        # group commit: entries from _unsynced on are applied and sent but not yet
-        # durable here; _flush writes them all at once at the end of the turn
-        self._unsynced: int | None = None
+        # group commit (see `_append`): the first _durable entries of the log are
+        # durable here; those up to _queued are with the writer (_writing: one write
+        # in flight); the rest wait for the next write
+        self._durable = 0
+        self._queued = 0
+        self._writing = False
+        #: changes whenever the log is replaced or the node stops: a write that
+        #: completes for an older log changes nothing
+        self._log_generation = 0
         self._flush_call: Timer | None = None
         #: the Ack owed to the primary once the entries are durable (sender, epoch, sent_at)
         self._owed_ack: tuple[int, int, float] | None = None
@@ -245,11 +264,13 @@ class DomainNode:
         view ends it (see `_install`).
         """
         now = self._now()
-        durable = self._storage.load()
+        storage = self._storage
+        durable = self._writer.call(storage.load)
         if durable is None:
             self._view = initial_view(self.domain)
             self._base = self._app.snapshot()
-            self._storage.save_view(self._view, self._base)
+            view, base = self._view, self._base
+            self._writer.call(lambda: storage.save_view(view, base))
         else:
             # Restore first: a stored state that cannot be restored raises and
             # leaves this node as it was (stopped, epoch 0), not half-loaded.
@@ -264,6 +285,7 @@ class DomainNode:
             self._view = durable.view
             self._base = durable.base
             self._entries = list(durable.entries)
+            self._durable = self._queued = len(self._entries)
             self._promised = durable.promised
             self._accepted = durable.accepted
             self._amnesia = durable.amnesia
@@ -290,7 +312,8 @@ class DomainNode:
         """Stop the timer and fail every waiting submission (the process ends).
 
         Entries not yet written (group commit) are lost, as in a crash: none of
-        them was acknowledged or confirmed by this member.
+        them was acknowledged or confirmed by this member. A write already with the
+        writer may still complete; nothing here hears of it.
         """
         self._running = False
         if self._tick_call is not None and self._tick_call.active():
@@ -299,17 +322,17 @@ class DomainNode:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        self._unsynced = None
+        self._new_log()
         self._owed_ack = None
         self._candidacy = None
         self._fail_pending(AuthorityLost(f"member {self.rank} stopped"))
         self._wake()
 
     def flush(self) -> None:
-        """Write now what group commit would write at the end of this turn (a clean
-        shutdown calls it before `stop`)."""
+        """Write now, and wait for, everything group commit has yet to make durable
+        (a clean shutdown calls it before `stop`)."""
         if self._running:
-            self._flush()
+            self._sync()
 
     # -- queries -----------------------------------------------------------
 
@@ -396,6 +419,7 @@ class DomainNode:
     def connected(self, rank: int) -> None:
         """The transport reached member ``rank`` (a hint; messages are the truth)."""
         self._connected.add(rank)
+        self._sent.pop(rank, None)  # a new link: what the old one carried may be lost
 
     def disconnected(self, rank: int) -> None:
         """The transport lost member ``rank``.
@@ -404,6 +428,7 @@ class DomainNode:
         runs out, instead of waiting for the election timeout as well.
         """
         self._connected.discard(rank)
+        self._sent.pop(rank, None)
         if rank == self._view.primary and rank != self.rank:
             self._primary_heard = min(
                 self._primary_heard, self._now() - self.timers.election_timeout
@@ -478,14 +503,14 @@ class DomainNode:
         if not self._serving(now):
             return fail(NotServing(self.role()))
         batch: Batch = tuple(entries)
-        self._append(len(self._entries), [batch])
+        self._append([batch])
         self._app.apply(batch)
         deferred: Deferred[None] = Deferred()
         self._pending.append(
             _Pending(len(self._entries), deferred, now + self.timers.submit_timeout)
         )
-        # Written, then sent, at the end of this turn (`_flush`): the primary's
-        # own durable log is always at least as long as any backup's.
+        # Written from the end of this turn (`_flush`), sent once durable here: the
+        # primary's own durable log is always at least as long as any backup's.
         return deferred
 
     def barrier(self) -> Deferred[None]:
@@ -559,57 +584,110 @@ class DomainNode:
 
     # -- group commit ------------------------------------------------------
 
-    def _append(self, start: int, batches: Sequence[Batch]) -> None:
-        """Put ``batches`` at ``start`` of the log now; make them durable at `_flush`.
+    def _append(self, batches: Sequence[Batch]) -> None:
+        """Put ``batches`` at the end of the log now; make them durable from `_flush` on.
 
         Submissions and Appends that arrive in one reactor turn share one write
-        (one fsync). Until then they do not count as held here: the primary
-        counts its own copy toward a quorum, and a backup acknowledges, only
-        once `_flush` has written them.
+        (one fsync), and while a write is in flight everything that arrives
+        meanwhile waits and forms the next one. Until its write is durable an
+        entry does not count as held here: the primary counts its own copy
+        toward a quorum, sends it to the backups, and a backup acknowledges it,
+        only once its write has completed (`_written`).
         """
-        del self._entries[start:]
         self._entries.extend(batches)
-        self._unsynced = start if self._unsynced is None else min(self._unsynced, start)
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
 
     def _durable_length(self) -> int:
-        return len(self._entries) if self._unsynced is None else self._unsynced
+        return self._durable
 
-    def _sync(self) -> None:
-        """Write the entries not yet durable (before any other write, and at `_flush`).
-
-        If the write fails they stay not durable (and not counted or acknowledged
-        here); the next `_flush` or tick tries again.
-        """
-        start = self._unsynced
-        if start is not None:
-            self._storage.append(start, self._entries[start:])
-            self._unsynced = None
+    def _new_log(self) -> None:
+        """The log is replaced (a view installed) or the node stops: writes in flight
+        no longer concern this log."""
+        self._log_generation += 1
+        self._durable = self._queued = 0
+        self._writing = False
 
     def _flush(self) -> None:
         self._flush_call = None
-        if not self._running:
+        if self._running:
+            self._write_next()
+
+    def _write_next(self) -> None:
+        """Hand the writer the entries not yet given to it, unless a write is in flight
+        (then they go once it completes)."""
+        if self._writing or self._queued >= len(self._entries):
             return
-        try:
-            self._sync()
-        except Exception:
+        start, batches = self._queued, tuple(self._entries[self._queued :])
+        generation, storage = self._log_generation, self._storage
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                storage.append(start, batches)
+            except Exception as error:
+                failure.append(error)
+
+        self._writing = True
+        self._queued = start + len(batches)
+        self._writer.submit(work, lambda: self._written(generation, start + len(batches), failure))
+
+    def _written(self, generation: int, end: int, failure: list[BaseException]) -> None:
+        """A write of the log up to ``end`` completed (on the reactor thread)."""
+        if not self._running or generation != self._log_generation:
+            return  # for a log since replaced, or after a stop
+        self._writing = False
+        if failure:
+            self._queued = self._durable
             self.log.failure(
                 "domain {rank}: writing {count} log batch(es) failed; they do not count as "
                 "held here until a retry succeeds",
+                failure=Failure(failure[0]),
                 rank=self.rank,
-                count=len(self._entries) - (self._unsynced or 0),
+                count=end - self._durable,
             )
-            return
-        owed, self._owed_ack = self._owed_ack, None
+            return  # the next tick tries again
+        self._durable = max(self._durable, end)
+        self._write_next()  # what arrived meanwhile: the disk works while we send
+        self._on_durable()
+
+    def _on_durable(self) -> None:
+        """Entries became durable here: acknowledge them (a backup), count them and
+        send them (the primary)."""
+        owed = self._owed_ack
         if owed is not None:
+            if self._durable >= len(self._entries):
+                self._owed_ack = None
             sender, epoch, sent_at = owed
             if epoch == self._view.epoch and self._promised is None and self._candidacy is None:
-                self._send(sender, Ack(epoch, sent_at, len(self._entries), True))
+                self._send(sender, Ack(epoch, sent_at, self._durable, True))
         self._advance_commit()
         if self._pending and self._is_primary():
-            self._send_appends(self._now())
+            self._send_appends(self._now(), only_new=True)
         self._wake()
+
+    def _sync(self) -> None:
+        """Make the whole log durable now, waiting for the writer (before any other
+        write, so that the log is on disk before a promise or an acceptance, and at
+        a clean shutdown). Raises if the write fails.
+        """
+        if not self._writing and self._queued >= len(self._entries):
+            return
+        start, batches, storage = self._queued, tuple(self._entries[self._queued :]), self._storage
+        if batches:
+            # After the write in flight, if any (the writer keeps the order).
+            self._writer.call(lambda: storage.append(start, batches))
+        else:
+            self._writer.call(lambda: None)  # the write in flight is done
+        # Durable now, whatever the write in flight says when it reports: had it
+        # failed, this append would have left a gap and raised.
+        self._durable = self._queued = len(self._entries)
+
+    def _store(self, write: Callable[[DomainStorage], None]) -> None:
+        """Run one storage write through the writer, after the log, and wait for it."""
+        self._sync()
+        storage = self._storage
+        self._writer.call(lambda: write(storage))
 
     # -- time --------------------------------------------------------------
 
@@ -621,8 +699,8 @@ class DomainNode:
         if not self._running:
             return
         now = self._now()
-        if self._unsynced is not None and self._flush_call is None:
-            self._flush()  # a failed group write, tried again
+        if self._flush_call is None:
+            self._write_next()  # a failed group write, tried again
         self._expire_pending(now)
         candidacy = self._candidacy
         if candidacy is not None:
@@ -745,24 +823,43 @@ class DomainNode:
         }
         return frozenset({self.rank} | keep | join)
 
-    def _send_appends(self, now: float) -> None:
+    def _send_appends(self, now: float, only_new: bool = False) -> None:
         """Send each member the durable entries it lacks (an empty Append: a heartbeat).
 
         Only entries durable here are sent, so no backup ever holds an entry its
         primary could lose in a crash: after a restart the primary's log is still
         the longest of its view, and every backup's is a prefix of it.
+
+        Every tick (and on installing a view) each member gets everything from what
+        it acknowledged on (what a lost message or a new link missed). With
+        ``only_new`` (entries just became durable) only the members of the view
+        are sent, and only what was not sent to them yet on this link (`_sent`):
+        entries already on their way are not sent again before they are
+        acknowledged. Members at the same point share one `Append` object, which
+        the transport encodes once.
         """
         view = self._view
         durable = self._durable_length()
+        shared: dict[tuple[int, int], Append] = {}
         for rank in sorted(self.domain - {self.rank}):
             if rank in view.members:
                 start = min(self._match.get(rank, 0), durable)
-                batches = tuple(
-                    self._entries[start : min(start + _MAX_BATCHES_PER_APPEND, durable)]
-                )
+                if only_new:
+                    start = max(start, min(self._sent.get(rank, 0), durable))
+                end = min(start + _MAX_BATCHES_PER_APPEND, durable)
+                if only_new and end <= start:
+                    continue
+                self._sent[rank] = end
+            elif only_new:
+                continue
             else:
-                start, batches = durable, ()
-            self._send(rank, Append(view.epoch, now, start, batches, self._commit))
+                start = end = durable
+            message = shared.get((start, end))
+            if message is None:
+                batches = tuple(self._entries[start:end])
+                message = Append(view.epoch, now, start, batches, self._commit)
+                shared[(start, end)] = message
+            self._send(rank, message)
 
     def _on_ack(self, sender: int, ack: Ack, now: float) -> None:
         self._peer_epoch[sender] = ack.epoch
@@ -849,21 +946,27 @@ class DomainNode:
             self._send(sender, Ack(view.epoch, append.sent_at, len(self._entries), False))
             return
         have = len(self._entries)
+        fresh: list[Batch] = []
         if append.start <= have:
             fresh = list(append.batches[have - append.start :])
             if fresh:
                 fresh = self._apply_fitting(fresh)
                 if fresh:
-                    self._append(have, fresh)
+                    self._append(fresh)
         self._grant_to = sender
         self._grant_until = now + self.timers.lease
         self._primary_heard = now
-        if self._unsynced is None:
-            self._send(sender, Ack(view.epoch, append.sent_at, len(self._entries), True))
-        else:
-            # Acknowledge once durable (_flush); the latest Append's time is the
-            # freshest lease grant, and its match covers the earlier ones.
+        if fresh:
+            # Acknowledge once durable (`_on_durable`); the latest Append's time is
+            # the freshest lease grant, and its match covers the earlier ones.
             self._owed_ack = (sender, view.epoch, append.sent_at)
+        else:
+            # Nothing new: grant the lease at once, acknowledging only what is
+            # durable (a write still in flight is acknowledged when it completes,
+            # so a slow disk delays commits, never the lease).
+            self._send(sender, Ack(view.epoch, append.sent_at, self._durable, True))
+            if self._owed_ack is not None:
+                self._owed_ack = (sender, view.epoch, append.sent_at)
 
     def _apply_fitting(self, batches: list[Batch]) -> list[Batch]:
         """Apply ``batches`` in order up to the first the application refuses (a
@@ -916,8 +1019,7 @@ class DomainNode:
         ballot = Ballot(self._max_round + 1, self.rank)
         self._max_round = ballot.round
         self._promised = ballot
-        self._sync()
-        self._storage.save_promise(ballot)
+        self._store(lambda storage: storage.save_promise(ballot))
         if not handover:
             self._fail_pending(AuthorityLost("a take-over started"))
         self._lease_until = None
@@ -1015,8 +1117,8 @@ class DomainNode:
             candidacy.own_value = True
         candidacy.value = value
         self._accepted = (candidacy.ballot, value)
-        self._sync()
-        self._storage.save_accepted(candidacy.ballot, value)
+        ballot = candidacy.ballot
+        self._store(lambda storage: storage.save_accepted(ballot, value))
         candidacy.accepted_by.add(self.rank)
         self._resend_candidacy(candidacy)
         self._check_accepted(candidacy, now)
@@ -1147,8 +1249,7 @@ class DomainNode:
             return
         self._promise_to(accept.ballot, now, persist=False)
         self._accepted = (accept.ballot, accept.value)
-        self._sync()
-        self._storage.save_accepted(accept.ballot, accept.value)
+        self._store(lambda storage: storage.save_accepted(accept.ballot, accept.value))
         self._send(sender, Accepted(accept.epoch, accept.ballot))
 
     def _promise_to(self, ballot: Ballot, now: float, persist: bool = True) -> None:
@@ -1157,8 +1258,7 @@ class DomainNode:
         if self._promised != ballot:
             self._promised = ballot
             if persist:
-                self._sync()
-                self._storage.save_promise(ballot)
+                self._store(lambda storage: storage.save_promise(ballot))
         candidacy = self._candidacy
         if candidacy is not None and candidacy.ballot != ballot:
             self._abandon(now, self.timers.candidacy_timeout)
@@ -1175,16 +1275,17 @@ class DomainNode:
         view = value.view
         if view.epoch <= self._view.epoch:
             return
-        # The new view's state replaces the log: entries not yet written need not be.
-        self._unsynced = None
+        # The new view's state replaces the log: entries not yet written need not be
+        # (a write in flight is written before the view: the writer keeps the order).
+        self._new_log()
         self._owed_ack = None
         amnesia = self._amnesia
-        self._storage.save_view(view, value.state)
+        self._writer.call(lambda: self._storage.save_view(view, value.state))
         if amnesia is not None and self.rank in view.members and view.epoch > amnesia.epoch:
             # A view newer than any this member could have voted in before it
             # forgot: it knows everything a member of this view must know.
             self._amnesia = None
-            self._storage.save_amnesia(None)
+            self._writer.call(lambda: self._storage.save_amnesia(None))
             self.log.info(
                 "domain {rank}: readmitted in epoch {epoch}; no longer amnesiac",
                 rank=self.rank,
@@ -1212,6 +1313,7 @@ class DomainNode:
         self._primary_heard = now
         self._installed_at = now
         self._match = {}
+        self._sent = {}
         self._granted_at = {}
         self._stale = set()
         self._lease_until = None

@@ -201,8 +201,19 @@ def _strict_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
+#: Made once: `json.dumps` with options builds a new encoder for every call. The
+#: same options as ``json.dumps(payload, separators=(",", ":"), allow_nan=False)``.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def _json(payload: Mapping[str, object]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _encode(payload).encode("utf-8")
+
+
+def encode_message(domain_id: str, message: Message) -> bytes:
+    """The line that carries ``message`` of ``domain_id`` (what `PeerLink.send_message`
+    sends)."""
+    return _json({"t": "m", "d": domain_id, "m": encode(message)})
 
 
 @implementer(IHandshakeListener)
@@ -454,6 +465,11 @@ class PeerLink(LineOnlyReceiver):
         """Send one domain message on this link."""
         self._write({"t": "m", "d": domain_id, "m": encode(message)})
 
+    def send_line(self, line: bytes) -> None:
+        """Send one line already encoded (`encode_message`)."""
+        if not self._closed and self.transport is not None:
+            self.sendLine(line)
+
     def _write(self, payload: Mapping[str, object]) -> None:
         if not self._closed and self.transport is not None:
             self.sendLine(_json(payload))
@@ -602,6 +618,9 @@ class PeerNetwork(MultiService):
         #: calls waiting for their reply: number -> (callee, what the caller waits on)
         self._calls: dict[int, tuple[Address, Deferred[dict[str, Any]]]] = {}
         self._call_seq = 0
+        #: (message, domain id, line) last sent: an Append sent to several members is
+        #: encoded once
+        self._last_sent: tuple[Message, str, bytes] | None = None
         self._link_changed = link_changed
         self.domains: dict[str, Mapping[Address, int]] = {}
         self._peers: dict[Address, _PeerState] = {}
@@ -685,7 +704,15 @@ class PeerNetwork(MultiService):
         the domain protocol resends what matters)."""
         state = self._peers.get(address)
         if state is not None and state.outbound is not None:
-            state.outbound.send_message(domain_id, message)
+            # The primary sends one Append object to every member at the same
+            # point: encode it once (the last message sent is remembered).
+            last = self._last_sent
+            if last is not None and last[0] is message and last[1] == domain_id:
+                line = last[2]
+            else:
+                line = encode_message(domain_id, message)
+                self._last_sent = (message, domain_id, line)
+            state.outbound.send_line(line)
 
     def call(
         self, domain_id: str, address: Address, body: Mapping[str, Any], timeout: float

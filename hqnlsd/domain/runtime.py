@@ -69,6 +69,7 @@ from hqnlsd.licensing.engine import Engine, random_handle
 from hqnlsd.licensing.events import Event
 from hqnlsd.permits.model import HostId, ProductPermit
 from hqnlsd.permits.reader import Catalogue, Serving
+from hqnlsd.persistence.store import InlineWriter, Writer, writer_for
 from hqnlsd.status import Status
 from hqnlsd.tls import DomainCredentials
 
@@ -165,15 +166,18 @@ class DomainMember:
         send: Callable[[str, Address, Message], None],
         timers: DomainTimers,
         damaged: str | None = None,
+        writer: Writer | None = None,
     ) -> None:
         """Build the (stopped) member; `start` starts its node. Without ``storage``
-        (its file could not be opened: ``damaged`` says why) it never starts."""
+        (its file could not be opened: ``damaged`` says why) it never starts.
+        ``writer`` runs the storage's calls (`DomainNode`); at once by default."""
         self.spec = spec
         self.rank = spec.ranks[me]
         self.address_of = {rank: address for address, rank in spec.ranks.items()}
         self.engine = engine
         self.machine = EngineMachine(engine)
         self.storage = storage
+        self.writer: Writer = writer if writer is not None else InlineWriter()
         self.node = DomainNode(
             self.rank,
             frozenset(spec.ranks.values()),
@@ -182,6 +186,7 @@ class DomainMember:
             storage if storage is not None else MemoryStorage(),
             self.machine,
             timers,
+            self.writer,
         )
         self._send_to = send
         self._ready_epoch: int | None = None
@@ -215,6 +220,7 @@ class DomainMember:
             self.node.start()
         except Exception as error:
             self.node.stop()
+            self.writer.stop()
             self.machine.restore(blank)  # no half-restored state in listings
             self._report_damage(f"{type(error).__name__}: {error}")
 
@@ -250,6 +256,7 @@ class DomainMember:
         except Exception:
             self.log.failure("domain {domain}: final write failed", domain=self.spec.domain_id)
         self.node.stop()
+        self.writer.stop()  # nothing runs on the storage after this
         if self.storage is not None:
             self.storage.close()
 
@@ -596,6 +603,7 @@ class DomainRuntime(MultiService):
             self.network.send,
             self.timers,
             damaged,
+            writer_for(self.reactor),
         )
         member.event_listeners = self.event_listeners
         return member

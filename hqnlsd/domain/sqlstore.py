@@ -12,11 +12,13 @@ domain's identity (`domain_file_name`), so several domains share one state
 directory. The domain's identity is also written inside the file and checked
 on open: a file of another domain is refused rather than silently used.
 
-Writes are synchronous (one fsync each) on the reactor thread. The node
-groups its log writes: every batch submitted, and every Append received, in
-one reactor turn is written by one `append` call at the end of the turn
-(`DomainNode._flush`), so a member does one fsync per turn under load, plus
-one per view change, never per heartbeat.
+Every call is synchronous (one fsync each, durable on return). A daemon's node
+makes them on a writer thread of its own (`hqnlsd.persistence.store.ThreadWriter`,
+`DomainNode`), so the fsync does not stop the reactor. The node groups its log
+writes: one `append` is in flight at a time, and every batch submitted, and every
+Append received, while it is in flight is written by the next one, so a member
+does one fsync per write under load however many requests it carries, plus one
+per view change, never per heartbeat.
 """
 
 from __future__ import annotations
@@ -74,7 +76,12 @@ def domain_file_name(domain_id: str) -> str:
 
 def _dumps(value: object) -> str:
     """JSON text of ``value``; TypeError/ValueError if it is not JSON-safe."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _encode(value)
+
+
+#: Made once: `json.dumps` with options builds a new encoder for every call. The
+#: same options as ``json.dumps(value, separators=(",", ":"), allow_nan=False)``.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class SqliteDomainStorage:
@@ -90,6 +97,10 @@ class SqliteDomainStorage:
         self.domain_id = domain_id
         #: durable writes made through this object, for tests and metrics
         self.writes = 0
+        #: rows of ``entries`` as of the last write (None: ask the database), and
+        #: whether the member row is known to exist: saves two queries per append
+        self._count: int | None = None
+        self._member_known = False
         try:
             # SQLite follows links: none may stand where our files go; a new file is
             # made 0600 here, never through a link.
@@ -99,7 +110,11 @@ class SqliteDomainStorage:
         except OSError as error:
             raise DomainStoreError(f"domain database {self.path}: {error}") from None
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=0.5, isolation_level=None)
+            # Used from the node's writer thread (one call at a time, `DomainNode`),
+            # and from the reactor thread only when no writer is running.
+            self._db = sqlite3.connect(
+                str(self.path), timeout=0.5, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as error:
             raise DomainStoreError(f"domain database {self.path}: {error}") from None
         try:
@@ -166,6 +181,7 @@ class SqliteDomainStorage:
     def save_view(self, view: View, base: object) -> None:
         """See `DomainStorage.save_view`."""
         view_text, base_text = _dumps(view.to_json()), _dumps(base)
+        self._count = None
         with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO member (id, view, base, promised, accepted)"
@@ -173,6 +189,7 @@ class SqliteDomainStorage:
                 (view_text, base_text),
             )
             self._db.execute("DELETE FROM entries")
+        self._count, self._member_known = 0, True
 
     def save_amnesia(self, amnesia: Amnesia | None) -> None:
         """See `DomainStorage.save_amnesia` (kept in the ``meta`` table)."""
@@ -184,6 +201,7 @@ class SqliteDomainStorage:
         """Recovery: replace everything by ``view``/``base``, no log, no acceptor
         state, with the amnesia record, in one transaction."""
         view_text, base_text = _dumps(view.to_json()), _dumps(base)
+        self._count = None
         with self._transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO member (id, view, base, promised, accepted)"
@@ -192,6 +210,7 @@ class SqliteDomainStorage:
             )
             self._db.execute("DELETE FROM entries")
             self._set_amnesia(amnesia)
+        self._count, self._member_known = 0, True
 
     def salvage(self, domain: frozenset[int]) -> tuple[int | None, int]:
         """What can still be believed of a damaged store: the epoch of the stored
@@ -252,13 +271,17 @@ class SqliteDomainStorage:
     def append(self, start: int, batches: Sequence[Batch]) -> None:
         """See `DomainStorage.append`."""
         rows = [(start + i, _dumps(list(batch))) for i, batch in enumerate(batches)]
+        count, self._count = self._count, None  # known again only once committed
         with self._transaction():
             self._require()
-            (count,) = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()
+            if count is None:
+                (count,) = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()
             if start > count:
                 raise ValueError(f"append at {start} leaves a gap after {count} entries")
-            self._db.execute("DELETE FROM entries WHERE idx >= ?", (start,))
+            if start < count:
+                self._db.execute("DELETE FROM entries WHERE idx >= ?", (start,))
             self._db.executemany("INSERT INTO entries (idx, batch) VALUES (?, ?)", rows)
+        self._count = start + len(rows)
 
     # -- housekeeping ------------------------------------------------------------
 
@@ -280,9 +303,12 @@ class SqliteDomainStorage:
             )
 
     def _require(self) -> None:
+        if self._member_known:
+            return  # the member row is never deleted
         row = self._db.execute("SELECT 1 FROM member WHERE id = 1").fetchone()
         if row is None:
             raise RuntimeError("save_view must come before any other write")
+        self._member_known = True
 
     def _check_meta(self) -> None:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())

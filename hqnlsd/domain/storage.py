@@ -2,9 +2,12 @@
 
 Every method of `DomainStorage` must be durable when it returns: the node sends
 a promise, an acceptance or an acknowledgement only after the write it depends
-on has returned. The node batches log entries (group commit): entries of one
-reactor turn reach `append` together at the end of the turn, and until then
-they are neither acknowledged nor counted toward a quorum by that member. The
+on has returned. The node makes every call through its writer (a thread of
+its own in the daemon, so the reactor is not stopped by the disk) and batches
+log entries (group commit): one `append` is in flight at a time, the entries
+that arrive meanwhile reach the next one together, and until its `append` has
+returned an entry is neither acknowledged nor counted toward a quorum (nor,
+by the primary, sent) by that member. The
 daemon implements it on its state directory (SQLite, one transaction per call);
 tests use `MemoryStorage`, which survives a simulated crash because the
 simulation keeps the object and drops the node.

@@ -91,6 +91,26 @@ def test_append_at_the_end_and_with_a_gap(make_storage: Factory) -> None:
     assert durable.entries == ((1,), (2,), (3,))
 
 
+def test_the_end_of_the_log_is_known_after_every_kind_of_write(make_storage: Factory) -> None:
+    """Where the log ends (what an append may extend) after replacing, refusing and
+    a new view: the SQLite store keeps it between appends instead of counting."""
+    storage = make_storage()
+    storage.save_view(View(1, frozenset({1})), None)
+    storage.append(0, [(1,), (2,), (3,)])
+    storage.append(1, [(9,)])  # replaces from 1 on: the log is now 2 long
+    with pytest.raises(ValueError):
+        storage.append(3, [("gap",)])
+    storage.append(2, [(4,)])
+    durable = storage.load()
+    assert durable is not None and durable.entries == ((1,), (9,), (4,))
+    storage.save_view(View(2, frozenset({1})), None)
+    with pytest.raises(ValueError):
+        storage.append(1, [("gap",)])
+    storage.append(0, [(5,)])
+    durable = storage.load()
+    assert durable is not None and durable.entries == ((5,),)
+
+
 def test_save_view_clears_entries_and_acceptor_state(make_storage: Factory) -> None:
     """A new view starts with an empty log and no promise."""
     storage = make_storage()
@@ -297,11 +317,15 @@ class SqliteSimulation(Simulation):
             disk.close()
 
 
-def test_simulated_domain_on_sqlite(tmp_path: Path) -> None:
-    """Three members on SQLite through crashes and restarts keep every invariant."""
-    simulation = SqliteSimulation(
-        SimSettings(size=3, count=2, duration=30.0, timers=DomainTimers()), 5, tmp_path
+@pytest.mark.parametrize("disk_delay", [0.0, 0.05])
+def test_simulated_domain_on_sqlite(tmp_path: Path, disk_delay: float) -> None:
+    """Three members on SQLite through crashes and restarts keep every invariant
+    (with ``disk_delay``: each write completes up to 50 ms later, as on the
+    daemon's writer thread, and a crash loses the writes in flight)."""
+    settings = SimSettings(
+        size=3, count=2, duration=30.0, timers=DomainTimers(), disk_delay=disk_delay
     )
+    simulation = SqliteSimulation(settings, 5, tmp_path)
     try:
         stats = simulation.run()
     finally:

@@ -496,7 +496,21 @@ def _value_key(view: object, state: object) -> str:
 
 
 #: Node attributes that are not state: wiring and configuration.
-_SKIP = frozenset({"_clock", "_send", "_storage", "_app", "timers", "domain", "rank"})
+#: (``_log_generation`` only tells writes in flight from older logs: the explorer's
+#: writes complete at once, so it never changes what a node does next)
+_SKIP = frozenset(
+    {
+        "_clock",
+        "_send",
+        "_storage",
+        "_writer",
+        "_log_generation",
+        "_app",
+        "timers",
+        "domain",
+        "rank",
+    }
+)
 _CANDIDACY_FIELDS = frozenset(
     {
         "epoch",
@@ -915,11 +929,11 @@ def mutation(name: str | None) -> Iterator[None]:
         send_appends = DomainNode._send_appends
 
         def send_before_durable(self: DomainNode, now: float) -> None:
-            unsynced, self._unsynced = self._unsynced, None
+            durable, self._durable = self._durable, len(self._entries)
             try:
                 send_appends(self, now)
             finally:
-                self._unsynced = unsynced
+                self._durable = durable
 
         patches["_send_appends"] = _keep_name(send_before_durable, send_appends)
     elif name == "promise-during-lease":

@@ -26,12 +26,14 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from hqnlsd.domain.membership import is_quorum
+from hqnlsd.domain.messages import Accepted, Ack, Append, Promise
 from hqnlsd.domain.node import DomainNode
 from hqnlsd.domain.storage import Amnesia, MemoryStorage
 from hqnlsd.domain.timing import DomainTimers
 from hqnlsd.domain.view import Ballot, initial_view
 from tests.sim.app import LicencePool
 from tests.sim.network import SimNetwork, SkewedClock
+from tests.sim.writer import SimWriter
 
 
 class InvariantViolation(AssertionError):
@@ -58,6 +60,11 @@ class SimSettings:
     #: some crashes also lose the member's state and log, and it is recovered as an
     #: amnesiac (off by default: the schedules of the other settings stay as they were)
     wipes: bool = False
+    #: above 0, every member's storage writes complete up to this many simulated
+    #: seconds after they are made (`tests.sim.writer.SimWriter`, as the daemon's
+    #: writer thread), and a crash loses the writes still in flight; at 0 they
+    #: complete at once (the schedules of the other settings stay as they were)
+    disk_delay: float = 0.0
 
     @property
     def drift(self) -> float:
@@ -98,6 +105,9 @@ class Simulation:
         self.ranks = frozenset(range(1, settings.size + 1))
         self.network = SimNetwork(self.clock, self.ranks, self.net_rng, self.check)
         self.storage = {rank: MemoryStorage() for rank in self.ranks}
+        self.disk_rng = random.Random(seed * 104729 + settings.size)
+        #: each running member's writer, when ``disk_delay`` is set
+        self.writers: dict[int, SimWriter] = {}
         self.nodes: dict[int, DomainNode] = {}
         self.apps: dict[int, LicencePool] = {}
         self.trace: list[str] = []
@@ -286,6 +296,9 @@ class Simulation:
             return
         self.note(f"crash {rank}")
         self.network.detach(rank)
+        writer = self.writers.pop(rank, None)
+        if writer is not None:
+            writer.crash()  # before the node stops: nothing more reaches its disk
         node.stop()
         del self.apps[rank]
 
@@ -307,10 +320,17 @@ class Simulation:
         network = self.network
 
         def send(to: int, message: object, rank: int = rank) -> None:
+            self.check_durable(rank, message)
             network.send(rank, to, message)  # type: ignore[arg-type]
 
+        writer = None
+        if self.settings.disk_delay > 0:
+            bound = self.settings.disk_delay
+            writer = self.writers[rank] = SimWriter(
+                clock, lambda: self.disk_rng.uniform(0.0, bound)
+            )
         node = DomainNode(
-            rank, self.ranks, clock, send, self.storage[rank], app, self.settings.timers
+            rank, self.ranks, clock, send, self.storage[rank], app, self.settings.timers, writer
         )
         self.nodes[rank] = node
         self.apps[rank] = app
@@ -491,6 +511,47 @@ class Simulation:
             )
         self.stats.views = len(self.decided)
 
+    def check_durable(self, rank: int, message: object) -> None:
+        """What member ``rank`` sends is backed by its storage: it never acknowledges,
+        sends, promises or accepts what its disk does not hold yet (group commit and
+        the writer may hold writes back; a crash loses what they hold)."""
+        storage = self.storage[rank]
+        if isinstance(storage, MemoryStorage):
+            # (the fast way: the simulation sends many messages)
+            data = storage._data
+            if data is None:
+                self.fail(f"member {rank} sends {message} with nothing stored")
+                return
+            view, entries = data["view"], data["entries"]
+            assert isinstance(view, dict) and isinstance(entries, list)
+            epoch, held = view["epoch"], len(entries)
+            promised, accepted = data["promised"], data["accepted"]
+            accepted_ballot = accepted[0] if isinstance(accepted, list) else None
+        else:
+            durable = storage.load()
+            if durable is None:
+                self.fail(f"member {rank} sends {message} with nothing stored")
+                return
+            epoch, held = durable.view.epoch, len(durable.entries)
+            promised = None if durable.promised is None else durable.promised.to_json()
+            accepted_ballot = None if durable.accepted is None else durable.accepted[0].to_json()
+        if isinstance(message, Ack) and message.granted and message.epoch == epoch:
+            if message.match > held:
+                self.fail(f"member {rank} acknowledges {message.match} entries, stores {held}")
+        elif isinstance(message, Append) and message.epoch == epoch:
+            if message.start + len(message.batches) > held:
+                self.fail(
+                    f"member {rank} sends entries up to {message.start + len(message.batches)}, "
+                    f"stores {held}"
+                )
+        elif isinstance(message, Promise):
+            if promised != message.ballot.to_json():
+                self.fail(f"member {rank} promises {message.ballot} before storing it")
+            if message.start + len(message.entries) > held:
+                self.fail(f"member {rank} promises entries it does not store")
+        elif isinstance(message, Accepted) and accepted_ballot != message.ballot.to_json():
+            self.fail(f"member {rank} accepts {message.ballot} before storing it")
+
     def note(self, text: str) -> None:
         """Add a line to the trace."""
         line = f"{self.clock.seconds():9.3f} {text}"
@@ -513,10 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--duration", type=float, default=SimSettings.duration)
+    parser.add_argument("--disk-delay", type=float, default=SimSettings.disk_delay)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     simulation = Simulation(
-        SimSettings(size=args.size, duration=args.duration), args.seed, verbose=not args.quiet
+        SimSettings(size=args.size, duration=args.duration, disk_delay=args.disk_delay),
+        args.seed,
+        verbose=not args.quiet,
     )
     try:
         stats = simulation.run()
