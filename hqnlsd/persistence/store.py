@@ -55,9 +55,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -177,48 +179,92 @@ class InlineWriter:
         """Nothing to wait for."""
 
 
+_log = Logger()
+
+#: A piece of a `ThreadWriter`'s work: the work, and what to call on the reactor
+#: thread after it (None for `ThreadWriter.call`, which waits for it instead).
+_Work = tuple[Callable[[], None], Callable[[], None] | None]
+
+
 class ThreadWriter:
     """A `Writer` with one thread of its own: the commits and their fsyncs run off
     the reactor thread; ``done`` comes back through ``reactor.callFromThread``.
 
-    The thread is started by the first piece of work (the journal's `Journal.open`,
-    at start, after twistd has forked), not when the writer is made.
+    The thread takes work from a `queue.SimpleQueue` (a submission is one ``put``:
+    no future, no lock, no executor bookkeeping on the reactor thread, which submits
+    once per commit). It is started by the first piece of work (the journal's
+    `Journal.open`, at start, after twistd has forked), not when the writer is
+    made, and is a daemon thread: a process that exits without `stop` is not held
+    up by it (SQLite's transactions keep the files whole).
     """
 
     def __init__(self, reactor: IReactorFromThreads, *, name: str = "hqnlsd-journal") -> None:
         self._reactor = reactor
         self._name = name
-        self._executor: ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue[_Work | None] | None = None
+        self._thread: threading.Thread | None = None
 
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            # One worker: the SQLite connection is used from this thread only.
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
-        return self._executor
+    def _started(self) -> queue.SimpleQueue[_Work | None]:
+        work = self._queue
+        if work is None:
+            work = self._queue = queue.SimpleQueue()
+            # One thread: the SQLite connection is used from this thread only.
+            self._thread = threading.Thread(
+                target=self._run, args=(work,), name=f"{self._name}_0", daemon=True
+            )
+            self._thread.start()
+        return work
+
+    def _run(self, work: queue.SimpleQueue[_Work | None]) -> None:
+        """The thread: each piece of work in turn until the end marker."""
+        call_from_thread = self._reactor.callFromThread
+        while (item := work.get()) is not None:
+            task, done = item
+            try:
+                task()
+            except BaseException:  # a bug (`submit`'s work records its own outcome)
+                call_from_thread(self._report, Failure())
+            if done is not None:
+                call_from_thread(done)
+
+    def _report(self, failure: Failure) -> None:
+        """On the reactor thread: work given to `submit` raised."""
+        _log.failure("{writer}: work raised", failure, writer=self._name)
 
     def submit(self, work: Callable[[], None], done: Callable[[], None]) -> None:
         """Queue ``work`` on the writer thread; ``done`` on the reactor thread after it."""
-        future = self._pool().submit(work)
-        future.add_done_callback(lambda _: self._reactor.callFromThread(done))
+        self._started().put((work, done))
 
     def call(self, work: Callable[[], _T]) -> _T:
         """Queue ``work`` and block until it has run."""
-        future: Future[_T] = self._pool().submit(work)
+        future: Future[_T] = Future()
+
+        def task() -> None:
+            try:
+                future.set_result(work())
+            except BaseException as error:
+                future.set_exception(error)
+
+        self._started().put((task, None))
         return future.result()
 
     def stop(self) -> None:
         """Wait for the queued work and join the thread."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        work, thread = self._queue, self._thread
+        if work is None or thread is None:
+            return
+        work.put(None)
+        thread.join()
+        self._queue = self._thread = None
 
 
-def writer_for(reactor: object) -> Writer:
-    """The writer a daemon's journal should use with ``reactor``: a `ThreadWriter` for a
-    real reactor, an `InlineWriter` for a fake one (``task.Clock``, ``MemoryReactor``),
-    which cannot take calls from another thread."""
+def writer_for(reactor: object, name: str = "hqnlsd-journal") -> Writer:
+    """The writer a daemon's journal (or a domain member's storage) should use with
+    ``reactor``: a `ThreadWriter` (its thread called ``name``) for a real reactor, an
+    `InlineWriter` for a fake one (``task.Clock``, ``MemoryReactor``), which cannot
+    take calls from another thread."""
     if IReactorFromThreads.providedBy(reactor):
-        return ThreadWriter(reactor)
+        return ThreadWriter(reactor, name=name)
     return InlineWriter()
 
 

@@ -12,10 +12,12 @@ import dataclasses
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -405,3 +407,66 @@ def test_inline_writer_runs_now() -> None:
     InlineWriter().submit(lambda: ran.append("work"), lambda: ran.append("done"))
     assert ran == ["work", "done"]
     assert InlineWriter().call(lambda: 7) == 7
+
+
+def test_thread_writer_runs_work_in_order_on_one_named_thread() -> None:
+    """Work runs in submission order on one thread of the writer's name (not the
+    caller's); each ``done`` comes back through callFromThread, in the same order;
+    `call` waits for what was submitted before and returns its work's result."""
+    reactor = ThreadedReactor()
+    writer = ThreadWriter(reactor, name="hqnlsd-test")  # type: ignore[arg-type]
+    ran: list[tuple[int, str]] = []
+    done: list[int] = []
+    for k in range(50):
+        writer.submit(lambda k=k: ran.append((k, threading.current_thread().name)),
+                      lambda k=k: done.append(k))
+    assert writer.call(lambda: len(ran)) == 50
+    assert [k for k, _ in ran] == list(range(50))
+    names = {name for _, name in ran}
+    assert len(names) == 1 and next(iter(names)).startswith("hqnlsd-test")
+    assert next(iter(names)) != threading.current_thread().name
+    deadline = time.monotonic() + 20
+    while len(done) < 50 and time.monotonic() < deadline:
+        reactor.run_calls(wait=0.2)
+    assert done == list(range(50))
+    writer.stop()
+
+
+def test_thread_writer_call_raises_the_works_exception_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`call` raises what its work raised; work that raises in `submit` (which it must
+    not: a bug) is reported on the reactor thread, still gets its ``done``, and the
+    writer goes on with the next."""
+    reactor = ThreadedReactor()
+    writer = ThreadWriter(reactor)  # type: ignore[arg-type]
+    reported: list[Failure] = []
+    monkeypatch.setattr(writer, "_report", reported.append)
+    with pytest.raises(ZeroDivisionError):
+        writer.call(lambda: 1 // 0)
+    done: list[str] = []
+    writer.submit(lambda: [][1], lambda: done.append("bad"))
+    writer.submit(lambda: None, lambda: done.append("next"))
+    assert writer.call(lambda: "after") == "after"
+    deadline = time.monotonic() + 20
+    while len(done) < 2 and time.monotonic() < deadline:
+        reactor.run_calls(wait=0.2)
+    assert done == ["bad", "next"]
+    writer.stop()
+    assert len(reported) == 1 and reported[0].check(IndexError)
+
+
+def test_thread_writer_stop_joins_its_thread_and_a_new_submit_starts_another() -> None:
+    """`stop` waits for the work queued and ends the thread; stopping twice is
+    harmless; work after a stop gets a fresh thread."""
+    reactor = ThreadedReactor()
+    writer = ThreadWriter(reactor, name="hqnlsd-stoptest")  # type: ignore[arg-type]
+    slow: list[int] = []
+    writer.submit(lambda: (time.sleep(0.2), slow.append(1)), lambda: None)
+    writer.stop()
+    assert slow == [1]
+    assert not [t for t in threading.enumerate() if t.name.startswith("hqnlsd-stoptest")]
+    writer.stop()
+    assert writer.call(lambda: 7) == 7
+    writer.stop()
+    assert not [t for t in threading.enumerate() if t.name.startswith("hqnlsd-stoptest")]
