@@ -78,7 +78,8 @@ class BoundedChannel(http.HTTPChannel):
 
     A request line or header line longer than `MAX_HEADER_BYTES`, or a request
     head (line and headers) longer than that in all, is answered 431; a request
-    head not whole `HEAD_DEADLINE` seconds after its first byte is answered 408
+    head not whole `HEAD_DEADLINE` seconds after its first byte (or, for the first
+    request, after the connection was made) is answered 408
     (a client trickling a byte at a time, each within the idle timeout, would
     otherwise hold its connection for ever: a few dozen such took every
     connection of the console). Either way the connection is closed."""
@@ -93,13 +94,24 @@ class BoundedChannel(http.HTTPChannel):
     _head_bytes = 0
     _head_timer: Any = None
 
+    def connectionMade(self) -> None:
+        """A new connection has HEAD_DEADLINE to send its first request head (a silent
+        one would otherwise hold one of the console's connections for the idle
+        timeout)."""
+        super().connectionMade()
+        self._start_head_timer()
+
     def dataReceived(self, data: bytes) -> None:
         """Bytes of a request head start its deadline (if not already running)."""
         if self._refused:
             return
-        if self._head_timer is None and not self._in_body():
-            self._head_timer = self.callLater(self.HEAD_DEADLINE, self._head_too_slow)
+        if not self._in_body():
+            self._start_head_timer()
         super().dataReceived(data)
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.callLater(self.HEAD_DEADLINE, self._head_too_slow)
 
     def _in_body(self) -> bool:
         return bool(self.line_mode == 0)

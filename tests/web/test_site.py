@@ -328,3 +328,14 @@ class ConsoleOverHTTP(unittest.TestCase):
         self.assertIn(b"a\\x1b[31mb\\nc", body)
         _, _, body = yield self.get(b"/api/events")
         self.assertEqual(json.loads(body)["events"][0]["user"], "\u202eevil")
+
+    @defer.inlineCallbacks
+    def test_a_silent_connection_is_cut_off_as_a_slow_head(self) -> Any:
+        """A connection that sends nothing holds one of the console's few connections
+        only HEAD_DEADLINE (not the idle timeout's minute): 408 and closed."""
+        self.patch(site_module.BoundedChannel, "HEAD_DEADLINE", 0.5)
+        client = _RawClient(b"")
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
+        yield connectProtocol(endpoint, client)
+        answer = yield client.done.addTimeout(WAIT_LIMIT, self.reactor)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:60])
