@@ -277,7 +277,7 @@ def _slice_arguments(request: Request) -> dict[str, int]:
         if values:
             text = values[0].decode("ascii", "replace")
             if not (text.isascii() and text.isdigit()) or len(text) > 9:
-                raise ValueError(f"{name} must be a whole number, 0 or more")
+                raise ValueError(f"{name} must be a whole number from 0 to 999999999")
             arguments[name] = int(text)
     return arguments
 

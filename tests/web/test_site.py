@@ -339,3 +339,17 @@ class ConsoleOverHTTP(unittest.TestCase):
         yield connectProtocol(endpoint, client)
         answer = yield client.done.addTimeout(WAIT_LIMIT, self.reactor)
         self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:60])
+
+    @defer.inlineCallbacks
+    def test_a_bad_slice_is_told_what_is_allowed(self) -> Any:
+        """A 400 for offset or limit says what a good value is (a ten-digit offset
+        was told it must be 'a whole number', which it was)."""
+        for query, said in (
+            (b"offset=99999999999", b"offset must be a whole number from 0 to 999999999"),
+            (b"offset=-1", b"offset must be a whole number from 0 to 999999999"),
+            (b"limit=x", b"limit must be a whole number from 0 to 999999999"),
+            (b"limit=20000", b"limit 0 to 10000"),
+        ):
+            code, _, body = yield self.get(b"/api/holders?" + query)
+            self.assertEqual(code, 400, query)
+            self.assertIn(said, body, query)
