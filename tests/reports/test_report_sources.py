@@ -147,3 +147,21 @@ def test_a_gap_in_the_rotated_files_is_said(tmp_path: Path) -> None:
     assert read.gaps == [str(tmp_path / "usage.jsonl.2")]
     (tmp_path / "usage.jsonl.2").write_text("")
     assert read_sources([tmp_path]).gaps == []
+
+
+def test_a_time_out_of_any_daemon_s_range_is_a_malformed_line(tmp_path: Path) -> None:
+    """One record stamped in the year 5138 (``at`` 1e11) made hqn_report build an
+    hourly series across three thousand years (it ran out of memory); a release
+    whose ``held_seconds`` reaches back to before 2000 did the same from the other
+    end. Such a line is skipped and counted; the report of the rest is made."""
+    far = grant(0, "far")
+    far["at"] = 1e11
+    old = release(50, "old", held=1e300)
+    (tmp_path / "usage.jsonl").write_text(lines(grant(0, "a"), far, old, release(60, "a")))
+    read = read_sources([tmp_path])
+    assert [p.why for p in read.problems] == [
+        "'at' is not a time from 2000 to 2099",
+        "'held_seconds' reaches back before 2000",
+    ]
+    analysis = analyse(read.records, Options())
+    assert len(analysis.products["Test Publisher/Widget"].hourly) == 1
