@@ -82,10 +82,13 @@ def wait(driver: Any, seconds: float) -> Any:
 
 
 @pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
+def screenshots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The screenshots' folder, printed past pytest's capture (a plain ``python -m
+    pytest`` showed it only when a test failed)."""
     folder = Path(os.environ.get("HQNLSD_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"web console screenshots in {folder}")
+    with capsys.disabled():
+        print(f"\nweb console screenshots in {folder}")
     return folder
 
 
