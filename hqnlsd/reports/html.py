@@ -223,7 +223,18 @@ def _inputs(inputs: dict[str, Any], analysis: Analysis) -> str:
         f"{inputs.get('duplicates', 0):,} duplicate record(s) counted once, "
         f"{inputs.get('unknown', 0):,} record(s) of unknown kinds ignored, "
         f"{analysis.ends_without_start:,} licence end(s) without a known start.</p>"
-        f"<details><summary>Files</summary><ul>{files}</ul></details>"
+        f"<details><summary>Files</summary><ul>{files}</ul></details>" + _gaps(inputs)
+    )
+
+
+def _gaps(inputs: dict[str, Any]) -> str:
+    gaps = inputs.get("rotation_gaps", [])
+    if not gaps:
+        return ""
+    return (
+        "<p><strong>Rotated files missing</strong> (their records are not counted): "
+        + ", ".join(_e(name) for name in gaps)
+        + "</p>"
     )
 
 

@@ -108,6 +108,13 @@ class RoleChange:
 Record = Grant | End | Denial | DenialCount | RoleChange
 
 
+#: The times a record may carry (2000-01-01 to 2100-01-01 UTC, epoch seconds): a
+#: record far outside them (a damaged or forged line) would stretch the hourly and
+#: daily series over centuries.
+EARLIEST = 946_684_800.0
+LATEST = 4_102_444_800.0
+
+
 def parse_record(line: str) -> Record | None:
     """The record on ``line`` (None for an unknown kind); `MalformedRecord` if bad."""
     try:
@@ -120,7 +127,11 @@ def parse_record(line: str) -> Record | None:
     event = fields.text("event")
     at = fields.number("at")
     parse = _KINDS.get(event)
-    return None if parse is None else parse(fields, at, event)
+    if parse is None:
+        return None
+    if not EARLIEST <= at < LATEST:
+        raise MalformedRecord("'at' is not a time from 2000 to 2099")
+    return parse(fields, at, event)
 
 
 class _Fields:
@@ -200,6 +211,8 @@ def _end(fields: _Fields, at: float, event: str) -> End:
     held = fields.maybe_number("held_seconds")
     if held is not None and held < 0:
         raise MalformedRecord("'held_seconds' is negative")
+    if held is not None and at - held < EARLIEST:
+        raise MalformedRecord("'held_seconds' reaches back before 2000")
     return End(
         at=at,
         kind=event,

@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from hqnlsd.reports.analysis import dedupe
 from hqnlsd.reports.records import MalformedRecord, Record, parse_record
@@ -27,6 +29,9 @@ from hqnlsd.reports.records import MalformedRecord, Record, parse_record
 USAGE_FILE = "usage.jsonl"
 #: Problems kept with their file and line (all are counted).
 PROBLEMS_KEPT = 100
+#: Longest line read as a record; a longer one is skipped, read past in pieces (the
+#: daemon's longest record, a grant of 65,535 licence numbers, is under 0.5 MiB).
+MAX_LINE_BYTES = 4 * 1024 * 1024
 
 
 class ReportInputError(Exception):
@@ -53,6 +58,9 @@ class ReadResult:
     problems: list[Problem] = dataclasses.field(default_factory=list)
     unknown: int = 0  # records of kinds this reader does not know
     duplicates: int = 0
+    #: Rotated files missing between two that were read (their records are not in
+    #: the report).
+    gaps: list[str] = dataclasses.field(default_factory=list)
 
 
 def usage_files(source: Path) -> list[Path]:
@@ -85,7 +93,9 @@ def read_sources(sources: Sequence[Path]) -> ReadResult:
     result = ReadResult()
     records: list[Record] = []
     for source in sources:
-        for path in usage_files(Path(source)):
+        found = usage_files(Path(source))
+        result.gaps.extend(_gaps(found))
+        for path in found:
             result.files.append(path)
             records.extend(_read_file(path, result))
     result.records, result.duplicates = dedupe(records)
@@ -96,13 +106,46 @@ def _read_file(path: Path, result: ReadResult) -> list[Record]:
     """The records of one file, read line by line (a member keeps up to 96 MiB)."""
     records: list[Record] = []
     try:
-        with open(path, "rb") as stream:
-            for number, raw in enumerate(stream, start=1):
-                if raw.strip():
+        # Not blocking: a FIFO in the file's place would wait for a writer for ever.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(descriptor, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise ReportInputError(f"{path}: not a regular file")
+            os.set_blocking(descriptor, True)
+            number = 0
+            while raw := stream.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    _skip_rest(stream, raw)
+                    result.lines += 1
+                    _skip(result, path, number, f"line over {MAX_LINE_BYTES} bytes")
+                elif raw.strip():
                     _read_line(raw, path, number, result, records)
     except OSError as error:
         raise ReportInputError(f"{path}: cannot read: {error.strerror or error}") from None
     return records
+
+
+def _skip_rest(stream: BinaryIO, start: bytes) -> None:
+    """Read past the rest of an over-long line, a piece at a time."""
+    piece = start
+    while piece and not piece.endswith(b"\n"):
+        piece = stream.readline(MAX_LINE_BYTES)
+
+
+def _gaps(files: list[Path]) -> list[str]:
+    """The rotated files missing between the oldest one found and the live file."""
+    numbers: set[int] = set()
+    name = ""
+    for path in files:
+        rotated = re.fullmatch(r"(.+)\.([0-9]+)", path.name)
+        if rotated:
+            name = rotated.group(1)
+            numbers.add(int(rotated.group(2)))
+    if not numbers:
+        return []
+    parent = files[0].parent
+    return [str(parent / f"{name}.{n}") for n in range(1, max(numbers)) if n not in numbers]
 
 
 def _read_line(

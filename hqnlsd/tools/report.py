@@ -187,6 +187,7 @@ def _inputs(read: ReadResult) -> dict[str, Any]:
         "skipped": read.skipped,
         "duplicates": read.duplicates,
         "unknown": read.unknown,
+        "rotation_gaps": read.gaps,
         "problems": [{"file": str(p.path), "line": p.line, "why": p.why} for p in read.problems],
     }
 
@@ -201,6 +202,12 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     permitted = permitted_counts(args.permits)
     permitted.update(dict(args.permitted))
     read = read_sources(args.sources)
+    if read.gaps:
+        err.write(
+            "hqn_report: warning: rotated file(s) missing, their records are not counted: "
+            + ", ".join(read.gaps)
+            + "\n"
+        )
     if read.skipped:
         err.write(f"hqn_report: skipped {read.skipped:,} malformed line(s):\n")
         for problem in read.problems[:PROBLEMS_SHOWN]:

@@ -1,7 +1,8 @@
 """The web console's pages: `hqnlsd.web.view` figures as HTML (pure functions).
 
-Every value is escaped (`html.escape`, quotes too): user, host and product names
-come from the network and the permits. A page works without JavaScript (a
+Every value is escaped (`e`: controls and bidi overrides as ``\\x1b``, ``\\u202e``,
+then `html.escape`, quotes too): user, host and product names come from the
+network and the permits. A page works without JavaScript (a
 ``<noscript>`` meta refresh reloads it every `REFRESH_SECONDS`); with it,
 ``/console.js`` fetches the page again at the same pace and swaps its ``<main>``
 in place. The style sheet is ``/console.css`` (the Content-Security-Policy
@@ -14,6 +15,8 @@ import datetime
 import html
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+from hqnlsd.logging.escape import escape_text
 
 #: Seconds between refreshes of a page.
 REFRESH_SECONDS = 3
@@ -33,8 +36,11 @@ PAGES: tuple[tuple[str, str], ...] = (
 
 
 def e(value: object) -> str:
-    """``value`` as escaped HTML text (None as an empty string)."""
-    return "" if value is None else html.escape(str(value), quote=True)
+    """``value`` as escaped HTML text (None as an empty string): one line of printable
+    text first (controls, line breaks and bidi overrides from the network shown as
+    ``\\x1b``, ``\\n``, ``\\u202e``, a backslash doubled, as in the log and the
+    usage report's page), then HTML's own characters."""
+    return "" if value is None else html.escape(escape_text(str(value)), quote=True)
 
 
 def when(seconds: float | None) -> str:

@@ -70,24 +70,103 @@ API = ("overview", "products", "holders", "domains", "events", "permits")
 
 _log = Logger(namespace="hqnlsd.web")
 
+_TOO_LARGE = f"a request line or headers over {MAX_HEADER_BYTES} bytes"
+
 
 class BoundedChannel(http.HTTPChannel):
-    """HTTP/1.1 with bounded requests (see the module)."""
+    """HTTP/1.1 with bounded requests (see the module).
 
-    totalHeadersSize = MAX_HEADER_BYTES
+    A request line or header line longer than `MAX_HEADER_BYTES`, or a request
+    head (line and headers) longer than that in all, is answered 431; a request
+    head not whole `HEAD_DEADLINE` seconds after its first byte (or, for the first
+    request, after the connection was made) is answered 408
+    (a client trickling a byte at a time, each within the idle timeout, would
+    otherwise hold its connection for ever: a few dozen such took every
+    connection of the console). Either way the connection is closed."""
+
+    # twisted.web's own bound on the head is above ours (its 400 says nothing).
+    totalHeadersSize = 2 * MAX_HEADER_BYTES
     maxHeaders = MAX_HEADERS
     MAX_LENGTH = MAX_HEADER_BYTES
+    #: Seconds from a request head's first byte to its end.
+    HEAD_DEADLINE = 10.0
     _refused = False
+    _head_bytes = 0
+    _head_timer: Any = None
+
+    def connectionMade(self) -> None:
+        """A new connection has HEAD_DEADLINE to send its first request head (a silent
+        one would otherwise hold one of the console's connections for the idle
+        timeout)."""
+        super().connectionMade()
+        self._start_head_timer()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes of a request head start its deadline (if not already running)."""
+        if self._refused:
+            return
+        if not self._in_body():
+            self._start_head_timer()
+        super().dataReceived(data)
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.callLater(self.HEAD_DEADLINE, self._head_too_slow)
+
+    def _in_body(self) -> bool:
+        return bool(self.line_mode == 0)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self._refuse(
+            http.REQUEST_TIMEOUT,
+            "Request Timeout",
+            f"the request head did not arrive within {self.HEAD_DEADLINE:g} s",
+        )
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _refuse(self, code: int, phrase: str, text: str) -> None:
+        """Answer ``code`` with ``text`` and close; nothing more is read."""
+        if self._refused:
+            return
+        self._refused = True
+        self._stop_head_timer()
+        body = (text + "\n").encode("ascii")
+        head = [f"HTTP/1.1 {code} {phrase}".encode("ascii"), b"connection: close"]
+        head += [name + b": " + value for name, value in SECURITY_HEADERS]
+        head += [b"content-type: text/plain; charset=utf-8", b"content-length: %d" % len(body)]
+        assert self.transport is not None
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header line over MAX_HEADER_BYTES: 431."""
+        self._refuse(431, "Request Header Fields Too Large", _TOO_LARGE)
 
     def lineReceived(self, line: bytes) -> None:
-        """Nothing more is read of a refused request."""
-        if not self._refused:
-            super().lineReceived(line)
+        """Nothing more is read of a refused request; a head over MAX_HEADER_BYTES: 431."""
+        if self._refused:
+            return
+        self._head_bytes += len(line) + 2
+        if self._head_bytes > MAX_HEADER_BYTES:
+            self._refuse(431, "Request Header Fields Too Large", _TOO_LARGE)
+            return
+        super().lineReceived(line)
 
     def rawDataReceived(self, data: bytes) -> None:
         """Nothing more is read of a refused request."""
         if not self._refused:
             super().rawDataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """No deadline outlives its connection."""
+        self._stop_head_timer()
+        super().connectionLost(reason)
 
     def headerReceived(self, line: bytes) -> bool:
         """A header; a body (chunked, or longer than MAX_BODY_BYTES) is refused."""
@@ -103,7 +182,10 @@ class BoundedChannel(http.HTTPChannel):
         return ok
 
     def allHeadersReceived(self) -> None:
-        """Go on, unless refused."""
+        """Go on, unless refused: the head is whole (its deadline and size start again
+        with the next request's)."""
+        self._stop_head_timer()
+        self._head_bytes = 0
         if not self._refused:
             super().allHeadersReceived()
 
@@ -195,7 +277,7 @@ def _slice_arguments(request: Request) -> dict[str, int]:
         if values:
             text = values[0].decode("ascii", "replace")
             if not (text.isascii() and text.isdigit()) or len(text) > 9:
-                raise ValueError(f"{name} must be a whole number, 0 or more")
+                raise ValueError(f"{name} must be a whole number from 0 to 999999999")
             arguments[name] = int(text)
     return arguments
 
@@ -266,12 +348,47 @@ class ConsoleRoot(Resource):
         return _Refusal(http.NOT_FOUND, "not found")
 
 
+class _HeadOf(Resource):
+    """HEAD of a resource: its GET's headers and Content-Length, no body (so that
+    twisted.web does not log a line for each HEAD whose resource returned one)."""
+
+    isLeaf = True
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__()
+        self.resource = resource
+
+    def render(self, request: Request) -> bytes:
+        """The resource's answer without its body."""
+        body = self.resource.render(request)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+
+
+class ConsoleRequest(Request):
+    """A request whose path is ``*`` (``OPTIONS *``), which twisted.web answers
+    before asking the site for a resource, is refused 405 as any other method."""
+
+    def process(self) -> None:
+        """``*``: 405 with the security headers; anything else as twisted.web does."""
+        if self.path != b"*":
+            super().process()
+            return
+        _secure(self)
+        self.setHeader(b"allow", b"GET, HEAD")
+        body = _plain(self, http.NOT_ALLOWED, "only GET and HEAD")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+
 class ConsoleSite(Site):
     """The console's site: security headers and methods checked before any resource,
     the client's admin certificate too when served over TLS (``ca``)."""
 
     noisy = False
     protocol = BoundedChannel  # type: ignore[assignment]
+    requestFactory = ConsoleRequest
 
     def __init__(
         self, root: ConsoleRoot, *, ca_certificate: Any = None, timeout: float = DEFAULT_TIMEOUT
@@ -295,6 +412,8 @@ class ConsoleSite(Site):
             if identity.role is not Role.ADMIN:
                 return _Refusal(http.FORBIDDEN, "an admin certificate is needed")
         resource: Resource = super().getResourceFor(request)
+        if request.method == b"HEAD":
+            return _HeadOf(resource)
         return resource
 
 

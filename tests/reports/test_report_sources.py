@@ -92,3 +92,76 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "usage.jsonl").mkdir()
     with pytest.raises(ReportInputError, match=r"usage\.jsonl"):
         read_sources([tmp_path])
+
+
+# Found feeding hqn_report hostile files (review of issue 15).
+
+
+def test_a_line_over_the_bound_is_skipped_without_being_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line longer than MAX_LINE_BYTES (a usage record is at most a few hundred KB:
+    65,535 licence numbers) is skipped and counted, and read past in pieces, never
+    held whole: ``/dev/zero`` or a file of one endless line cannot use up memory.
+    The lines around it are read."""
+    from hqnlsd.reports import sources
+
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 1000)
+    long_line = json.dumps({"event": "grant", "user": "a" * 5000}) + "\n"
+    (tmp_path / "usage.jsonl").write_text(
+        lines(grant(0, "a")) + long_line + lines(grant(1, "b")) + "x" * 3000
+    )
+    read = read_sources([tmp_path])
+    assert [getattr(r, "handle", None) for r in read.records] == ["a", "b"]
+    assert read.skipped == 2
+    assert [(p.line, p.why) for p in read.problems] == [
+        (2, "line over 1000 bytes"),
+        (4, "line over 1000 bytes"),
+    ]
+
+
+def test_a_fifo_or_device_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A usage file that is not a regular file (a FIFO would block the reader for
+    ever, a device such as /dev/zero never ends) is a clear error."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "usage.jsonl")
+    with pytest.raises(ReportInputError, match=r"usage\.jsonl: not a regular file"):
+        read_sources([fifo])
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "usage.jsonl").symlink_to("/dev/zero")
+    with pytest.raises(ReportInputError, match=r"usage\.jsonl: not a regular file"):
+        read_sources([device])
+
+
+def test_a_gap_in_the_rotated_files_is_said(tmp_path: Path) -> None:
+    """``usage.jsonl.1`` and ``.3`` without ``.2``: the records of ``.2`` are missing
+    from the report, so it says so (the daemon rotates without gaps)."""
+    for name in ("usage.jsonl.3", "usage.jsonl.1", "usage.jsonl"):
+        (tmp_path / name).write_text(lines(grant(0, name)))
+    read = read_sources([tmp_path])
+    assert len(read.records) == 3
+    assert read.gaps == [str(tmp_path / "usage.jsonl.2")]
+    (tmp_path / "usage.jsonl.2").write_text("")
+    assert read_sources([tmp_path]).gaps == []
+
+
+def test_a_time_out_of_any_daemon_s_range_is_a_malformed_line(tmp_path: Path) -> None:
+    """One record stamped in the year 5138 (``at`` 1e11) made hqn_report build an
+    hourly series across three thousand years (it ran out of memory); a release
+    whose ``held_seconds`` reaches back to before 2000 did the same from the other
+    end. Such a line is skipped and counted; the report of the rest is made."""
+    far = grant(0, "far")
+    far["at"] = 1e11
+    old = release(50, "old", held=1e300)
+    (tmp_path / "usage.jsonl").write_text(lines(grant(0, "a"), far, old, release(60, "a")))
+    read = read_sources([tmp_path])
+    assert [p.why for p in read.problems] == [
+        "'at' is not a time from 2000 to 2099",
+        "'held_seconds' reaches back before 2000",
+    ]
+    analysis = analyse(read.records, Options())
+    assert len(analysis.products["Test Publisher/Widget"].hourly) == 1

@@ -234,3 +234,22 @@ def test_any_text_from_the_network_is_drawn_and_escaped(tmp_path: Path, text: st
     page = (out / "report.html").read_text("utf-8")
     assert "<script" not in page and "\x00" not in page and "\x1b" not in page
     assert len(list(out.glob("*.png"))) == 9  # one product: one in-use chart, eight others
+
+
+def test_a_gap_in_the_rotated_files_is_said(state: Path, tmp_path: Path) -> None:
+    """A rotated file missing between two that are there (``.2`` of ``.1`` and ``.3``):
+    its records are not in the report, so stderr and summary.json name it."""
+    live = state / "usage.jsonl"
+    (state / "usage.jsonl.1").write_bytes(live.read_bytes())
+    (state / "usage.jsonl.3").write_bytes(live.read_bytes())
+    status, _, err = run(str(state), "-o", str(tmp_path / "out"))
+    assert status == 0
+    missing = str(state / "usage.jsonl.2")
+    assert (
+        f"hqn_report: warning: rotated file(s) missing, their records are not counted: {missing}\n"
+        in err
+    )
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["inputs"]["rotation_gaps"] == [missing]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Rotated files missing" in page and missing in page

@@ -82,10 +82,13 @@ def wait(driver: Any, seconds: float) -> Any:
 
 
 @pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
+def screenshots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """The screenshots' folder, printed past pytest's capture (a plain ``python -m
+    pytest`` showed it only when a test failed)."""
     folder = Path(os.environ.get("HQNLSD_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
-    print(f"web console screenshots in {folder}")
+    with capsys.disabled():
+        print(f"\nweb console screenshots in {folder}")
     return folder
 
 
@@ -119,6 +122,8 @@ def test_the_console_follows_grants_releases_and_denials(
         wait(driver, SHOWN_WITHIN).until(
             lambda _: "bob" in page_text() and "NOLICENCES" in page_text()
         )
+        reasons = driver.find_elements(By.CSS_SELECTOR, 'td[data-label="Reason"]')
+        assert reasons and all(str(cell.text).strip() for cell in reasons)
         driver.save_screenshot(str(screenshots / "events-denial.png"))
         driver.get(f"http://127.0.0.1:{port}/holders")
     finally:
@@ -126,6 +131,10 @@ def test_the_console_follows_grants_releases_and_denials(
     wait(driver, SHOWN_WITHIN).until(lambda _: "No licence is held." in page_text())
     driver.set_window_size(390, 844)  # a phone
     driver.get(f"http://127.0.0.1:{port}/products")
+    # On a phone the table reads as cards: no header row, each cell on its own line.
+    assert not driver.find_element(By.CSS_SELECTOR, "thead").is_displayed()
+    cell = driver.find_element(By.CSS_SELECTOR, "td")
+    assert cell.value_of_css_property("display") == "block"
     driver.save_screenshot(str(screenshots / "products-phone.png"))
     written = {p.name for p in screenshots.iterdir()}
     assert written >= {

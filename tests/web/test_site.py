@@ -9,12 +9,13 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from hqnlsd.licensing.requester import Requester
 from hqnlsd.web import pages
+from hqnlsd.web import site as site_module
 from hqnlsd.web.recent import RecentEvents
 from hqnlsd.web.site import API, MAX_HEADER_BYTES, make_web_service
 from hqnlsd.web.view import ConsoleView
@@ -195,7 +196,7 @@ class ConsoleOverHTTP(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_bodies_and_big_headers_are_refused(self) -> Any:
-        """A request body (by length or chunked) gets 413; headers too big get 400."""
+        """A request body (by length or chunked) gets 413; a line or headers too big 431."""
         code, _, _ = yield self.get(b"/", b"GET", b"Content-Length: 5")
         self.assertEqual(code, 413)
         code, _, _ = yield self.send(
@@ -205,13 +206,16 @@ class ConsoleOverHTTP(unittest.TestCase):
         self.assertEqual(code, 413)
         half = b"a" * (MAX_HEADER_BYTES // 2)
         code, _, _ = yield self.get(b"/", b"GET", b"X-A: " + half, b"X-B: " + half)
-        self.assertEqual(code, 400)
-        # One line longer than the whole bound: the connection is closed, unanswered.
-        client = _RawClient(b"GET /" + b"a" * MAX_HEADER_BYTES + b" HTTP/1.0\r\n\r\n")
-        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
-        yield connectProtocol(endpoint, client)
-        answer = yield client.done.addTimeout(WAIT_LIMIT, self.reactor)
-        self.assertEqual(answer, b"")
+        self.assertEqual(code, 431)
+        # One line longer than the whole bound (a request line, a header): 431, said.
+        for raw in (
+            b"GET /" + b"a" * MAX_HEADER_BYTES + b" HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nX-A: " + b"a" * (2 * MAX_HEADER_BYTES) + b"\r\n\r\n",
+        ):
+            code, headers, body = yield self.send(raw)
+            self.assertEqual(code, 431)
+            self.assertEqual(headers[b"connection"], b"close")
+            self.assertIn(b"%d bytes" % MAX_HEADER_BYTES, body)
         many = [b"X-H%d: 1" % n for n in range(100)]
         code, _, _ = yield self.get(b"/", b"GET", *many)
         self.assertEqual(code, 400)
@@ -236,3 +240,116 @@ class ConsoleOverHTTP(unittest.TestCase):
         self.assertEqual(body.count(b'<td data-label="User">'), 3)
         self.assertIn(b"3 of the 4 licences held", body)
         self.assertIn(b"/api/holders?offset=3", body)
+
+    # Found attacking a real daemon's console (review of issue 15).
+
+    @defer.inlineCallbacks
+    def test_options_star_is_refused_like_any_other_method(self) -> Any:
+        """``OPTIONS *`` (twisted.web answers it 200 before any resource) is a 405
+        with the security headers, as OPTIONS on a path is."""
+        code, headers, _ = yield self.send(
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(code, 405)
+        self.assertEqual(headers[b"allow"], b"GET, HEAD")
+        self.assert_secured(headers)
+        code, headers, _ = yield self.send(
+            b"GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(code, 405)
+        self.assert_secured(headers)
+
+    @defer.inlineCallbacks
+    def test_head_logs_nothing_and_says_the_length(self) -> Any:
+        """HEAD of a page, an API or a 404 logs no line (twisted.web logs one per HEAD
+        whose resource returns a body: a HEAD flood filled the log) and carries the
+        GET's Content-Length."""
+        from twisted.logger import globalLogPublisher
+
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        for path in (b"/", b"/api/overview", b"/nope", b"/api/holders?limit=x"):
+            code, headers, body = yield self.get(path, b"HEAD")
+            get_code, _, get_body = yield self.get(path)
+            self.assertEqual((code, body), (get_code, b""), path)
+            self.assertEqual(headers[b"content-length"], b"%d" % len(get_body), path)
+            self.assert_secured(headers)
+        server_lines = [
+            event.get("log_format")
+            for event in seen
+            if str(event.get("log_namespace", "")).startswith(("twisted.web", "hqnlsd"))
+        ]
+        self.assertEqual(server_lines, [])
+
+    @defer.inlineCallbacks
+    def test_a_slow_request_head_is_cut_off(self) -> Any:
+        """Slowloris: a request head that trickles in (each byte within the idle
+        timeout) is answered 408 and closed HEAD_DEADLINE after its first byte, so
+        32 such clients cannot hold the console's every connection for ever."""
+        self.patch(site_module.BoundedChannel, "HEAD_DEADLINE", 0.5)
+        client = _RawClient(b"GET / HTTP/1.1\r\n")
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
+        yield connectProtocol(endpoint, client)
+
+        trickling = LoopingCall(lambda: client.transport and client.transport.write(b"X: y\r\n"))
+        trickling.start(0.1)
+        answer = yield client.done.addTimeout(WAIT_LIMIT, self.reactor)
+        trickling.stop()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:60])
+        # A whole request in time, and one after another on a kept connection, are served.
+        code, _, _ = yield self.send(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /products HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
+    def test_controls_and_bidi_overrides_are_shown_escaped(self) -> Any:
+        """A user or host with a right-to-left override, ESC or a line break (a
+        refused REQUEST's names are shown as sent) appears as ``\\u202e``, ``\\x1b``,
+        ``\\n`` on the page, as in the log and the usage report's page."""
+        who = Requester(user="\u202eevil", host="a\x1b[31mb\nc", address="10.1.2.3", pid=5)
+        self.recent.denial(
+            NOW,
+            publisher="P",
+            product="Widget",
+            version="1.0",
+            status="ILLEGAL",
+            reason="user must be 1 to 256 printable characters",
+            who=who,
+        )
+        _, _, body = yield self.get(b"/events")
+        for raw in ("\u202e", "\x1b", "\n"):
+            self.assertNotIn(
+                raw, body.decode("utf-8").partition("<main")[2].partition("</main>")[0]
+            )
+        self.assertIn(b"\\u202eevil", body)
+        self.assertIn(b"a\\x1b[31mb\\nc", body)
+        _, _, body = yield self.get(b"/api/events")
+        self.assertEqual(json.loads(body)["events"][0]["user"], "\u202eevil")
+
+    @defer.inlineCallbacks
+    def test_a_silent_connection_is_cut_off_as_a_slow_head(self) -> Any:
+        """A connection that sends nothing holds one of the console's few connections
+        only HEAD_DEADLINE (not the idle timeout's minute): 408 and closed."""
+        self.patch(site_module.BoundedChannel, "HEAD_DEADLINE", 0.5)
+        client = _RawClient(b"")
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port, timeout=5)
+        yield connectProtocol(endpoint, client)
+        answer = yield client.done.addTimeout(WAIT_LIMIT, self.reactor)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:60])
+
+    @defer.inlineCallbacks
+    def test_a_bad_slice_is_told_what_is_allowed(self) -> Any:
+        """A 400 for offset or limit says what a good value is (a ten-digit offset
+        was told it must be 'a whole number', which it was)."""
+        for query, said in (
+            (b"offset=99999999999", b"offset must be a whole number from 0 to 999999999"),
+            (b"offset=-1", b"offset must be a whole number from 0 to 999999999"),
+            (b"limit=x", b"limit must be a whole number from 0 to 999999999"),
+            (b"limit=20000", b"limit 0 to 10000"),
+        ):
+            code, _, body = yield self.get(b"/api/holders?" + query)
+            self.assertEqual(code, 400, query)
+            self.assertIn(said, body, query)
