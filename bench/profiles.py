@@ -54,6 +54,10 @@ IDLE_FUNCTIONS = frozenset({"doPoll", "doSelect", "doKEvent", "doIteration"})
 #: Innermost functions of a thread that waits (for work or a lock).
 WAIT_FUNCTIONS = frozenset({"wait", "get", "_wait_for_tstate_lock", "join", "acquire",
                             "_worker", "select", "poll", "sleep"})
+#: Innermost frames (py-spy's qualified names) that wait though their name does not
+#: say so: hqnlsd's writer thread waits for work in `queue.SimpleQueue.get`, a C call
+#: py-spy does not show, so its loop is the innermost frame.
+WAIT_QUALNAMES = frozenset({"ThreadWriter._run"})
 #: The thread a reactor runs in.
 REACTOR_THREAD = "MainThread"
 
@@ -115,7 +119,10 @@ def short_file(file: str) -> str:
 def waiting(frames: Sequence[Frame]) -> bool:
     """The innermost frame is a wait (for work, a lock or I/O), or there is no Python
     frame at all."""
-    return not frames or frames[-1][0].rsplit(".", 1)[-1] in WAIT_FUNCTIONS
+    if not frames:
+        return True
+    name = frames[-1][0]
+    return name in WAIT_QUALNAMES or name.rsplit(".", 1)[-1] in WAIT_FUNCTIONS
 
 
 @dataclasses.dataclass

@@ -603,7 +603,7 @@ class DomainRuntime(MultiService):
             self.network.send,
             self.timers,
             damaged,
-            writer_for(self.reactor, name=f"hqnlsd-domain-{spec.domain_id[:12]}"),
+            writer_for(self.reactor, name="hqnlsd-domain"),
         )
         member.event_listeners = self.event_listeners
         return member
