@@ -226,6 +226,14 @@ class Engine:
         """Every holder of a product, oldest grant first, with handles."""
         return queries.holders(self._ledger.state, publisher, product)
 
+    def holders_page(
+        self, publisher: str, product: str, offset: int, limit: int
+    ) -> tuple[list[HolderInfo], int] | Denied:
+        """At most ``limit`` holders of a product from the ``offset``-th in ``holders``
+        order, and how many it has in all, without building the others (a console
+        lists a page at a time); ValueError for a negative offset or limit."""
+        return queries.holders_page(self._ledger.state, publisher, product, offset, limit)
+
     def status(self) -> list[ProductStatus]:
         """Every served product with its settings, totals and use."""
         return queries.status(self._ledger.state)
