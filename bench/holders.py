@@ -26,11 +26,18 @@ the tracemalloc delta (``--trace``; slower), and a breakdown (``--breakdown``):
 the size of each structure that grows with the holders, divided by the count,
 and with ``--trace`` the top allocation sites.
 
+``--ops N`` then times the engine alone (no parsing, journal or feed) on N more
+licences with the others held: N REQUESTs, an UPDATE of each, each REQUEST again
+(a repeated client token), a RELEASE of each; CPU microseconds per command, the
+median of ``--rounds`` rounds. Run it on two trees in turn (``PYTHONPATH``) to
+compare them.
+
 Examples (from the repository root)::
 
     python bench/holders.py                      # 100,000 held, RSS and time
     python bench/holders.py --trace --breakdown  # where the bytes go
     python bench/holders.py --count 10000 --no-journal --no-feed
+    python bench/holders.py --no-journal --no-feed --ops 20000   # engine CPU per command
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import argparse
 import datetime
 import gc
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -77,9 +85,10 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def permits(products: int, count: int) -> list[ProductPermit]:
-    """``products`` floating-only products with room for ``count`` licences together."""
-    each = -(-count // products)
+def permits(products: int, count: int, spare: int = 0) -> list[ProductPermit]:
+    """``products`` floating-only products with room for ``count`` licences together,
+    and ``spare`` more each."""
+    each = -(-count // products) + spare
     today = datetime.date.today()
     return [
         ProductPermit(
@@ -142,7 +151,9 @@ class Daemon:
             self.journal.restore(self.engine)
             if self.feed is not None:
                 self.journal.listeners.append(self.feed.observe)
-        self.commit(self.engine.load_products(permits(args.products, args.count)).events)
+        self.commit(
+            self.engine.load_products(permits(args.products, args.count, args.ops)).events
+        )
         self.turn()
 
     def commit(self, events: Iterable[Event]) -> None:
@@ -194,6 +205,58 @@ class Daemon:
             self.journal.close()
         if self.usage is not None:
             self.usage.close()
+
+
+# -- engine CPU per command -------------------------------------------------------------
+
+
+def engine_ops(engine: Engine, args: argparse.Namespace, addresses: list[str]) -> dict[str, float]:
+    """CPU microseconds per REQUEST, UPDATE, repeated REQUEST and RELEASE of ``--ops``
+    more licences, the engine alone, the median of ``--rounds`` rounds."""
+    requests = [
+        LicenceRequest(
+            publisher=PUBLISHER,
+            product=f"Widget {k % args.products}",
+            version=VERSION,
+            user=f"user{k % args.users}",
+            host=f"host{k % args.hosts}.example.com",
+            pid=3_000_000 + k,
+            address=addresses[k % len(addresses)],
+            client=f"ops-{k}",
+        )
+        for k in range(args.ops)
+    ]
+    clock = time.process_time
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.rounds + 1):  # the first warms up
+        handles = []
+        started = clock()
+        for request in requests:
+            result = engine.request(request).result
+            assert not isinstance(result, Denied), result
+            handles.append(result.handle)  # type: ignore[union-attr]
+        requested = clock()
+        for handle in handles:
+            engine.update(handle)
+        updated = clock()
+        for request in requests:
+            engine.request(request)
+        repeated = clock()
+        for handle in handles:
+            engine.release(handle)
+        released = clock()
+        each = 1e6 / len(requests)
+        rounds.append(
+            {
+                "request_us": (requested - started) * each,
+                "update_us": (updated - requested) * each,
+                "repeated_request_us": (repeated - updated) * each,
+                "release_us": (released - repeated) * each,
+            }
+        )
+    return {
+        name: round(statistics.median(row[name] for row in rounds[1:]), 2) for name in rounds[0]
+    }
 
 
 # -- breakdown ---------------------------------------------------------------------------
@@ -312,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tracemalloc too (slower; the time is then not comparable)")
     parser.add_argument("--breakdown", action="store_true", help="bytes per structure")
     parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--ops", type=int, default=0,
+                        help="then time N more commands of each kind on the engine alone")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --ops (median)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="hqnlsd-holders-") as directory:
@@ -353,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                 sites.append((where, stat.size_diff / held))
             tracemalloc.stop()
         rows = breakdown(daemon, held) if args.breakdown else []
+        if args.ops:
+            gc.collect()
+            result["engine_ops"] = engine_ops(daemon.engine, args, addresses)
         daemon.close()
 
     if args.json:
@@ -372,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, size in rows:
             print(f"    {size:8.1f}  {name}")
         print(f"    {sum(size for _, size in rows):8.1f}  total")
+    if args.ops:
+        print(f"  engine alone, {args.ops:,} more of each with {held:,} held "
+              "(CPU microseconds per command, median):")
+        for name, value in result["engine_ops"].items():
+            print(f"    {value:8.2f}  {name.removesuffix('_us').replace('_', ' ')}")
     if sites:
         print("  top allocation sites (tracemalloc, bytes per held licence):")
         for where, size in sites:

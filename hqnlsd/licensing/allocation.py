@@ -8,16 +8,17 @@ changes the state only through the ledger's events: GRAB's and the reclaims'
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from collections.abc import Callable, Sequence
+from sys import intern
 
-from hqnlsd.licensing.checks import invalid_request, normal_address
+from hqnlsd.licensing.checks import invalid_request, normal_address, valid_address
 from hqnlsd.licensing.events import Event, Granted, Reason, Revoked, Updated
+from hqnlsd.licensing.holdings import NO_SLOT
 from hqnlsd.licensing.ledger import Ledger
 from hqnlsd.licensing.pools import FreeList, Holder, ProductState
 from hqnlsd.licensing.queries import grant_of
-from hqnlsd.licensing.requester import Requester, shared, shared_or_none
+from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Denied, Grant, LicenceRequest
 from hqnlsd.licensing.settings import FULL_ACCESS
 from hqnlsd.licensing.state import EngineState
@@ -39,17 +40,32 @@ ACCL = int(Policy.ACCL)
 Reclaim = tuple[bool, list[Holder], str]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Ask:
-    """A REQUEST admitted for a product: what remains is to find it licences."""
+    """A REQUEST admitted for a product: what remains is to find it licences.
 
-    product: ProductState
-    who: Requester
-    units: int
-    access: int
-    flags: int
-    listings: int  # how many times the requester is listed as a locked node
-    now: float
+    Read-only by convention: a plain class (a frozen dataclass costs a setattr call
+    per field, on every REQUEST).
+    """
+
+    __slots__ = ("access", "flags", "listings", "now", "product", "units", "who")
+
+    def __init__(
+        self,
+        product: ProductState,
+        who: Requester,
+        units: int,
+        access: int,
+        flags: int,
+        listings: int,
+        now: float,
+    ) -> None:
+        self.product = product
+        self.who = who
+        self.units = units
+        self.access = access
+        self.flags = flags
+        self.listings = listings  # how many times the requester is listed as a locked node
+        self.now = now
 
     @property
     def on_locked_node(self) -> bool:
@@ -96,24 +112,32 @@ def _checked(
     state: EngineState, request: LicenceRequest
 ) -> tuple[ProductState, Requester] | Denied:
     """ILLEGAL values, BADPRODUCT; else the product and the requester."""
-    problem = invalid_request(request)
-    if problem is not None:
-        return Denied(Status.ILLEGAL, problem)
-    product = state.product_or_denied(request.publisher, request.product)
-    if isinstance(product, Denied):
-        return product
+    address = valid_address(request)
+    if address is None:
+        problem = invalid_request(request)
+        if problem is not None:
+            return Denied(Status.ILLEGAL, problem)
+        address = normal_address(request.address)
+    product = state.products.get((request.publisher, request.product))
+    if product is None:
+        refused = state.product_or_denied(request.publisher, request.product)
+        assert isinstance(refused, Denied)
+        return refused
     if request.version != product.permit.version:
         return wrong_version(product, request.version)
     # Names repeat across holders: each held licence keeps the one shared copy.
+    user = request.user
+    host = request.host
+    group = request.group
     who = Requester(
-        user=shared(request.user),
-        host=shared(request.host),
-        address=normal_address(request.address),
-        pid=request.pid,
-        uid=request.uid,
-        group=shared_or_none(request.group),
-        hostid=request.hostid,
-        client=request.client,
+        intern(user) if type(user) is str else user,  # `shared`, written out
+        intern(host) if type(host) is str else host,
+        address,
+        request.pid,
+        request.uid,
+        None if group is None else intern(group) if type(group) is str else group,
+        request.hostid,
+        request.client,
     )
     return product, who
 
@@ -128,11 +152,15 @@ def _repeated(
 ) -> Grant | Denied | None:
     """A client token already holding a licence: the same grant again, counted as an
     UPDATE, if its holder asks; TOKEN_HELD for anyone else; None if not held."""
-    handle = product.tokens.get(client)
-    if handle is None:
+    store = product.store
+    slot = store.token_slot(client)
+    if slot == NO_SLOT:  # the usual: a new token
         return None
-    holder = product.holders[handle]
-    if not holder.who.same_process(who):
+    handle = store.handle(slot)
+    if product.index is not None:  # the Updated's applier looks the handle up next
+        product.index.remember(handle, product, slot)
+    holder = Holder(store, slot, handle)
+    if not store.same_process(slot, who):
         return Denied(
             Status.TOKEN_HELD,
             f"client token {client} is held by another client "
@@ -256,19 +284,30 @@ def _give(
     if handle is None:
         return Denied(Status.INTERNAL, "could not make a unique licence handle")
     product = ask.product
-    granted = Granted(
-        publisher=product.key[0],
-        product=product.key[1],
-        handle=handle,
-        indices=indices,
-        locked=locked,
-        on_locked_node=ask.on_locked_node,
-        who=ask.who,
-        access=ask.access,
-        at=ask.now,
+    publisher, name = product.key
+    access = ask.access
+    ledger.emit(
+        Granted(
+            publisher, name, handle, indices, locked, ask.listings > 0, ask.who, access, ask.now
+        ),
+        batch,
     )
-    ledger.emit(granted, batch)
-    return grant_of(product, product.holders[handle], duplicate=False)
+    # What `grant_of` reads back from the holder just stored: the same values.
+    permit = product.permit
+    return Grant(
+        handle,
+        permit.publisher,
+        permit.product,
+        permit.version,
+        indices,
+        permit.update_minutes * 60,  # `ProductState.period`
+        "locked" if locked else "floating",
+        access,
+        permit.data,
+        permit.start,
+        permit.expiry,
+        False,
+    )
 
 
 def _never(ask: _Ask) -> Denied:

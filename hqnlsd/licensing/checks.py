@@ -67,6 +67,63 @@ def normal_address(address: ipaddress.IPv4Address | str) -> str:
     return str(ipaddress.IPv4Address(address))
 
 
+def valid_address(request: LicenceRequest) -> str | None:
+    """The peer address of a request in normal form (`normal_address`) if every value
+    of the request is plainly good, else None: then `invalid_request` says what is
+    wrong, if anything (a str subclass, say, is not plainly good but passes).
+
+    `invalid_request`'s checks written out in one expression: this runs for every
+    REQUEST, and the fields are nearly always good.
+    """
+    publisher = request.publisher
+    product = request.product
+    version = request.version
+    user = request.user
+    host = request.host
+    group = request.group
+    client = request.client
+    units = request.units
+    pid = request.pid
+    uid = request.uid
+    hostid = request.hostid
+    if not (
+        type(publisher) is str
+        and 0 < len(publisher) <= MAX_TEXT
+        and publisher.isprintable()
+        and type(product) is str
+        and 0 < len(product) <= MAX_TEXT
+        and product.isprintable()
+        and type(version) is str
+        and 0 < len(version) <= MAX_TEXT
+        and version.isprintable()
+        and type(user) is str
+        and 0 < len(user) <= MAX_TEXT
+        and user.isprintable()
+        and type(host) is str
+        and 0 < len(host) <= MAX_TEXT
+        and host.isprintable()
+        and (
+            group is None
+            or (type(group) is str and 0 < len(group) <= MAX_TEXT and group.isprintable())
+        )
+        and (
+            client is None
+            or (type(client) is str and 0 < len(client) <= MAX_TEXT and client.isprintable())
+        )
+        and type(units) is int
+        and 1 <= units <= MAX_UNITS
+        and type(pid) is int
+        and pid >= 0
+        and (uid is None or (type(uid) is int and uid >= 0))
+        and (hostid is None or (type(hostid) is int and 0 <= hostid <= 0xFFFFFFFF))
+    ):
+        return None
+    try:
+        return normal_address(request.address)
+    except (ValueError, TypeError):
+        return None
+
+
 def invalid_request(request: LicenceRequest) -> str | None:
     """What is wrong with a request's values, or None."""
     problem = _bad_text(request) or _bad_number(request)

@@ -63,6 +63,7 @@ from hqnlsd.licensing.events import (
     TombstonesPurged,
     Updated,
 )
+from hqnlsd.licensing.holdings import NO_SLOT
 from hqnlsd.licensing.ledger import Ledger, SecondsClock
 from hqnlsd.licensing.results import (
     AdminDone,
@@ -180,11 +181,13 @@ class Engine:
 
     def update(self, handle: str) -> Outcome[UpdateAck | Denied]:
         """UPDATE: the holder is alive; LOSTLICENCE if its licence was taken back."""
-        now = self._ledger.now()
-        found = self._ledger.state.holder(handle)
-        if isinstance(found, Denied):
-            return Outcome(found)
-        state, _holder = found
+        ledger = self._ledger
+        now = ledger.now()
+        handles = ledger.state.handles
+        entry = handles.entry(handle)  # remembered: the applier looks it up again
+        if entry == NO_SLOT:
+            return Outcome(ledger.state.not_held(handle))
+        state = handles.product_at(entry)
         if self._today(now) > state.permit.expiry:
             return Outcome(
                 Denied(
@@ -193,19 +196,19 @@ class Engine:
                     "release the licence",
                 )
             )
-        batch: list[Event] = []
-        self._ledger.emit(Updated(handle, now), batch)
-        return Outcome(UpdateAck(handle, state.period), tuple(batch))
+        event = Updated(handle, now)
+        ledger.apply(event)
+        return Outcome(UpdateAck(handle, state.period), (event,))
 
     def release(self, handle: str) -> Outcome[ReleaseAck | Denied]:
         """RELEASE: give the licence back."""
-        now = self._ledger.now()
-        found = self._ledger.state.holder(handle)
-        if isinstance(found, Denied):
-            return Outcome(found)
-        batch: list[Event] = []
-        self._ledger.emit(Released(handle, now), batch)
-        return Outcome(ReleaseAck(handle), tuple(batch))
+        ledger = self._ledger
+        now = ledger.now()
+        if ledger.state.handles.entry(handle) == NO_SLOT:  # remembered for the applier
+            return Outcome(ledger.state.not_held(handle))
+        event = Released(handle, now)
+        ledger.apply(event)
+        return Outcome(ReleaseAck(handle), (event,))
 
     def query(self, handle: str, what: str) -> QueryAnswer | Denied:
         """QUERY: facts about a held licence (``what`` is one of QUERY_KINDS)."""
@@ -222,6 +225,14 @@ class Engine:
     def holders(self, publisher: str, product: str) -> list[HolderInfo] | Denied:
         """Every holder of a product, oldest grant first, with handles."""
         return queries.holders(self._ledger.state, publisher, product)
+
+    def holders_page(
+        self, publisher: str, product: str, offset: int, limit: int
+    ) -> tuple[list[HolderInfo], int] | Denied:
+        """At most ``limit`` holders of a product from the ``offset``-th in ``holders``
+        order, and how many it has in all, without building the others (a console
+        lists a page at a time); ValueError for a negative offset or limit."""
+        return queries.holders_page(self._ledger.state, publisher, product, offset, limit)
 
     def status(self) -> list[ProductStatus]:
         """Every served product with its settings, totals and use."""

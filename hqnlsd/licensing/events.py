@@ -219,7 +219,7 @@ def product_from_dict(data: Mapping[str, JSON]) -> ProductPermit:
 # -- licence events ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Dropped:
     """The holding a `Released` or `Revoked` event ended, as its holder had it.
 
@@ -234,6 +234,31 @@ class Dropped:
     who: Requester
     granted_at: float
 
+    def __init__(
+        self,
+        publisher: str,
+        product: str,
+        indices: tuple[int, ...],
+        locked: bool,
+        who: Requester,
+        granted_at: float,
+    ) -> None:
+        # The slots' own setters (one per licence released): see `Granted`.
+        _SET_DROPPED_PUBLISHER(self, publisher)
+        _SET_DROPPED_PRODUCT(self, product)
+        _SET_DROPPED_INDICES(self, indices)
+        _SET_DROPPED_LOCKED(self, locked)
+        _SET_DROPPED_WHO(self, who)
+        _SET_DROPPED_GRANTED_AT(self, granted_at)
+
+
+_SET_DROPPED_PUBLISHER = Dropped.__dict__["publisher"].__set__
+_SET_DROPPED_PRODUCT = Dropped.__dict__["product"].__set__
+_SET_DROPPED_INDICES = Dropped.__dict__["indices"].__set__
+_SET_DROPPED_LOCKED = Dropped.__dict__["locked"].__set__
+_SET_DROPPED_WHO = Dropped.__dict__["who"].__set__
+_SET_DROPPED_GRANTED_AT = Dropped.__dict__["granted_at"].__set__
+
 
 def set_dropped(event: Released | Revoked, dropped: Dropped) -> None:
     """Record on ``event`` the holding it ended (by the applier, as it applies it).
@@ -241,7 +266,10 @@ def set_dropped(event: Released | Revoked, dropped: Dropped) -> None:
     The event is frozen for everything it stores; this field is filled in after
     the decision because only applying the event finds the holder.
     """
-    object.__setattr__(event, "dropped", dropped)
+    if type(event) is Released:
+        _SET_RELEASED_DROPPED(event, dropped)  # the slot's setter: one per RELEASE
+    else:
+        object.__setattr__(event, "dropped", dropped)
 
 
 @_register
@@ -290,16 +318,24 @@ _GRANTED_SETTERS = tuple(
 
 
 @_register
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Updated(Event):
     """The holder of ``handle`` confirmed it is alive (UPDATE, or a repeated REQUEST)."""
 
     handle: str
     at: float
 
+    def __init__(self, handle: str, at: float) -> None:
+        _SET_UPDATED_HANDLE(self, handle)  # the slots' setters (one per UPDATE)
+        _SET_UPDATED_AT(self, at)
+
+
+_SET_UPDATED_HANDLE = Updated.__dict__["handle"].__set__
+_SET_UPDATED_AT = Updated.__dict__["at"].__set__
+
 
 @_register
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Released(Event):
     """The holder gave its licence back."""
 
@@ -310,6 +346,16 @@ class Released(Event):
     dropped: Dropped | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False, metadata=IN_MEMORY
     )
+
+    def __init__(self, handle: str, at: float) -> None:
+        _SET_RELEASED_HANDLE(self, handle)  # the slots' setters (one per RELEASE)
+        _SET_RELEASED_AT(self, at)
+        _SET_RELEASED_DROPPED(self, None)
+
+
+_SET_RELEASED_HANDLE = Released.__dict__["handle"].__set__
+_SET_RELEASED_AT = Released.__dict__["at"].__set__
+_SET_RELEASED_DROPPED = Released.__dict__["dropped"].__set__
 
 
 @_register

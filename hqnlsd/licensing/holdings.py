@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
 
-from hqnlsd.licensing.events import EventError
+from hqnlsd.licensing.events import Dropped, EventError
 from hqnlsd.licensing.requester import Requester
 
 #: Bits of the flags column.
@@ -51,6 +51,11 @@ _GRANTED, _UPDATED = range(2)
 
 #: No slot (end of a linked order, empty table entry).
 NO_SLOT = -1
+#: A client token table entry: the slot (below 2**24, as in `HandleIndex`), and how
+#: far the entry is from its home above it (_FAR: that far or more).
+_TOKEN_SLOT = 0xFFFFFF
+_TOKEN_DIST = 24
+_FAR = 0x7F
 #: The prefix number of a handle kept as its string.
 _ODD = 0xFFFF
 _HEX = "016x"
@@ -214,8 +219,24 @@ class HolderStore:
 
     def who(self, slot: int) -> Requester:
         at = slot * _INTS
-        _, pid, uid, hostid, _, _ = self.ints[at : at + _INTS]
-        user, host, address, group, client = self.refs[slot * _REFS : slot * _REFS + _REFS]
+        ints = self.ints
+        pid = ints[at + _PID]
+        uid = ints[at + _UID]
+        hostid = ints[at + _HOSTID]
+        refs = self.refs
+        at = slot * _REFS
+        if pid >= 0 and uid >= _NONE and hostid >= _NONE:  # nothing spilled: the usual
+            return Requester(
+                refs[at],  # type: ignore[arg-type]
+                refs[at + 1],  # type: ignore[arg-type]
+                refs[at + 2],  # type: ignore[arg-type]
+                pid,
+                None if uid == _NONE else uid,
+                refs[at + 3],
+                None if hostid == _NONE else hostid,
+                refs[at + 4],
+            )
+        user, host, address, group, client = refs[at : at + _REFS]
         return Requester(
             user,  # type: ignore[arg-type]
             host,  # type: ignore[arg-type]
@@ -225,6 +246,59 @@ class HolderStore:
             group,
             hostid if hostid >= 0 else None if hostid == _NONE else self.number(slot, _HOSTID),  # type: ignore[arg-type]
             client,
+        )
+
+    def same_process(self, slot: int, who: Requester) -> bool:
+        """``self.who(slot).same_process(who)``, without building the holder's record."""
+        at = slot * _INTS
+        ints = self.ints
+        pid = ints[at + _PID]
+        uid = ints[at + _UID]
+        hostid = ints[at + _HOSTID]
+        if pid < 0 or uid < _NONE or hostid < _NONE:  # a spilled value: the long way
+            return self.who(slot).same_process(who)
+        refs = self.refs
+        at = slot * _REFS
+        return (
+            refs[at + _USER] == who.user
+            and refs[at + _HOST] == who.host
+            and pid == who.pid
+            and (None if uid == _NONE else uid) == who.uid
+            and refs[at + _GROUP] == who.group
+            and (None if hostid == _NONE else hostid) == who.hostid
+            and refs[at + _ADDRESS] == who.address
+        )
+
+    def dropped(self, slot: int, publisher: str, product: str) -> Dropped:
+        """What the holder in ``slot`` (of that product) holds, as its `Dropped`."""
+        flags = self.flags[slot]
+        ints = self.ints
+        at = slot * _INTS
+        pid = ints[at + _PID]
+        if flags & _SPILLED or pid < 0:
+            who = self.who(slot)
+        else:  # `who`, written out (one per RELEASE)
+            uid = ints[at + _UID]
+            hostid = ints[at + _HOSTID]
+            refs = self.refs
+            held = slot * _REFS
+            who = Requester(
+                refs[held],  # type: ignore[arg-type]
+                refs[held + 1],  # type: ignore[arg-type]
+                refs[held + 2],  # type: ignore[arg-type]
+                pid,
+                None if uid == _NONE else uid,
+                refs[held + 3],
+                None if hostid == _NONE else hostid,
+                refs[held + 4],
+            )
+        return Dropped(
+            publisher,
+            product,
+            self.many[slot] if flags & _MANY else (ints[at + _FIRST],),
+            bool(flags & LOCKED),
+            who,
+            self.times[slot * 2 + _GRANTED],
         )
 
     def updated(self, slot: int) -> float:
@@ -354,7 +428,16 @@ class HolderStore:
             self.last_granted = earlier
         else:
             links[later * _LINKS + _EARLIER] = earlier
-        self.unlink_update(slot)
+        # The update order (`unlink_update`, written out: one call less per RELEASE).
+        older, newer = links[slot * _LINKS + _OLDER], links[slot * _LINKS + _NEWER]
+        if older == NO_SLOT:
+            self.least_recent = newer
+        else:
+            links[older * _LINKS + _NEWER] = newer
+        if newer == NO_SLOT:
+            self.most_recent = older
+        else:
+            links[newer * _LINKS + _OLDER] = older
         flags = self.flags[slot]
         if flags & _MANY:
             del self.many[slot]
@@ -377,9 +460,21 @@ class HolderStore:
         times = self.times
         if at > times[slot * 2 + _UPDATED]:
             times[slot * 2 + _UPDATED] = at
-        if slot != self.most_recent:
-            self.unlink_update(slot)
-            self.append_update(slot)
+        last = self.most_recent
+        if slot != last:
+            # `unlink_update` then `append_update`, written out (one per UPDATE); the
+            # slot is not the most recent, so it has a newer one.
+            links = self.links
+            older, newer = links[slot * _LINKS + _OLDER], links[slot * _LINKS + _NEWER]
+            if older == NO_SLOT:
+                self.least_recent = newer
+            else:
+                links[older * _LINKS + _NEWER] = newer
+            links[newer * _LINKS + _OLDER] = older
+            links[slot * _LINKS + _OLDER] = last
+            links[slot * _LINKS + _NEWER] = NO_SLOT
+            links[last * _LINKS + _NEWER] = slot
+            self.most_recent = slot
 
     def refresh(self, at: float) -> None:
         """Every holder updated at ``at`` at the latest; the update order rebuilt."""
@@ -423,6 +518,10 @@ class HolderStore:
         links[slot * _LINKS + _OLDER] = links[slot * _LINKS + _NEWER] = NO_SLOT
 
     # -- client tokens (open addressing, linear probing, no tombstones) -------------------
+    #
+    # An entry is the slot, and above it (`_TOKEN_DIST`) how far the entry is from its
+    # home (up to _FAR; _FAR: at least that far, hash the token to know): a removal
+    # shifts entries back without reading their tokens.
 
     def token_slot(self, token: str) -> int:
         """The slot holding client token ``token``, or NO_SLOT."""
@@ -431,38 +530,47 @@ class HolderStore:
         at = hash(token) & mask
         refs = self.refs
         while True:
-            slot = table[at]
-            if slot == NO_SLOT or refs[slot * _REFS + _CLIENT] == token:
+            entry = table[at]
+            if entry == NO_SLOT:
+                return NO_SLOT
+            slot = entry & _TOKEN_SLOT
+            if refs[slot * _REFS + _CLIENT] == token:
                 return slot
             at = (at + 1) & mask
 
     def _add_token(self, token: str, slot: int) -> None:
         if (self.token_count + 1) * 2 > len(self.token_table):
             self._resize_tokens(len(self.token_table) * 2)
-        table = self.token_table
+        self._place_token(self.token_table, hash(token), slot)
+        self.token_count += 1
+
+    @staticmethod
+    def _place_token(table: array[int], hashed: int, slot: int) -> None:
         mask = len(table) - 1
-        at = hash(token) & mask
+        home = at = hashed & mask
         while table[at] != NO_SLOT:
             at = (at + 1) & mask
-        table[at] = slot
-        self.token_count += 1
+        table[at] = slot | (min((at - home) & mask, _FAR) << _TOKEN_DIST)
 
     def _remove_token(self, token: str, slot: int) -> None:
         table = self.token_table
         mask = len(table) - 1
         hole = hash(token) & mask
-        while table[hole] != slot:
+        while table[hole] & _TOKEN_SLOT != slot:
             hole = (hole + 1) & mask
-        refs = self.refs
         at = hole
         while True:  # shift back the entries the hole would cut off from their home
             at = (at + 1) & mask
             moved = table[at]
             if moved == NO_SLOT:
                 break
-            home = hash(refs[moved * _REFS + _CLIENT]) & mask
-            if (at - home) & mask >= (at - hole) & mask:
-                table[hole] = moved
+            distance = moved >> _TOKEN_DIST
+            if distance == _FAR:
+                token_at = (moved & _TOKEN_SLOT) * _REFS + _CLIENT
+                distance = (at - hash(self.refs[token_at])) & mask
+            gap = (at - hole) & mask
+            if distance >= gap:
+                table[hole] = (moved & _TOKEN_SLOT) | (min(distance - gap, _FAR) << _TOKEN_DIST)
                 hole = at
         table[hole] = NO_SLOT
         self.token_count -= 1
@@ -473,14 +581,12 @@ class HolderStore:
     def _resize_tokens(self, size: int) -> None:
         old = self.token_table
         table = array("i", [NO_SLOT]) * size
-        mask = size - 1
         refs = self.refs
-        for slot in old:
-            if slot != NO_SLOT:
-                at = hash(refs[slot * _REFS + _CLIENT]) & mask
-                while table[at] != NO_SLOT:
-                    at = (at + 1) & mask
-                table[at] = slot
+        place = self._place_token
+        for entry in old:
+            if entry != NO_SLOT:
+                slot = entry & _TOKEN_SLOT
+                place(table, hash(refs[slot * _REFS + _CLIENT]), slot)
         self.token_table = table
 
 
@@ -522,6 +628,8 @@ _PRODUCT_BITS = 15
 _KEY_SHIFT = _SLOT_BITS + _PRODUCT_BITS
 _KEY_LOW = 0xFFFFFF
 _SLOT_MASK = 0xFFFFFF  # 2**_SLOT_BITS - 1
+#: The slot of a `HandleIndex` entry is ``entry & SLOT_MASK``.
+SLOT_MASK = _SLOT_MASK
 _PRODUCT_MASK = 0x7FFF  # 2**_PRODUCT_BITS - 1
 
 
@@ -548,6 +656,7 @@ class HandleIndex(Generic[ProductT]):
     __slots__ = (
         "_count",
         "_mask",
+        "_memo_at",
         "_memo_entry",
         "_memo_handle",
         "_products",
@@ -561,12 +670,17 @@ class HandleIndex(Generic[ProductT]):
         self._count = 0
         self._memo_handle: object = None
         self._memo_entry = NO_SLOT
+        self._memo_at = NO_SLOT  # where the remembered entry is in the table (if known)
 
     def __len__(self) -> int:
         return self._count
 
     def __contains__(self, handle: object) -> bool:
         return self._entry(handle) != NO_SLOT  # type: ignore[arg-type]
+
+    def product_at(self, entry: int) -> ProductT:
+        """The product of an entry (not NO_SLOT)."""
+        return self._products[(entry >> _SLOT_BITS) & _PRODUCT_MASK]
 
     def get(self, handle: str) -> ProductT | None:
         """The product holding ``handle``, or None."""
@@ -588,6 +702,7 @@ class HandleIndex(Generic[ProductT]):
         about to be looked up."""
         self._memo_handle = handle
         self._memo_entry = self._entry_of(hash(handle), product.number, slot)
+        self._memo_at = NO_SLOT
 
     def slot_in(self, handle: str, product: ProductT) -> int:
         """The slot of ``handle`` if ``product`` holds it, else NO_SLOT."""
@@ -602,7 +717,9 @@ class HandleIndex(Generic[ProductT]):
     def _entry_of(hashed: int, number: int, slot: int) -> int:
         return ((hashed & _KEY_LOW) << _KEY_SHIFT) | (number << _SLOT_BITS) | slot
 
-    def _entry(self, handle: str) -> int:
+    def entry(self, handle: str) -> int:
+        """The entry of ``handle`` (`product_at`; its slot: ``entry & SLOT_MASK``), or
+        NO_SLOT if not held."""
         if handle is self._memo_handle:
             return self._memo_entry
         hashed = hash(handle)
@@ -621,7 +738,10 @@ class HandleIndex(Generic[ProductT]):
             at = (at + 1) & mask
         self._memo_handle = handle
         self._memo_entry = entry
+        self._memo_at = at
         return entry
+
+    _entry = entry
 
     def number_of(self, product: ProductT) -> int:
         """The product's number here (given on its first holder)."""
@@ -652,6 +772,7 @@ class HandleIndex(Generic[ProductT]):
         self._count += 1
         self._memo_handle = handle
         self._memo_entry = entry
+        self._memo_at = at
 
     def _home(self, entry: int, mask: int) -> int:
         if mask <= _KEY_LOW:
@@ -662,12 +783,26 @@ class HandleIndex(Generic[ProductT]):
     def remove(self, product: ProductT, slot: int, handle: str | None = None) -> None:
         """Forget the handle of a product's slot (before the slot's columns are);
         ``handle``: that handle, if known."""
-        self._memo_handle = None
-        hashed = hash(product.store.handle(slot) if handle is None else handle)
-        entry = self._entry_of(hashed, product.number, slot)
         table = self._table
         mask = self._mask
-        hole = hashed & mask
+        at = self._memo_at
+        entry = self._memo_entry
+        if (
+            handle is not None
+            and handle is self._memo_handle
+            and at != NO_SLOT
+            and entry != NO_SLOT
+            and entry & _SLOT_MASK == slot
+            and (entry >> _SLOT_BITS) & _PRODUCT_MASK == product.number
+        ):
+            # Just looked up (a RELEASE, a revocation): its place is known.
+            hole = at
+        else:
+            hashed = hash(product.store.handle(slot) if handle is None else handle)
+            entry = ((hashed & _KEY_LOW) << _KEY_SHIFT) | (product.number << _SLOT_BITS) | slot
+            hole = hashed & mask
+        self._memo_handle = None
+        self._memo_at = NO_SLOT
         while table[hole] != entry:
             hole = (hole + 1) & mask
         at = hole

@@ -11,7 +11,7 @@ import dataclasses
 import heapq
 from collections.abc import Iterable, Iterator
 
-from hqnlsd.licensing.events import EventError
+from hqnlsd.licensing.events import Dropped, EventError
 from hqnlsd.licensing.holdings import (
     LOCKED,
     NO_SLOT,
@@ -80,6 +80,11 @@ class FreeList:
 
     def take(self, indices: Iterable[int]) -> None:
         """Mark indices as used; EventError if one of them is not free."""
+        if type(indices) is tuple and len(indices) == 1:  # the usual grant: one licence
+            index = indices[0]
+            if index in self._free:
+                self._free.remove(index)
+                return
         indices = tuple(indices)
         missing = [index for index in indices if index not in self._free]
         if missing or len(set(indices)) != len(indices):
@@ -88,12 +93,14 @@ class FreeList:
 
     def give(self, indices: Iterable[int]) -> None:
         """Mark indices as free again."""
+        free = self._free
+        heap = self._heap
         for index in indices:
-            if index not in self._free:
-                self._free.add(index)
-                heapq.heappush(self._heap, index)
-        if len(self._heap) > 2 * self.size + 64:
-            self._heap = sorted(self._free)
+            if index not in free:
+                free.add(index)
+                heapq.heappush(heap, index)
+        if len(heap) > 2 * self.size + 64:
+            self._heap = sorted(free)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -322,13 +329,19 @@ class ProductState:
 
     def remove(self, holder: Holder) -> None:
         """Record that a holder no longer has its licence."""
-        store = holder.store
-        slot = holder.slot
-        locked = holder.locked
-        indices = holder.indices
-        address = store.address(slot)
+        self.drop(holder.slot, holder.given_handle)
+
+    def drop(self, slot: int, handle: str | None) -> Dropped:
+        """Record that the holder in ``slot`` (of ``handle``, if known) no longer has
+        its licence; what it held."""
+        store = self.store
+        publisher, name = self.key
+        dropped = store.dropped(slot, publisher, name)
+        locked = dropped.locked
+        indices = dropped.indices
+        address = dropped.who.address
         assert self.index is not None and address is not None
-        self.index.remove(self, slot, holder.given_handle)
+        self.index.remove(self, slot, handle)
         store.remove(slot)
         pool = self.locked if locked else self.floating
         pool.give(indices)
@@ -338,6 +351,7 @@ class ProductState:
             counter[address] = left
         else:
             del counter[address]
+        return dropped
 
     def touch(self, holder: Holder, at: float) -> None:
         """Record an UPDATE: the holder moves to the end of the update order."""

@@ -5,6 +5,7 @@ Nothing here changes the state; each function takes the `EngineState` it reads.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from hqnlsd.licensing.pools import Holder, ProductState
@@ -83,6 +84,25 @@ def holders(state: EngineState, publisher: str, product: str) -> list[HolderInfo
     if isinstance(found, Denied):
         return found
     return [holder_info(holder, with_handle=True) for holder in found.holders.values()]
+
+
+def holders_page(
+    state: EngineState, publisher: str, product: str, offset: int, limit: int
+) -> tuple[list[HolderInfo], int] | Denied:
+    """``holders(...)[offset:offset + limit]`` and how many holders there are, building
+    only the holders of the slice (the others are skipped in the grant order);
+    ValueError for a negative offset or limit."""
+    if offset < 0 or limit < 0:
+        raise ValueError(f"offset {offset} and limit {limit} must be 0 or more")
+    found = state.product_or_denied(publisher, product)
+    if isinstance(found, Denied):
+        return found
+    store = found.store
+    page = [
+        holder_info(Holder(store, slot), with_handle=True)
+        for slot in itertools.islice(store.in_grant_order(), offset, offset + limit)
+    ]
+    return page, store.count
 
 
 def status(state: EngineState) -> list[ProductStatus]:

@@ -58,7 +58,7 @@ class Denied:
         return f"{self.status.name}: {self.message}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Grant:
     """A licence given (or, with ``duplicate``, given before to the same client token)."""
 
@@ -75,20 +75,67 @@ class Grant:
     expiry: datetime.date
     duplicate: bool = False
 
+    def __init__(
+        self,
+        handle: str,
+        publisher: str,
+        product: str,
+        version: str,
+        indices: tuple[int, ...],
+        period: int,
+        type: LicenceType,
+        access: int,
+        data: tuple[int, ...],
+        start: datetime.date,
+        expiry: datetime.date,
+        duplicate: bool = False,
+    ) -> None:
+        # Through the slots' own setters, as `hqnlsd.licensing.events.Granted`: the
+        # frozen dataclass's __init__ costs twice as much (one per REQUEST granted).
+        _GRANT_SETTERS[0](self, handle)
+        _GRANT_SETTERS[1](self, publisher)
+        _GRANT_SETTERS[2](self, product)
+        _GRANT_SETTERS[3](self, version)
+        _GRANT_SETTERS[4](self, indices)
+        _GRANT_SETTERS[5](self, period)
+        _GRANT_SETTERS[6](self, type)
+        _GRANT_SETTERS[7](self, access)
+        _GRANT_SETTERS[8](self, data)
+        _GRANT_SETTERS[9](self, start)
+        _GRANT_SETTERS[10](self, expiry)
+        _GRANT_SETTERS[11](self, duplicate)
 
-@dataclasses.dataclass(frozen=True, slots=True)
+
+_GRANT_SETTERS = tuple(Grant.__dict__[field.name].__set__ for field in dataclasses.fields(Grant))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class UpdateAck:
     """An UPDATE was accepted: keep updating every ``period`` seconds."""
 
     handle: str
     period: int
 
+    def __init__(self, handle: str, period: int) -> None:
+        _SET_UPDATE_HANDLE(self, handle)  # the slots' setters (one per UPDATE)
+        _SET_UPDATE_PERIOD(self, period)
 
-@dataclasses.dataclass(frozen=True, slots=True)
+
+_SET_UPDATE_HANDLE = UpdateAck.__dict__["handle"].__set__
+_SET_UPDATE_PERIOD = UpdateAck.__dict__["period"].__set__
+
+
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class ReleaseAck:
     """A RELEASE was accepted: the licence is free again."""
 
     handle: str
+
+    def __init__(self, handle: str) -> None:
+        _SET_RELEASE_HANDLE(self, handle)  # the slot's setter (one per RELEASE)
+
+
+_SET_RELEASE_HANDLE = ReleaseAck.__dict__["handle"].__set__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,12 +154,20 @@ class AdminDone:
     revoked: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class Outcome(Generic[R]):
     """A decision: its result and the events it produced (already applied)."""
 
     result: R
     events: tuple[Event, ...] = ()
+
+    def __init__(self, result: R, events: tuple[Event, ...] = ()) -> None:
+        _SET_RESULT(self, result)  # the slots' setters (one per command)
+        _SET_EVENTS(self, events)
+
+
+_SET_RESULT = Outcome.__dict__["result"].__set__
+_SET_EVENTS = Outcome.__dict__["events"].__set__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

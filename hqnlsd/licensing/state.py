@@ -43,6 +43,11 @@ class EngineState:
         found = self.handles.holder(handle)
         if found is not None:
             return found
+        return self.not_held(handle)
+
+    def not_held(self, handle: str) -> Denied:
+        """Why ``handle`` (not held) is refused: LOSTLICENCE if it was taken back, else
+        BADHANDLE."""
         tomb = self.tombstones.get(handle)
         if tomb is not None:
             return Denied(

@@ -118,13 +118,13 @@ class ConsoleView:
         total = 0
         for index, status, route in self._numbers.listed():
             engine = route.engine if route is not None else self._root.engine
-            found = engine.holders(status.publisher, status.product)
-            if isinstance(found, Denied) or not found:
-                continue
             start = max(0, offset - total)
             end = max(0, offset + limit - total)
-            total += len(found)
-            chosen = found[start:end]
+            found = engine.holders_page(status.publisher, status.product, start, end - start)
+            if isinstance(found, Denied):
+                continue
+            chosen, count = found
+            total += count
             if not chosen:
                 continue
             product = {

@@ -3,6 +3,7 @@ the dict form (journal, snapshots, domain logs), equality and repr are as before
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 
@@ -10,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from hqnlsd.licensing.engine import Engine
-from hqnlsd.licensing.events import Dropped, Event, EventError, Released, Revoked
+from hqnlsd.licensing.events import Dropped, Event, EventError, Granted, Released, Revoked
 from hqnlsd.licensing.requester import Requester
 from hqnlsd.licensing.results import Grant, LicenceRequest
 from hqnlsd.permits.model import ProductPermit
@@ -104,3 +105,87 @@ def test_an_event_for_a_handle_not_held_records_nothing() -> None:
     event = Released("nonesuch", NOW)
     engine.apply(event)
     assert event.dropped is None
+
+
+@pytest.mark.parametrize(
+    ("pid", "uid", "hostid"),
+    [(7, None, None), (7, 1000, 0xFFFFFFFF), (None, 2**70, None), (-3, None, 2**64), (0, 0, 0)],
+)
+def test_the_dropped_record_is_the_holder_as_stored(
+    pid: int | None, uid: int | None, hostid: int | None
+) -> None:
+    """Whatever a replayed Granted stored (None, values that do not fit a column),
+    the Dropped of its release and the repeated-token check read back that record."""
+    engine, _clock, _grant = engine_with_holder()
+    who = Requester(
+        user="bob",
+        host="bob-host",
+        address="10.0.0.2",
+        pid=pid,  # type: ignore[arg-type]
+        uid=uid,
+        group="staff",
+        hostid=hostid,
+        client="bob-token",
+    )
+    engine.apply(
+        Granted(
+            publisher="Harlequin",
+            product="LispWorks",
+            handle="0123456789abcdef",
+            indices=(2,),
+            locked=False,
+            on_locked_node=False,
+            who=who,
+            access=8,
+            at=NOW + 1,
+        )
+    )
+    [holder] = [
+        h for h in engine.holders("Harlequin", "LispWorks") if h.handle == "0123456789abcdef"
+    ]  # type: ignore[union-attr]
+    assert holder.who == who
+    outcome = engine.release("0123456789abcdef")
+    [event] = outcome.events
+    assert isinstance(event, Released) and event.dropped is not None
+    assert event.dropped.who == who
+    assert (event.dropped.indices, event.dropped.locked, event.dropped.granted_at) == (
+        (2,),
+        False,
+        NOW + 1,
+    )
+
+
+@pytest.mark.parametrize("uid", [None, 1000, 2**70])
+def test_a_repeated_token_is_matched_against_the_stored_process(uid: int | None) -> None:
+    """The same process repeating its token gets the same grant again; the same
+    token from another process (any one fact differing) gets TOKEN_HELD."""
+    engine, _clock, _grant = engine_with_holder()
+    facts = dict(
+        publisher="Harlequin",
+        product="LispWorks",
+        version="8.0",
+        user="carol",
+        host="carol-host",
+        pid=9,
+        address="10.0.0.3",
+        uid=uid,
+        group="staff",
+        hostid=77,
+        client="carol-token",
+    )
+    first = engine.request(LicenceRequest(**facts)).result  # type: ignore[arg-type]
+    again = engine.request(LicenceRequest(**facts)).result  # type: ignore[arg-type]
+    assert isinstance(first, Grant) and isinstance(again, Grant)
+    assert again == dataclasses.replace(first, duplicate=True)
+    for name, other in (
+        ("user", "dave"),
+        ("host", "h2"),
+        ("pid", 10),
+        ("uid", 5),
+        ("group", None),
+        ("hostid", None),
+        ("address", "10.0.0.4"),
+    ):
+        refused = engine.request(LicenceRequest(**{**facts, name: other})).result  # type: ignore[arg-type]
+        assert not isinstance(refused, Grant), name
+        assert refused.status.name == "TOKEN_HELD", name

@@ -294,3 +294,27 @@ def test_holders_are_listed_a_slice_at_a_time(daemon: FakeDaemon, clock: Clock) 
         view.holders(limit=MAX_LIMIT + 1)
     with pytest.raises(ValueError):
         view.holders(offset=-1)
+
+
+def test_every_page_is_the_slice_of_the_whole_listing(daemon: FakeDaemon, clock: Clock) -> None:
+    """Every offset and limit over two products (one released in the middle) gives
+    that slice of the whole listing, from the engine's page query alone (no product's
+    full holder list is built)."""
+    grants = [daemon.take("Widget", f"w{n}", pid=n) for n in range(3)]
+    for n in range(2):
+        daemon.take("Gadget", f"g{n}", pid=10 + n)
+    daemon.engine.release(grants[1].handle)
+    daemon.take("Widget", "w3", pid=3)
+    view = view_of(daemon)
+    everything = view.holders()["holders"]
+    assert len(everything) == 5
+
+    def refuse(*args: object) -> object:
+        raise AssertionError("the whole listing was built")
+
+    daemon.engine.holders = refuse  # type: ignore[method-assign]
+    for offset in range(8):
+        for limit in range(8):
+            page = view.holders(offset=offset, limit=limit)
+            assert page["total"] == 5
+            assert page["holders"] == everything[offset : offset + limit], (offset, limit)
