@@ -530,7 +530,8 @@ def limit_listener(
     - ``manhole``: the SSH login within ``handshake_timeout``, then no idle limit;
     - ``metrics``: ``metrics_idle_timeout`` (also the HTTP site's own timeout);
     - ``web``: ``web_idle_timeout`` (also the HTTP site's own timeout); ``web_tls``:
-      the same, and the TLS handshake within ``handshake_timeout``;
+      the same, the TLS handshake within ``handshake_timeout``, and one address at
+      most a quarter of ``listener_max_connections``;
     - ``peer``: the peer links watch their own handshake and silence;
     - every one: keepalive, and the others at most ``listener_max_connections``.
     """
@@ -580,6 +581,9 @@ def limit_listener(
         limited = LimitedFactory(
             factory,
             max_connections=limits.listener_max_connections,
+            # Beyond loopback one address holds at most a quarter (on loopback every
+            # local user is the same address).
+            per_source=max(1, limits.listener_max_connections // 4) if tls else None,
             handshake_timeout=limits.handshake_timeout if tls else None,
             established=tls_established if tls else None,
             idle_timeout=limits.web_idle_timeout,

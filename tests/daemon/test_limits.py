@@ -19,6 +19,7 @@ from hqnlsd.limits import (
     ConnectionLimits,
     LimitedFactory,
     client_connection_cap,
+    limit_listener,
 )
 from hqnlsd.metrics import Metrics
 from hqnlsd.protocols.client import ClientProtocolFactory
@@ -478,3 +479,22 @@ def test_keepalive_leaves_unix_sockets_alone() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         enable_keepalive(Transport(sock))
     assert calls == []
+
+
+def test_the_remote_web_console_caps_each_address_to_a_quarter_of_its_connections() -> None:
+    """The console served beyond loopback (``web_tls``) lets one address hold at most a
+    quarter of ``listener_max_connections``: one remote client cannot take every
+    connection (each waits out the TLS handshake deadline). On loopback (``web``),
+    where every local user is 127.0.0.1, there is no per-address cap."""
+    limits = ConnectionLimits(listener_max_connections=8)
+    events = Events()
+    remote = limit_listener("web_tls", echo_factory(), limits, Clock(), events)
+    taken = [connect(remote, "10.0.0.9") for _ in range(2)]
+    assert all(protocol is not None for protocol, _ in taken)
+    refused, _ = connect(remote, "10.0.0.9")
+    assert refused is None  # closed before any protocol is built
+    assert events.refused == {("web_tls", "per_source"): 1}
+    other, _ = connect(remote, "10.0.0.10")
+    assert other is not None
+    local = limit_listener("web", echo_factory(), limits, Clock(), Events())
+    assert all(connect(local, "127.0.0.1")[0] is not None for _ in range(8))
