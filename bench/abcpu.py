@@ -18,7 +18,7 @@ the GIL is sampled, a proxy for the Python CPU, not the fsync waits).
 Example::
 
     git worktree add /tmp/base main   # or: git archive main | tar -x -C /tmp/base
-    python bench/abcpu.py --tree /tmp/base --tree . --repeats 5 --seconds 4
+    python bench/abcpu.py --tree /tmp/base --tree . --workdir /tmp/abcpu --repeats 5 --seconds 4
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def write_switches(state_dir: Path, switches_off: list[str]) -> Path:
     return path
 
 
-def start(tree: Path, root: Path, name: str, switches_off: list[str]) -> Any:
+def start(tree: Path, root: Path, switches_off: list[str]) -> Any:
     """A started single-host daemon whose code comes from ``tree``."""
     harness = failover.DaemonHarness(root)
     daemon = failover.single_host(harness, sidebyside.CHURN_LICENCES)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = []
         spies = []
         for i, (name, tree) in enumerate(zip(names, args.tree, strict=True)):
-            harness, daemon = start(tree, args.workdir / f"t{i}", name, off)
+            harness, daemon = start(tree, args.workdir / f"t{i}", off)
             stack.callback(harness.close)
             target = {"host": daemon.address, "port": daemon.port}
             runners.append((name, target, daemon.pid))

@@ -17,7 +17,7 @@ per distinct stack, frames root first separated by ``;`` (each ``function
 and gives every other thread's share of time busy (not waiting on a lock, queue or
 condition): the journal's writer thread is one.
 
-`record` runs py-spy on a process for a number of seconds (py-spy is a pip
+`start` runs py-spy on a process for a number of seconds (py-spy is a pip
 package: ``pip install py-spy``; it needs permission to read the process, i.e.
 the same user and ptrace allowed, or root).
 """
@@ -205,7 +205,7 @@ def start(pid: int, seconds: float, out: Path, rate: int = 250) -> subprocess.Po
         [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
          "--rate", str(rate), "--format", "raw", "--threads", "--idle", "--nonblocking",
          "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
 

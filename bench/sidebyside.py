@@ -78,6 +78,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import multiprocessing
@@ -1122,8 +1123,14 @@ def hold_products(hold: int) -> list[tuple[str, int]]:
 
 def hold_product(k: int, hold: int) -> str:
     """The product licence ``k`` of a hold of ``hold`` is asked of (round robin)."""
-    products = hold_products(hold)
-    return products[k % len(products)][0]
+    names = _hold_names(hold)
+    return names[k % len(names)]
+
+
+@functools.lru_cache(maxsize=4)
+def _hold_names(hold: int) -> tuple[str, ...]:
+    """`hold_products`' names, worked out once per hold (asked once per licence)."""
+    return tuple(name for name, _ in hold_products(hold))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1228,6 +1235,7 @@ def measure(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         try:
             run()
         finally:
+            timer.cancel()  # the load failed before it started: no py-spy
             timer.join()
         for label, out, spy in spies:
             found = profiles.finish(spy, out, args.seconds + 30.0)

@@ -186,7 +186,7 @@ class DaemonConfig:
             manhole_keys=manhole_key_file,
             metrics_listen=metrics or None,
             web_listen=web_listen,
-            web_tls=bool(web_tls and web_listen),
+            web_tls=bool(web_tls),
             command_line=dict(command_line or {}),
             server_keys=server_key_dir,
             admin_socket=socket_path,

@@ -567,8 +567,7 @@ def limit_listener(
             **common,
         )
     elif listener == "metrics":
-        if hasattr(factory, "timeOut"):
-            factory.timeOut = limits.metrics_idle_timeout  # twisted.web's own timer
+        _set_site_timeout(factory, limits.metrics_idle_timeout)  # twisted.web's own timer
         limited = LimitedFactory(
             factory,
             max_connections=limits.listener_max_connections,

@@ -308,25 +308,29 @@ def _other_listeners(root: HqnlsdService, config: DaemonConfig, reactor: Any) ->
 def _web_service(root: HqnlsdService, config: DaemonConfig, reactor: Any) -> IService:
     """The web console: the admin handler's read-only view (`HqnlsdService.admin_view`)
     and the recent events; TLS with the domain certificates if asked."""
-    from hqnlsd.tls import DomainCredentials, TLSConfigError
     from hqnlsd.web.site import make_web_service
     from hqnlsd.web.view import ConsoleView
 
     assert config.web_listen is not None
-    credentials = None
-    if config.web_tls:
-        assert config.domain_ca and config.domain_cert and config.domain_key
-        try:
-            credentials = DomainCredentials.load(
-                config.domain_ca, config.domain_cert, config.domain_key
-            )
-        except TLSConfigError as error:
-            raise StartupError(f"web console: {error}") from None
+    credentials = _domain_credentials(config, "web console") if config.web_tls else None
     web = make_web_service(
         config.web_listen, ConsoleView(root.admin_view(), root.recent), reactor, credentials
     )
     _limit_listener(root, web, "web_tls" if credentials is not None else "web", reactor)
     return web
+
+
+def _domain_credentials(config: DaemonConfig, what: str) -> Any:
+    """The domain CA, certificate and key ``what`` serves TLS with (the config has
+    checked they are given), a `hqnlsd.tls.DomainCredentials`; StartupError naming
+    ``what`` if they cannot be used."""
+    from hqnlsd.tls import DomainCredentials, TLSConfigError
+
+    assert config.domain_ca and config.domain_cert and config.domain_key
+    try:
+        return DomainCredentials.load(config.domain_ca, config.domain_cert, config.domain_key)
+    except TLSConfigError as error:
+        raise StartupError(f"{what}: {error}") from None
 
 
 def _admin_services(
@@ -337,17 +341,10 @@ def _admin_services(
     The admin handler is given `HqnlsdService.admin_view`, an
     `hqnlsd.admin.daemon.AdministeredDaemon`: the admin package uses only that and
     never imports this module."""
-    from hqnlsd.tls import DomainCredentials, TLSConfigError
 
     credentials = None
     if config.admin_tls is not None:
-        assert config.domain_ca and config.domain_cert and config.domain_key
-        try:
-            credentials = DomainCredentials.load(
-                config.domain_ca, config.domain_cert, config.domain_key
-            )
-        except TLSConfigError as error:
-            raise StartupError(f"remote administration: {error}") from None
+        credentials = _domain_credentials(config, "remote administration")
     try:
         services = make_admin_services(
             root.admin_view(),

@@ -671,16 +671,14 @@ class DomainNode:
         write, so that the log is on disk before a promise or an acceptance, and at
         a clean shutdown). Raises if the write fails.
         """
-        if not self._writing and self._queued >= len(self._entries):
-            return
-        start, batches, storage = self._queued, tuple(self._entries[self._queued :]), self._storage
-        if batches:
-            # After the write in flight, if any (the writer keeps the order).
-            self._writer.call(lambda: storage.append(start, batches))
-        else:
-            self._writer.call(lambda: None)  # the write in flight is done
-        # Durable now, whatever the write in flight says when it reports: had it
-        # failed, this append would have left a gap and raised.
+        start = self._durable
+        if start >= len(self._entries):
+            return  # nothing to write, nor in flight (when not writing, queued == durable)
+        # Everything from what is known durable, after the write in flight if any (the
+        # writer keeps the order; append replaces from ``start``): whether that write
+        # succeeds or fails, the log is on disk once this returns, or this raises.
+        batches, storage = tuple(self._entries[start:]), self._storage
+        self._writer.call(lambda: storage.append(start, batches))
         self._durable = self._queued = len(self._entries)
 
     def _store(self, write: Callable[[DomainStorage], None]) -> None:

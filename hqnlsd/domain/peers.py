@@ -463,7 +463,7 @@ class PeerLink(LineOnlyReceiver):
 
     def send_message(self, domain_id: str, message: Message) -> None:
         """Send one domain message on this link."""
-        self._write({"t": "m", "d": domain_id, "m": encode(message)})
+        self.send_line(encode_message(domain_id, message))
 
     def send_line(self, line: bytes) -> None:
         """Send one line already encoded (`encode_message`)."""

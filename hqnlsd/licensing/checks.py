@@ -27,16 +27,13 @@ def _whole(value: object, low: int, high: int | None = None) -> bool:
 
 
 def _bad_text(request: LicenceRequest) -> str | None:
-    # `good_text`, written out: this runs for every field of every REQUEST.
+    # Only for a request `valid_address`'s fast path did not pass: the rare path.
     for name in _TEXT_FIELDS:
-        text = getattr(request, name)
-        if not (isinstance(text, str) and 0 < len(text) <= MAX_TEXT and text.isprintable()):
+        if not good_text(getattr(request, name)):
             return f"{name} must be 1 to {MAX_TEXT} printable characters"
     for name in _OPTIONAL_TEXT_FIELDS:
         text = getattr(request, name)
-        if text is not None and not (
-            isinstance(text, str) and 0 < len(text) <= MAX_TEXT and text.isprintable()
-        ):
+        if text is not None and not good_text(text):
             return f"{name} must be 1 to {MAX_TEXT} printable characters"
     return None
 

@@ -203,12 +203,6 @@ class HolderStore:
             return self.odd[slot]
         return HANDLE_PREFIXES[prefix] + format(self.ints[slot * _INTS] & _BITS64, _HEX)
 
-    def address(self, slot: int) -> str:
-        return self.refs[slot * _REFS + _ADDRESS]  # type: ignore[return-value]
-
-    def client(self, slot: int) -> str | None:
-        return self.refs[slot * _REFS + _CLIENT]
-
     def number(self, slot: int, column: int) -> object:
         value = self.ints[slot * _INTS + column]
         if value >= 0:
@@ -428,16 +422,7 @@ class HolderStore:
             self.last_granted = earlier
         else:
             links[later * _LINKS + _EARLIER] = earlier
-        # The update order (`unlink_update`, written out: one call less per RELEASE).
-        older, newer = links[slot * _LINKS + _OLDER], links[slot * _LINKS + _NEWER]
-        if older == NO_SLOT:
-            self.least_recent = newer
-        else:
-            links[older * _LINKS + _NEWER] = newer
-        if newer == NO_SLOT:
-            self.most_recent = older
-        else:
-            links[newer * _LINKS + _OLDER] = older
+        self.unlink_update(slot)
         flags = self.flags[slot]
         if flags & _MANY:
             del self.many[slot]

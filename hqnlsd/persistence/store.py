@@ -210,7 +210,7 @@ class ThreadWriter:
             work = self._queue = queue.SimpleQueue()
             # One thread: the SQLite connection is used from this thread only.
             self._thread = threading.Thread(
-                target=self._run, args=(work,), name=f"{self._name}_0", daemon=True
+                target=self._run, args=(work,), name=self._name, daemon=True
             )
             self._thread.start()
         return work

@@ -211,10 +211,6 @@ class _Leaf(Resource):
 
     isLeaf = True
 
-    def render_HEAD(self, request: Request) -> bytes:
-        """As GET (twisted.web drops the body)."""
-        return self.render_GET(request)
-
     def render_GET(self, request: Request) -> bytes:
         """The answer, or a 404 for a path below this one."""
         if request.postpath and request.postpath != [b""]:

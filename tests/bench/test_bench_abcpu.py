@@ -18,14 +18,14 @@ def test_switches_file_turns_licence_off(tmp_path: Path) -> None:
 def test_split_per_pair() -> None:
     """User and system ticks of each thread name, per pair, in microseconds."""
     tick = 1e6 / os.sysconf("SC_CLK_TCK")
-    before = {"python": (100, 10), "hqnlsd-journal_0": (5, 5)}
-    after = {"python": (110, 12), "hqnlsd-journal_0": (7, 9)}
+    before = {"python": (100, 10), "hqnlsd-journal": (5, 5)}
+    after = {"python": (110, 12), "hqnlsd-journal": (7, 9)}
     split = abcpu.split_us(before, after, 10)
     assert split == {
         "python user": round(10 * tick / 10, 1),
         "python sys": round(2 * tick / 10, 1),
-        "hqnlsd-journal_0 user": round(2 * tick / 10, 1),
-        "hqnlsd-journal_0 sys": round(4 * tick / 10, 1),
+        "hqnlsd-journal user": round(2 * tick / 10, 1),
+        "hqnlsd-journal sys": round(4 * tick / 10, 1),
     }
 
 

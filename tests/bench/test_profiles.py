@@ -93,8 +93,8 @@ def test_other_threads_are_counted_apart_as_busy_or_waiting() -> None:
         "thread (2): ThreadPoolExecutor-0_0;_worker (concurrent/futures/thread.py:83);"
         "get (queue.py:171);wait (threading.py:320) 7",
         "thread (3): Dummy-1 5",
-        f"thread (4): hqnlsd-domain-x_0;ThreadWriter._run ({R}/persistence/store.py:221) 9",
-        f"thread (4): hqnlsd-domain-x_0;ThreadWriter._run ({R}/persistence/store.py:221);"
+        f"thread (4): hqnlsd-domain;ThreadWriter._run ({R}/persistence/store.py:221) 9",
+        f"thread (4): hqnlsd-domain;ThreadWriter._run ({R}/persistence/store.py:221);"
         f"Journal._write ({R}/persistence/store.py:602) 1",
         "thread (1): MainThread 0",
     ])
@@ -104,7 +104,7 @@ def test_other_threads_are_counted_apart_as_busy_or_waiting() -> None:
     assert profile.area_shares()["idle"] == pytest.approx(40.0)
     assert profile.thread_busy() == {
         "ThreadPoolExecutor-0_0": pytest.approx(30.0),
-        "hqnlsd-domain-x_0": pytest.approx(10.0),  # waiting for work in its loop
+        "hqnlsd-domain": pytest.approx(10.0),  # waiting for work in its loop
         "Dummy-1": 0.0,
     }
     assert "Other threads busy: ThreadPoolExecutor-0_0 30%" in profile.summary()

@@ -189,3 +189,28 @@ def test_the_durability_check_catches_an_acknowledgement_before_the_write(
     with pytest.raises(InvariantViolation, match="acknowledges"):
         sim.grant(primary)
         sim.advance(1.0)
+
+
+def test_a_failed_write_in_flight_is_not_taken_as_durable_by_a_sync() -> None:
+    """A sync (a clean shutdown's flush, or before a promise) while the write in flight
+    fails: the log is written again from what is durable, so what the member counts
+    as durable is what its storage holds (it had counted the failed entries)."""
+    sim = simulation()
+    primary = serving_full_view(sim)
+    node, writer, storage = sim.nodes[primary], sim.writers[primary], sim.storage[primary]
+    writer.held = True
+    outcome: list[object] = []
+    sim.grant(primary, outcome)
+    sim.clock.advance(0)  # the turn ends: the append is handed to the writer
+    real = storage.append
+
+    def failing(start: int, batches: Any) -> None:
+        storage.append = real  # type: ignore[method-assign]
+        raise OSError("disk full (simulated)")
+
+    storage.append = failing  # type: ignore[method-assign]
+    node.flush()
+    assert stored(sim, primary) == node.log_length
+    writer.release()
+    sim.advance(3.0)
+    assert stored(sim, primary) == node.log_length

@@ -377,7 +377,7 @@ def test_a_duplicate_handle_changes_nothing() -> None:
 
 
 def test_bytes_per_held_licence() -> None:
-    """Issue 14: well under 300 bytes of Python allocations per held licence in the
+    """Issue 14: under 250 bytes of Python allocations per held licence in the
     engine (it was about 550 with one object per holder)."""
     count = 8_000
     engine, _ = engine_with(random_handle, floating_count=count)

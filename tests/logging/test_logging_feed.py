@@ -24,6 +24,8 @@ from hqnlsd.logging.switches import ALL, STARTUP, LogSwitches, Switch
 from hqnlsd.logging.usage import USAGE_FILE, UsageReport
 from hqnlsd.permits.model import ProductPermit
 from hqnlsd.permits.policy import Policy
+from hqnlsd.reports import records as reports
+from hqnlsd.reports.records import parse_record
 from hqnlsd.status import Status
 
 NOW = datetime.datetime(2027, 6, 15, 12, 0, tzinfo=datetime.UTC).timestamp()
@@ -309,3 +311,34 @@ def test_nothing_is_emitted_for_a_licence_line_whose_switch_is_off(
     rig.request("carol", 44)
     assert [event["licence_action"] for event in emitted] == ["granted"]
     assert built == ["granted"]
+
+
+def test_hqn_reports_reader_reads_every_kind_the_report_writes(tmp_path: Path) -> None:
+    """What `UsageReport` writes, `hqnlsd.reports.records.parse_record` reads as the
+    record it is (not malformed, not an unknown kind): a rename on either side fails
+    here, not only in the end-to-end tests of hqn_report."""
+    rig = Rig(tmp_path)
+    first = rig.request("alice", 42)
+    second = rig.request("bob", 43)
+    rig.clock.advance(30)
+    rig.observe(rig.engine.release(first.handle).events)
+    rig.observe(rig.engine.kill(second.handle).events)
+    rig.feed.denied(
+        publisher="Harlequin", product="LispWorks", version="8.0", status="NOLICENCES",
+        code=Status.NOLICENCES.code, reason="all 2 in use",
+        who=Requester(user="dan", host="dan-host", address="10.0.0.4", pid=5),
+    )  # fmt: skip
+    rig.feed.role(
+        domain="127.0.0.1 127.0.0.2", role="primary", previous="backup", rank=2, epoch=3,
+        primary=2,
+    )  # fmt: skip
+    rig.clock.advance(0)
+    lines = (tmp_path / USAGE_FILE).read_text().splitlines()
+    parsed = [parse_record(line) for line in lines]
+    assert [type(record) for record in parsed] == [
+        reports.Grant, reports.Grant, reports.End, reports.End, reports.Denial, reports.RoleChange
+    ]
+    released, killed = parsed[2], parsed[3]
+    assert isinstance(released, reports.End) and isinstance(killed, reports.End)
+    assert (released.kind, released.user, released.held_seconds) == ("release", "alice", 30.0)
+    assert (killed.kind, killed.reason, killed.user) == ("revoked", "killed", "bob")

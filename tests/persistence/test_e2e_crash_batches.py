@@ -39,6 +39,8 @@ CONNECTIONS = 5
 #: Bounds each round's load even if the kill comes late.
 OPERATIONS_PER_CONNECTION = 400
 #: The kill comes this long (seconds, seeded) after the load starts.
+#: Seconds the first answer of a round may take (connections opened on a busy machine).
+LOAD_STARTS_WITHIN = 30.0
 KILL_AFTER = (0.2, 1.5)
 #: How long a connection may take to notice the daemon is gone.
 JOIN_TIMEOUT = 30.0
@@ -160,6 +162,11 @@ def test_answers_survive_sigkill_under_concurrent_load(daemons: DaemonHarness) -
         ]
         for thread in threads:
             thread.start()
+        # The load is under way (a first answer, within a bound that a busy machine
+        # meets), then the kill comes at a random moment of it.
+        started = time.monotonic() + LOAD_STARTS_WITHIN
+        while told.answered == answered_before and time.monotonic() < started:
+            time.sleep(0.01)
         time.sleep(rng.uniform(*KILL_AFTER))
         daemon.kill()
         for thread in threads:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from typing import Any
+
+from hqnlsd.logging.usage import iso_stamp
 
 #: 2026-01-05 00:00:00 UTC: hours and days of the tests start on a boundary.
 T0 = 1_767_571_200.0
 PUBLISHER = "Test Publisher"
 
 
-def _stamp(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds")
+#: The report's own ``ts`` format (what the daemon writes).
+_stamp = iso_stamp
 
 
 def grant(

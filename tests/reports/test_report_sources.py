@@ -165,3 +165,16 @@ def test_a_time_out_of_any_daemon_s_range_is_a_malformed_line(tmp_path: Path) ->
     ]
     analysis = analyse(read.records, Options())
     assert len(analysis.products["Test Publisher/Widget"].hourly) == 1
+
+
+def test_the_readers_constants_are_the_daemons() -> None:
+    """The reader keeps its own copies (so that hqn_report starts without Twisted's
+    logger): they must be the daemon's file name and revocation reasons."""
+    from hqnlsd.licensing.events import Reason
+    from hqnlsd.logging.usage import USAGE_FILE
+    from hqnlsd.reports import records, sources
+
+    assert sources.USAGE_FILE == USAGE_FILE
+    assert {
+        Reason.CRASHOUT, Reason.TIMEOUT, Reason.LOCKED_PRIORITY, Reason.NAMED_USER
+    } == records.RECLAIM_REASONS

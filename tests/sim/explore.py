@@ -928,10 +928,10 @@ def mutation(name: str | None) -> Iterator[None]:
     elif name == "send-before-durable":
         send_appends = DomainNode._send_appends
 
-        def send_before_durable(self: DomainNode, now: float) -> None:
+        def send_before_durable(self: DomainNode, now: float, only_new: bool = False) -> None:
             durable, self._durable = self._durable, len(self._entries)
             try:
-                send_appends(self, now)
+                send_appends(self, now, only_new)
             finally:
                 self._durable = durable
 

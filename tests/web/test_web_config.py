@@ -95,9 +95,9 @@ def test_web_listener_limits() -> None:
         None,
     )
     tls = limit_listener("web_tls", site, limits, Clock(), None)
-    assert (tls.idle_timeout, tls.handshake_timeout, tls.established) == (
-        7.0,
-        3.0,
-        tls.established,
-    )
+    assert (tls.idle_timeout, tls.handshake_timeout) == (7.0, 3.0)
     assert tls.established is not None
+    site.timeOut = None  # the TLS case proper: the site under a TLS factory
+    wrapped = type("TLSFactory", (), {"wrappedFactory": site})()
+    limit_listener("web_tls", wrapped, limits, Clock(), None)
+    assert site.timeOut == 7.0
